@@ -1,0 +1,287 @@
+"""The feature store: the one reader and writer of the sharded HDF5 features that precompute writes.
+
+Layout of a store directory (written by ``xel-precompute``, read by ``xel-nn`` and ``xel-train``)::
+
+    config.json                  resolved run config + encoder identity, written first (guards --out reuse)
+    inputs/{kb,mentions,text}.jsonl   the validated input records the features were computed from
+    {kind}/shard-{i:05d}.h5      features (float16 [n, D]), ids, lang; attrs: rows, start, input_hash, checksum
+    manifest.json                written last: encoder identity, layer, pooling, dtype, dim, max length,
+                                 input file hashes, per-shard row counts and checksums, resolved config
+
+Every file is written to a temporary name and ``os.replace``d into place, so a file that exists is
+complete. This module imports only numpy, h5py and the standard library (a test asserts it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+KINDS = ("ms", "mc", "es", "ec", "text")
+MENTION_KINDS = ("ms", "mc")
+ENTITY_KINDS = ("es", "ec")
+RECORD_FILES = {"mentions": "mentions.jsonl", "kb": "kb.jsonl", "text": "text.jsonl"}
+MANIFEST = "manifest.json"
+RUN_CONFIG = "config.json"
+FORMAT_VERSION = 1
+_STR = h5py.string_dtype(encoding="utf-8")
+
+
+class StoreError(RuntimeError):
+    """A store on disk is missing, incomplete, corrupted, or does not match what was asked of it."""
+
+
+def shard_path(root: str | os.PathLike, kind: str, index: int) -> Path:
+    return Path(root) / kind / f"shard-{index:05d}.h5"
+
+
+def shard_checksum(features: np.ndarray, ids: Sequence[str], langs: Sequence[str]) -> str:
+    """sha256 over the feature bytes (float16, C order), the ids and the languages."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(features, dtype=np.float16).tobytes())
+    h.update("\x1f".join(ids).encode("utf-8"))
+    h.update(b"\x1e")
+    h.update("\x1f".join(langs).encode("utf-8"))
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode())
+
+
+def write_shard(
+    path: str | os.PathLike,
+    *,
+    kind: str,
+    start: int,
+    ids: Sequence[str],
+    langs: Sequence[str],
+    features: np.ndarray,
+    input_hash: str,
+) -> str:
+    """Write one shard atomically; return its checksum."""
+    path = Path(path)
+    features = np.ascontiguousarray(features, dtype=np.float16)
+    if features.ndim != 2 or features.shape[0] != len(ids) or len(ids) != len(langs):
+        raise ValueError(f"shard {path}: features {features.shape}, {len(ids)} ids, {len(langs)} langs disagree")
+    checksum = shard_checksum(features, ids, langs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("features", data=features)
+            f.create_dataset("ids", data=list(ids), dtype=_STR)
+            f.create_dataset("lang", data=list(langs), dtype=_STR)
+            f.attrs.update(
+                kind=kind, start=start, rows=len(ids), input_hash=input_hash, checksum=checksum,
+                format_version=FORMAT_VERSION,
+            )
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return checksum
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: Path
+    kind: str
+    start: int
+    ids: list[str]
+    langs: list[str]
+    features: np.ndarray
+    input_hash: str
+    checksum: str
+
+
+def read_shard(path: str | os.PathLike, verify: bool = True) -> Shard:
+    """Read a whole shard; with ``verify`` its checksum is recomputed. Raises ``StoreError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path}: shard file is missing")
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+            features = f["features"][...]
+            ids = [s.decode("utf-8") for s in f["ids"][...]]
+            langs = [s.decode("utf-8") for s in f["lang"][...]]
+    except (OSError, KeyError, ValueError) as e:
+        raise StoreError(f"{path}: unreadable or truncated shard ({e}); rerun xel-precompute to rewrite it") from e
+    for key in ("kind", "start", "rows", "input_hash", "checksum"):
+        if key not in attrs:
+            raise StoreError(f"{path}: shard attribute {key!r} is missing; rerun xel-precompute to rewrite it")
+    shard = Shard(
+        path=path, kind=str(attrs["kind"]), start=int(attrs["start"]), ids=ids, langs=langs,
+        features=features, input_hash=str(attrs["input_hash"]), checksum=str(attrs["checksum"]),
+    )
+    if features.dtype != np.float16 or features.ndim != 2 or len(ids) != int(attrs["rows"]) != features.shape[0]:
+        raise StoreError(f"{path}: features {features.dtype}{features.shape} do not match rows={attrs['rows']}")
+    if verify and shard_checksum(features, ids, langs) != shard.checksum:
+        raise StoreError(f"{path}: checksum mismatch (corrupted on disk); delete it and rerun xel-precompute")
+    return shard
+
+
+def shard_is_complete(path: str | os.PathLike, input_hash: str) -> bool:
+    """True when ``path`` holds a valid shard computed from exactly the inputs hashed as ``input_hash``."""
+    try:
+        shard = read_shard(path, verify=True)
+    except StoreError:
+        return False
+    return shard.input_hash == input_hash
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+class Store:
+    """A validated, read-only view of a finished store directory. Use :func:`open_store`."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]):
+        self.root = root
+        self.manifest = manifest
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self.manifest["kinds"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def encoder(self) -> dict[str, Any]:
+        """The encoder identity (name, config/weights/tokenizer hashes, fingerprint) the store was built with."""
+        return self.manifest["encoder"]
+
+    def count(self, kind: str) -> int:
+        return sum(s["rows"] for s in self._shards(kind))
+
+    def _shards(self, kind: str) -> list[dict[str, Any]]:
+        if kind not in self.manifest["kinds"]:
+            raise StoreError(f"{self.root}: kind {kind!r} not in store; it holds {self.kinds}")
+        return self.manifest["kinds"][kind]["shards"]
+
+    def iter_shards(self, kind: str) -> Iterator[Shard]:
+        """Shards of ``kind`` in row order, each checked against the manifest; for chunked reading."""
+        for entry in self._shards(kind):
+            shard = read_shard(self.root / entry["path"], verify=True)
+            if shard.checksum != entry["checksum"] or len(shard.ids) != entry["rows"]:
+                raise StoreError(
+                    f"{shard.path}: does not match manifest.json (rows {len(shard.ids)} vs {entry['rows']}, "
+                    f"checksum); rerun xel-precompute with the same flags to repair the store"
+                )
+            yield shard
+
+    def load(self, kind: str) -> tuple[list[str], np.ndarray, list[str]]:
+        """All rows of ``kind`` in input order: ``(ids, features float16 [N, D], langs)``."""
+        ids: list[str] = []
+        langs: list[str] = []
+        parts: list[np.ndarray] = []
+        for shard in self.iter_shards(kind):
+            ids.extend(shard.ids)
+            langs.extend(shard.langs)
+            parts.append(shard.features)
+        features = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float16)
+        return ids, features, langs
+
+    def records(self, name: str) -> list[dict[str, Any]]:
+        """The validated input records ``name`` (``mentions``, ``kb`` or ``text``) the store was built from."""
+        if name not in RECORD_FILES:
+            raise ValueError(f"unknown record file {name!r}; allowed: {sorted(RECORD_FILES)}")
+        path = self.root / "inputs" / RECORD_FILES[name]
+        if not path.is_file():
+            return []
+        return list(read_jsonl(path))
+
+    def check_same_encoder(self, other: Store) -> None:
+        """Refuse to combine two stores built with different encoders or pooling."""
+        mine, theirs = self.encoder_signature(), other.encoder_signature()
+        if mine != theirs:
+            raise StoreError(
+                f"stores {self.root} and {other.root} were built with different encoders or settings: "
+                f"{mine} vs {theirs}"
+            )
+
+    def encoder_signature(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "encoder": m["encoder"]["fingerprint"], "layer": m["layer"], "pooling": m["pooling"],
+            "max_length": m["max_length"], "prefix": m["prefix"],
+        }
+
+
+def open_store(path: str | os.PathLike) -> Store:
+    """Open and validate a finished store; raises ``StoreError`` naming the offending path and field."""
+    root = Path(path)
+    manifest_path = root / MANIFEST
+    if not root.is_dir():
+        raise StoreError(f"{root}: no such store directory; build one with xel-precompute --out {root}")
+    if not manifest_path.is_file():
+        raise StoreError(
+            f"{manifest_path}: missing; the precompute run into {root} did not finish. "
+            "Rerun the same xel-precompute command to resume it"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(f"{manifest_path}: not valid JSON ({e}); rerun xel-precompute") from e
+    for key in ("format_version", "encoder", "dim", "kinds", "layer", "pooling", "max_length", "prefix"):
+        if key not in manifest:
+            raise StoreError(f"{manifest_path}: field {key!r} is missing")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise StoreError(
+            f"{manifest_path}: format_version {manifest['format_version']!r}, this xel reads {FORMAT_VERSION}"
+        )
+    for kind, info in manifest["kinds"].items():
+        if kind not in KINDS:
+            raise StoreError(f"{manifest_path}: unknown kind {kind!r}; allowed: {list(KINDS)}")
+        for entry in info["shards"]:
+            shard_file = root / entry["path"]
+            if not shard_file.is_file():
+                raise StoreError(f"{shard_file}: listed in manifest.json but missing; rerun xel-precompute")
+            try:
+                with h5py.File(shard_file, "r") as f:
+                    rows = int(f.attrs["rows"])
+                    checksum = str(f.attrs["checksum"])
+                    shape = f["features"].shape
+            except (OSError, KeyError) as e:
+                raise StoreError(f"{shard_file}: unreadable or truncated ({e}); rerun xel-precompute") from e
+            if rows != entry["rows"] or checksum != entry["checksum"] or shape != (rows, manifest["dim"]):
+                raise StoreError(
+                    f"{shard_file}: rows/checksum/shape {rows}/{checksum[:12]}/{shape} disagree with manifest.json "
+                    f"({entry['rows']}/{entry['checksum'][:12]}/dim {manifest['dim']}); rerun xel-precompute"
+                )
+    return Store(root, manifest)

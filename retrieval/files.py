@@ -1,0 +1,74 @@
+"""Readers and writers of the files retrieval and the trainer exchange (see docs: "Contracts").
+
+* ``candidates.jsonl``: ``{"id": mention id, "candidates": [[kb id, score, source], ...]}``, best first,
+  ``source`` one of ``prior``, ``dense``, ``given``. The gold is never injected.
+* ``predictions.jsonl``: ``{"id", "pred": kb id or null, "score": float, "candidates": [[kb id, score], ...]}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from precompute.store import atomic_write_bytes
+
+CANDIDATE_SOURCES = ("prior", "dense", "given")
+Candidate = tuple[str, float, str]
+
+
+class CandidatesError(ValueError):
+    """A candidates file is malformed."""
+
+
+def write_candidates(path: str | os.PathLike, rows: Iterable[tuple[str, list[Candidate]]]) -> None:
+    lines = [
+        json.dumps({"id": mid, "candidates": [[k, round(float(s), 6), src] for k, s, src in cands]}, ensure_ascii=False)
+        for mid, cands in rows
+    ]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8") if lines else b"")
+
+
+def read_candidates(path: str | os.PathLike) -> dict[str, list[Candidate]]:
+    path = Path(path)
+    out: dict[str, list[Candidate]] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                cands = [(str(k), float(s), str(src)) for k, s, src in row["candidates"]]
+                mid = str(row["id"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise CandidatesError(
+                    f"{path}:{lineno}: expected {{\"id\": str, \"candidates\": [[kb id, score, source], ...]}} ({e})"
+                ) from None
+            bad = [src for _, _, src in cands if src not in CANDIDATE_SOURCES]
+            if bad:
+                raise CandidatesError(f"{path}:{lineno}: source {bad[0]!r}; allowed: {list(CANDIDATE_SOURCES)}")
+            if mid in out:
+                raise CandidatesError(f"{path}:{lineno}: mention id {mid!r} appears twice")
+            out[mid] = cands
+    return out
+
+
+def write_predictions(
+    path: str | os.PathLike, rows: Iterable[tuple[str, str | None, float, list[tuple[str, float]]]]
+) -> None:
+    """Rows are ``(mention id, predicted kb id or None, score, [(kb id, score), ...])``."""
+    lines = [
+        json.dumps(
+            {"id": mid, "pred": pred, "score": round(float(score), 6),
+             "candidates": [[k, round(float(s), 6)] for k, s in cands]},
+            ensure_ascii=False,
+        )
+        for mid, pred, score, cands in rows
+    ]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8") if lines else b"")
+
+
+def read_predictions(path: str | os.PathLike) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

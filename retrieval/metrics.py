@@ -1,0 +1,88 @@
+"""Entity-linking metrics shared by the nn baseline (``xel-nn eval``) and the trainer (``xel-train``).
+
+Definitions (per group of mentions; a prediction is a KB id or ``None`` for NIL):
+
+* ``micro``: fraction of all mentions whose prediction, NIL included, equals the gold.
+* ``p``: correct links / predicted links (predictions that are not NIL).
+* ``r``: correct links / gold non-NIL mentions.
+* ``f1``: harmonic mean of ``p`` and ``r``.
+* ``nonnil_f1``: F1 over the gold non-NIL mentions only (a NIL prediction there counts against recall,
+  a wrong link against precision).
+
+The paper scores with the TAC 2015 scorer (Ji et al., 2015). Ours differs in that mentions are gold spans
+(no span matching), NIL clusters are not scored (a NIL prediction is right when the gold is NIL), and
+``micro`` counts correct NILs as correct.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Scores:
+    n: int
+    micro: float
+    p: float
+    r: float
+    f1: float
+    nonnil_f1: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _f1(p: float, r: float) -> float:
+    return 2 * p * r / (p + r) if p + r > 0 else 0.0
+
+
+def score(golds: Sequence[str | None], preds: Sequence[str | None]) -> Scores:
+    """Scores of one group of mentions; ``golds[i]`` and ``preds[i]`` are KB ids or ``None`` (NIL)."""
+    if len(golds) != len(preds):
+        raise ValueError(f"{len(golds)} golds but {len(preds)} predictions")
+    n = len(golds)
+    correct_links = sum(1 for g, p in zip(golds, preds) if p is not None and p == g)
+    predicted = sum(1 for p in preds if p is not None)
+    gold_links = sum(1 for g in golds if g is not None)
+    p = correct_links / predicted if predicted else 0.0
+    r = correct_links / gold_links if gold_links else 0.0
+    nonnil_predicted = sum(1 for g, q in zip(golds, preds) if g is not None and q is not None)
+    nonnil_p = correct_links / nonnil_predicted if nonnil_predicted else 0.0
+    return Scores(
+        n=n,
+        micro=sum(1 for g, q in zip(golds, preds) if g == q) / n if n else 0.0,
+        p=p,
+        r=r,
+        f1=_f1(p, r),
+        nonnil_f1=_f1(nonnil_p, r),
+    )
+
+
+def score_groups(
+    golds: Sequence[str | None],
+    preds: Sequence[str | None],
+    langs: Sequence[str],
+    types: Sequence[str | None] | None = None,
+) -> dict[str, Scores]:
+    """Scores for ``all``, each language (``lang:ru``) and each type within a language (``type:ru:PER``)."""
+    groups: dict[str, list[int]] = {"all": list(range(len(golds)))}
+    for i, lang in enumerate(langs):
+        groups.setdefault(f"lang:{lang}", []).append(i)
+        if types is not None and types[i] is not None:
+            groups.setdefault(f"type:{lang}:{types[i]}", []).append(i)
+    return {
+        name: score([golds[i] for i in idx], [preds[i] for i in idx]) for name, idx in sorted(groups.items())
+    }
+
+
+def format_table(rows: dict[str, Scores] | dict[str, dict[str, float]], title: str = "") -> str:
+    """A fixed-width text table of scores, one row per group."""
+    cols = ("n", "micro", "p", "r", "f1", "nonnil_f1")
+    lines = [title] if title else []
+    lines.append(f"{'group':<22}" + "".join(f"{c:>11}" for c in cols))
+    for name, s in rows.items():
+        d = s.as_dict() if isinstance(s, Scores) else s
+        cells = [f"{int(d['n']):>11d}"] + [f"{d[c]:>11.3f}" for c in cols[1:]]
+        lines.append(f"{name:<22}" + "".join(cells))
+    return "\n".join(lines)
