@@ -96,7 +96,8 @@ class _Checker:
         if not isinstance(value, str):
             raise self.fail(field, f"is {value!r} ({type(value).__name__}); a string is required")
         if not value.strip():
-            raise self.fail(field, f"is {value!r}; an empty string is not allowed" + (" (use null)" if optional else ""))
+            hint = " (use null)" if optional else ""
+            raise self.fail(field, f"is {value!r}; an empty string is not allowed{hint}")
         return value
 
     def integer(self, field: str, optional: bool = False) -> int | None:
@@ -112,13 +113,13 @@ class _Checker:
     def lang(self) -> str:
         value = self.text("lang")
         if value not in ISO_639_1:
-            raise self.fail("lang", f"is {value!r}; an ISO 639-1 code (two lower-case letters, e.g. en, ru) is required")
+            raise self.fail("lang", f"is {value!r}; an ISO 639-1 code (en, ru, ...) is required")
         return value
 
 
 def _check_unique(path: Path, lineno: int, ident: str, seen: dict[str, int]) -> None:
     if ident in seen:
-        raise InputError(f"{path}:{lineno}: field 'id' is {ident!r}, a duplicate of line {seen[ident]}; ids must be unique")
+        raise InputError(f"{path}:{lineno}: field 'id' is {ident!r}, a duplicate of line {seen[ident]}; must be unique")
     seen[ident] = lineno
 
 
