@@ -1,0 +1,338 @@
+"""Span max-pooled encoder features: tokenize once, window around the span, bucket by length, pool.
+
+This is the hot path of ``xel-precompute`` and the query path of ``xel-nn query``; both call
+:meth:`TextEncoder.encode`, so a query encodes exactly as the store did.
+
+Every text to encode is an :class:`EncodeItem`: the ``text``, the character span ``pool`` whose subwords are
+max-pooled, and the span ``anchor`` that a window must contain when the text is longer than the encoder's
+limit. For ``ms`` both spans are the mention; for ``mc`` the pool is the whole context and the anchor is the
+mention inside it; for ``es``, ``ec`` and ``text`` the pool is the whole text and the window is its start.
+An encoder prefix (e5's ``"query: "``) is tokenized once and put in front of every window, so offsets
+are never shifted by hand. Special tokens never enter a pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+# RoBERTa-style models number positions from padding_idx + 1, so two position rows are not usable.
+_OFFSET_POSITION_MODELS = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+ENCODER_MARKER = "xel-encoder.json"
+
+
+class EncodeError(ValueError):
+    """A text cannot be encoded as asked (for example, its span covers no subword)."""
+
+
+@dataclass(frozen=True)
+class EncodeItem:
+    id: str
+    lang: str
+    text: str
+    pool: tuple[int, int]
+    anchor: tuple[int, int] = (0, 0)
+
+
+def mention_item(ident: str, lang: str, sentence: str, start: int, end: int) -> EncodeItem:
+    """``ms``: the whole sentence is encoded, the mention's subwords are pooled."""
+    return EncodeItem(ident, lang, sentence, (start, end), (start, end))
+
+
+def context_item(ident: str, lang: str, context: str, sentence: str, start: int, end: int) -> EncodeItem:
+    """``mc``: the context is pooled whole; a window over a long context is centred on the mention."""
+    at = context.find(sentence)
+    anchor = (at + start, at + end) if at >= 0 else (0, 0)
+    return EncodeItem(ident, lang, context, (0, len(context)), anchor)
+
+
+def entity_item(ident: str, lang: str, text: str) -> EncodeItem:
+    """``es``, ``ec``, ``text``: pooled whole; a text over the limit keeps its first subwords."""
+    return EncodeItem(ident, lang, text, (0, len(text)))
+
+
+@dataclass
+class EncodeStats:
+    texts: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    windowed: int = 0
+    forward_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, other: EncodeStats) -> None:
+        self.texts += other.texts
+        self.tokens += other.tokens
+        self.padded_tokens += other.padded_tokens
+        self.windowed += other.windowed
+        self.forward_seconds += other.forward_seconds
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def encoder_identity(model_dir: str | Path) -> dict[str, Any]:
+    """Name and content hashes of a Hugging Face model directory; ``fingerprint`` summarises them."""
+    model_dir = Path(model_dir)
+    config_file = model_dir / "config.json"
+    if not config_file.is_file():
+        raise EncodeError(
+            f"{model_dir}: not a Hugging Face model directory (no config.json); pass a directory written by "
+            "save_pretrained, or build the default encoder with `xel-encoder build`"
+        )
+    weights = [model_dir / w for w in WEIGHT_FILES if (model_dir / w).is_file()]
+    if not weights:
+        raise EncodeError(f"{model_dir}: no weights file ({' or '.join(WEIGHT_FILES)})")
+    tokenizer_file = model_dir / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise EncodeError(f"{model_dir}: no tokenizer.json; a fast tokenizer (with offsets) is required")
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    ident = {
+        "name": model_dir.resolve().name,
+        "model_type": config.get("model_type"),
+        "hidden_size": config.get("hidden_size"),
+        "config_sha256": _sha256_file(config_file),
+        "weights_sha256": _sha256_file(weights[0]),
+        "tokenizer_sha256": _sha256_file(tokenizer_file),
+    }
+    ident["fingerprint"] = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+    return ident
+
+
+def default_prefix(model_dir: str | Path) -> str:
+    """The prefix the encoder was trained with, as recorded by ``xel-encoder build`` (e5: ``"query: "``)."""
+    marker = Path(model_dir) / ENCODER_MARKER
+    if marker.is_file():
+        return str(json.loads(marker.read_text(encoding="utf-8")).get("prefix", ""))
+    return ""
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """``auto``: the first CUDA GPU when there is one, else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise EncodeError(f"device {requested!r} requested but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(requested)
+
+
+@dataclass
+class _Tokenized:
+    ids: list[np.ndarray]
+    pool_masks: list[np.ndarray]
+    windowed: int
+
+
+class TextEncoder:
+    """A frozen Hugging Face encoder that turns :class:`EncodeItem` s into span max-pooled float16 vectors."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        layer: int = -1,
+        max_length: int | None = None,
+        prefix: str = "",
+        dtype: str = "bf16",
+        device: torch.device | str = "cpu",
+        max_tokens_per_batch: int = 16384,
+    ):
+        if dtype not in ("bf16", "fp32"):
+            raise EncodeError(f"dtype {dtype!r} is not supported; allowed: bf16, fp32")
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        if dtype == "bf16" and self.device.type == "cuda":
+            self.model = self.model.to(torch.bfloat16)
+        self.tokenizer = tokenizer
+        self.layer = layer
+        self.dtype = dtype
+        self.prefix = prefix
+        self.max_tokens_per_batch = max_tokens_per_batch
+        config = model.config
+        n_layers = config.num_hidden_layers
+        if not -n_layers - 1 <= layer <= n_layers:
+            raise EncodeError(
+                f"layer {layer} is out of range for a {n_layers}-layer encoder; allowed -{n_layers + 1}..{n_layers}"
+            )
+        offset = 2 if config.model_type in _OFFSET_POSITION_MODELS else 0
+        limit = config.max_position_embeddings - offset
+        tok_limit = getattr(tokenizer, "model_max_length", limit) or limit
+        self.max_length = min(limit, tok_limit if tok_limit < 10**6 else limit, max_length or limit)
+        self.head, self.tail = self._special_tokens()
+        # The prefix's trailing space is dropped: the content's own leading word marker (SentencePiece "▁")
+        # stands for it, so prefix + content tokenizes as the joined string would.
+        self.prefix_ids = np.asarray(
+            tokenizer(prefix.rstrip(), add_special_tokens=False)["input_ids"] if prefix.strip() else [], dtype=np.int64
+        )
+        self.budget = self.max_length - len(self.head) - len(self.tail) - len(self.prefix_ids)
+        if self.budget < 1:
+            raise EncodeError(f"max length {self.max_length} leaves no room for text after specials and prefix")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.dim = int(config.hidden_size)
+
+    @classmethod
+    def load(
+        cls, model_dir: str | Path, *, device: str = "auto", threads: int | None = None, **kwargs: Any
+    ) -> TextEncoder:
+        import transformers
+        from transformers import AutoModel, AutoTokenizer
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        encoder_identity(model_dir)  # clear error when the directory is not a model
+        if threads:
+            torch.set_num_threads(threads)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        if not tokenizer.is_fast:
+            raise EncodeError(f"{model_dir}: the tokenizer is not a fast tokenizer; offsets are required")
+        model = AutoModel.from_pretrained(str(model_dir))
+        return cls(model, tokenizer, device=pick_device(device), **kwargs)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any], model_dir: str | Path | None = None, **kwargs: Any) -> TextEncoder:
+        """The encoder a store was built with, set up exactly as precompute used it; refuses another model."""
+        model_dir = Path(model_dir or manifest["model"])
+        found = encoder_identity(model_dir)["fingerprint"]
+        if found != manifest["encoder"]["fingerprint"]:
+            raise EncodeError(
+                f"{model_dir}: encoder fingerprint {found[:12]} differs from the store's "
+                f"{manifest['encoder']['fingerprint'][:12]}; use the model the store was built with"
+            )
+        return cls.load(
+            model_dir, layer=manifest["layer"], max_length=manifest["max_length"], prefix=manifest["prefix"],
+            dtype=manifest["dtype"], **kwargs,
+        )
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer, "max_length": self.max_length, "prefix": self.prefix, "dtype": self.dtype,
+            "pooling": "max", "dim": self.dim,
+        }
+
+    def _special_tokens(self) -> tuple[np.ndarray, np.ndarray]:
+        """The special tokens the tokenizer puts before and after a text (``<s>`` ... ``</s>``)."""
+        with_specials = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        plain = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        for i in range(len(with_specials) - len(plain) + 1):
+            if with_specials[i : i + len(plain)] == plain:
+                return (np.asarray(with_specials[:i], np.int64), np.asarray(with_specials[i + len(plain) :], np.int64))
+        raise EncodeError("cannot locate the text between the tokenizer's special tokens")
+
+    def tokenize(self, items: Sequence[EncodeItem]) -> _Tokenized:
+        """Token ids (specials and prefix included) and pool masks, windowed to the encoder's limit."""
+        enc = self.tokenizer(
+            [it.text for it in items], add_special_tokens=False, return_offsets_mapping=True,
+            return_attention_mask=False,
+        )
+        ids_out: list[np.ndarray] = []
+        masks_out: list[np.ndarray] = []
+        windowed = 0
+        n_head = len(self.head) + len(self.prefix_ids)
+        for it, ids, offsets in zip(items, enc["input_ids"], enc["offset_mapping"]):
+            off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+            ids = np.asarray(ids, dtype=np.int64)
+            lo, hi = self._window(off, it.anchor)
+            windowed += (lo, hi) != (0, len(ids))
+            s, e = off[lo:hi, 0], off[lo:hi, 1]
+            in_pool = (s < it.pool[1]) & (e > it.pool[0])
+            if not in_pool.any():
+                raise EncodeError(
+                    f"{it.id}: span [{it.pool[0]}, {it.pool[1]}) = {it.text[it.pool[0]:it.pool[1]]!r} covers no "
+                    "subword of the tokenized text; the span must cover a word"
+                )
+            ids_out.append(np.concatenate([self.head, self.prefix_ids, ids[lo:hi], self.tail]))
+            mask = np.zeros(n_head + (hi - lo) + len(self.tail), dtype=bool)
+            mask[n_head : n_head + hi - lo] = in_pool
+            masks_out.append(mask)
+        return _Tokenized(ids_out, masks_out, windowed)
+
+    def _window(self, offsets: np.ndarray, anchor: tuple[int, int]) -> tuple[int, int]:
+        """Token range of at most ``budget`` tokens containing the anchor span, centred on it."""
+        n, budget = len(offsets), self.budget
+        if n <= budget:
+            return 0, n
+        if anchor == (0, 0):
+            return 0, budget
+        hit = np.nonzero((offsets[:, 0] < anchor[1]) & (offsets[:, 1] > anchor[0]))[0]
+        if len(hit) == 0:
+            return 0, budget
+        a0, a1 = int(hit[0]), int(hit[-1]) + 1
+        if a1 - a0 >= budget:
+            return a0, a0 + budget
+        lo = max(0, min(a0 - (budget - (a1 - a0)) // 2, n - budget))
+        return lo, lo + budget
+
+    def batches(self, lengths: np.ndarray) -> Iterator[np.ndarray]:
+        """Indices grouped longest first so that rows x longest row stays within the token budget."""
+        order = np.argsort(-lengths, kind="stable")
+        start = 0
+        while start < len(order):
+            longest = int(lengths[order[start]])
+            size = max(1, self.max_tokens_per_batch // max(longest, 1))
+            yield order[start : start + size]
+            start += size
+
+    @torch.inference_mode()
+    def forward(self, ids: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
+        """Pooled float32 vectors for one batch of token id rows and pool masks."""
+        width = max(len(x) for x in ids)
+        input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
+        attention = np.zeros((len(ids), width), dtype=np.int64)
+        pool = np.zeros((len(ids), width), dtype=bool)
+        for row, (x, m) in enumerate(zip(ids, masks)):
+            input_ids[row, : len(x)] = x
+            attention[row, : len(x)] = 1
+            pool[row, : len(m)] = m
+        inputs = {
+            "input_ids": torch.from_numpy(input_ids).to(self.device, non_blocking=True),
+            "attention_mask": torch.from_numpy(attention).to(self.device, non_blocking=True),
+        }
+        want_all = self.layer != -1
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
+            out = self.model(**inputs, output_hidden_states=want_all)
+        hidden = out.hidden_states[self.layer] if want_all else out.last_hidden_state
+        pool_t = torch.from_numpy(pool).to(self.device)
+        pooled = hidden.float().masked_fill(~pool_t[..., None], float("-inf")).amax(dim=1)
+        return pooled.cpu().numpy()
+
+    def encode(self, items: Sequence[EncodeItem], stats: EncodeStats | None = None) -> np.ndarray:
+        """Span max-pooled float16 features ``[len(items), dim]`` in the order of ``items``."""
+        import time
+
+        out = np.zeros((len(items), self.dim), dtype=np.float16)
+        if not items:
+            return out
+        tok = self.tokenize(items)
+        lengths = np.fromiter((len(x) for x in tok.ids), dtype=np.int64, count=len(items))
+        t0 = time.perf_counter()
+        padded = 0
+        for idx in self.batches(lengths):
+            padded += len(idx) * int(lengths[idx].max())
+            out[idx] = self.forward([tok.ids[i] for i in idx], [tok.pool_masks[i] for i in idx])
+        if stats is not None:
+            stats.add(EncodeStats(
+                texts=len(items), tokens=int(lengths.sum()), padded_tokens=padded, windowed=tok.windowed,
+                forward_seconds=time.perf_counter() - t0,
+            ))
+        return out

@@ -1,0 +1,405 @@
+"""Precompute the feature store: encode mentions, names, contexts, descriptions and text with Ray actors.
+
+Run locally (a local Ray is started for you)::
+
+    xel-precompute --data data/sample --model models/multilingual-e5-small --out h5/
+
+or on a cluster, joining it from inside a Ray job::
+
+    ray job submit --working-dir . -- python precompute/run.py --data data/sample --model <dir> --out h5/
+
+Rerunning the same command resumes: complete, valid shards are kept, the rest redone; ``manifest.json`` is
+written last. A different encoder or config into the same ``--out`` is refused.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run by path (as `ray job submit ... python precompute/run.py` does)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import dataclasses  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
+
+import click  # noqa: E402
+
+from precompute.encoding import (  # noqa: E402
+    EncodeError,
+    EncodeItem,
+    context_item,
+    default_prefix,
+    encoder_identity,
+    entity_item,
+    mention_item,
+)
+from precompute.schema import InputError, Inputs, load_inputs  # noqa: E402
+from precompute.store import (  # noqa: E402
+    FORMAT_VERSION,
+    KINDS,
+    MANIFEST,
+    RECORD_FILES,
+    RUN_CONFIG,
+    atomic_write_bytes,
+    atomic_write_json,
+    shard_is_complete,
+    shard_path,
+)
+from precompute.worker import ShardTask, ShardWorker, shard_input_hash  # noqa: E402
+
+log = logging.getLogger("precompute.run")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Settings that change what is written; a rerun into the same --out must match them.
+GUARDED = ("encoder", "layer", "max_length", "prefix", "dtype", "shard_size", "kinds")
+
+
+class PrecomputeError(RuntimeError):
+    """The run cannot start or cannot finish; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class PrecomputeConfig:
+    data: Path
+    model: Path
+    out: Path
+    kinds: tuple[str, ...] = KINDS
+    layer: int = -1
+    max_length: int | None = None
+    prefix: str | None = None
+    dtype: str = "bf16"
+    max_tokens_per_batch: int = 16384
+    shard_size: int = 4096
+    actors: int = 1
+    cpus_per_actor: float | None = None
+    gpus_per_actor: float = 0.0
+    device: str = "auto"
+    address: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def build_items(inputs: Inputs, kind: str) -> list[EncodeItem]:
+    """The texts and spans of one feature kind, in input order."""
+    if kind == "ms":
+        return [mention_item(m.id, m.lang, m.sentence, m.start, m.end) for m in inputs.mentions]
+    if kind == "mc":
+        return [context_item(m.id, m.lang, m.context, m.sentence, m.start, m.end) for m in inputs.mentions]
+    if kind == "es":
+        return [entity_item(e.id, e.lang, e.name) for e in inputs.kb]
+    if kind == "ec":  # an entity without a description is described by its name (counted in the manifest)
+        return [entity_item(e.id, e.lang, e.description or e.name) for e in inputs.kb]
+    if kind == "text":
+        return [entity_item(t.id, t.lang, t.text) for t in inputs.text]
+    raise ValueError(f"unknown kind {kind!r}; allowed: {list(KINDS)}")
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def resolved_settings(cfg: PrecomputeConfig, encoder: dict[str, Any]) -> dict[str, Any]:
+    prefix = default_prefix(cfg.model) if cfg.prefix is None else cfg.prefix
+    return {
+        "encoder": encoder["fingerprint"], "layer": cfg.layer, "max_length": cfg.max_length, "prefix": prefix,
+        "dtype": cfg.dtype, "shard_size": cfg.shard_size, "kinds": sorted(cfg.kinds),
+        "max_tokens_per_batch": cfg.max_tokens_per_batch,
+    }
+
+
+def prepare_out_dir(out: Path, run_config: dict[str, Any]) -> None:
+    """Refuse an --out that holds something else or a store made with other settings; else claim it."""
+    if out.exists() and not out.is_dir():
+        raise PrecomputeError(f"--out {out}: exists and is not a directory")
+    config_file = out / RUN_CONFIG
+    if out.is_dir() and any(out.iterdir()):
+        if not config_file.is_file():
+            raise PrecomputeError(
+                f"--out {out}: directory is not empty and holds no xel store ({RUN_CONFIG} missing); "
+                "choose an empty or new directory"
+            )
+        previous = json.loads(config_file.read_text(encoding="utf-8"))["settings"]
+        diff = {k: (previous.get(k), run_config["settings"][k]) for k in GUARDED
+                if previous.get(k) != run_config["settings"][k]}
+        if diff:
+            shown = "; ".join(f"{k}: store has {a!r}, this run asks {b!r}" for k, (a, b) in diff.items())
+            raise PrecomputeError(
+                f"--out {out}: holds a store made with other settings ({shown}). Use another --out, or delete it"
+            )
+    atomic_write_json(config_file, run_config)
+
+
+def write_input_copies(out: Path, inputs: Inputs) -> None:
+    """The validated records the store's features come from, for readers (``Store.records``)."""
+    groups = {"kb": inputs.kb, "mentions": inputs.mentions, "text": inputs.text}
+    for name, records in groups.items():
+        path = out / "inputs" / RECORD_FILES[name]
+        if not records:
+            path.unlink(missing_ok=True)
+            continue
+        lines = [json.dumps(dataclasses.asdict(r), ensure_ascii=False) for r in records]
+        atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+def plan_tasks(cfg: PrecomputeConfig, inputs: Inputs, settings: dict[str, Any]) -> dict[str, list[ShardTask]]:
+    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    plan: dict[str, list[ShardTask]] = {}
+    for kind in cfg.kinds:
+        items = build_items(inputs, kind)
+        tasks = []
+        for index, start in enumerate(range(0, len(items), cfg.shard_size)):
+            chunk = tuple(items[start : start + cfg.shard_size])
+            tasks.append(ShardTask(
+                kind, index, start, chunk, shard_input_hash(fingerprint, kind, chunk),
+                str(shard_path(cfg.out, kind, index)),
+            ))
+        plan[kind] = tasks
+    return plan
+
+
+def connect_ray(address: str | None) -> bool:
+    """Join the cluster (``--address``, or the Ray job we run in), else start a local Ray. True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, include_dashboard=False,
+                 logging_level=logging.WARNING)
+        return True
+    ray.init(address=address, logging_level=logging.WARNING)
+    return False
+
+
+def _actor_resources(cfg: PrecomputeConfig) -> tuple[float, int | None]:
+    import ray
+
+    if cfg.cpus_per_actor is not None:
+        cpus = cfg.cpus_per_actor
+    else:
+        cpus = max(1.0, float(int(ray.available_resources().get("CPU", 1)) // max(cfg.actors, 1)))
+    return cpus, max(1, int(cpus))
+
+
+def execute(cfg: PrecomputeConfig, settings: dict[str, Any], tasks: list[ShardTask]) -> list[dict[str, Any]]:
+    """Run ``tasks`` on ``cfg.actors`` Ray actors, at most two in flight each; a tqdm bar over rows."""
+    import ray
+    from tqdm import tqdm
+
+    cpus, threads = _actor_resources(cfg)
+    device = "cuda" if cfg.gpus_per_actor > 0 else ("cpu" if cfg.device == "auto" else cfg.device)
+    actor_cls = ray.remote(ShardWorker).options(
+        num_cpus=cpus, num_gpus=cfg.gpus_per_actor, max_restarts=3, max_task_retries=3,
+    )
+    actors = [actor_cls.remote(str(cfg.model), settings, device, threads) for _ in range(cfg.actors)]
+    queue = list(reversed(tasks))
+    pending: dict[Any, tuple[int, ShardTask]] = {}
+    results: list[dict[str, Any]] = []
+    tokens = 0
+    t0 = time.perf_counter()
+    with tqdm(total=sum(len(t.items) for t in tasks), unit="row", desc="encoding", dynamic_ncols=True) as bar:
+        def submit(actor_index: int) -> None:
+            task = queue.pop()
+            pending[actors[actor_index].run.remote(task)] = (actor_index, task)
+
+        for i in range(len(actors)):
+            for _ in range(2):
+                if queue:
+                    submit(i)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            actor_index, task = pending.pop(done[0])
+            try:
+                result = ray.get(done[0])
+            except ray.exceptions.RayTaskError as e:
+                cause = e.cause if isinstance(getattr(e, "cause", None), Exception) else e
+                if isinstance(cause, EncodeError):
+                    raise InputError(f"{cause} (kind {task.kind})") from None
+                raise PrecomputeError(f"shard {task.kind}:{task.index} failed: {cause}") from e
+            except ray.exceptions.RayActorError as e:
+                raise PrecomputeError(
+                    f"shard {task.kind}:{task.index}: its actor died repeatedly ({e}); finished shards are kept, "
+                    "rerun the same command to resume"
+                ) from e
+            results.append(result)
+            tokens += result["tokens"]
+            bar.update(result["rows"])
+            bar.set_postfix(tokens_per_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f}")
+            if queue:
+                submit(actor_index)
+    for actor in actors:
+        ray.kill(actor)
+    return results
+
+
+def run(cfg: PrecomputeConfig) -> dict[str, Any]:
+    """Validate inputs, encode what is missing, write the manifest; return a summary."""
+    for kind in cfg.kinds:
+        if kind not in KINDS:
+            raise PrecomputeError(f"--kinds: {kind!r} is not a feature kind; allowed: {','.join(KINDS)}")
+    inputs = load_inputs(cfg.data)
+    kinds = tuple(k for k in cfg.kinds if k != "text" or inputs.text)
+    cfg = dataclasses.replace(cfg, kinds=kinds)
+    encoder = encoder_identity(cfg.model)
+    settings = resolved_settings(cfg, encoder)
+    input_hashes = {name: _file_sha256(path) for name, path in inputs.files.items()}
+    prepare_out_dir(cfg.out, {"settings": settings, "encoder": encoder, "config": cfg.to_json()})
+    write_input_copies(cfg.out, inputs)
+
+    plan = plan_tasks(cfg, inputs, settings)
+    todo = [t for tasks in plan.values() for t in tasks if not shard_is_complete(t.path, t.input_hash)]
+    skipped = sum(len(tasks) for tasks in plan.values()) - len(todo)
+    log.info("%d shards to encode, %d complete shards kept", len(todo), skipped)
+    t0 = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    if todo:
+        started = connect_ray(cfg.address)
+        try:
+            results = execute(cfg, settings, todo)
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+    seconds = time.perf_counter() - t0
+    manifest = write_manifest(cfg, inputs, plan, encoder, settings, input_hashes)
+    tokens = sum(r["tokens"] for r in results)
+    padded = sum(r["padded_tokens"] for r in results)
+    return {
+        "out": str(cfg.out), "manifest": manifest, "encoded_shards": len(todo), "kept_shards": skipped,
+        "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds if results else 0.0,
+        "padding_fraction": 1 - tokens / padded if padded else 0.0,
+        "windowed": sum(r["windowed"] for r in results),
+    }
+
+
+def write_manifest(
+    cfg: PrecomputeConfig, inputs: Inputs, plan: dict[str, list[ShardTask]], encoder: dict[str, Any],
+    settings: dict[str, Any], input_hashes: dict[str, str],
+) -> dict[str, Any]:
+    """Check every planned shard, drop stale ones, and write ``manifest.json`` last."""
+    from precompute.store import read_shard
+
+    kinds: dict[str, Any] = {}
+    dim = None
+    for kind, tasks in plan.items():
+        shards = []
+        for task in tasks:
+            shard = read_shard(task.path, verify=True)
+            if shard.input_hash != task.input_hash:
+                raise PrecomputeError(f"{task.path}: does not match its inputs after the run; rerun")
+            dim = shard.features.shape[1]
+            rel = f"{kind}/{Path(task.path).name}"
+            shards.append({"path": rel, "rows": len(shard.ids), "checksum": shard.checksum})
+        stale = sorted((cfg.out / kind).glob("shard-*.h5")) if (cfg.out / kind).is_dir() else []
+        for path in stale[len(tasks):]:
+            path.unlink()
+        kinds[kind] = {"rows": sum(s["rows"] for s in shards), "shards": shards}
+    manifest = {
+        "format_version": FORMAT_VERSION, "encoder": encoder, "model": str(cfg.model.resolve()),
+        "layer": settings["layer"], "pooling": "max", "dtype": cfg.dtype, "prefix": settings["prefix"],
+        "max_length": _resolved_max_length(cfg), "dim": dim, "kinds": kinds, "inputs": input_hashes,
+        "ec_from_name": sum(1 for e in inputs.kb if not e.description), "config": cfg.to_json(),
+        "settings": settings,
+    }
+    atomic_write_json(cfg.out / MANIFEST, manifest)
+    return manifest
+
+
+def _resolved_max_length(cfg: PrecomputeConfig) -> int:
+    config = json.loads((cfg.model / "config.json").read_text(encoding="utf-8"))
+    offset = 2 if config.get("model_type") in ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl") else 0
+    limit = int(config["max_position_embeddings"]) - offset
+    tok_cfg = cfg.model / "tokenizer_config.json"
+    if tok_cfg.is_file():
+        tok_limit = json.loads(tok_cfg.read_text(encoding="utf-8")).get("model_max_length")
+        if isinstance(tok_limit, int) and tok_limit < 10**6:
+            limit = min(limit, tok_limit)
+    return min(limit, cfg.max_length or limit)
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """What was written: rows and shards per kind, mentions per language with NIL rate, speed."""
+    from precompute.store import open_store
+
+    store = open_store(summary["out"])
+    m = store.manifest
+    lines = [
+        f"store {summary['out']}: encoder {m['encoder']['name']} ({m['encoder']['fingerprint'][:12]}), dim {m['dim']}, "
+        f"layer {m['layer']}, max length {m['max_length']}, prefix {m['prefix']!r}, {m['dtype']}",
+        f"{'kind':<6}{'rows':>9}{'shards':>8}",
+    ]
+    for kind, info in m["kinds"].items():
+        lines.append(f"{kind:<6}{info['rows']:>9}{len(info['shards']):>8}")
+    mentions = store.records("mentions")
+    by_lang = Counter(r["lang"] for r in mentions)
+    nil = Counter(r["lang"] for r in mentions if r["gold"] is None)
+    kb_langs = Counter(r["lang"] for r in store.records("kb"))
+    lines.append(f"{'lang':<6}{'mentions':>9}{'NIL rate':>10}{'KB size':>9}")
+    for lang in sorted(set(by_lang) | set(kb_langs)):
+        rate = nil[lang] / by_lang[lang] if by_lang[lang] else 0.0
+        lines.append(f"{lang:<6}{by_lang[lang]:>9}{rate:>10.3f}{kb_langs[lang]:>9}")
+    lines.append(
+        f"encoded {summary['encoded_shards']} shards, kept {summary['kept_shards']}; {summary['tokens']:,} tokens in "
+        f"{summary['seconds']:.1f}s ({summary['tokens_per_s']:,.0f} tokens/s), padding "
+        f"{summary['padding_fraction']:.1%}, {summary['windowed']} texts windowed to the length limit"
+    )
+    return "\n".join(lines)
+
+
+def _kinds(value: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in value.split(",") if k.strip())
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise click.BadParameter(f"{value!r}: allowed kinds are {','.join(KINDS)}")
+    return kinds
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Input directory with kb.jsonl, mentions.jsonl and optional text.jsonl (README: Input schema).")
+@click.option("--model", type=click.Path(path_type=Path), required=True,
+              help="Hugging Face model directory (fast tokenizer required), e.g. models/multilingual-e5-small.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Store directory to write or resume.")
+@click.option("--kinds", default=",".join(KINDS), show_default=True, callback=lambda c, p, v: _kinds(v),
+              help="Feature kinds: ms mention span, mc mention context, es entity name, ec description, text.")
+@click.option("--layer", type=int, default=-1, show_default=True, help="Hidden layer to pool (-1: last).")
+@click.option("--max-length", type=click.IntRange(min=8), default=None,
+              help="Subword limit per text, specials included [default: the encoder's limit].")
+@click.option("--prefix", default=None, help="Text put before every input [default: the encoder's, e5: 'query: '].")
+@click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
+              help="bf16: autocast on CPU and GPU; fp32: exact reference.")
+@click.option("--max-tokens-per-batch", type=click.IntRange(min=64), default=16384, show_default=True,
+              help="Token budget per forward batch (rows x longest row).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=4096, show_default=True, help="Rows per shard.")
+@click.option("--actors", type=click.IntRange(min=1), default=1, show_default=True, help="Encoder actors.")
+@click.option("--cpus-per-actor", type=click.FloatRange(min=0.5), default=None,
+              help="CPUs per actor, also its torch threads [default: all CPUs / actors].")
+@click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="GPUs per actor; 1 places one actor per GPU.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--address", default=None, help="Ray cluster address [default: the Ray job's, else a local Ray].")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+def main(verbose: bool, **flags: Any) -> None:
+    """Encode mentions, entity names, contexts, descriptions and text into a resumable HDF5 feature store."""
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    cfg = PrecomputeConfig(**flags)
+    try:
+        summary = run(cfg)
+    except (InputError, PrecomputeError, EncodeError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(summary_table(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""One unit of precompute work: encode one shard's items and write ``{kind}/shard-{i:05d}.h5`` atomically.
+
+:class:`ShardWorker` is a plain class, callable in-process (tests, benchmarks); ``precompute.run`` wraps it
+as a Ray actor, one per ``--actors``, each with its own tokenizer and model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from precompute.encoding import EncodeItem, EncodeStats, TextEncoder
+from precompute.store import write_shard
+
+log = logging.getLogger(__name__)
+
+FAULT_ENV = "XEL_FAULT_SHARD"  # "kind:index[:where]" — test hook: kill the process at that shard, once
+FAULT_MARKER_ENV = "XEL_FAULT_MARKER"  # a file created when the fault fires, so the retry succeeds
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    kind: str
+    index: int
+    start: int
+    items: tuple[EncodeItem, ...]
+    input_hash: str
+    path: str
+
+
+def shard_input_hash(settings_fingerprint: str, kind: str, items: tuple[EncodeItem, ...]) -> str:
+    """Hash of exactly what a shard encodes: encoder settings, kind, and each item's id, text and spans."""
+    h = hashlib.sha256(f"{settings_fingerprint}\x1e{kind}".encode())
+    for it in items:
+        h.update(json.dumps([it.id, it.lang, it.text, it.pool, it.anchor], ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+def maybe_inject_fault(task: ShardTask, where: str) -> None:
+    """Test hook: with ``XEL_FAULT_SHARD=kind:index:where`` set, die hard (``os._exit``) once at that point."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    kind, index, *rest = spec.split(":")
+    if (kind, int(index), rest[0] if rest else "encoded") != (task.kind, task.index, where):
+        return
+    marker = os.environ.get(FAULT_MARKER_ENV)
+    if marker:
+        if Path(marker).exists():
+            return
+        Path(marker).touch()
+    log.error("injected fault at shard %s:%d (%s)", task.kind, task.index, where)
+    os._exit(17)
+
+
+class ShardWorker:
+    """Holds one encoder; :meth:`run` encodes a shard and writes it."""
+
+    def __init__(self, model_dir: str, settings: dict[str, Any], device: str = "auto", threads: int | None = None):
+        self.encoder = TextEncoder.load(
+            model_dir, device=device, threads=threads, layer=settings["layer"], max_length=settings["max_length"],
+            prefix=settings["prefix"], dtype=settings["dtype"], max_tokens_per_batch=settings["max_tokens_per_batch"],
+        )
+
+    def run(self, task: ShardTask) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        maybe_inject_fault(task, "start")
+        stats = EncodeStats()
+        features = self.encoder.encode(task.items, stats)
+        maybe_inject_fault(task, "encoded")
+        checksum = write_shard(
+            task.path, kind=task.kind, start=task.start, ids=[it.id for it in task.items],
+            langs=[it.lang for it in task.items], features=features, input_hash=task.input_hash,
+        )
+        maybe_inject_fault(task, "written")
+        return {
+            "kind": task.kind, "index": task.index, "rows": len(task.items), "checksum": checksum,
+            "tokens": stats.tokens, "padded_tokens": stats.padded_tokens, "windowed": stats.windowed,
+            "forward_seconds": stats.forward_seconds, "seconds": time.perf_counter() - t0,
+        }
