@@ -657,6 +657,9 @@ def _build_into(tmp: Path, path: Path, version: str) -> dict[str, object]:
         "parameters": n_params,
         "pooling": "mean of last_hidden_state over attention_mask, L2 norm; prefix 'query: '/'passage: '",
         "pooler": "zeros (not in the source file; unused by e5)",
+        # xel puts this before every text it encodes (both sides match symmetrically, as e5 advises for
+        # similarity tasks); read by precompute.encoding.default_prefix and recorded in each store.
+        "prefix": "query: ",
         "charsmap": stats,
     }
     (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n", "utf-8")
