@@ -1,0 +1,100 @@
+"""``xel-train``: train the cross-language ranker on a feature store, e.g. ``xel-train --features h5/``.
+
+Flags parse into one :class:`~train.config.TrainConfig` (defaults < ``--config FILE`` < flags) and
+:func:`train.run.run` does the work; the resolved config is saved as ``<out>/config.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import click
+
+from precompute.store import StoreError
+from retrieval.files import CandidatesError
+from retrieval.metrics import format_table
+from train.checkpoint import CheckpointError
+from train.config import POPULARITY_MISSING, ConfigError, TrainConfig
+from train.data import DataError
+from train.run import run
+
+
+def _langs(value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(x.strip() for x in value.split(",") if x.strip())
+
+
+def _sizes(value: str | None, flag: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(x) for x in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated layer sizes, e.g. 512,256", param_hint=flag)
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--features", type=click.Path(file_okay=False), help="training store (xel-precompute --out)")
+@click.option("--out", type=click.Path(file_okay=False), help="run directory  [default: runs/train]")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
+              help="JSON config (a previous run's config.json); flags override it")
+@click.option("--eval-features", type=click.Path(file_okay=False), help="evaluation store (default: --features)")
+@click.option("--candidates", type=click.Path(dir_okay=False), help="default: <features>/candidates.jsonl")
+@click.option("--eval-candidates", type=click.Path(dir_okay=False), help="default: <eval-features>/candidates.jsonl")
+@click.option("--train-lang", help="comma-separated training languages (default: en if present, else all)")
+@click.option("--eval-lang", help="comma-separated evaluation languages (default: all of the eval store)")
+@click.option("--hs-sizes", help="hs layer sizes, e.g. 512,256 (default 256)")
+@click.option("--hc-sizes", help="hc layer sizes (default 256)")
+@click.option("--final-sizes", help="final MLP layer sizes (default 128,64)")
+@click.option("--dropout", type=float)
+@click.option("--lr", type=float)
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--negatives", type=int, help="random negatives per mention in the hinge loss")
+@click.option("--margin", type=float, help="hinge margin epsilon")
+@click.option("--max-candidates", type=int, help="keep the first K candidates of each mention")
+@click.option("--adversarial/--no-adversarial", default=None, help="+A: the adversarial language classifier")
+@click.option("--shared-size", type=int, help="width of the shared layer hs0 (+A)")
+@click.option("--lambda", "lambda_adv", type=float, help="weight of the language loss (paper: 0.25 TAC, 0.01 Wiki)")
+@click.option("--adv-steps", type=int, help="adversarial steps per epoch (y)")
+@click.option("--adv-epochs", type=int, help="stop the adversarial step after N epochs")
+@click.option("--adv-batch-size", type=int)
+@click.option("--popularity/--no-popularity", default=None, help="+P: KB cross-link popularity")
+@click.option("--popularity-missing", type=click.Choice(POPULARITY_MISSING), help="entries with links: null")
+@click.option("--nil-threshold", type=float, help="NIL when every candidate scores below it (default -1)")
+@click.option("--tune-nil/--no-tune-nil", default=None, help="pick the NIL threshold on dev")
+@click.option("--dev-fraction", type=float, help="held-out training mentions for epoch selection (default 0.1)")
+@click.option("--test-fraction", type=float, help="held-out test share of a language both trained and evaluated")
+@click.option("--equalize/--no-equalize", default=None, help="downsample training languages to the smallest")
+@click.option("--train-size", type=int, help="downsample each training language to N mentions")
+@click.option("--seed", type=int)
+@click.option("--seeds", type=int, help="train seeds seed..seed+N-1 and report mean and std")
+@click.option("--search", type=int, help="random search over Table 3 with N trials (Ray tasks when Ray is up)")
+@click.option("--threads", type=int, help="torch CPU threads (0: all available cores)")
+@click.option("--plots/--no-plots", default=None)
+@click.option("-v", "--verbose", is_flag=True)
+def main(config_file: str | None, verbose: bool, **flags: Any) -> None:
+    """Train the pointwise ranker (+A adversarial language objective, +P popularity) and evaluate it."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for name in ("train_lang", "eval_lang"):
+        flags[name] = _langs(flags[name])
+    for name in ("hs_sizes", "hc_sizes", "final_sizes"):
+        flags[name] = _sizes(flags[name], f"--{name.replace('_', '-')}")
+    try:
+        values: dict[str, Any] = TrainConfig.from_file(config_file).to_dict() if config_file else {}
+        values.update({k: v for k, v in flags.items() if v is not None})
+        if not values.get("features"):
+            raise click.UsageError("--features is required (or a --config with 'features')")
+        values.setdefault("out", "runs/train")
+        cfg = TrainConfig.from_dict(values)
+        summary = run(cfg)
+    except (ConfigError, DataError, StoreError, CandidatesError, CheckpointError) as e:
+        raise click.ClickException(str(e)) from None
+    title = f"test at the chosen epoch {summary['best_epoch']}, NIL threshold {summary['nil_threshold']}"
+    if cfg.seeds > 1:
+        title += f" (mean of {cfg.seeds} seeds)"
+    click.echo(format_table(summary["test"], title=title))
+    if cfg.seeds > 1:
+        click.echo(format_table(summary["std"], title="std over seeds"))
+    click.echo(f"wrote {cfg.out}/")

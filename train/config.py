@@ -1,0 +1,120 @@
+"""The trainer's one frozen configuration (``xel-train`` flags parse into it) and Table 3's search space."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+# Appendix Table 3 of the paper: the random-search space of the ranker.
+SEARCH_SPACE: dict[str, list[Any]] = {
+    "hc_sizes": [(768,), (512,), (256,), (512, 256)],
+    "hs_sizes": [(768,), (512,), (256,), (512, 256)],
+    "final_sizes": [(512, 256), (256, 128), (128, 64), (1024, 512), (512,), (256,)],
+    "dropout": [0.1, 0.2, 0.5],
+    "lr": [1e-5, 5e-4, 1e-4, 5e-3, 1e-3],
+}
+POPULARITY_MISSING = ("error", "median")
+
+
+class ConfigError(ValueError):
+    """A flag or config value is out of range; the message names it and what is allowed."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    features: str
+    out: str | None = None
+    eval_features: str | None = None
+    candidates: str | None = None
+    eval_candidates: str | None = None
+    train_lang: tuple[str, ...] = ()
+    eval_lang: tuple[str, ...] = ()
+    # model (Table 3)
+    hs_sizes: tuple[int, ...] = (256,)
+    hc_sizes: tuple[int, ...] = (256,)
+    final_sizes: tuple[int, ...] = (128, 64)
+    dropout: float = 0.1
+    # optimisation
+    lr: float = 1e-3
+    epochs: int = 15
+    batch_size: int = 128
+    negatives: int = 10
+    margin: float = 0.5
+    max_candidates: int = 30
+    # +A (paper §3.1, Algorithm 1)
+    adversarial: bool = False
+    shared_size: int = 256
+    lambda_adv: float = 0.01
+    adv_steps: int = 5
+    adv_epochs: int | None = None
+    adv_batch_size: int = 64
+    # +P (paper §4.1)
+    popularity: bool = False
+    popularity_missing: str = "error"
+    # NIL and selection
+    nil_threshold: float = -1.0
+    tune_nil: bool = False
+    dev_fraction: float = 0.1
+    test_fraction: float = 0.2
+    equalize: bool = False
+    train_size: int | None = None
+    # runs
+    seed: int = 0
+    seeds: int = 1
+    search: int = 0
+    threads: int = 0
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, value: Any, allowed: str) -> None:
+            if not ok:
+                raise ConfigError(f"--{name.replace('_', '-')} {value!r}: allowed {allowed}")
+
+        for name in ("hs_sizes", "hc_sizes", "final_sizes"):
+            sizes = getattr(self, name)
+            need(len(sizes) > 0 and all(int(s) > 0 for s in sizes), name, sizes, "one or more positive layer sizes")
+        need(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "0 <= p < 1")
+        need(self.lr > 0, "lr", self.lr, "> 0")
+        need(self.epochs >= 1, "epochs", self.epochs, ">= 1")
+        need(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        need(self.negatives >= 1, "negatives", self.negatives, ">= 1")
+        need(self.margin > 0, "margin", self.margin, "> 0")
+        need(self.max_candidates >= 1, "max_candidates", self.max_candidates, ">= 1")
+        need(self.shared_size >= 1, "shared_size", self.shared_size, ">= 1")
+        need(self.lambda_adv >= 0, "lambda", self.lambda_adv, ">= 0")
+        need(self.adv_steps >= 0, "adv_steps", self.adv_steps, ">= 0")
+        need(self.adv_epochs is None or self.adv_epochs >= 0, "adv_epochs", self.adv_epochs, ">= 0")
+        need(self.adv_batch_size >= 1, "adv_batch_size", self.adv_batch_size, ">= 1")
+        need(self.popularity_missing in POPULARITY_MISSING, "popularity_missing", self.popularity_missing,
+             f"one of {list(POPULARITY_MISSING)}")
+        need(-1.0 <= self.nil_threshold <= 1.0, "nil_threshold", self.nil_threshold, "in [-1, 1] (scores are tanh)")
+        need(0.0 <= self.dev_fraction < 1.0, "dev_fraction", self.dev_fraction, "0 <= f < 1")
+        need(0.0 < self.test_fraction < 1.0, "test_fraction", self.test_fraction, "0 < f < 1")
+        need(self.train_size is None or self.train_size >= 1, "train_size", self.train_size, ">= 1")
+        need(self.seeds >= 1, "seeds", self.seeds, ">= 1")
+        need(self.search >= 0, "search", self.search, ">= 0")
+        need(self.threads >= 0, "threads", self.threads, ">= 0 (0: torch's default)")
+        need(not (self.tune_nil and self.dev_fraction == 0), "tune_nil", self.tune_nil,
+             "only with --dev-fraction > 0 (the threshold is picked on dev)")
+        need(not (self.search and self.dev_fraction == 0), "search", self.search,
+             "only with --dev-fraction > 0 (trials are ranked by dev F1)")
+
+    def with_(self, **changes: Any) -> TrainConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"config keys {unknown} are unknown; allowed: {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))

@@ -1,0 +1,88 @@
+"""Score every candidate of a mention set, predict with the NIL threshold, and compute the shared metrics.
+
+A mention is predicted NIL when it has no candidate or every candidate scores below the threshold (paper §5:
+-1 by default); otherwise its best-scoring candidate. Metrics come from :mod:`retrieval.metrics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from retrieval.metrics import Scores, score_groups
+from train.data import Mentions
+from train.model import Ranker
+
+
+@dataclass(frozen=True)
+class Ranked:
+    scores: torch.Tensor  # [M, K], -inf where padded
+    best: torch.Tensor  # [M] best score (-inf without candidates)
+    best_pos: torch.Tensor  # [M]
+
+
+def rank(model: Ranker, mentions: Mentions, batch_size: int = 1024) -> Ranked:
+    model.eval()
+    kb = mentions.kb
+    parts = []
+    with torch.inference_mode():
+        for start in range(0, len(mentions), batch_size):
+            sl = slice(start, start + batch_size)
+            parts.append(model(mentions.ms[sl], mentions.mc[sl], mentions.cand[sl], kb.es, kb.ec, kb.popularity).scores)
+    scores = torch.cat(parts) if parts else torch.zeros(mentions.cand.shape)
+    scores = scores.masked_fill(~mentions.cand_mask, float("-inf"))
+    best, best_pos = scores.max(dim=1)
+    return Ranked(scores, best, best_pos)
+
+
+def predict(ranked: Ranked, mentions: Mentions, threshold: float) -> list[str | None]:
+    """KB id of the best candidate, or None (NIL) when there is none or it scores below ``threshold``."""
+    rows = mentions.cand.gather(1, ranked.best_pos[:, None]).squeeze(1).tolist()
+    linked = (ranked.best >= threshold).tolist()
+    return [mentions.kb.ids[r] if ok else None for r, ok in zip(rows, linked)]
+
+
+def evaluate(ranked: Ranked, mentions: Mentions, threshold: float) -> dict[str, Scores]:
+    return score_groups(mentions.golds, predict(ranked, mentions, threshold), mentions.langs, mentions.types)
+
+
+def tune_threshold(ranked: Ranked, mentions: Mentions) -> float:
+    """The NIL threshold in [-1, 1] with the best F1 on ``mentions`` (ties: the lowest threshold)."""
+    preds = predict(ranked, mentions, float("-inf"))
+    correct = np.array([p is not None and p == g for p, g in zip(preds, mentions.golds)], dtype=np.float64)
+    gold_links = sum(g is not None for g in mentions.golds)
+    best = ranked.best.numpy().astype(np.float64)
+    has = np.isfinite(best)
+    order = np.argsort(-best[has], kind="stable")
+    scores_sorted, correct_sorted = best[has][order], correct[has][order]
+    if not len(scores_sorted) or not gold_links:
+        return -1.0
+    # Linking exactly the top k mentions, k = 1..n; keep the last k of each run of equal scores.
+    k = np.arange(1, len(scores_sorted) + 1)
+    tp = np.cumsum(correct_sorted)
+    p, r = tp / k, tp / gold_links
+    f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
+    last_of_tie = np.append(scores_sorted[1:] != scores_sorted[:-1], True)
+    f1 = np.where(last_of_tie, f1, -1.0)
+    i = int(np.argmax(f1[::-1]))
+    i = len(f1) - 1 - i
+    return float(np.clip(scores_sorted[i], -1.0, 1.0))
+
+
+def prediction_rows(
+    ranked: Ranked, mentions: Mentions, threshold: float
+) -> list[tuple[str, str | None, float, list[tuple[str, float]]]]:
+    """Rows for :func:`retrieval.files.write_predictions`: candidates sorted by model score, best first."""
+    preds = predict(ranked, mentions, threshold)
+    scores = ranked.scores.tolist()
+    cands = mentions.cand.tolist()
+    masks = mentions.cand_mask.tolist()
+    rows = []
+    for i, mid in enumerate(mentions.ids):
+        pairs = sorted(((mentions.kb.ids[c], s) for c, s, ok in zip(cands[i], scores[i], masks[i]) if ok),
+                       key=lambda x: -x[1])
+        best = pairs[0][1] if pairs else -1.0
+        rows.append((mid, preds[i], best, pairs))
+    return rows

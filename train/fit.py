@@ -1,0 +1,84 @@
+"""One seeded training run: build the ranker, train for ``--epochs``, evaluate dev and test after each epoch,
+and keep the epoch with the best dev F1 (the last epoch without dev), with its NIL threshold."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from train.checkpoint import clone_state
+from train.config import TrainConfig
+from train.evaluate import Ranked, evaluate, rank, tune_threshold
+from train.loop import LoopSettings, Trainer
+from train.model import ModelSpec, Ranker
+from train.prepare import Prepared
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitResult:
+    model: Ranker
+    seed: int
+    best_epoch: int
+    nil_threshold: float
+    history: list[dict[str, Any]]
+    dev: dict[str, dict[str, float]] | None
+    test: dict[str, dict[str, float]]
+    test_ranked: Ranked
+
+
+def model_spec(cfg: TrainConfig, data: Prepared) -> ModelSpec:
+    adversarial = cfg.adversarial
+    return ModelSpec(
+        dim=data.dim, hs_sizes=cfg.hs_sizes, hc_sizes=cfg.hc_sizes, final_sizes=cfg.final_sizes,
+        dropout=cfg.dropout, popularity_dim=int(data.splits.train.kb.popularity.shape[1]),
+        shared_size=cfg.shared_size if adversarial else None,
+        languages=tuple(sorted(set(data.train_langs) | set(data.l2_langs))) if adversarial else (),
+    )
+
+
+def _as_dicts(scores: dict) -> dict[str, dict[str, float]]:
+    return {k: v.as_dict() for k, v in scores.items()}
+
+
+def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool = True) -> FitResult:
+    torch.manual_seed(seed)
+    model = Ranker(model_spec(cfg, data))
+    settings = LoopSettings(
+        lr=cfg.lr, batch_size=cfg.batch_size, negatives=cfg.negatives, margin=cfg.margin,
+        lambda_adv=cfg.lambda_adv, adv_steps=cfg.adv_steps, adv_epochs=cfg.adv_epochs,
+        adv_batch_size=cfg.adv_batch_size,
+    )
+    trainer = Trainer(model, data.splits.train, settings, seed, data.text, data.train_langs, data.l2_langs)
+    dev, test = data.splits.dev, data.splits.test
+    history: list[dict[str, Any]] = []
+    best: tuple[float, int, float, dict] | None = None
+    for epoch in tqdm(range(cfg.epochs), desc=f"train seed {seed}", disable=not progress, leave=False):
+        losses = trainer.epoch(epoch)
+        threshold = cfg.nil_threshold
+        entry: dict[str, Any] = {"epoch": epoch, **losses}
+        if dev is not None:
+            dev_ranked = rank(model, dev)
+            if cfg.tune_nil:
+                threshold = tune_threshold(dev_ranked, dev)
+            entry["dev"] = _as_dicts(evaluate(dev_ranked, dev, threshold))
+        entry["nil_threshold"] = threshold
+        entry["test"] = _as_dicts(evaluate(rank(model, test), test, threshold))
+        history.append(entry)
+        key = entry["dev"]["all"]["f1"] if dev is not None else float(epoch)
+        if best is None or key > best[0]:
+            best = (key, epoch, threshold, clone_state(model))
+        log.info("seed %d epoch %d: loss %.4f dev F1 %s test F1 %.3f", seed, epoch, losses["loss"],
+                 f"{entry['dev']['all']['f1']:.3f}" if dev is not None else "-", entry["test"]["all"]["f1"])
+    assert best is not None
+    _, best_epoch, threshold, state = best
+    model.load_state_dict(state, strict=True)
+    ranked = rank(model, test)
+    chosen = history[best_epoch]
+    return FitResult(model, seed, best_epoch, threshold, history, chosen.get("dev"),
+                     _as_dicts(evaluate(ranked, test, threshold)), ranked)

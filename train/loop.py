@@ -1,0 +1,136 @@
+"""One epoch of ``xel-train``: Algorithm 1's adversarial steps (with +A), then the main hinge-loss steps.
+
+Main step: for a batch of mentions whose gold is among their candidates, score the gold and ``--negatives`` n
+negatives drawn at random from the mention's other candidates (from the whole KB when it has too few) in one
+batched op, and take ``max(0, margin - (S(m, e+) - max_i S(m, e-_i)))``. With +A add
+``lambda * (MSE(pM, lang(m)) + MSE(pE, lang(e+)))`` with the correct labels. Everything but ``hadv`` is updated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from train.adversarial import adversarial_step, language_mse
+from train.data import Mentions
+from train.model import Ranker
+from train.text import LanguageText
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    lr: float
+    batch_size: int
+    negatives: int
+    margin: float
+    lambda_adv: float = 0.0
+    adv_steps: int = 0
+    adv_epochs: int | None = None
+    adv_batch_size: int = 64
+
+
+def sample_negatives(
+    cand: torch.Tensor, mask: torch.Tensor, gold_pos: torch.Tensor, gold_kb: torch.Tensor,
+    n: int, n_entities: int, generator: torch.Generator,
+) -> torch.Tensor:
+    """``[B, n]`` KB rows: random candidates other than the gold, topped up with random KB rows."""
+    b, k = cand.shape
+    keys = torch.rand(b, k, generator=generator)
+    valid = mask & (torch.arange(k)[None, :] != gold_pos[:, None])
+    keys = keys.masked_fill(~valid, -1.0)
+    if k < n:
+        keys = torch.cat([keys, torch.full((b, n - k), -1.0)], dim=1)
+        cand = torch.cat([cand, torch.zeros((b, n - k), dtype=cand.dtype)], dim=1)
+    top, pos = keys.topk(n, dim=1)
+    neg = cand.gather(1, pos)
+    filler = torch.randint(n_entities, (b, n), generator=generator)
+    filler = torch.where(filler == gold_kb[:, None], (filler + 1) % n_entities, filler)
+    return torch.where(top >= 0, neg, filler)
+
+
+class Trainer:
+    """Holds the model, its two optimizers and the in-memory training tensors; :meth:`epoch` runs one epoch."""
+
+    def __init__(
+        self, model: Ranker, train: Mentions, settings: LoopSettings, seed: int,
+        text: LanguageText | None = None, source_langs: tuple[str, ...] = (), l2_langs: tuple[str, ...] = (),
+    ):
+        if len(train.kb.ids) < 2:
+            raise ValueError(f"the KB has {len(train.kb.ids)} entries; negatives need at least 2")
+        self.model, self.train, self.s = model, train, settings
+        self.generator = torch.Generator().manual_seed(seed)
+        self.rows = train.trainable()
+        self.optimizer = torch.optim.Adam(model.linker_parameters(), lr=settings.lr)
+        self.adversarial = model.hadv is not None
+        if self.adversarial:
+            if text is None:
+                raise ValueError("a model with a language classifier needs adversarial text")
+            index = {lang: i for i, lang in enumerate(model.spec.languages)}
+            self.source = [index[x] for x in source_langs]
+            self.l2 = [index[x] for x in l2_langs]
+            self.n_langs = len(index)
+            self.mention_lang = torch.tensor([index[x] for x in train.langs])
+            self.entity_lang = torch.tensor([index.get(x, -1) for x in train.kb.langs])
+            a = [(text.features[x], index[x]) for x in source_langs]
+            b = [(text.features[x], index[x]) for x in l2_langs]
+            self.text_a = torch.cat([f for f, _ in a])
+            self.langs_a = torch.cat([torch.full((len(f),), i) for f, i in a])
+            self.text_b = torch.cat([f for f, _ in b])
+            self.langs_b = torch.cat([torch.full((len(f),), i) for f, i in b])
+            self.adv_optimizer = torch.optim.Adam(model.adversary_parameters(), lr=settings.lr)
+
+    def adversarial_steps(self) -> float:
+        total = 0.0
+        bs = self.s.adv_batch_size
+        for _ in range(self.s.adv_steps):
+            ia = torch.randint(len(self.text_a), (bs,), generator=self.generator)
+            ib = torch.randint(len(self.text_b), (bs,), generator=self.generator)
+            total += adversarial_step(
+                self.model, self.adv_optimizer, self.text_a[ia], self.langs_a[ia], self.text_b[ib],
+                self.langs_b[ib], self.source, self.l2, self.generator,
+            )
+        return total
+
+    def main_step(self, rows: torch.Tensor) -> tuple[float, float]:
+        """One update of everything but ``hadv`` on training rows ``rows``; returns (EL loss, language loss)."""
+        t, kb = self.train, self.train.kb
+        gold = t.gold_kb[rows]
+        neg = sample_negatives(t.cand[rows], t.cand_mask[rows], t.gold_pos[rows], gold, self.s.negatives,
+                               len(kb.ids), self.generator)
+        out = self.model(t.ms[rows], t.mc[rows], torch.cat([gold[:, None], neg], dim=1), kb.es, kb.ec, kb.popularity)
+        el_loss = F.relu(self.s.margin - (out.scores[:, 0] - out.scores[:, 1:].max(dim=1).values)).mean()
+        loss = el_loss
+        lang_loss = torch.zeros(())
+        if self.adversarial and self.s.lambda_adv > 0:
+            e_lang = self.entity_lang[gold]
+            known = e_lang >= 0
+            lang_loss = language_mse(self.model, out.mention_shared,
+                                     F.one_hot(self.mention_lang[rows], self.n_langs).float())
+            if bool(known.any()):
+                e_shared = out.entity_shared[out.inverse[:, 0]][known]
+                lang_loss = lang_loss + language_mse(self.model, e_shared,
+                                                     F.one_hot(e_lang[known], self.n_langs).float())
+            loss = loss + self.s.lambda_adv * lang_loss
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return float(el_loss.detach()), float(lang_loss.detach())
+
+    def epoch(self, index: int) -> dict[str, float]:
+        """Algorithm 1, one iteration of the outer loop; returns mean losses."""
+        self.model.train()
+        adv_loss = 0.0
+        if self.adversarial and (self.s.adv_epochs is None or index < self.s.adv_epochs):
+            adv_loss = self.adversarial_steps()
+        order = self.rows[torch.randperm(len(self.rows), generator=self.generator)]
+        el_total = lang_total = 0.0
+        batches = 0
+        for start in range(0, len(order), self.s.batch_size):
+            el, lang = self.main_step(order[start : start + self.s.batch_size])
+            el_total += el
+            lang_total += lang
+            batches += 1
+        return {"loss": el_total / batches, "lang_loss": lang_total / batches,
+                "adv_loss": adv_loss / max(1, self.s.adv_steps)}

@@ -1,0 +1,53 @@
+"""PNG plots of a training run: loss by epoch, dev/test P/R/F1 by epoch, and per-language test bars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_run(history: list[dict[str, Any]], test: dict[str, dict[str, float]], out: Path) -> list[Path]:
+    epochs = [h["epoch"] for h in history]
+    paths = [out / "loss.png", out / "prf.png", out / "languages.png"]
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("loss", "lang_loss", "adv_loss"):
+        if any(h[key] for h in history):
+            ax.plot(epochs, [h[key] for h in history], marker="o", label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for split in ("dev", "test"):
+        if split in history[0]:
+            for metric, style in (("p", ":"), ("r", "--"), ("f1", "-")):
+                ax.plot(epochs, [h[split]["all"][metric] for h in history], style, label=f"{split} {metric}")
+    ax.set_xlabel("epoch")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=100)
+    plt.close(fig)
+
+    langs = sorted(k for k in test if k.startswith("lang:"))
+    fig, ax = plt.subplots(figsize=(max(4, 1.5 * len(langs) + 2), 4))
+    width = 0.2
+    for j, metric in enumerate(("micro", "p", "r", "f1")):
+        ax.bar([i + j * width for i in range(len(langs))], [test[g][metric] for g in langs], width, label=metric)
+    ax.set_xticks([i + 1.5 * width for i in range(len(langs))], [g.split(":", 1)[1] for g in langs])
+    ax.set_ylim(0, 1)
+    ax.set_title("test, chosen epoch")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(paths[2], dpi=100)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,67 @@
+"""Load the stores named by a :class:`TrainConfig` into the in-memory data one or many training runs share."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from precompute.store import Store, open_store
+from train.config import TrainConfig
+from train.data import DataError, check_stores, load_kb, load_mentions
+from train.splits import Splits, make_splits
+from train.text import LanguageText, adversarial_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    splits: Splits
+    train_langs: tuple[str, ...]
+    eval_langs: tuple[str, ...]
+    l2_langs: tuple[str, ...]
+    text: LanguageText | None
+    dim: int
+
+
+def _langs(store: Store) -> list[str]:
+    return sorted({str(r["lang"]) for r in store.records("mentions")})
+
+
+def _pick(asked: tuple[str, ...], present: list[str], flag: str, store: Store) -> tuple[str, ...]:
+    unknown = [x for x in asked if x not in present]
+    if unknown:
+        raise DataError(f"{flag} {','.join(asked)}: {unknown} have no mentions in {store.root}; it holds {present}")
+    return tuple(asked)
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
+    train_store = open_store(cfg.features)
+    same = cfg.eval_features is None or Path(cfg.eval_features).resolve() == Path(cfg.features).resolve()
+    eval_store = train_store if same else open_store(cfg.eval_features)
+    if not same:
+        check_stores(train_store, eval_store)
+    present = _langs(train_store)
+    default_train = ("en",) if "en" in present else tuple(present)
+    train_langs = _pick(cfg.train_lang or default_train, present, "--train-lang", train_store)
+    eval_langs = _pick(cfg.eval_lang or tuple(_langs(eval_store)), _langs(eval_store), "--eval-lang", eval_store)
+    log.info("training languages %s, evaluation languages %s", list(train_langs), list(eval_langs))
+    kb_args = {"popularity": cfg.popularity, "popularity_missing": cfg.popularity_missing}
+    kb = load_kb(train_store, **kb_args)
+    pool_langs = tuple(sorted(set(train_langs) | (set(eval_langs) if same else set())))
+    train_pool = load_mentions(train_store, kb, langs=pool_langs, candidates=cfg.candidates,
+                               max_candidates=cfg.max_candidates)
+    test_pool = None
+    if not same:
+        test_pool = load_mentions(eval_store, load_kb(eval_store, **kb_args), langs=eval_langs,
+                                  candidates=cfg.eval_candidates, max_candidates=cfg.max_candidates)
+    splits = make_splits(
+        train_pool, test_pool, train_langs=train_langs, eval_langs=eval_langs, dev_fraction=cfg.dev_fraction,
+        test_fraction=cfg.test_fraction, equalize_langs=cfg.equalize, train_size=cfg.train_size, seed=cfg.seed,
+    )
+    l2_langs = tuple(x for x in eval_langs if x not in train_langs)
+    text = None
+    if cfg.adversarial:
+        text = adversarial_text(train_store, eval_store, splits.train, splits.test, train_langs, l2_langs)
+    return Prepared(splits, train_langs, eval_langs, l2_langs, text, train_store.dim)
