@@ -1,0 +1,312 @@
+"""Candidate generation (alias prior + name match + dense retrieval) and recall@k: ``xel-nn candidates``.
+
+Per mention, in the spirit of the paper's triage (§5, Appendix A):
+
+* ``prior``: an alias prior ``P(e | normalised mention string)`` counted from the training mentions (those with
+  a gold whose language is the train language), leave-one-out for a training mention itself so its own gold
+  never earns it a candidate, plus exact and normalised name matches against the mention's KB;
+* ``dense``: the top-k of the mention's ``ms`` against the ``es`` index of its KB (cosine);
+* ``given``: the mention's own ``candidates`` list when the data has one (then it is the whole list).
+
+``merge`` keeps up to ``max_prior`` prior candidates first, then fills to ``k`` with dense ones not yet listed.
+The gold is never injected. Recall@k is reported per language and per source (prior, dense, merged).
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from precompute.store import StoreError
+from retrieval.files import Candidate
+
+log = logging.getLogger(__name__)
+
+RECALL_KS = (1, 5, 10, 20, 50, 100)
+NAME_EXACT_SCORE = 1.0
+NAME_NORMALISED_SCORE = 0.5
+
+
+def normalise_mention(text: str) -> str:
+    """NFKC, casefold, punctuation removed, whitespace collapsed: ``" U.S.A. "`` -> ``"usa"``."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    kept = "".join(" " if ch.isspace() else ch for ch in text if not unicodedata.category(ch).startswith("P"))
+    return " ".join(kept.split())
+
+
+@dataclass(frozen=True)
+class MentionRef:
+    """What candidate generation needs of a mention record."""
+
+    id: str
+    lang: str
+    surface: str
+    gold: str | None
+    given: tuple[str, ...] | None
+    type: str | None = None
+
+    @classmethod
+    def from_record(cls, record: dict) -> MentionRef:
+        given = record.get("candidates")
+        return cls(
+            id=record["id"], lang=record["lang"], surface=record["sentence"][record["start"]:record["end"]],
+            gold=record.get("gold"), given=tuple(given) if given is not None else None, type=record.get("type"),
+        )
+
+
+class AliasPrior:
+    """Normalised mention string -> KB id counts from training mentions, with leave-one-out lookups."""
+
+    def __init__(self, mentions: Iterable[MentionRef], train_lang: str):
+        self.train_lang = train_lang
+        self.counts: dict[str, Counter[str]] = defaultdict(Counter)
+        self.training_ids: set[str] = set()
+        for m in mentions:
+            if m.lang == train_lang and m.gold is not None:
+                self.counts[normalise_mention(m.surface)][m.gold] += 1
+                self.training_ids.add(m.id)
+        log.info("alias prior: %d aliases from %d %r training mentions", len(self.counts), len(self.training_ids),
+                 train_lang)
+
+    def lookup(self, mention: MentionRef) -> list[tuple[str, float]]:
+        """``[(kb id, P(e | alias))]`` best first; a training mention's own count is left out."""
+        counts = Counter(self.counts.get(normalise_mention(mention.surface), {}))
+        if mention.id in self.training_ids and mention.gold is not None:
+            counts[mention.gold] -= 1
+        counts = Counter({k: c for k, c in counts.items() if c > 0})
+        total = sum(counts.values())
+        return [(k, c / total) for k, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+class NameMatcher:
+    """Exact and normalised KB name matches for one KB; ties broken by ``links`` (popularity), then id."""
+
+    def __init__(self, kb_records: Iterable[dict]):
+        self.exact: dict[str, list[str]] = defaultdict(list)
+        self.normalised: dict[str, list[str]] = defaultdict(list)
+        links: dict[str, int] = {}
+        for r in kb_records:
+            self.exact[r["name"]].append(r["id"])
+            self.normalised[normalise_mention(r["name"])].append(r["id"])
+            links[r["id"]] = r.get("links") or 0
+        for table in (self.exact, self.normalised):
+            for key in table:
+                table[key].sort(key=lambda i: (-links[i], i))
+
+    def lookup(self, surface: str) -> list[tuple[str, float]]:
+        out = [(k, NAME_EXACT_SCORE) for k in self.exact.get(surface, [])]
+        seen = {k for k, _ in out}
+        normalised = self.normalised.get(normalise_mention(surface), [])
+        out += [(k, NAME_NORMALISED_SCORE) for k in normalised if k not in seen]
+        return out
+
+
+def prior_candidates(
+    mention: MentionRef, prior: AliasPrior, names: NameMatcher, kb_ids: set[str] | frozenset[str]
+) -> list[tuple[str, float]]:
+    """Alias-prior candidates in the mention's KB, then name matches not already listed; score = prior + match."""
+    scores: dict[str, float] = {}
+    for k, p in prior.lookup(mention):
+        if k in kb_ids:
+            scores[k] = p
+    for k, s in names.lookup(mention.surface):
+        scores[k] = scores.get(k, 0.0) + s
+    return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+def merge(
+    prior: Sequence[tuple[str, float]], dense: Sequence[tuple[str, float]], k: int, max_prior: int
+) -> list[Candidate]:
+    """Up to ``max_prior`` prior candidates, then dense ones not yet listed, ``k`` in all, best first."""
+    out: list[Candidate] = [(kb, s, "prior") for kb, s in prior[:max_prior]]
+    seen = {kb for kb, _, _ in out}
+    for kb, s in dense:
+        if len(out) >= k:
+            break
+        if kb not in seen:
+            out.append((kb, s, "dense"))
+            seen.add(kb)
+    return out[:k]
+
+
+def given_candidates(given: Sequence[str], mention_vec: np.ndarray, entity_vecs: dict[str, np.ndarray]
+                     ) -> list[Candidate]:
+    """The mention's own list, ordered by cosine (stable for ties); all of it is kept."""
+    scored = [(kb, float(mention_vec @ entity_vecs[kb])) for kb in given]
+    return [(kb, s, "given") for kb, s in sorted(scored, key=lambda kv: -kv[1])]
+
+
+# ----------------------------------------------------------------------------------------------- recall@k
+
+
+def hit_rank(candidates: Sequence[str], gold: str | None) -> int | None:
+    """1-based rank of ``gold`` in ``candidates``, ``None`` when absent or NIL."""
+    if gold is None:
+        return None
+    for rank, kb in enumerate(candidates, start=1):
+        if kb == gold:
+            return rank
+    return None
+
+
+def recall_at_k(
+    lists: Sequence[Sequence[str]], golds: Sequence[str | None], ks: Sequence[int] = RECALL_KS
+) -> dict[str, float]:
+    """``{"n": mentions with a gold, "R@k": fraction whose gold is within the first k}``; NIL golds are skipped."""
+    ranks = [hit_rank(c, g) for c, g in zip(lists, golds) if g is not None]
+    n = len(ranks)
+    out: dict[str, float] = {"n": n}
+    for k in ks:
+        out[f"R@{k}"] = sum(1 for r in ranks if r is not None and r <= k) / n if n else 0.0
+    return out
+
+
+def recall_table(
+    per_source: dict[str, Sequence[Sequence[str]]], golds: Sequence[str | None], langs: Sequence[str],
+    ks: Sequence[int] = RECALL_KS,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``{group: {source: recall_at_k}}`` for ``all`` and each ``lang:xx``."""
+    groups: dict[str, list[int]] = {"all": list(range(len(golds)))}
+    for i, lang in enumerate(langs):
+        groups.setdefault(f"lang:{lang}", []).append(i)
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for name, idx in sorted(groups.items()):
+        table[name] = {
+            source: recall_at_k([lists[i] for i in idx], [golds[i] for i in idx], ks)
+            for source, lists in per_source.items()
+        }
+    return table
+
+
+def format_recall_table(table: dict[str, dict[str, dict[str, float]]], ks: Sequence[int] = RECALL_KS) -> str:
+    """Fixed-width text: one row per (group, source), columns n and R@k."""
+    lines = [f"{'group':<14}{'source':<8}{'n':>8}" + "".join(f"{'R@' + str(k):>8}" for k in ks)]
+    for group, sources in table.items():
+        for source, row in sources.items():
+            lines.append(f"{group:<14}{source:<8}{int(row['n']):>8d}" + "".join(f"{row[f'R@{k}']:>8.3f}" for k in ks))
+    return "\n".join(lines)
+
+
+def plot_recall(table: dict[str, dict[str, dict[str, float]]], path: str, ks: Sequence[int] = RECALL_KS) -> None:
+    """A PNG with one panel per group (``all``, each language) and one recall@k curve per source."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(table)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.5), squeeze=False, sharey=True)
+    for ax, group in zip(axes[0], groups):
+        for source, row in table[group].items():
+            ax.plot(ks, [row[f"R@{k}"] for k in ks], marker="o", label=source)
+        ax.set_xscale("log")
+        ax.set_xticks(list(ks), [str(k) for k in ks])
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{group} (n={int(next(iter(table[group].values()))['n'])})")
+        ax.set_xlabel("k")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("recall@k")
+    axes[0][-1].legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------- pipeline
+
+
+@dataclass
+class MentionVectors:
+    """Mention records joined to their unit query vectors, and the entity vectors of the index's kind."""
+
+    mentions: list[MentionRef]
+    vectors: np.ndarray
+    entity_row: dict[str, int]
+    entity_vectors: np.ndarray
+
+    def entity(self, kb_id: str) -> np.ndarray:
+        return self.entity_vectors[self.entity_row[kb_id]]
+
+
+def load_mention_vectors(store, index, langs: Sequence[str] | None = None) -> MentionVectors:
+    """The store's mentions (optionally only ``langs``) with query vectors; entity rows checked against the index."""
+    from retrieval.index import load_features
+
+    records = store.records("mentions")
+    if not records:
+        raise StoreError(f"{store.root}: no inputs/mentions.jsonl; the store holds no mention records")
+    if langs:
+        records = [r for r in records if r["lang"] in set(langs)]
+    mids, mvecs, _ = load_features(store, index.query_kind)
+    row = {m: i for i, m in enumerate(mids)}
+    missing = [r["id"] for r in records if r["id"] not in row]
+    if missing:
+        raise StoreError(f"{store.root}: mention {missing[0]!r} has no {index.query_kind!r} features")
+    eids, evecs, elangs = load_features(store, index.kind)
+    for lang in index.langs:
+        index.check_ids(lang, [e for e, el in zip(eids, elangs) if el == lang])
+    return MentionVectors(
+        [MentionRef.from_record(r) for r in records], mvecs[[row[r["id"]] for r in records]],
+        {e: i for i, e in enumerate(eids)}, evecs,
+    )
+
+
+def dense_search(
+    data: MentionVectors, index, k: int, kb_lang: str | None = None
+) -> tuple[list[str], list[list[tuple[str, float]]]]:
+    """Per mention: its KB language and the top-``k`` ``(kb id, cosine)`` from that KB's index."""
+    kb_langs = [index.kb_lang_for(m.lang, kb_lang) for m in data.mentions]
+    out: list[list[tuple[str, float]]] = [[] for _ in data.mentions]
+    for lang in sorted(set(kb_langs)):
+        rows = [i for i, kl in enumerate(kb_langs) if kl == lang]
+        scores, ids = index.langs[lang].search(data.vectors[rows], k)
+        for r, s_row, id_row in zip(rows, scores, ids):
+            out[r] = [(kb, float(s)) for kb, s in zip(id_row, s_row)]
+    return kb_langs, out
+
+
+@dataclass
+class CandidateSet:
+    data: MentionVectors
+    prior: list[list[tuple[str, float]]]
+    dense: list[list[tuple[str, float]]]
+    merged: list[list[Candidate]]
+
+    @property
+    def mentions(self) -> list[MentionRef]:
+        return self.data.mentions
+
+    def recall(self, ks: Sequence[int] = RECALL_KS) -> dict[str, dict[str, dict[str, float]]]:
+        per_source = {
+            "prior": [[kb for kb, _ in c] for c in self.prior],
+            "dense": [[kb for kb, _ in c] for c in self.dense],
+            "merged": [[kb for kb, _, _ in c] for c in self.merged],
+        }
+        return recall_table(per_source, [m.gold for m in self.mentions], [m.lang for m in self.mentions], ks)
+
+
+def generate_candidates(
+    store, index, *, k: int = 30, max_prior: int = 10, train_lang: str = "en", kb_lang: str | None = None,
+    langs: Sequence[str] | None = None, dense_k: int = max(RECALL_KS),
+) -> CandidateSet:
+    """Prior, dense and merged candidates for every mention of ``store`` (see the module docstring)."""
+    data = load_mention_vectors(store, index, langs)
+    prior = AliasPrior([MentionRef.from_record(r) for r in store.records("mentions")], train_lang)
+    kb_records = store.records("kb")
+    kb_langs, dense = dense_search(data, index, max(k, dense_k), kb_lang)
+    matchers = {lang: NameMatcher(r for r in kb_records if r["lang"] == lang) for lang in set(kb_langs)}
+    kb_ids = {lang: frozenset(r["id"] for r in kb_records if r["lang"] == lang) for lang in set(kb_langs)}
+    priors, merged = [], []
+    for i, m in enumerate(data.mentions):
+        p = prior_candidates(m, prior, matchers[kb_langs[i]], kb_ids[kb_langs[i]])
+        priors.append(p)
+        if m.given is not None:
+            merged.append(given_candidates(m.given, data.vectors[i], {kb: data.entity(kb) for kb in m.given}))
+        else:
+            merged.append(merge(p, dense[i], k, max_prior))
+    return CandidateSet(data, priors, dense, merged)

@@ -1,0 +1,396 @@
+"""FAISS indexes over a store's entity features, one per KB language: ``xel-nn build --features h5/ --out index/``.
+
+An index directory holds, per KB language ``L``, ``index-L.faiss`` (the FAISS index) and ``ids-L.json`` (row ->
+KB id), plus ``manifest.json`` naming the store it was built from (path relative to the index directory), the
+store's encoder signature, the feature kind, the factory string and per-language row counts. Every file is
+written atomically. Cosine similarity is the inner product of L2-normalised float32 vectors.
+
+Search runs where :func:`select_search_device` says: GPU FAISS when it sees a GPU, else an exact torch
+matmul + top-k on CUDA when torch sees one, else CPU FAISS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from precompute.store import Store, StoreError, atomic_write_bytes, atomic_write_json, open_store
+
+log = logging.getLogger(__name__)
+
+INDEX_MANIFEST = "manifest.json"
+INDEX_FORMAT_VERSION = 1
+# entity feature kind indexed -> the mention feature kind queried against it
+FEATURE_KINDS = {"es": "ms", "ec": "mc", "es+ec": "ms+mc"}
+SEARCH_DEVICES = ("auto", "cpu", "faiss-gpu", "torch")
+TRAIN_ROWS_PER_CENTROID = 50
+
+
+class RetrievalError(ValueError):
+    """An index cannot be built, loaded or searched as asked (bad factory string, too few rows, bad k)."""
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` as float32 unit vectors (zero rows stay zero)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def load_features(store: Store, kind: str) -> tuple[list[str], np.ndarray, list[str]]:
+    """``(ids, L2-normalised float32 features, langs)`` of ``kind``; ``a+b`` concatenates the unit rows of two kinds.
+
+    Mention kinds (``ms``, ``mc``, ``ms+mc``) and entity kinds (``es``, ``ec``, ``es+ec``) are both accepted.
+    """
+    parts = kind.split("+")
+    ids, feats, langs = store.load(parts[0])
+    mats = [l2_normalise(feats)]
+    for extra in parts[1:]:
+        ids2, feats2, _ = store.load(extra)
+        if ids2 != ids:
+            raise StoreError(f"{store.root}: kinds {parts[0]!r} and {extra!r} hold different ids; cannot concatenate")
+        mats.append(l2_normalise(feats2))
+    return ids, l2_normalise(np.concatenate(mats, axis=1)) if len(mats) > 1 else mats[0], langs
+
+
+def ids_digest(ids: list[str]) -> str:
+    return hashlib.sha256("\x1f".join(ids).encode("utf-8")).hexdigest()
+
+
+def training_requirements(index: faiss.Index) -> tuple[int, int]:
+    """``(minimum, recommended)`` training rows for an untrained index made by ``faiss.index_factory``.
+
+    The minimum is the largest codebook (IVF ``nlist`` coarse centroids, ``2**nbits`` PQ/SQ centroids); the
+    recommended count is ``TRAIN_ROWS_PER_CENTROID`` rows per centroid of the largest codebook.
+    """
+    centroids = 1
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        centroids = max(centroids, ivf.nlist)
+    for candidate in (index, ivf, getattr(index, "base_index", None)):
+        if candidate is None:
+            continue
+        candidate = faiss.downcast_index(candidate)
+        pq = getattr(candidate, "pq", None)
+        if pq is not None:
+            centroids = max(centroids, pq.ksub)
+    if index.is_trained:
+        return 0, 0
+    return centroids, TRAIN_ROWS_PER_CENTROID * centroids
+
+
+def make_index(factory: str, dim: int) -> faiss.Index:
+    """An empty inner-product index from a FAISS factory string; a string FAISS rejects raises ``RetrievalError``."""
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+        raise RetrievalError(
+            f"FAISS rejects the factory string {factory!r} at dim {dim} ({first}); "
+            "use one such as 'Flat', 'HNSW32', 'IVF1024,Flat', 'IVF4096,PQ32' (see the faiss index_factory docs)"
+        ) from None
+
+
+def build_lang_index(
+    vectors: np.ndarray, factory: str, *, lang: str = "?", seed: int = 0, train_rows: int | None = None
+) -> faiss.Index:
+    """Train (on a seeded sample) and fill an index over unit ``vectors`` [n, D] float32."""
+    index = make_index(factory, vectors.shape[1])
+    n = vectors.shape[0]
+    if not index.is_trained:
+        minimum, recommended = training_requirements(index)
+        if n < minimum:
+            raise RetrievalError(
+                f"factory {factory!r} needs at least {minimum} training rows (its largest codebook has {minimum} "
+                f"centroids) but the KB {lang!r} has {n} entities; use a smaller IVF/PQ or 'Flat'/'HNSW32'"
+            )
+        sample_size = min(n, train_rows or recommended)
+        if sample_size < recommended:
+            log.warning("index %r for KB %r: training on %d rows, below the recommended %d", factory, lang,
+                        sample_size, recommended)
+        rng = np.random.default_rng(seed)
+        sample = vectors if sample_size == n else vectors[np.sort(rng.choice(n, sample_size, replace=False))]
+        _set_kmeans_seed(index, seed)
+        log.info("training %r for KB %r on %d of %d rows", factory, lang, sample_size, n)
+        try:
+            index.train(np.ascontiguousarray(sample))
+        except RuntimeError as e:
+            raise RetrievalError(f"training {factory!r} on {sample_size} rows of KB {lang!r} failed: {e}") from None
+    index.add(vectors)
+    return index
+
+
+def _set_kmeans_seed(index: faiss.Index, seed: int) -> None:
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.cp.seed = seed
+
+
+# ----------------------------------------------------------------------------------------------- devices
+
+
+def select_search_device(
+    requested: str = "auto", *, faiss_gpus: int | None = None, torch_cuda: bool | None = None
+) -> str:
+    """Where to search: ``faiss-gpu`` if FAISS sees a GPU, else ``torch`` if torch sees CUDA, else ``cpu``.
+
+    ``requested`` other than ``auto`` is honoured, and refused when the hardware it needs is absent.
+    """
+    if requested not in SEARCH_DEVICES:
+        raise ValueError(f"search device {requested!r}; allowed: {list(SEARCH_DEVICES)}")
+    if faiss_gpus is None:
+        faiss_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if torch_cuda is None:
+        torch_cuda = _torch_cuda_available()
+    if requested == "faiss-gpu" and faiss_gpus <= 0:
+        raise ValueError("search device 'faiss-gpu' asked for, but FAISS sees no GPU (install the 'gpu' extra)")
+    if requested == "torch" and not torch_cuda:
+        raise ValueError("search device 'torch' asked for, but torch sees no CUDA device")
+    if requested != "auto":
+        return requested
+    if faiss_gpus > 0:
+        return "faiss-gpu"
+    if torch_cuda:
+        return "torch"
+    return "cpu"
+
+
+def _torch_cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+class TorchExactSearcher:
+    """Exact inner-product top-k with a torch matmul over the index's stored vectors (on ``device``)."""
+
+    def __init__(self, index: faiss.Index, device: str = "cuda", chunk: int = 4096):
+        import torch
+
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.make_direct_map()
+        vectors = index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, index.d), np.float32)
+        self.torch = torch
+        self.device = device
+        self.chunk = chunk
+        self.vectors = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(device)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        torch = self.torch
+        k_eff = min(k, self.vectors.shape[0])
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        rows = np.full((len(queries), k), -1, np.int64)
+        with torch.inference_mode():
+            for start in range(0, len(queries), self.chunk):
+                q = torch.from_numpy(np.ascontiguousarray(queries[start:start + self.chunk])).to(self.device)
+                top = torch.topk(q @ self.vectors.T, k_eff, dim=1)
+                scores[start:start + len(q), :k_eff] = top.values.cpu().numpy()
+                rows[start:start + len(q), :k_eff] = top.indices.cpu().numpy()
+        return scores, rows
+
+
+# ----------------------------------------------------------------------------------------------- index dir
+
+
+@dataclass
+class LangIndex:
+    """One KB language's index and its row -> KB id map."""
+
+    lang: str
+    index: faiss.Index
+    ids: list[str]
+    searcher: Any = None  # a TorchExactSearcher or a GPU copy, set by ``EntityIndex.to_device``
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-``k`` ``(scores [n, <=k], kb ids)`` of unit ``queries``, best first (fewer if the KB is small)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.index.d:
+            raise RetrievalError(
+                f"queries of shape {queries.shape}; the {self.lang!r} index expects [n, {self.index.d}]"
+            )
+        if k < 1:
+            raise RetrievalError(f"k={k}; k must be >= 1")
+        if len(queries) == 0:
+            return np.zeros((0, 0), np.float32), []
+        searcher = self.searcher if self.searcher is not None else self.index
+        scores, rows = searcher.search(queries, k)
+        valid = rows >= 0
+        width = int(valid.sum(axis=1).min())
+        ids = [[self.ids[r] for r in row[:width]] for row in rows]
+        return scores[:, :width], ids
+
+
+@dataclass
+class EntityIndex:
+    """A loaded index directory: per-language indexes plus the manifest."""
+
+    root: Path
+    manifest: dict[str, Any]
+    langs: dict[str, LangIndex] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def query_kind(self) -> str:
+        return FEATURE_KINDS[self.kind]
+
+    def store_path(self) -> Path:
+        return (self.root / self.manifest["store"]).resolve()
+
+    def check_store(self, store: Store) -> None:
+        """Refuse a store whose encoder signature or dimension differs from the one the index was built from."""
+        theirs = store.encoder_signature()
+        if theirs != self.manifest["encoder_signature"]:
+            raise StoreError(
+                f"index {self.root} was built from a store with encoder {self.manifest['encoder_signature']}, "
+                f"but store {store.root} has {theirs}; rebuild the index with xel-nn build --features {store.root}"
+            )
+
+    def check_ids(self, lang: str, ids: list[str]) -> None:
+        """Refuse entity rows that differ from the ones the index of ``lang`` was built over."""
+        if ids_digest(ids) != self.manifest["langs"][lang]["ids_sha256"]:
+            raise StoreError(
+                f"index {self.root}: the store's KB {lang!r} entities differ from those indexed; rebuild the index"
+            )
+
+    def kb_lang_for(self, mention_lang: str, override: str | None = None) -> str:
+        """The KB a mention of ``mention_lang`` links to: ``override``, else its own language, else the only KB."""
+        available = sorted(self.langs)
+        if override is not None:
+            if override not in self.langs:
+                raise RetrievalError(f"KB language {override!r} is not in index {self.root}; it holds {available}")
+            return override
+        if mention_lang in self.langs:
+            return mention_lang
+        if len(available) == 1:
+            return available[0]
+        raise RetrievalError(
+            f"mentions in {mention_lang!r} have no KB of their language in index {self.root} (it holds {available}); "
+            "name the KB with --kb-lang"
+        )
+
+    def set_search_params(self, params: str | None) -> None:
+        """Apply FAISS search parameters such as ``efSearch=128`` or ``nprobe=32,k_factor_rf=4`` to every index."""
+        if not params:
+            return
+        space = faiss.ParameterSpace()
+        for lang_index in self.langs.values():
+            for item in params.split(","):
+                name, _, value = item.partition("=")
+                try:
+                    space.set_index_parameter(lang_index.index, name.strip(), float(value))
+                except (RuntimeError, ValueError) as e:
+                    raise RetrievalError(
+                        f"search parameter {item!r} does not apply to index {self.manifest['factory']!r} ({e}); "
+                        "use name=value pairs such as efSearch=128, nprobe=32, k_factor_rf=4"
+                    ) from None
+
+    def to_device(self, requested: str = "auto") -> str:
+        """Move search to the device :func:`select_search_device` picks; returns it."""
+        device = select_search_device(requested)
+        for lang_index in self.langs.values():
+            if device == "faiss-gpu":
+                try:
+                    resources = faiss.StandardGpuResources()
+                    lang_index.searcher = faiss.index_cpu_to_gpu(resources, 0, lang_index.index)
+                    lang_index.searcher._resources = resources
+                except (RuntimeError, AttributeError) as e:
+                    log.warning("index %r has no GPU FAISS version (%s); KB %r searches on the CPU",
+                                self.manifest["factory"], e, lang_index.lang)
+            elif device == "torch":
+                lang_index.searcher = TorchExactSearcher(lang_index.index, device="cuda")
+        log.info("searching on %s", device)
+        return device
+
+
+def build_index(
+    store: Store, out: str | os.PathLike, *, factory: str = "Flat", kind: str = "es", seed: int = 0,
+    train_rows: int | None = None,
+) -> EntityIndex:
+    """Build one index per KB language of ``store``'s ``kind`` features and save it under ``out``."""
+    if kind not in FEATURE_KINDS:
+        raise RetrievalError(f"feature kind {kind!r}; allowed: {list(FEATURE_KINDS)}")
+    out = Path(out)
+    ids, vectors, langs = load_features(store, kind)
+    if not ids:
+        raise RetrievalError(f"store {store.root} has no {kind!r} rows to index")
+    by_lang: dict[str, list[int]] = {}
+    for row, lang in enumerate(langs):
+        by_lang.setdefault(lang, []).append(row)
+    result = EntityIndex(out, {})
+    lang_info: dict[str, Any] = {}
+    for lang, rows in sorted(by_lang.items()):
+        lang_ids = [ids[r] for r in rows]
+        index = build_lang_index(vectors[rows], factory, lang=lang, seed=seed, train_rows=train_rows)
+        data = faiss.serialize_index(index)
+        atomic_write_bytes(out / f"index-{lang}.faiss", data.tobytes())
+        atomic_write_json(out / f"ids-{lang}.json", lang_ids)
+        lang_info[lang] = {"rows": len(lang_ids), "bytes": int(data.size), "ids_sha256": ids_digest(lang_ids)}
+        result.langs[lang] = LangIndex(lang, index, lang_ids)
+        log.info("KB %r: %d entities indexed with %r (%d bytes)", lang, len(lang_ids), factory, data.size)
+    result.manifest = {
+        "format_version": INDEX_FORMAT_VERSION, "factory": factory, "kind": kind, "dim": int(vectors.shape[1]),
+        "store": os.path.relpath(Path(store.root).resolve(), out.resolve()),
+        "encoder_signature": store.encoder_signature(), "seed": seed, "train_rows": train_rows, "langs": lang_info,
+    }
+    atomic_write_json(out / INDEX_MANIFEST, result.manifest)
+    return result
+
+
+def load_index(path: str | os.PathLike, store: Store | None = None) -> EntityIndex:
+    """Load an index directory; with ``store``, refuse it unless it was built with the same encoder."""
+    root = Path(path)
+    manifest_path = root / INDEX_MANIFEST
+    if not manifest_path.is_file():
+        raise RetrievalError(
+            f"{manifest_path}: missing; {root} is not an index directory (build one with xel-nn build)"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RetrievalError(f"{manifest_path}: not valid JSON ({e}); rebuild the index") from None
+    for key in ("format_version", "factory", "kind", "dim", "store", "encoder_signature", "langs"):
+        if key not in manifest:
+            raise RetrievalError(f"{manifest_path}: field {key!r} is missing; rebuild the index")
+    if manifest["format_version"] != INDEX_FORMAT_VERSION:
+        raise RetrievalError(f"{manifest_path}: format_version {manifest['format_version']!r}, "
+                          f"this xel reads {INDEX_FORMAT_VERSION}")
+    result = EntityIndex(root, manifest)
+    if store is not None:
+        result.check_store(store)
+    for lang, info in manifest["langs"].items():
+        index_path, ids_path = root / f"index-{lang}.faiss", root / f"ids-{lang}.json"
+        for p in (index_path, ids_path):
+            if not p.is_file():
+                raise RetrievalError(f"{p}: listed in {manifest_path} but missing; rebuild the index")
+        index = faiss.deserialize_index(np.fromfile(index_path, dtype=np.uint8))
+        ids = json.loads(ids_path.read_text(encoding="utf-8"))
+        if index.ntotal != info["rows"] or len(ids) != info["rows"] or index.d != manifest["dim"]:
+            raise RetrievalError(
+                f"{index_path}: {index.ntotal} rows, {len(ids)} ids, dim {index.d} disagree with {manifest_path} "
+                f"({info['rows']} rows, dim {manifest['dim']}); rebuild the index"
+            )
+        result.langs[lang] = LangIndex(lang, index, ids)
+    return result
+
+
+def open_index_and_store(index_path: str | os.PathLike, store_path: str | os.PathLike | None = None
+                         ) -> tuple[EntityIndex, Store]:
+    """Load an index and the store it names (or ``store_path``), refusing an encoder mismatch."""
+    index = load_index(index_path)
+    store = open_store(store_path if store_path is not None else index.store_path())
+    index.check_store(store)
+    return index, store

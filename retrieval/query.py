@@ -1,0 +1,73 @@
+"""Query-time encoding and search: ``xel-nn query --index index/ "Senado"`` and ``xel-nn batch``.
+
+A query is encoded with the store's own encoder (model, layer, pooling, max length, prefix, dtype, all read
+from the store manifest by ``precompute.encoding.TextEncoder.from_manifest``) as an ``ms`` mention span: the
+query string alone, or its first occurrence inside ``context`` when one is given. So a query gives the same
+vector as the store holds for the same sentence and span.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from precompute.store import Store
+from retrieval.index import EntityIndex, RetrievalError, l2_normalise
+
+
+@dataclass(frozen=True)
+class Query:
+    text: str
+    lang: str
+    context: str | None = None
+    id: str | None = None
+
+
+def query_span(query: Query) -> tuple[str, int, int]:
+    """``(sentence, start, end)``: the query's first occurrence in its context, or the query alone."""
+    if not query.text.strip():
+        raise RetrievalError(f"query {query.text!r} is empty; a query must hold a word")
+    if query.context is None:
+        return query.text, 0, len(query.text)
+    start = query.context.find(query.text)
+    if start < 0:
+        raise RetrievalError(
+            f"query {query.text!r} does not occur in its context {query.context!r}; the context must contain it"
+        )
+    return query.context, start, start + len(query.text)
+
+
+def encode_queries(store: Store, queries: Sequence[Query]) -> np.ndarray:
+    """Unit float32 ``ms`` vectors of ``queries``, encoded exactly as precompute encoded the store's mentions."""
+    from precompute.encoding import TextEncoder, mention_item
+
+    encoder = TextEncoder.from_manifest(store.manifest)
+    items = [mention_item(q.id or f"query-{i}", q.lang, *query_span(q)) for i, q in enumerate(queries)]
+    return l2_normalise(np.asarray(encoder.encode(items), dtype=np.float32))
+
+
+def search_queries(
+    index: EntityIndex, store: Store, queries: Sequence[Query], k: int, kb_lang: str | None = None,
+    vectors: np.ndarray | None = None,
+) -> list[list[dict]]:
+    """Per query, the top-``k`` entities as ``{"id", "name", "score"}``, best first."""
+    if index.kind != "es":
+        raise RetrievalError(
+            f"index {index.root} holds {index.kind!r} features; queries are ms spans, searchable in an 'es' index "
+            "(build one with xel-nn build --kind es)"
+        )
+    if vectors is None:
+        vectors = encode_queries(store, queries)
+    names = {r["id"]: r["name"] for r in store.records("kb")}
+    kb_langs = [index.kb_lang_for(q.lang, kb_lang) for q in queries]
+    results: list[list[dict]] = [[] for _ in queries]
+    for lang in sorted(set(kb_langs)):
+        rows = [i for i, kl in enumerate(kb_langs) if kl == lang]
+        scores, ids = index.langs[lang].search(vectors[rows], k)
+        for r, s_row, id_row in zip(rows, scores, ids):
+            results[r] = [
+                {"id": kb, "name": names.get(kb), "score": round(float(s), 6)} for kb, s in zip(id_row, s_row)
+            ]
+    return results
