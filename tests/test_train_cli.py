@@ -1,0 +1,42 @@
+"""``xel-train`` through click's CliRunner: outputs exist and errors are clean."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from retrieval.files import read_predictions
+from tests.train_fixtures import synthetic_store
+from train.checkpoint import load_checkpoint
+from train.cli import main
+
+
+def test_cli_writes_every_output(tmp_path) -> None:
+    store = synthetic_store(tmp_path / "s", langs={"en": 100, "de": 30})
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, [
+        "--features", str(store), "--out", str(out), "--epochs", "2", "--hs-sizes", "32", "--hc-sizes", "32",
+        "--final-sizes", "16,8", "--adversarial", "--lambda", "0.25", "--tune-nil", "--threads", "1",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "lang:de" in result.output and "f1" in result.output
+    for name in ("config.json", "metrics.json", "predictions.jsonl", "model.safetensors", "loss.png", "prf.png",
+                 "languages.png"):
+        assert (out / name).is_file(), name
+    config = json.loads((out / "config.json").read_text())
+    assert config["hs_sizes"] == [32] and config["lambda_adv"] == 0.25 and config["adversarial"] is True
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 2 and "lang:de" in metrics["epochs"][0]["test"]
+    preds = read_predictions(out / "predictions.jsonl")
+    assert len(preds) == metrics["test"]["all"]["n"] and set(preds[0]) == {"id", "pred", "score", "candidates"}
+    assert load_checkpoint(out / "model.safetensors").hadv is not None
+
+
+def test_cli_popularity_without_links_fails_cleanly(tmp_path) -> None:
+    store = synthetic_store(tmp_path / "s", langs={"en": 40}, links=False)
+    result = CliRunner().invoke(main, ["--features", str(store), "--out", str(tmp_path / "r"), "--popularity"])
+    assert result.exit_code == 1 and "--popularity-missing median" in result.output
+    result = CliRunner().invoke(main, ["--features", str(store), "--out", str(tmp_path / "r"), "--popularity",
+                                       "--popularity-missing", "median", "--epochs", "1", "--no-plots"])
+    assert result.exit_code == 0, result.output

@@ -1,0 +1,81 @@
+"""Training runs on synthetic stores: overfitting, seeded reproducibility, cross-store evaluation, seeds, search."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.train_fixtures import synthetic_store
+from train.config import TrainConfig
+from train.data import load_kb, load_mentions
+from train.fit import fit
+from train.prepare import Prepared, prepare
+from train.run import run
+from train.splits import Splits, equalize
+
+FAST = dict(hs_sizes=(32,), hc_sizes=(32,), final_sizes=(16,), batch_size=16, plots=False, threads=1)
+
+
+def test_overfits_a_tiny_set(tmp_path) -> None:
+    from precompute.store import open_store
+
+    store = open_store(synthetic_store(tmp_path / "s", langs={"en": 24}, nil_rate=0.0))
+    kb = load_kb(store, popularity=False, popularity_missing="error")
+    m = load_mentions(store, kb, langs=(), candidates=None, max_candidates=30)
+    m.ms.normal_(generator=torch.Generator().manual_seed(1))  # no signal left: only memorising can fit it
+    data = Prepared(Splits(train=m, dev=None, test=m), ("en",), ("en",), (), None, store.dim)
+    cfg = TrainConfig(features="unused", epochs=150, lr=3e-3, dropout=0.0, negatives=5, **FAST)
+    result = fit(cfg, data, 0, progress=False)
+    assert result.test["all"]["micro"] == 1.0
+    assert result.history[-1]["loss"] < 0.05
+
+
+def test_seeded_short_run_reproduces_its_loss(tmp_path) -> None:
+    path = synthetic_store(tmp_path / "s", langs={"en": 120, "de": 40})
+    cfg = TrainConfig(features=str(path), epochs=3, adversarial=True, popularity=True, **FAST)
+    data = prepare(cfg)
+    first = [h["loss"] for h in fit(cfg, data, 3, progress=False).history]
+    second = [h["loss"] for h in fit(cfg, prepare(cfg), 3, progress=False).history]
+    assert first == pytest.approx(second, abs=1e-6)
+    other = [h["loss"] for h in fit(cfg, data, 4, progress=False).history]
+    assert other != pytest.approx(first, abs=1e-6)
+
+
+def test_train_on_one_store_evaluate_on_another(tmp_path) -> None:
+    a = synthetic_store(tmp_path / "a", langs={"en": 150}, seed=1)
+    b = synthetic_store(tmp_path / "b", langs={"de": 50, "ru": 30}, seed=2, kb_lang="de")
+    cfg = TrainConfig(features=str(a), eval_features=str(b), eval_lang=("de",), epochs=4, adversarial=True,
+                      tune_nil=True, **FAST)
+    summary = run(cfg)
+    assert set(summary["test"]) >= {"all", "lang:de"} and "lang:ru" not in summary["test"]
+    assert summary["test"]["all"]["n"] == 50
+
+
+def test_splits_keep_test_mentions_out_of_training(tmp_path) -> None:
+    path = synthetic_store(tmp_path / "s", langs={"en": 100, "de": 20})
+    data = prepare(TrainConfig(features=str(path), **FAST))
+    train, dev, test = data.splits.train, data.splits.dev, data.splits.test
+    assert not set(train.ids) & set(test.ids) and not set(dev.ids) & set(test.ids)
+    assert set(train.langs) == {"en"} and sum(x == "de" for x in test.langs) == 20
+    assert sum(x == "en" for x in test.langs) == 20  # --test-fraction 0.2 of en
+
+
+def test_equalize_downsamples_to_the_smallest_language() -> None:
+    langs = ["en"] * 10 + ["de"] * 4
+    kept = equalize(list(range(14)), langs, None, 0)
+    assert sorted(langs[i] for i in kept) == ["de"] * 4 + ["en"] * 4
+    assert kept == equalize(list(range(14)), langs, None, 0)
+
+
+def test_seeds_report_mean_and_std_and_search_picks_by_dev(tmp_path) -> None:
+    path = synthetic_store(tmp_path / "s", langs={"en": 80})
+    out = tmp_path / "run"
+    summary = run(TrainConfig(features=str(path), out=str(out), epochs=2, seeds=2, search=2, **FAST))
+    assert len(summary["seeds"]) == 2 and "f1" in summary["std"]["all"]
+    assert len(summary["search"]) == 2 and all("dev_f1" in t for t in summary["search"])
+    best = max(summary["search"], key=lambda t: t["dev_f1"])
+    assert summary["config"]["lr"] == best["lr"]
+    assert (out / "seed-0" / "model.safetensors").is_file() and (out / "search.json").is_file()
+    assert json.loads((out / "metrics.json").read_text())["per_seed_dirs"] == ["seed-0", "seed-1"]
