@@ -1,0 +1,119 @@
+"""``xel-nn`` through click's ``CliRunner``, and query-time encoding against a real tiny store: ``pytest``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from precompute.store import open_store
+from retrieval.cli import main
+from retrieval.files import read_candidates, read_predictions
+from retrieval.index import l2_normalise, load_index
+from retrieval.query import Query, encode_queries
+from tests.test_retrieval import kb_store  # noqa: F401 (fixture)
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_build_candidates_eval_write_their_files(kb_store, tmp_path):  # noqa: F811
+    index, out = tmp_path / "index", tmp_path / "out"
+    r = invoke("build", "--features", kb_store.root, "--out", index, "--index", "HNSW32")
+    assert r.exit_code == 0, r.output
+    assert "es: 40 entities" in r.output
+    assert {p.name for p in index.iterdir()} >= {"manifest.json", "index-en.faiss", "ids-es.json", "config.json"}
+    assert load_index(index).manifest["factory"] == "HNSW32"
+
+    r = invoke("candidates", "--index", index, "--out", out / "cands", "--k", "5")
+    assert r.exit_code == 0, r.output
+    cands = read_candidates(out / "cands" / "candidates.jsonl")
+    assert len(cands) == 70 and all(len(c) <= 5 for m, c in cands.items() if m not in ("m-es-0", "m-es-1"))
+    for name in ("recall.txt", "recall.json", "recall.png", "config.json"):
+        assert (out / "cands" / name).stat().st_size > 0
+    assert "merged" in r.output and "R@100" in r.output
+
+    r = invoke("eval", "--index", index, "--features", kb_store.root, "--out", out / "eval", "--k", "10")
+    assert r.exit_code == 0, r.output
+    preds = read_predictions(out / "eval" / "predictions.jsonl")
+    assert len(preds) == 70 and set(preds[0]) == {"id", "pred", "score", "candidates"}
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["lang:es"]["n"] == 20 and metrics["lang:es"]["r"] == 1.0  # es mentions sit near their gold
+    assert metrics["lang:es"]["micro"] == 0.8  # the 4 NIL mentions are linked (threshold -1: never NIL)
+    assert "type:es:GPE" in metrics and (out / "eval" / "recall.png").is_file()
+
+    r = invoke("eval", "--index", index, "--out", out / "eval2", "--threshold", "0.99",
+               "--candidates", out / "cands" / "candidates.jsonl")
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "eval2" / "metrics.json").read_text())["all"]["p"] == 0.0  # all NIL
+
+
+def test_build_refuses_bad_flags(kb_store, tmp_path):  # noqa: F811
+    r = invoke("build", "--features", kb_store.root, "--out", tmp_path / "i", "--index", "IVF4096,Flat")
+    assert r.exit_code != 0 and "needs at least 4096 training rows" in r.output and "KB 'en' has 60" in r.output
+    r = invoke("build", "--features", kb_store.root, "--out", tmp_path / "i", "--index", "Nonsense")
+    assert r.exit_code != 0 and "FAISS rejects the factory string 'Nonsense'" in r.output
+    r = invoke("build", "--features", tmp_path / "missing", "--out", tmp_path / "i")
+    assert r.exit_code != 0 and "no such store directory" in r.output
+    r = invoke("build", "--features", kb_store.root, "--out", tmp_path / "i", "--kind", "xx")
+    assert r.exit_code != 0 and "'xx' is not one of" in r.output
+    assert invoke("build", "--features", kb_store.root, "--out", tmp_path / "i").exit_code == 0
+    r = invoke("build", "--features", kb_store.root, "--out", tmp_path / "i")
+    assert r.exit_code != 0 and "--overwrite" in r.output
+
+
+def test_eval_and_query_refuse_bad_flags(kb_store, tmp_path):  # noqa: F811
+    index = tmp_path / "index"
+    invoke("build", "--features", kb_store.root, "--out", index)
+    r = invoke("eval", "--index", index, "--out", tmp_path / "o", "--k", "0")
+    assert r.exit_code != 0 and "--k" in r.output and "must be >= 1" in r.output
+    r = invoke("eval", "--index", index, "--out", tmp_path / "o", "--threshold", "2")
+    assert r.exit_code != 0 and "[-1, 1]" in r.output
+    r = invoke("eval", "--index", tmp_path / "nowhere", "--out", tmp_path / "o")
+    assert r.exit_code != 0 and "not an index directory" in r.output
+    r = invoke("eval", "--index", index, "--out", tmp_path / "o", "--kb-lang", "fa")
+    assert r.exit_code != 0 and "'fa' is not in index" in r.output
+    r = invoke("eval", "--index", index, "--out", tmp_path / "o", "--search-params", "efSearch=64")
+    assert r.exit_code != 0 and "efSearch=64" in r.output
+
+
+# ----------------------------------------------------------------------------------------------- real encoder
+
+
+@pytest.mark.ray
+def test_query_encoding_equals_the_stored_ms_row(tiny_store):
+    store = open_store(tiny_store)
+    ids, stored, _ = store.load("ms")
+    records = {r["id"]: r for r in store.records("mentions")}
+    for mid in ("m7", "m2", "m4"):
+        rec = records[mid]
+        surface = rec["sentence"][rec["start"]:rec["end"]]
+        assert rec["sentence"].find(surface) == rec["start"]  # the query's first occurrence is the mention
+        got = encode_queries(store, [Query(surface, rec["lang"], rec["sentence"])])[0]
+        want = l2_normalise(stored[[ids.index(mid)]].astype(np.float32))[0]
+        np.testing.assert_allclose(got, want, atol=2e-3)
+        assert float(got @ want) > 0.9999
+
+
+@pytest.mark.ray
+def test_query_and_batch_commands(tiny_store, tmp_path):
+    index = tmp_path / "index"
+    assert invoke("build", "--features", tiny_store, "--out", index).exit_code == 0
+    r = invoke("query", "--index", index, "--lang", "es", "--k", "3",
+               "--context", "El Senado de la República aprobó la ley.", "Senado")
+    assert r.exit_code == 0, r.output
+    assert len(r.output.strip().splitlines()) == 3 and "Q" in r.output
+    r = invoke("query", "--index", index, "--context", "Nothing here", "Senado")
+    assert r.exit_code != 0 and "does not occur in its context" in r.output
+
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"id": "a", "query": "Moscow"}) + "\n"
+                       + json.dumps({"query": "Obama", "lang": "ru", "context": "Барак Обама и Obama"}) + "\n")
+    r = invoke("batch", "--index", index, "--in", queries, "--out", tmp_path / "r.jsonl", "--k", "2")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [row["id"] for row in rows] == ["a", None] and all(len(row["results"]) == 2 for row in rows)
+    assert set(rows[0]["results"][0]) == {"id", "name", "score"}
