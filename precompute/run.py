@@ -53,7 +53,7 @@ from precompute.store import (  # noqa: E402
     shard_is_complete,
     shard_path,
 )
-from precompute.worker import ShardTask, ShardWorker, shard_input_hash  # noqa: E402
+from precompute.worker import FAULT_ENV, FAULT_MARKER_ENV, ShardTask, ShardWorker, shard_input_hash  # noqa: E402
 
 log = logging.getLogger("precompute.run")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -197,8 +197,11 @@ def execute(cfg: PrecomputeConfig, settings: dict[str, Any], tasks: list[ShardTa
 
     cpus, threads = _actor_resources(cfg)
     device = "cuda" if cfg.gpus_per_actor > 0 else ("cpu" if cfg.device == "auto" else cfg.device)
+    # the fault-injection test hook travels to the actors' processes (unset in normal runs)
+    env = {k: os.environ[k] for k in (FAULT_ENV, FAULT_MARKER_ENV) if k in os.environ}
     actor_cls = ray.remote(ShardWorker).options(
         num_cpus=cpus, num_gpus=cfg.gpus_per_actor, max_restarts=3, max_task_retries=3,
+        runtime_env={"env_vars": env} if env else None,
     )
     actors = [actor_cls.remote(str(cfg.model), settings, device, threads) for _ in range(cfg.actors)]
     queue = list(reversed(tasks))

@@ -1,0 +1,95 @@
+"""Shared fixtures: a tiny random encoder, a tiny dataset, a tiny store, and one Ray runtime per session."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+KB = [
+    {"id": "Q1", "name": "Barack Obama", "description": "44th president of the United States", "lang": "en",
+     "links": 10},
+    {"id": "Q2", "name": "Moscow", "description": "capital of Russia", "lang": "en", "links": 5},
+    {"id": "Q3", "name": "Senate of the Republic", "description": None, "lang": "en", "links": None},
+    {"id": "Q4", "name": "Beijing", "description": "capital of the People's Republic of China", "lang": "en",
+     "links": 7},
+    {"id": "Q5", "name": "Angela Merkel", "description": "Chancellor of Germany from 2005 to 2021", "lang": "en",
+     "links": 3},
+]
+LONG = " ".join(["Paris is the capital of France and Berlin is the capital of Germany."] * 6)
+MENTIONS = [
+    {"id": "m1", "lang": "en", "sentence": "Barack Obama visited Moscow in 2009.", "start": 0, "end": 12,
+     "context": "Barack Obama visited Moscow in 2009.", "gold": "Q1", "type": "PER"},
+    {"id": "m2", "lang": "en", "sentence": "Barack Obama visited Moscow in 2009.", "start": 21, "end": 27,
+     "context": "Barack Obama visited Moscow in 2009. It was cold.", "gold": "Q2", "type": "GPE"},
+    {"id": "m3", "lang": "ru", "sentence": "Бывший президент США Барак Обама с женой Мишель.", "start": 21,
+     "end": 32, "context": "Бывший президент США Барак Обама с женой Мишель.", "gold": "Q1", "type": "PER"},
+    {"id": "m4", "lang": "zh", "sentence": "北京是中华人民共和国的首都。", "start": 0, "end": 2,
+     "context": "北京是中华人民共和国的首都。", "gold": "Q4", "type": "GPE"},
+    {"id": "m5", "lang": "de", "sentence": "Angela Merkel war Bundeskanzlerin", "start": 7, "end": 13,
+     "context": "Angela Merkel war Bundeskanzlerin", "gold": "Q5", "type": "PER"},
+    {"id": "m6", "lang": "en", "sentence": LONG + " Obama", "start": len(LONG) + 1, "end": len(LONG) + 6,
+     "context": LONG + " Obama", "gold": None},
+    {"id": "m7", "lang": "es", "sentence": "El Senado de la República aprobó la ley.", "start": 3, "end": 9,
+     "context": "El Senado de la República aprobó la ley.", "gold": "Q3", "type": "ORG"},
+]
+TEXT = [
+    {"id": "t1", "lang": "en", "text": "London and Tokyo are large cities."},
+    {"id": "t2", "lang": "ru", "text": "Бывший президент США."},
+]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from tests.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    data = tmp_path / "data"
+    write_jsonl(data / "kb.jsonl", KB)
+    write_jsonl(data / "mentions.jsonl", MENTIONS)
+    write_jsonl(data / "text.jsonl", TEXT)
+    return data
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray runtime (2 CPUs) for all tests that need one; precompute joins it."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        root = str(Path(__file__).resolve().parent.parent)
+        ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": root}},
+                 log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory, tiny_model_dir, ray_session) -> Path:
+    """A store written by the real precompute on the tiny model and tiny data (fp32, shard size 3)."""
+    from precompute.run import PrecomputeConfig, run
+
+    root = tmp_path_factory.mktemp("store")
+    data = root / "data"
+    write_jsonl(data / "kb.jsonl", KB)
+    write_jsonl(data / "mentions.jsonl", MENTIONS)
+    write_jsonl(data / "text.jsonl", TEXT)
+    out = root / "h5"
+    run(PrecomputeConfig(data=data, model=tiny_model_dir, out=out, dtype="fp32", shard_size=3))
+    return out

@@ -1,0 +1,213 @@
+"""The Ray precompute job: store contents, invariance across actors/shards, crash and resume, CLI, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from precompute.run import PrecomputeConfig, PrecomputeError, main, run
+from precompute.store import StoreError, open_store
+from tests.conftest import KB, MENTIONS, write_jsonl
+
+pytestmark = pytest.mark.ray
+
+
+def _cfg(data: Path, model: Path, out: Path, **kw) -> PrecomputeConfig:
+    return PrecomputeConfig(data=data, model=model, out=out, dtype="fp32", **kw)
+
+
+def _assert_same_store(a: Path, b: Path, atol: float = 0.0) -> None:
+    sa, sb = open_store(a), open_store(b)
+    assert sa.kinds == sb.kinds
+    for kind in sa.kinds:
+        ia, fa, la = sa.load(kind)
+        ib, fb, lb = sb.load(kind)
+        assert ia == ib and la == lb
+        assert len(set(ia)) == len(ia)
+        np.testing.assert_allclose(fa.astype(np.float32), fb.astype(np.float32), atol=atol)
+
+
+def test_store_rows_follow_input_order_and_features_match_in_process(tiny_store, tiny_model_dir):
+    store = open_store(tiny_store)
+    assert store.kinds == ["ec", "es", "mc", "ms", "text"]
+    ids, feats, langs = store.load("ms")
+    assert ids == [m["id"] for m in MENTIONS] and langs == [m["lang"] for m in MENTIONS]
+    assert feats.dtype == np.float16 and feats.shape == (len(MENTIONS), 32)
+    assert store.load("es")[0] == [e["id"] for e in KB]
+    assert store.manifest["ec_from_name"] == 1
+    assert [r["id"] for r in store.records("mentions")] == ids
+    from precompute.encoding import TextEncoder, mention_item
+
+    enc = TextEncoder.from_manifest(store.manifest, device="cpu")
+    m = MENTIONS[2]
+    again = enc.encode([mention_item(m["id"], m["lang"], m["sentence"], m["start"], m["end"])])
+    np.testing.assert_array_equal(again[0], feats[2])
+
+
+def test_one_vs_two_actors_and_shard_sizes_give_the_same_store(tiny_store, tiny_data, tiny_model_dir, tmp_path,
+                                                              ray_session):
+    run(_cfg(tiny_data, tiny_model_dir, tmp_path / "two", actors=2, shard_size=2, cpus_per_actor=1))
+    _assert_same_store(tiny_store, tmp_path / "two", atol=1e-3)
+
+
+def test_rerun_resumes_and_keeps_every_shard(tiny_data, tiny_model_dir, tmp_path, ray_session):
+    out = tmp_path / "h5"
+    first = run(_cfg(tiny_data, tiny_model_dir, out, shard_size=2))
+    second = run(_cfg(tiny_data, tiny_model_dir, out, shard_size=2))
+    assert first["encoded_shards"] > 0 and second["encoded_shards"] == 0
+    assert second["kept_shards"] == first["encoded_shards"]
+
+
+def test_changed_input_reencodes_only_changed_shards(tiny_data, tiny_model_dir, tmp_path, ray_session):
+    out = tmp_path / "h5"
+    run(_cfg(tiny_data, tiny_model_dir, out, shard_size=2, kinds=("ms",)))
+    changed = [dict(m) for m in MENTIONS]
+    changed[-1]["sentence"] = "El Senado de Mexico aprobó la ley."
+    write_jsonl(tiny_data / "mentions.jsonl", changed)
+    again = run(_cfg(tiny_data, tiny_model_dir, out, shard_size=2, kinds=("ms",)))
+    assert again["encoded_shards"] == 1
+    run(_cfg(tiny_data, tiny_model_dir, tmp_path / "fresh", shard_size=2, kinds=("ms",)))
+    _assert_same_store(out, tmp_path / "fresh")
+
+
+def test_killed_actor_is_restarted_and_the_store_equals_a_clean_run(tiny_store, tiny_data, tiny_model_dir, tmp_path,
+                                                                   monkeypatch, ray_session):
+    monkeypatch.setenv("XEL_FAULT_SHARD", "ms:1:encoded")
+    monkeypatch.setenv("XEL_FAULT_MARKER", str(tmp_path / "fired"))
+    run(_cfg(tiny_data, tiny_model_dir, tmp_path / "h5", shard_size=3))
+    assert (tmp_path / "fired").exists(), "the fault never fired"
+    _assert_same_store(tiny_store, tmp_path / "h5")
+
+
+def test_run_that_dies_is_resumed_by_the_same_command(tiny_store, tiny_data, tiny_model_dir, tmp_path, monkeypatch,
+                                                      ray_session):
+    out = tmp_path / "h5"
+    monkeypatch.setenv("XEL_FAULT_SHARD", "mc:2:written")  # no marker: the actor dies on every retry
+    with pytest.raises(PrecomputeError, match="rerun the same command"):
+        run(_cfg(tiny_data, tiny_model_dir, out, shard_size=3))
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(StoreError, match="did not finish"):
+        open_store(out)
+    monkeypatch.delenv("XEL_FAULT_SHARD")
+    resumed = run(_cfg(tiny_data, tiny_model_dir, out, shard_size=3))
+    assert resumed["kept_shards"] > 0
+    _assert_same_store(tiny_store, out)
+
+
+def test_different_settings_into_the_same_out_are_refused(tiny_data, tiny_model_dir, tmp_path, ray_session):
+    out = tmp_path / "h5"
+    run(_cfg(tiny_data, tiny_model_dir, out, kinds=("es",)))
+    with pytest.raises(PrecomputeError, match="layer: store has -1, this run asks 1"):
+        run(_cfg(tiny_data, tiny_model_dir, out, kinds=("es",), layer=1))
+
+
+def test_corrupted_shard_is_detected_with_its_path(tiny_data, tiny_model_dir, tmp_path, ray_session):
+    out = tmp_path / "h5"
+    run(_cfg(tiny_data, tiny_model_dir, out, kinds=("es",)))
+    shard = out / "es" / "shard-00000.h5"
+    data = bytearray(shard.read_bytes())
+    data[-200:-100] = bytes(100)
+    shard.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="shard-00000.h5"):
+        open_store(out).load("es")
+    shard.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(StoreError, match="shard-00000.h5"):
+        open_store(out)
+
+
+def test_cli_writes_a_store_and_prints_a_summary(tiny_data, tiny_model_dir, tmp_path, ray_session):
+    out = tmp_path / "h5"
+    result = CliRunner().invoke(main, ["--data", str(tiny_data), "--model", str(tiny_model_dir), "--out", str(out),
+                                       "--dtype", "fp32", "--shard-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert "ms" in result.output and "NIL rate" in result.output
+    assert open_store(out).count("ms") == len(MENTIONS)
+
+
+def test_cli_help_explains():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0 and "--max-tokens-per-batch" in result.output and "resumable" in result.output
+
+
+def _bad(mention_patch=None, kb=None, raw_mentions=None):
+    mentions = [dict(m) for m in MENTIONS]
+    if mention_patch:
+        mentions[0].update(mention_patch)
+        mentions[0] = {k: v for k, v in mentions[0].items() if v != "<drop>"}
+    return (KB if kb is None else kb), raw_mentions if raw_mentions is not None else mentions
+
+
+BAD_INPUTS = [
+    ("invalid-json", _bad(raw_mentions=b'{"id": "m1", "lang": \n'), "mentions.jsonl:1: invalid JSON"),
+    ("wrong-encoding", _bad(raw_mentions='{"id": "m1", "lang": "en", "sentence": "Zürich"}\n'.encode("latin-1")),
+     "mentions.jsonl:1: not UTF-8"),
+    ("missing-field", _bad({"sentence": "<drop>"}), "field 'sentence' is missing"),
+    ("mistyped-start", _bad({"start": "0"}), "field 'start' is '0' (str); an integer is required"),
+    ("empty-sentence", _bad({"sentence": "  "}), "field 'sentence' is '  '; an empty string is not allowed"),
+    ("span-out-of-range", _bad({"end": 500}), "field 'start/end' is [0, 500)"),
+    ("empty-span", _bad({"start": 3, "end": 3}), "field 'start/end' is [3, 3)"),
+    ("whitespace-span", _bad({"start": 12, "end": 13}), "holds no word"),
+    ("duplicate-id", _bad({"id": "m2"}), "mentions.jsonl:2: field 'id' is 'm2', a duplicate of line 1"),
+    ("gold-not-in-kb", _bad({"gold": "Q999"}), "field 'gold' is 'Q999', which is not an id in the KB"),
+    ("candidate-not-in-kb", _bad({"candidates": ["Q1", "Q404"]}), "'Q404', which is not an id in the KB"),
+    ("unknown-language", _bad({"lang": "english"}), "field 'lang' is 'english'; an ISO 639-1 code"),
+    ("bad-type", _bad({"type": "PERSON"}), "field 'type' is 'PERSON'; one of PER, ORG, GPE, LOC, FAC"),
+    ("empty-kb", _bad(kb=[]), "the KB is empty"),
+]
+
+
+@pytest.mark.parametrize("name,records,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_exits_nonzero_with_a_clear_message_and_writes_nothing(name, records, message, tiny_model_dir,
+                                                                        tmp_path):
+    kb, mentions = records
+    data = tmp_path / "data"
+    write_jsonl(data / "kb.jsonl", kb)
+    if isinstance(mentions, bytes):
+        (data / "mentions.jsonl").write_bytes(mentions)
+    else:
+        write_jsonl(data / "mentions.jsonl", mentions)
+    out = tmp_path / "h5"
+    result = CliRunner().invoke(main, ["--data", str(data), "--model", str(tiny_model_dir), "--out", str(out)])
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+    assert not out.exists()
+
+
+def test_model_dir_that_is_not_a_model(tiny_data, tmp_path):
+    flags = ["--data", str(tiny_data), "--model", str(tmp_path), "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(main, flags)
+    assert result.exit_code != 0 and "not a Hugging Face model directory" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_dir_holding_something_else_is_refused(tiny_data, tiny_model_dir, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["--data", str(tiny_data), "--model", str(tiny_model_dir), "--out", str(out)])
+    assert result.exit_code != 0 and "holds no xel store" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_bad_kinds_flag():
+    result = CliRunner().invoke(main, ["--data", "d", "--model", "m", "--out", "o", "--kinds", "ms,xx"])
+    assert result.exit_code != 0 and "allowed kinds are ms,mc,es,ec,text" in result.output
+
+
+def test_importing_the_store_does_not_import_torch_or_ray():
+    code = "import sys, json, precompute.store; print(json.dumps([m for m in ('torch', 'ray') if m in sys.modules]))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert json.loads(out.stdout.strip()) == []
+
+
+def test_run_by_path_shows_help():
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "precompute/run.py", "--help"], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0 and "--data" in out.stdout
