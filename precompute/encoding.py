@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -316,23 +318,34 @@ class TextEncoder:
         pooled = hidden.float().masked_fill(~pool_t[..., None], float("-inf")).amax(dim=1)
         return pooled.cpu().numpy()
 
-    def encode(self, items: Sequence[EncodeItem], stats: EncodeStats | None = None) -> np.ndarray:
-        """Span max-pooled float16 features ``[len(items), dim]`` in the order of ``items``."""
-        import time
+    def encode(
+        self, items: Sequence[EncodeItem], stats: EncodeStats | None = None, chunk_size: int = 2048
+    ) -> np.ndarray:
+        """Span max-pooled float16 features ``[len(items), dim]`` in the order of ``items``.
 
+        Items are tokenized in chunks on a background thread (the fast tokenizer releases the GIL), so the
+        next chunk is tokenized while the model runs on this one; within a chunk, batches are length-bucketed.
+        """
         out = np.zeros((len(items), self.dim), dtype=np.float16)
-        if not items:
-            return out
-        tok = self.tokenize(items)
-        lengths = np.fromiter((len(x) for x in tok.ids), dtype=np.int64, count=len(items))
-        t0 = time.perf_counter()
-        padded = 0
-        for idx in self.batches(lengths):
-            padded += len(idx) * int(lengths[idx].max())
-            out[idx] = self.forward([tok.ids[i] for i in idx], [tok.pool_masks[i] for i in idx])
+        starts = list(range(0, len(items), chunk_size))
+        total = EncodeStats()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
+            future = pool.submit(self.tokenize, items[0:chunk_size]) if starts else None
+            for j, start in enumerate(starts):
+                tok = future.result()
+                if j + 1 < len(starts):
+                    future = pool.submit(self.tokenize, items[starts[j + 1] : starts[j + 1] + chunk_size])
+                lengths = np.fromiter((len(x) for x in tok.ids), dtype=np.int64, count=len(tok.ids))
+                t0 = time.perf_counter()
+                padded = 0
+                for idx in self.batches(lengths):
+                    padded += len(idx) * int(lengths[idx].max())
+                    pooled = self.forward([tok.ids[i] for i in idx], [tok.pool_masks[i] for i in idx])
+                    out[start + idx] = pooled
+                total.add(EncodeStats(
+                    texts=len(tok.ids), tokens=int(lengths.sum()), padded_tokens=padded, windowed=tok.windowed,
+                    forward_seconds=time.perf_counter() - t0,
+                ))
         if stats is not None:
-            stats.add(EncodeStats(
-                texts=len(items), tokens=int(lengths.sum()), padded_tokens=padded, windowed=tok.windowed,
-                forward_seconds=time.perf_counter() - t0,
-            ))
+            stats.add(total)
         return out

@@ -107,6 +107,8 @@ def test_batched_equals_one_by_one(encoder):
         encoder.max_tokens_per_batch = budget
         np.testing.assert_allclose(encoder.encode(items), one_by_one, atol=1e-3)
     encoder.max_tokens_per_batch = 16384
+    for chunk_size in (1, 2, 3):  # tokenization pipelined in chunks on a background thread
+        np.testing.assert_allclose(encoder.encode(items, chunk_size=chunk_size), one_by_one, atol=1e-3)
 
 
 def test_bf16_close_to_fp32(tiny_model_dir):

@@ -1,0 +1,169 @@
+"""Benchmark the precompute hot path against its baselines, all in one run on the same texts.
+
+    python bench/precompute.py [--model models/multilingual-e5-small] [--texts 512] [--skip-base]
+
+For each encoder (the real one, and a random XLM-R-base-shaped model: hidden 768, 12 layers) it measures
+tokens/s of
+
+* ``naive``: one text at a time, fp32, no bucketing (the baseline);
+* ``in-process``: :class:`precompute.worker.ShardWorker` (bf16 autocast, length-bucketed batches) in this process;
+* ``ray``: the same worker as a Ray actor through ``precompute.run.execute``;
+
+and reports the speed-up over naive, the Ray overhead over in-process, the padding fraction, and the fraction of
+the bf16 matmul roofline (peak bf16 GEMM FLOP/s measured in this run; FLOPs/token from the model config).
+Writes ``bench/results/precompute.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from precompute.encoding import EncodeStats, TextEncoder, mention_item  # noqa: E402
+from precompute.run import PrecomputeConfig, connect_ray, execute  # noqa: E402
+from precompute.worker import ShardTask, ShardWorker  # noqa: E402
+
+
+def sample_items(n: int) -> list:
+    rows = [json.loads(line) for line in open(ROOT / "data/sample/mentions.jsonl", encoding="utf-8")]
+    rng = np.random.default_rng(0)
+    picked = [rows[i] for i in rng.choice(len(rows), size=min(n, len(rows)), replace=False)]
+    return [mention_item(r["id"], r["lang"], r["context"], *_span_in_context(r)) for r in picked]
+
+
+def _span_in_context(r: dict) -> tuple[int, int]:
+    at = r["context"].find(r["sentence"])
+    return (at + r["start"], at + r["end"]) if at >= 0 else (0, len(r["context"]))
+
+
+def bf16_matmul_peak(seconds: float = 3.0) -> float:
+    """Best FLOP/s of a large bf16 GEMM on this machine (the roofline for a compute-bound encoder)."""
+    a = torch.randn(2048, 1024, dtype=torch.bfloat16)
+    b = torch.randn(1024, 4096, dtype=torch.bfloat16)
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        best = max(best, 4 * 2 * a.shape[0] * a.shape[1] * b.shape[1] / (time.perf_counter() - t0))
+    return best
+
+
+def flops_per_token(config, seq_len: float) -> float:
+    """Forward FLOPs per token: 2 x non-embedding weights + attention scores and mixing."""
+    h, layers, ffn = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    weights = layers * (4 * h * h + 2 * h * ffn)
+    return 2 * weights + layers * 4 * seq_len * h
+
+
+def naive_tokens_per_s(enc: TextEncoder, items: list, budget_s: float) -> float:
+    """One text at a time, fp32, the whole input tokenized with specials each time."""
+    tokens, t0 = 0, time.perf_counter()
+    for it in items:
+        ids = enc.tokenizer(enc.prefix + it.text, truncation=True, max_length=enc.max_length,
+                            return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            enc.model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state.max(dim=1)
+        tokens += ids.shape[1]
+        if time.perf_counter() - t0 > budget_s:
+            break
+    return tokens / (time.perf_counter() - t0)
+
+
+def bench_model(name: str, model_dir: Path, items: list, peak: float, out_dir: Path) -> dict:
+    settings = {"layer": -1, "max_length": None, "prefix": "", "dtype": "bf16", "max_tokens_per_batch": 16384}
+    threads = torch.get_num_threads()
+    fp32 = TextEncoder.load(model_dir, dtype="fp32", device="cpu", threads=threads)
+    naive = naive_tokens_per_s(fp32, items, budget_s=60)
+    del fp32
+
+    t0 = time.perf_counter()
+    worker = ShardWorker(str(model_dir), settings, device="cpu", threads=threads)
+    stats = EncodeStats()
+    worker.encoder.encode(items, stats)
+    in_process_s = time.perf_counter() - t0
+    tokens = stats.tokens
+
+    cfg = PrecomputeConfig(data=ROOT, model=model_dir, out=out_dir / name, actors=1, cpus_per_actor=threads,
+                           dtype="bf16")
+    task = ShardTask("ms", 0, 0, tuple(items), "bench", str(out_dir / name / "ms" / "shard-00000.h5"))
+    t0 = time.perf_counter()
+    results = execute(cfg, settings, [task])
+    ray_s = time.perf_counter() - t0
+    assert results[0]["tokens"] == tokens
+
+    seq = tokens / len(items)
+    fpt = flops_per_token(worker.encoder.model.config, seq)
+    steady = tokens / stats.forward_seconds
+    return {
+        "model": name, "texts": len(items), "tokens": tokens, "mean_tokens_per_text": seq,
+        "naive_tokens_per_s": naive, "in_process_tokens_per_s": tokens / in_process_s,
+        "ray_tokens_per_s": tokens / ray_s, "forward_tokens_per_s": steady,
+        "speedup_vs_naive": (tokens / ray_s) / naive, "ray_overhead": ray_s / in_process_s - 1,
+        "padding_fraction": stats.padding_fraction, "flops_per_token": fpt,
+        "roofline_fraction": steady * fpt / peak,
+    }
+
+
+def make_base_model(path: Path, tokenizer_dir: Path) -> Path:
+    from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    config = XLMRobertaConfig(vocab_size=len(tok), hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                              intermediate_size=3072, max_position_embeddings=514, pad_token_id=1)
+    torch.manual_seed(0)
+    XLMRobertaModel(config, add_pooling_layer=False).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@click.command()
+@click.option("--model", type=click.Path(path_type=Path), default=ROOT / "models/multilingual-e5-small",
+              show_default=True, help="The real encoder (xel-encoder build).")
+@click.option("--texts", default=512, show_default=True, help="Mention contexts from data/sample to encode.")
+@click.option("--skip-base", is_flag=True, help="Skip the XLM-R-base-shaped random model.")
+@click.option("--out", type=click.Path(path_type=Path), default=ROOT / "bench/results/precompute.json")
+def main(model: Path, texts: int, skip_base: bool, out: Path) -> None:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    items = sample_items(texts)
+    peak = bf16_matmul_peak()
+    connect_ray(None)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        rows.append(bench_model("multilingual-e5-small", model, items, peak, tmp_path))
+        if not skip_base:
+            base = make_base_model(tmp_path / "xlmr-base-random", model)
+            rows.append(bench_model("xlmr-base-shape-random", base, items, peak, tmp_path))
+    result = {
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": platform.processor()},
+        "bf16_matmul_peak_flops": peak, "rows": rows,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    cols = [("model", "{:<24}"), ("naive_tokens_per_s", "{:>10,.0f}"), ("in_process_tokens_per_s", "{:>10,.0f}"),
+            ("ray_tokens_per_s", "{:>10,.0f}"), ("speedup_vs_naive", "{:>8.2f}x"), ("ray_overhead", "{:>8.1%}"),
+            ("padding_fraction", "{:>8.1%}"), ("roofline_fraction", "{:>8.1%}")]
+    click.echo(f"bf16 matmul peak on this machine: {peak / 1e9:,.1f} GFLOP/s; {len(items)} texts")
+    click.echo(" | ".join(["model", "naive tok/s", "in-proc tok/s", "ray tok/s", "vs naive", "ray overhead",
+                           "padding", "roofline"]))
+    for r in rows:
+        click.echo(" | ".join(fmt.format(r[c]) for c, fmt in cols))
+    click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
