@@ -159,6 +159,7 @@ class TextEncoder:
         dtype: str = "bf16",
         device: torch.device | str = "cpu",
         max_tokens_per_batch: int = 16384,
+        max_batch_rows: int = 256,
     ):
         if dtype not in ("bf16", "fp32"):
             raise EncodeError(f"dtype {dtype!r} is not supported; allowed: bf16, fp32")
@@ -171,6 +172,7 @@ class TextEncoder:
         self.dtype = dtype
         self.prefix = prefix
         self.max_tokens_per_batch = max_tokens_per_batch
+        self.max_batch_rows = max_batch_rows
         config = model.config
         n_layers = config.num_hidden_layers
         if not -n_layers - 1 <= layer <= n_layers:
@@ -285,15 +287,23 @@ class TextEncoder:
         lo = max(0, min(a0 - (budget - (a1 - a0)) // 2, n - budget))
         return lo, lo + budget
 
-    def batches(self, lengths: np.ndarray) -> Iterator[np.ndarray]:
-        """Indices grouped longest first so that rows x longest row stays within the token budget."""
+    def batches(self, lengths: np.ndarray, max_padding: float = 0.08) -> Iterator[np.ndarray]:
+        """Indices grouped longest first; a batch ends at the token budget (rows x longest row), at the row cap,
+        or where the next text is more than ``max_padding`` shorter than the batch's longest, so that no
+        batch is more than ``max_padding`` padding.
+        """
         order = np.argsort(-lengths, kind="stable")
+        sorted_lengths = lengths[order]
         start = 0
         while start < len(order):
-            longest = int(lengths[order[start]])
-            size = max(1, self.max_tokens_per_batch // max(longest, 1))
-            yield order[start : start + size]
-            start += size
+            longest = int(sorted_lengths[start])
+            size = max(1, min(self.max_batch_rows, self.max_tokens_per_batch // max(longest, 1)))
+            end = min(start + size, len(order))
+            # the first text shorter than (1 - max_padding) x longest starts the next batch
+            cut = start + int(np.searchsorted(-sorted_lengths[start:end], -(1 - max_padding) * longest, side="right"))
+            end = max(start + 1, min(end, cut))
+            yield order[start:end]
+            start = end
 
     @torch.inference_mode()
     def forward(self, ids: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
