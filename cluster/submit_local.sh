@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Run the precompute as a Ray job on a private, throw-away local Ray head: the same path a cluster takes.
+#
+#   bash cluster/submit_local.sh --data data/sample --model models/multilingual-e5-small --out h5/
+#
+# Starts `ray start --head --block` in its own session with its own --temp-dir and free ports, waits for the
+# dashboard, runs `ray job submit --working-dir <repo> -- python precompute/run.py "$@"`, and on exit (also on
+# error or Ctrl-C) stops exactly that head by its PID and process group. Prints `xel: ray head pid N`.
+# Relative --data/--model/--out are made absolute first (the job runs in an uploaded copy of the repo).
+# Exit status: the job driver's exit code (0 when the store is complete).
+# Env: XEL_RAY_NUM_CPUS (default 2), XEL_RAY_NUM_GPUS (default 0), RAY (default: ray), PYTHON (default: python).
+set -euo pipefail
+
+RAY="${RAY:-ray}"
+PYTHON="${PYTHON:-python}"
+NUM_CPUS="${XEL_RAY_NUM_CPUS:-2}"
+NUM_GPUS="${XEL_RAY_NUM_GPUS:-0}"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"  # a private head on 127.0.0.1; no token to hand around
+export RAY_USAGE_STATS_ENABLED=0
+export HDF5_USE_FILE_LOCKING="${HDF5_USE_FILE_LOCKING:-FALSE}"
+
+args=()
+while (($#)); do
+  case "$1" in
+    --data | --model | --out)
+      (($# >= 2)) || { echo "xel: $1 needs a value" >&2; exit 2; }
+      args+=("$1" "$(realpath -m -- "$2")"); shift 2 ;;
+    --data=* | --model=* | --out=*)
+      args+=("${1%%=*}" "$(realpath -m -- "${1#*=}")"); shift ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+
+free_port() {
+  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+TEMP_DIR="$(mktemp -d /tmp/xel-ray.XXXXXX)"
+HEAD_PID=""
+stop_head() {
+  local status=$?
+  if [[ -n "$HEAD_PID" ]] && kill -0 "$HEAD_PID" 2>/dev/null; then
+    kill -TERM -- "-$HEAD_PID" 2>/dev/null || true  # the head runs in its own session: its group is ours only
+    for _ in $(seq 1 50); do kill -0 "$HEAD_PID" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL -- "-$HEAD_PID" 2>/dev/null || true
+    wait "$HEAD_PID" 2>/dev/null || true
+  fi
+  rm -rf -- "$TEMP_DIR"
+  exit "$status"
+}
+trap stop_head EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+GCS_PORT="$(free_port)"
+DASHBOARD_PORT="$(free_port)"
+CLIENT_PORT="$(free_port)"
+AGENT_PORT="$(free_port)"
+# setsid: the head and every process it starts share a new process group whose id is HEAD_PID
+setsid "$RAY" start --head --block --temp-dir "$TEMP_DIR" --port "$GCS_PORT" \
+  --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
+  --ray-client-server-port "$CLIENT_PORT" --dashboard-agent-listen-port "$AGENT_PORT" \
+  --num-cpus "$NUM_CPUS" --num-gpus "$NUM_GPUS" --disable-usage-stats >"$TEMP_DIR/head.log" 2>&1 &
+HEAD_PID=$!
+echo "xel: ray head pid $HEAD_PID (temp dir $TEMP_DIR, dashboard http://127.0.0.1:$DASHBOARD_PORT)"
+
+ADDRESS="http://127.0.0.1:$DASHBOARD_PORT"
+for _ in $(seq 1 120); do
+  if ! kill -0 "$HEAD_PID" 2>/dev/null; then
+    echo "xel: ray head exited before its dashboard came up; its log:" >&2
+    cat "$TEMP_DIR/head.log" >&2
+    exit 1
+  fi
+  if "$PYTHON" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+    "$ADDRESS/api/version" 2>/dev/null; then
+    break
+  fi
+  sleep 0.5
+done
+
+SUBMISSION_ID="xel-precompute-$(date +%Y%m%d-%H%M%S)-$$"
+cd "$REPO_ROOT"
+set +e
+"$RAY" job submit --address "$ADDRESS" --submission-id "$SUBMISSION_ID" --working-dir . \
+  --runtime-env-json '{"excludes": ["models/", "runs/", "h5/", "index/", ".git/", ".venv/", "build/", "*.egg-info/"], "env_vars": {"HDF5_USE_FILE_LOCKING": "FALSE"}}' \
+  -- python precompute/run.py "${args[@]}"
+SUBMIT_STATUS=$?
+set -e
+# `ray job submit` says 0 or 1; the driver's own exit code is in the job's details
+JOB_STATUS="$("$PYTHON" -c '
+import json, sys, urllib.request
+details = json.load(urllib.request.urlopen(sys.argv[1], timeout=10))
+code = details.get("driver_exit_code")
+print(code if isinstance(code, int) else "")
+' "$ADDRESS/api/jobs/$SUBMISSION_ID" 2>/dev/null || true)"
+exit "${JOB_STATUS:-$SUBMIT_STATUS}"

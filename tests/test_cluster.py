@@ -1,0 +1,239 @@
+"""cluster/: the Ray launcher config and the KubeRay RayJob are well-formed, and submit_local.sh runs the job."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import KB, MENTIONS, TEXT
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER = REPO / "cluster"
+SHARED_MODEL = "/mnt/shared/models/multilingual-e5-small"
+
+# Property names of the RayJob CRD, version ray.io/v1, read from KubeRay's
+# ray-operator/config/crd/bases/ray.io_rayjobs.yaml (github.com/ray-project/kuberay, commit feeaf72f, 2026-08-19)
+# and docs/reference/api.md of the same commit. Only the levels this repo's RayJob uses are listed.
+RAYJOB_SPEC = {
+    "activeDeadlineSeconds", "backoffLimit", "clusterSelector", "deletionStrategy", "entrypoint",
+    "entrypointNumCpus", "entrypointNumGpus", "entrypointResources", "jobId", "managedBy", "metadata",
+    "preRunningDeadlineSeconds", "rayClusterSpec", "runtimeEnvYAML", "shutdownAfterJobFinishes", "submissionMode",
+    "submitterConfig", "submitterPodTemplate", "suspend", "ttlSecondsAfterFinished",
+}
+RAY_CLUSTER_SPEC = {
+    "authOptions", "autoscalerOptions", "enableInTreeAutoscaling", "gcsFaultToleranceOptions", "headGroupSpec",
+    "headServiceAnnotations", "historyServerOptions", "managedBy", "networkPolicy", "rayVersion", "suspend",
+    "tlsOptions", "upgradeStrategy", "workerGroupSpecs",
+}
+RAY_CLUSTER_REQUIRED = {"headGroupSpec"}
+HEAD_GROUP_SPEC = {"enableIngress", "headService", "ingressOptions", "labels", "rayStartParams", "resources",
+                   "serviceType", "template"}
+HEAD_GROUP_REQUIRED = {"template"}
+WORKER_GROUP_SPEC = {"groupName", "idleTimeoutSeconds", "labels", "maxReplicas", "minReplicas", "numOfHosts",
+                     "priority", "rayStartParams", "replicas", "resources", "scaleStrategy", "suspend", "template"}
+WORKER_GROUP_REQUIRED = {"groupName", "maxReplicas", "minReplicas", "template"}
+SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"}
+
+
+def _load(name: str) -> dict:
+    return yaml.safe_load((CLUSTER / name).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def launcher() -> dict:
+    return _load("aws-gpu.yaml")
+
+
+@pytest.fixture(scope="module")
+def rayjob() -> dict:
+    return _load("kuberay-rayjob.yaml")
+
+
+# --- Ray cluster launcher config -----------------------------------------------------------------------------
+
+
+def test_launcher_validates_against_rays_schema(launcher):
+    jsonschema = pytest.importorskip("jsonschema")
+    import ray.autoscaler
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text(encoding="utf-8"))
+    jsonschema.validate(launcher, schema)
+    misspelt = copy.deepcopy(launcher)
+    misspelt["available_node_types"]["gpu.a10g"]["min_worker"] = 0
+    with pytest.raises(jsonschema.ValidationError, match="min_worker"):
+        jsonschema.validate(misspelt, schema)
+
+
+def test_launcher_passes_ray_up_validation(launcher):
+    """The checks `ray up` runs before it talks to AWS: provider defaults filled in, then validated."""
+    pytest.importorskip("jsonschema")
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(copy.deepcopy(launcher)))
+
+
+def test_launcher_has_a_cpu_head_and_autoscaling_gpu_workers(launcher):
+    assert launcher["provider"]["type"] == "aws" and launcher["provider"]["region"]
+    assert isinstance(launcher["provider"]["cache_stopped_nodes"], bool)
+    assert launcher["auth"]["ssh_user"] == "ubuntu"
+    types = launcher["available_node_types"]
+    head = types[launcher["head_node_type"]]
+    assert head["node_config"]["InstanceType"] == "m6i.2xlarge"
+    assert head["resources"].get("CPU", 0) > 0 and "GPU" not in head["resources"]
+    workers = [t for name, t in types.items() if name != launcher["head_node_type"]]
+    gpu = [t for t in workers if t["resources"].get("GPU") == 1]
+    assert gpu, "no worker node type offers {'GPU': 1}"
+    for t in gpu:
+        assert t["min_workers"] == 0 and 0 < t["max_workers"] <= launcher["max_workers"]
+        assert re.fullmatch(r"(g5|g6|p4d|p5)\.\w+", t["node_config"]["InstanceType"])
+
+
+def test_launcher_installs_pinned_torch_before_the_project_and_builds_the_encoder_once(launcher):
+    setup = launcher["setup_commands"]
+    torch_at = next(i for i, c in enumerate(setup) if "pip install torch==2.13.0" in c)
+    project_at = next(i for i, c in enumerate(setup) if "pip install -e '.[encoder]'" in c)
+    assert torch_at < project_at or (
+        torch_at == project_at
+        and setup[torch_at].index("torch==2.13.0") < setup[torch_at].index("pip install -e")
+    )
+    assert any("/mnt/shared" in c and "mount" in c for c in setup)
+    assert any("HDF5_USE_FILE_LOCKING=FALSE" in c for c in setup)
+    start = launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"]
+    assert all("HDF5_USE_FILE_LOCKING=FALSE" in c for c in start if "ray start" in c)
+    builds = [c for c in launcher["head_setup_commands"] if "xel-encoder build" in c]
+    assert len(builds) == 1 and f"--out {SHARED_MODEL}" in builds[0]
+    assert not any("xel-encoder" in c for c in launcher.get("worker_setup_commands", []))
+    assert set(launcher["file_mounts"].values()) == {"."}
+    assert {"models/", "h5/", ".git/"} <= set(launcher["rsync_exclude"])
+
+
+# --- KubeRay RayJob -------------------------------------------------------------------------------------------
+
+
+def _entrypoint_args(rayjob: dict) -> list[str]:
+    return shlex.split(rayjob["spec"]["entrypoint"])
+
+
+def test_rayjob_uses_only_fields_of_the_kuberay_crd(rayjob):
+    assert rayjob["apiVersion"] == "ray.io/v1" and rayjob["kind"] == "RayJob"
+    assert rayjob["metadata"]["name"]
+    spec = rayjob["spec"]
+    assert set(spec) <= RAYJOB_SPEC, set(spec) - RAYJOB_SPEC
+    assert spec["submissionMode"] in SUBMISSION_MODES
+    cluster = spec["rayClusterSpec"]
+    assert RAY_CLUSTER_REQUIRED <= set(cluster) <= RAY_CLUSTER_SPEC, set(cluster) ^ RAY_CLUSTER_SPEC
+    head = cluster["headGroupSpec"]
+    assert HEAD_GROUP_REQUIRED <= set(head) <= HEAD_GROUP_SPEC, set(head) - HEAD_GROUP_SPEC
+    groups = cluster["workerGroupSpecs"]
+    assert groups
+    for group in groups:
+        assert WORKER_GROUP_REQUIRED <= set(group) <= WORKER_GROUP_SPEC, set(group) ^ WORKER_GROUP_SPEC
+        assert 0 <= group["minReplicas"] <= group.get("replicas", 0) <= group["maxReplicas"]
+    for params in [head.get("rayStartParams", {})] + [g.get("rayStartParams", {}) for g in groups]:
+        assert all(isinstance(v, str) for v in params.values()), "rayStartParams values must be strings"
+    assert spec["shutdownAfterJobFinishes"] is True
+    assert isinstance(spec["ttlSecondsAfterFinished"], int) and spec["ttlSecondsAfterFinished"] > 0
+
+
+def test_rayjob_gpu_workers_shared_volume_and_hdf5_locking_off(rayjob):
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+    gpu_limits = [c["resources"]["limits"].get("nvidia.com/gpu") for g in cluster["workerGroupSpecs"]
+                  for c in g["template"]["spec"]["containers"]]
+    assert "1" in gpu_limits
+    for pod in pods:
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+                  if "persistentVolumeClaim" in v}
+        assert claims
+        for container in pod["containers"]:
+            assert {"name": "HDF5_USE_FILE_LOCKING", "value": "FALSE"} in container["env"]
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert mounts.get("/mnt/shared") in claims
+    runtime_env = yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])
+    assert runtime_env["working_dir"].endswith(".zip")
+    assert runtime_env["env_vars"]["HDF5_USE_FILE_LOCKING"] == "FALSE"
+    assert "torch==2.13.0" in runtime_env["pip"]["packages"]
+
+
+def test_rayjob_entrypoint_is_the_readme_command_and_parses(rayjob, launcher):
+    from precompute.run import main
+
+    args = _entrypoint_args(rayjob)
+    assert args[:2] == ["python", "precompute/run.py"]
+    for flag in ("--data", "--model", "--out"):
+        assert flag in args and args[args.index(flag) + 1].startswith("/mnt/shared/")
+    assert args[args.index("--model") + 1] == SHARED_MODEL  # the model the launcher's head builds
+    ctx = main.make_context("run.py", args[2:])  # every flag and value is one precompute/run.py accepts
+    assert ctx.params["gpus_per_actor"] == 1 and ctx.params["actors"] <= max(
+        g["maxReplicas"] for g in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    )
+
+
+# --- submit_local.sh ----------------------------------------------------------------------------------------
+
+
+def test_submit_local_is_strict_bash():
+    script = (CLUSTER / "submit_local.sh").read_text(encoding="utf-8")
+    assert "set -euo pipefail" in script
+    subprocess.run(["bash", "-n", str(CLUSTER / "submit_local.sh")], check=True)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if text.encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_submit_local_runs_the_job_and_stops_its_own_head(tiny_data, tiny_model_dir, tmp_path):
+    out = tmp_path / "h5"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        ["bash", "cluster/submit_local.sh", "--data", str(tiny_data), "--model", str(tiny_model_dir),
+         "--out", str(out), "--dtype", "fp32"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=85,
+    )
+    seconds = time.perf_counter() - t0
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert seconds < 90
+
+    from precompute.store import open_store
+
+    store = open_store(out)
+    assert {"ms", "es"} <= set(store.kinds)
+    assert store.count("ms") == len(MENTIONS) and store.count("es") == len(KB) and store.count("text") == len(TEXT)
+    ids, features, langs = store.load("ms")
+    assert ids == [m["id"] for m in MENTIONS] and langs == [m["lang"] for m in MENTIONS]
+    assert np.isfinite(features.astype(np.float32)).all()
+    assert store.load("es")[0] == [e["id"] for e in KB]
+
+    head = re.search(r"^xel: ray head pid (\d+) \(temp dir (\S+),", log, re.MULTILINE)
+    assert head, log[-2000:]
+    pid, temp_dir = int(head.group(1)), head.group(2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert _processes_mentioning(temp_dir) == []  # no raylet, GCS, dashboard or worker of that head is left
+    assert not Path(temp_dir).exists()
