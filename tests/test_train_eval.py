@@ -85,3 +85,26 @@ def test_bad_config_values_are_named() -> None:
         TrainConfig(features="x", dropout=1.5)
     with pytest.raises(ConfigError, match="--tune-nil"):
         TrainConfig(features="x", tune_nil=True, dev_fraction=0.0)
+
+
+def test_ties_are_not_broken_by_candidate_order() -> None:
+    """A collapsed model (every candidate scored alike) must not inherit the retrieval ranking."""
+    from train.evaluate import rank
+
+    m, k = 400, 10
+    kb = KB(ids=[f"Q{i}" for i in range(k)], index={}, langs=["en"] * k, es=torch.zeros(k, 2), ec=torch.zeros(k, 2),
+            popularity=torch.zeros(k, 0))
+    cand = torch.arange(k).repeat(m, 1)
+    mentions = Mentions(kb=kb, ids=[str(i) for i in range(m)], langs=["en"] * m, types=[None] * m,
+                        golds=["Q0"] * m, ms=torch.zeros(m, 2), mc=torch.zeros(m, 2), cand=cand,
+                        cand_mask=torch.ones(m, k, dtype=torch.bool), gold_pos=torch.zeros(m, dtype=torch.long),
+                        gold_kb=torch.zeros(m, dtype=torch.long))
+
+    class Constant(torch.nn.Module):
+        def forward(self, ms, mc, cand, es, ec, pop):
+            return type("S", (), {"scores": torch.full(cand.shape, 0.3)})()
+
+    ranked = rank(Constant(), mentions)
+    assert ranked.tied_top == 1.0
+    accuracy = evaluate(ranked, mentions, -1.0)["all"].micro
+    assert accuracy < 0.25  # about 1/k, not the 1.0 that "first candidate wins" would give

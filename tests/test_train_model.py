@@ -39,6 +39,8 @@ def test_factorised_scorer_equals_concatenate_then_mlp(adversarial: bool, pop: i
                  languages=("de", "en") if adversarial else ())
     model = Ranker(spec).eval()
     data = _mentions(pop=pop)
+    model.set_standardization(torch.randn(50, spec.dim) * 3 + 1, torch.randn(50, spec.dim) * 2 - 1)
+    assert not torch.equal(model.name_mean, torch.zeros(spec.dim))
     fast = model(data.ms, data.mc, data.cand, data.kb.es, data.kb.ec, data.kb.popularity).scores
     m, k = data.cand.shape
     rows = data.cand.flatten()
@@ -95,13 +97,18 @@ def _adv_trainer() -> tuple[Ranker, Trainer]:
     return model, Trainer(model, data, settings, 0, text, ("en",), ("de",))
 
 
+def _params(model: Ranker) -> dict[str, torch.Tensor]:
+    """Learned parameters only (the standardization buffers are fixed before training)."""
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
 def _changed(before: dict[str, torch.Tensor], model: Ranker) -> set[str]:
-    return {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    return {k for k, v in _params(model).items() if not torch.equal(v, before[k])}
 
 
 def test_adversarial_step_changes_only_hadv() -> None:
     model, trainer = _adv_trainer()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = _params(model)
     adversarial_step(model, trainer.adv_optimizer, trainer.text_a[:4], trainer.langs_a[:4], trainer.text_b[:4],
                      trainer.langs_b[:4], trainer.source, trainer.l2, trainer.generator)
     assert _changed(before, model) == {"hadv.weight", "hadv.bias"}
@@ -109,6 +116,19 @@ def test_adversarial_step_changes_only_hadv() -> None:
 
 def test_main_step_changes_everything_but_hadv() -> None:
     model, trainer = _adv_trainer()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    before = _params(model)
     trainer.main_step(torch.arange(8))
     assert _changed(before, model) == set(before) - {"hadv.weight", "hadv.bias"}
+
+
+def test_standardization_travels_with_the_checkpoint(tmp_path) -> None:
+    from train.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = Ranker(_spec()).eval()
+    model.set_standardization(torch.randn(30, DIM) + 5, torch.randn(30, DIM) - 5)
+    save_checkpoint(model, tmp_path / "m.safetensors")
+    loaded = load_checkpoint(tmp_path / "m.safetensors").eval()
+    data = _mentions()
+    args = (data.ms, data.mc, data.cand, data.kb.es, data.kb.ec, data.kb.popularity)
+    torch.testing.assert_close(model(*args).scores, loaded(*args).scores)

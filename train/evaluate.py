@@ -21,6 +21,7 @@ class Ranked:
     scores: torch.Tensor  # [M, K], -inf where padded
     best: torch.Tensor  # [M] best score (-inf without candidates)
     best_pos: torch.Tensor  # [M]
+    tied_top: float = 0.0  # share of mentions whose best score is shared by several candidates
 
 
 def rank(model: Ranker, mentions: Mentions, batch_size: int = 1024) -> Ranked:
@@ -33,8 +34,13 @@ def rank(model: Ranker, mentions: Mentions, batch_size: int = 1024) -> Ranked:
             parts.append(model(mentions.ms[sl], mentions.mc[sl], mentions.cand[sl], kb.es, kb.ec, kb.popularity).scores)
     scores = torch.cat(parts) if parts else torch.zeros(mentions.cand.shape)
     scores = scores.masked_fill(~mentions.cand_mask, float("-inf"))
-    best, best_pos = scores.max(dim=1)
-    return Ranked(scores, best, best_pos)
+    best = scores.max(dim=1).values
+    # Ties are broken at random (seeded), never by candidate order: a collapsed model that scores every
+    # candidate alike would otherwise inherit the retrieval ranking and look like a good linker.
+    tied = (scores == best[:, None]) & mentions.cand_mask
+    keys = torch.rand(scores.shape, generator=torch.Generator().manual_seed(0)).masked_fill(~tied, -1.0)
+    best_pos = keys.argmax(dim=1)
+    return Ranked(scores, best, best_pos, float((tied.sum(dim=1) > 1).float().mean()) if len(scores) else 0.0)
 
 
 def predict(ranked: Ranked, mentions: Mentions, threshold: float) -> list[str | None]:

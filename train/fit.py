@@ -49,6 +49,8 @@ def _as_dicts(scores: dict) -> dict[str, dict[str, float]]:
 def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool = True) -> FitResult:
     torch.manual_seed(seed)
     model = Ranker(model_spec(cfg, data))
+    train, kb = data.splits.train, data.splits.train.kb
+    model.set_standardization(torch.cat([train.ms, kb.es]), torch.cat([train.mc, kb.ec]))
     settings = LoopSettings(
         lr=cfg.lr, batch_size=cfg.batch_size, negatives=cfg.negatives, margin=cfg.margin,
         lambda_adv=cfg.lambda_adv, adv_steps=cfg.adv_steps, adv_epochs=cfg.adv_epochs,
@@ -68,7 +70,12 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool = True) -> F
                 threshold = tune_threshold(dev_ranked, dev)
             entry["dev"] = _as_dicts(evaluate(dev_ranked, dev, threshold))
         entry["nil_threshold"] = threshold
-        entry["test"] = _as_dicts(evaluate(rank(model, test), test, threshold))
+        test_ranked = rank(model, test)
+        entry["test"] = _as_dicts(evaluate(test_ranked, test, threshold))
+        entry["tied_top"] = test_ranked.tied_top
+        if test_ranked.tied_top > 0.5:
+            log.warning("seed %d epoch %d: %.0f%% of test mentions have tied top scores: the ranker has collapsed "
+                        "towards a constant", seed, epoch, 100 * test_ranked.tied_top)
         history.append(entry)
         key = entry["dev"]["all"]["f1"] if dev is not None else float(epoch)
         if best is None or key > best[0]:

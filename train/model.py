@@ -59,6 +59,12 @@ class PairMLP(nn.Module):
         super().__init__()
         self.dim_m = dim_m
         self.first = nn.Linear(dim_m + dim_e, sizes[0])
+        if dim_m == dim_e:
+            # Antisymmetric start: the entity half is minus the mention half, so the first layer begins as a
+            # function of m - e and its ReLU pairs measure a difference. On the sample, random init collapses to a
+            # constant score (loss = margin) within three epochs; with this start the ranker learns.
+            with torch.no_grad():
+                self.first.weight[:, dim_m:] = -self.first.weight[:, :dim_m]
         self.tail = _tail(sizes[0], tuple(sizes[1:]), dropout)
         self.out_size = sizes[-1]
 
@@ -95,6 +101,10 @@ class Ranker(nn.Module):
         else:
             self.hs0 = self.hadv = None
             name_dim = spec.dim
+        for name in ("name_mean", "context_mean"):
+            self.register_buffer(name, torch.zeros(spec.dim))
+        for name in ("name_std", "context_std"):
+            self.register_buffer(name, torch.ones(spec.dim))
         self.hs = PairMLP(name_dim, name_dim, spec.hs_sizes, spec.dropout)
         self.hc = PairMLP(spec.dim, spec.dim, spec.hc_sizes, spec.dropout)
         final_in = self.hs.out_size + self.hc.out_size + spec.popularity_dim
@@ -103,7 +113,27 @@ class Ranker(nn.Module):
             nn.Linear(spec.final_sizes[-1], 1), nn.Tanh(),
         )
 
+    def set_standardization(self, names: torch.Tensor, contexts: torch.Tensor) -> None:
+        """Per-dimension mean and std of the training rows: ``names`` (ms, es), ``contexts`` (mc, ec).
+
+        The frozen features share a large common component (cosines sit in 0.75-0.95); standardizing them
+        lets the MLPs see what differs between a mention and its candidates. The statistics are buffers, so a
+        checkpoint carries them and applies them at inference.
+        """
+        self.name_mean.copy_(names.mean(dim=0))
+        self.name_std.copy_(names.std(dim=0).clamp_min(1e-6))
+        self.context_mean.copy_(contexts.mean(dim=0))
+        self.context_std.copy_(contexts.std(dim=0).clamp_min(1e-6))
+
+    def standardize_names(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.name_mean) / self.name_std
+
+    def standardize_contexts(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.context_mean) / self.context_std
+
     def shared(self, x: torch.Tensor) -> torch.Tensor:
+        """Name-side features (ms, es, adversarial text) standardized, then ``hs0`` with +A."""
+        x = self.standardize_names(x)
         return self.hs0(x) if self.hs0 is not None else x
 
     def language_probs(self, shared: torch.Tensor) -> torch.Tensor:
@@ -120,7 +150,8 @@ class Ranker(nn.Module):
         m_sh = self.shared(ms)
         e_sh = self.shared(kb_es[rows])
         rs = self.hs.tail(self.hs.project_mention(m_sh)[:, None, :] + self.hs.project_entity(e_sh)[inverse])
-        rc = self.hc.tail(self.hc.project_mention(mc)[:, None, :] + self.hc.project_entity(kb_ec[rows])[inverse])
+        mc, ec = self.standardize_contexts(mc), self.standardize_contexts(kb_ec[rows])
+        rc = self.hc.tail(self.hc.project_mention(mc)[:, None, :] + self.hc.project_entity(ec)[inverse])
         parts = [rs, rc]
         if self.spec.popularity_dim:
             parts.append(kb_pop[rows][inverse])
@@ -133,7 +164,7 @@ class Ranker(nn.Module):
     ) -> torch.Tensor:
         """Reference scorer over aligned pairs ``[N, D]``: concatenate, then the plain MLPs; ``[N]``."""
         rs = self.hs(torch.cat([self.shared(ms), self.shared(es)], dim=-1))
-        rc = self.hc(torch.cat([mc, ec], dim=-1))
+        rc = self.hc(torch.cat([self.standardize_contexts(mc), self.standardize_contexts(ec)], dim=-1))
         parts = [rs, rc] + ([pop] if self.spec.popularity_dim else [])
         return self.final(torch.cat(parts, dim=-1)).squeeze(-1)
 
