@@ -189,31 +189,50 @@ def test_submit_local_is_strict_bash():
     subprocess.run(["bash", "-n", str(CLUSTER / "submit_local.sh")], check=True)
 
 
-def _processes_mentioning(text: str) -> list[int]:
+def _live_processes(session: int, text: str) -> list[str]:
+    """Processes (zombies aside) in ``session`` or whose command line mentions ``text``."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if text.encode() in (proc / "cmdline").read_bytes():
-                found.append(int(proc.name))
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
+        state, sid = fields[0], int(fields[3])
+        if state != "Z" and (sid == session or text.encode() in cmdline):
+            found.append(f"{proc.name} {state} sid {sid}: {cmdline[:120]!r}")
     return found
+
+
+def _submit_env() -> dict[str, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _assert_head_gone(log: str, out: Path) -> None:
+    """The head the script started, every process of its session, and the job's driver are gone."""
+    head = re.search(r"^xel: ray head pid (\d+) \(temp dir (\S+),", log, re.MULTILINE)
+    assert head, log[-2000:]
+    pid, temp_dir = int(head.group(1)), head.group(2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert _live_processes(pid, str(out)) == []  # no raylet, GCS, dashboard, worker or driver is left
+    assert not Path(temp_dir).exists()
 
 
 @pytest.mark.ray
 @pytest.mark.slow
 def test_submit_local_runs_the_job_and_stops_its_own_head(tiny_data, tiny_model_dir, tmp_path):
     out = tmp_path / "h5"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("RAY_ADDRESS", None)
     t0 = time.perf_counter()
     proc = subprocess.run(
         ["bash", "cluster/submit_local.sh", "--data", str(tiny_data), "--model", str(tiny_model_dir),
          "--out", str(out), "--dtype", "fp32"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=85,
+        cwd=REPO, env=_submit_env(), capture_output=True, text=True, timeout=85,
     )
     seconds = time.perf_counter() - t0
     log = proc.stdout + proc.stderr
@@ -229,11 +248,47 @@ def test_submit_local_runs_the_job_and_stops_its_own_head(tiny_data, tiny_model_
     assert ids == [m["id"] for m in MENTIONS] and langs == [m["lang"] for m in MENTIONS]
     assert np.isfinite(features.astype(np.float32)).all()
     assert store.load("es")[0] == [e["id"] for e in KB]
+    _assert_head_gone(log, out)
 
-    head = re.search(r"^xel: ray head pid (\d+) \(temp dir (\S+),", log, re.MULTILINE)
-    assert head, log[-2000:]
-    pid, temp_dir = int(head.group(1)), head.group(2)
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
-    assert _processes_mentioning(temp_dir) == []  # no raylet, GCS, dashboard or worker of that head is left
-    assert not Path(temp_dir).exists()
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_submit_local_passes_on_the_drivers_exit_code_and_cleans_up(tmp_path):
+    out = tmp_path / "h5"
+    proc = subprocess.run(
+        ["bash", "cluster/submit_local.sh", "--data", str(tmp_path / "missing"), "--model", str(tmp_path),
+         "--out", str(out), "--no-such-flag"],
+        cwd=REPO, env=_submit_env(), capture_output=True, text=True, timeout=85,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 2, log[-4000:]  # click's usage error, from the driver, not ray job submit's 1
+    assert "No such option" in log
+    _assert_head_gone(log, out)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_submit_local_stops_the_job_and_its_head_when_terminated(tiny_data, tiny_model_dir, tmp_path):
+    out = tmp_path / "h5"
+    proc = subprocess.Popen(
+        ["bash", "cluster/submit_local.sh", "--data", str(tiny_data), "--model", str(tiny_model_dir),
+         "--out", str(out), "--dtype", "fp32"],
+        cwd=REPO, env=_submit_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Running entrypoint"):
+                break
+        time.sleep(1.0)
+        proc.terminate()
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = "".join(lines) + rest
+    assert proc.returncode == 143, log[-4000:]
+    assert "xel: stopping job" in log
+    _assert_head_gone(log, out)
