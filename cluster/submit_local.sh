@@ -5,7 +5,8 @@
 #
 # Starts `ray start --head --block` in its own session with its own --temp-dir and free ports, waits for the
 # dashboard, runs `ray job submit --working-dir <repo> -- python precompute/run.py "$@"`, and on exit (also on
-# error or Ctrl-C) stops the job and then exactly that head: the processes of the session setsid gave it. Prints `xel: ray head pid N`.
+# error or Ctrl-C) stops the job and then exactly that head: the processes of the session setsid gave it.
+# Prints `xel: ray head pid N`.
 # Relative --data/--model/--out are made absolute first (the job runs in an uploaded copy of the repo).
 # Exit status: the job driver's exit code (0 when the store is complete).
 # Env: XEL_RAY_NUM_CPUS (default 2), XEL_RAY_NUM_GPUS (default 0), RAY (default: ray), PYTHON (default: python).
@@ -109,9 +110,11 @@ fi
 
 SUBMISSION_ID="xel-precompute-$(date +%Y%m%d-%H%M%S)-$$"
 cd "$REPO_ROOT"
+RUNTIME_ENV='{"excludes": ["models/", "runs/", "h5/", "index/", ".git/", ".venv/", "build/", "*.egg-info/"],
+  "env_vars": {"HDF5_USE_FILE_LOCKING": "FALSE"}}'
 # in the background and waited for, so that a signal to this script runs the trap at once
 "$RAY" job submit --address "$ADDRESS" --submission-id "$SUBMISSION_ID" --working-dir . \
-  --runtime-env-json '{"excludes": ["models/", "runs/", "h5/", "index/", ".git/", ".venv/", "build/", "*.egg-info/"], "env_vars": {"HDF5_USE_FILE_LOCKING": "FALSE"}}' \
+  --runtime-env-json "$RUNTIME_ENV" \
   -- python precompute/run.py "${args[@]}" &
 SUBMIT_PID=$!
 SUBMIT_STATUS=0
