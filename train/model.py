@@ -2,7 +2,7 @@
 
 ``hs`` is an MLP over ``[ms; es]`` giving ``rs``, ``hc`` an MLP over ``[mc; ec]`` giving ``rc``, and ``final`` an
 MLP over ``[rs; rc; popularity]`` ending in one tanh unit, so a score lies in [-1, 1]. With +A the mention and
-entity name features first pass separately through ``hs0`` (Linear + ReLU); ``hadv`` classifies the language of
+entity name features first pass separately through ``hs0`` (Linear + leaky ReLU); ``hadv`` classifies the language of
 an ``hs0`` output.
 
 Speed: the first layer of ``hs`` and ``hc`` is linear over a concatenation, ``W [m; e] + b = W_m m + W_e e + b``,
@@ -42,12 +42,19 @@ class ModelSpec:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+def _activation() -> nn.Module:
+    """Leaky ReLU (slope 0.1): the paper names no activation. With plain ReLU the name path behind ``hs0``
+    (+A) died within two epochs on the sample (every candidate scored alike, loss stuck at the margin) in 2 of 3
+    seeds, even with lambda = 0; with a leaky slope every seed trains."""
+    return nn.LeakyReLU(0.1)
+
+
 def _tail(first_size: int, sizes: tuple[int, ...], dropout: float) -> nn.Sequential:
     """Activation and dropout after the first linear layer, then the remaining hidden layers."""
-    layers: list[nn.Module] = [nn.ReLU(), nn.Dropout(dropout)]
+    layers: list[nn.Module] = [_activation(), nn.Dropout(dropout)]
     prev = first_size
     for size in sizes:
-        layers += [nn.Linear(prev, size), nn.ReLU(), nn.Dropout(dropout)]
+        layers += [nn.Linear(prev, size), _activation(), nn.Dropout(dropout)]
         prev = size
     return nn.Sequential(*layers)
 
@@ -95,7 +102,7 @@ class Ranker(nn.Module):
         if spec.shared_size is not None:
             if len(spec.languages) < 2:
                 raise ValueError(f"the language classifier needs >= 2 languages, got {list(spec.languages)}")
-            self.hs0: nn.Module | None = nn.Sequential(nn.Linear(spec.dim, spec.shared_size), nn.ReLU())
+            self.hs0: nn.Module | None = nn.Sequential(nn.Linear(spec.dim, spec.shared_size), _activation())
             self.hadv: nn.Module | None = nn.Linear(spec.shared_size, len(spec.languages))
             name_dim = spec.shared_size
         else:
