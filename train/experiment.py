@@ -102,6 +102,7 @@ def retrieve_and_baseline(cfg: ExperimentConfig, store_dir: Path) -> tuple[Path,
 
 
 def _train_one(train_cfg: TrainConfig) -> dict[str, Any]:
+    os.environ["TQDM_DISABLE"] = "1"  # one bar in the driver, over runs; none per epoch from each task
     from train.run import run as run_train
 
     logging.getLogger("train").setLevel(logging.WARNING)
