@@ -75,7 +75,7 @@ class PrecomputeConfig:
     max_length: int | None = None
     prefix: str | None = None
     dtype: str = "bf16"
-    max_tokens_per_batch: int = 16384
+    max_tokens_per_batch: int | None = None
     shard_size: int = 4096
     actors: int = 1
     cpus_per_actor: float | None = None
@@ -150,7 +150,9 @@ def write_input_copies(out: Path, inputs: Inputs) -> None:
 
 
 def plan_tasks(cfg: PrecomputeConfig, inputs: Inputs, settings: dict[str, Any]) -> dict[str, list[ShardTask]]:
-    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    # what a shard holds does not depend on how it was batched
+    encoded = {k: v for k, v in settings.items() if k != "max_tokens_per_batch"}
+    fingerprint = hashlib.sha256(json.dumps(encoded, sort_keys=True).encode()).hexdigest()
     plan: dict[str, list[ShardTask]] = {}
     for kind in cfg.kinds:
         items = build_items(inputs, kind)
@@ -190,19 +192,32 @@ def _actor_resources(cfg: PrecomputeConfig) -> tuple[float, int | None]:
     return cpus, max(1, int(cpus))
 
 
+def actor_options(cfg: PrecomputeConfig, cpus: float) -> tuple[str, dict[str, Any]]:
+    """The actors' device and Ray options: ``--gpus-per-actor 1`` asks Ray for one GPU per actor (so Ray places
+    one actor per GPU) and runs the model there in bf16; restarts and task retries make a crash recoverable."""
+    if cfg.gpus_per_actor > 0 and cfg.device == "cpu":
+        raise PrecomputeError("--gpus-per-actor > 0 with --device cpu: drop one of them")
+    device = "cuda" if cfg.gpus_per_actor > 0 else ("cpu" if cfg.device == "auto" else cfg.device)
+    if device == "cuda" and cfg.gpus_per_actor == 0:
+        raise PrecomputeError("--device cuda needs --gpus-per-actor > 0, so that Ray gives each actor a GPU")
+    # the fault-injection test hook travels to the actors' processes (unset in normal runs)
+    env = {k: os.environ[k] for k in (FAULT_ENV, FAULT_MARKER_ENV) if k in os.environ}
+    options: dict[str, Any] = {
+        "num_cpus": cpus, "num_gpus": cfg.gpus_per_actor, "max_restarts": 3, "max_task_retries": 3,
+    }
+    if env:
+        options["runtime_env"] = {"env_vars": env}
+    return device, options
+
+
 def execute(cfg: PrecomputeConfig, settings: dict[str, Any], tasks: list[ShardTask]) -> list[dict[str, Any]]:
     """Run ``tasks`` on ``cfg.actors`` Ray actors, at most two in flight each; a tqdm bar over rows."""
     import ray
     from tqdm import tqdm
 
     cpus, threads = _actor_resources(cfg)
-    device = "cuda" if cfg.gpus_per_actor > 0 else ("cpu" if cfg.device == "auto" else cfg.device)
-    # the fault-injection test hook travels to the actors' processes (unset in normal runs)
-    env = {k: os.environ[k] for k in (FAULT_ENV, FAULT_MARKER_ENV) if k in os.environ}
-    actor_cls = ray.remote(ShardWorker).options(
-        num_cpus=cpus, num_gpus=cfg.gpus_per_actor, max_restarts=3, max_task_retries=3,
-        runtime_env={"env_vars": env} if env else None,
-    )
+    device, options = actor_options(cfg, cpus)
+    actor_cls = ray.remote(ShardWorker).options(**options)
     actors = [actor_cls.remote(str(cfg.model), settings, device, threads) for _ in range(cfg.actors)]
     queue = list(reversed(tasks))
     pending: dict[Any, tuple[int, ShardTask]] = {}
@@ -381,8 +396,9 @@ def _kinds(value: str) -> tuple[str, ...]:
 @click.option("--prefix", default=None, help="Text put before every input [default: the encoder's, e5: 'query: '].")
 @click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
               help="bf16: autocast on CPU and GPU; fp32: exact reference.")
-@click.option("--max-tokens-per-batch", type=click.IntRange(min=64), default=16384, show_default=True,
-              help="Token budget per forward batch (rows x longest row).")
+@click.option("--max-tokens-per-batch", type=click.IntRange(min=64), default=None,
+              help="Token budget per forward batch (rows x longest row) [default: 16384 on CPU, sized from free "
+              "memory on GPU].")
 @click.option("--shard-size", type=click.IntRange(min=1), default=4096, show_default=True, help="Rows per shard.")
 @click.option("--actors", type=click.IntRange(min=1), default=1, show_default=True, help="Encoder actors.")
 @click.option("--cpus-per-actor", type=click.FloatRange(min=0.5), default=None,

@@ -65,7 +65,8 @@ class ShardWorker:
     def __init__(self, model_dir: str, settings: dict[str, Any], device: str = "auto", threads: int | None = None):
         self.encoder = TextEncoder.load(
             model_dir, device=device, threads=threads, layer=settings["layer"], max_length=settings["max_length"],
-            prefix=settings["prefix"], dtype=settings["dtype"], max_tokens_per_batch=settings["max_tokens_per_batch"],
+            prefix=settings["prefix"], dtype=settings["dtype"],
+            max_tokens_per_batch=settings.get("max_tokens_per_batch"),
         )
 
     def run(self, task: ShardTask) -> dict[str, Any]:

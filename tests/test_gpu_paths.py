@@ -1,0 +1,63 @@
+"""The GPU code paths, testable on a CPU-only machine: device choice, actor placement, batch sizing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from precompute.encoding import CPU_TOKEN_BUDGET, EncodeError, TextEncoder, pick_device, token_budget
+from precompute.run import PrecomputeConfig, PrecomputeError, actor_options
+
+
+def _cfg(**kw) -> PrecomputeConfig:
+    return PrecomputeConfig(data=Path("d"), model=Path("m"), out=Path("o"), **kw)
+
+
+def test_one_gpu_per_actor_asks_ray_for_a_gpu_and_runs_on_cuda():
+    device, options = actor_options(_cfg(gpus_per_actor=1), cpus=4)
+    assert device == "cuda" and options["num_gpus"] == 1 and options["num_cpus"] == 4
+    assert options["max_restarts"] == 3 and options["max_task_retries"] == 3
+
+
+def test_cpu_actors_by_default_and_conflicting_device_flags_are_refused():
+    assert actor_options(_cfg(), cpus=2)[0] == "cpu"
+    with pytest.raises(PrecomputeError, match="--gpus-per-actor > 0 with --device cpu"):
+        actor_options(_cfg(gpus_per_actor=1, device="cpu"), cpus=2)
+    with pytest.raises(PrecomputeError, match="--device cuda needs --gpus-per-actor"):
+        actor_options(_cfg(device="cuda"), cpus=2)
+
+
+def test_token_budget_cpu_fixed_gpu_sized_by_memory():
+    assert token_budget(torch.device("cpu"), 768, 3072) == CPU_TOKEN_BUDGET
+    free = 8 * 2**30
+    budget = token_budget(torch.device("cuda"), 768, 3072, free_bytes=free)
+    assert budget == free // 3 // (2 * (8 * 768 + 2 * 3072)) and 100_000 < budget < 130_000
+    assert token_budget(torch.device("cuda"), 768, 3072, free_bytes=10**15) == 262144
+    assert token_budget(torch.device("cuda"), 768, 3072, free_bytes=10**6) == CPU_TOKEN_BUDGET
+
+
+def test_auto_device_is_cpu_without_a_gpu_and_cuda_is_refused():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert pick_device("auto").type == "cpu"
+    with pytest.raises(EncodeError, match="no CUDA GPU is visible"):
+        pick_device("cuda")
+
+
+def test_encoder_on_cpu_uses_the_cpu_budget(tiny_model_dir):
+    assert TextEncoder.load(tiny_model_dir, device="cpu").max_tokens_per_batch == CPU_TOKEN_BUDGET
+
+
+@pytest.mark.gpu
+def test_bf16_on_gpu_matches_fp32(tiny_model_dir):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from precompute.encoding import mention_item
+
+    items = [mention_item("a", "en", "Barack Obama visited Moscow", 0, 12)]
+    cpu = TextEncoder.load(tiny_model_dir, device="cpu", dtype="fp32").encode(items)
+    gpu = TextEncoder.load(tiny_model_dir, device="cuda", dtype="bf16").encode(items)
+    cos = torch.nn.functional.cosine_similarity(torch.tensor(cpu).float(), torch.tensor(gpu).float())
+    assert float(cos.min()) > 0.99
