@@ -7,7 +7,8 @@ tokens/s of
 
 * ``naive``: one text at a time, fp32, no bucketing (the baseline);
 * ``in-process``: :class:`precompute.worker.ShardWorker` (bf16 autocast, length-bucketed batches) in this process;
-* ``ray``: the same worker as a Ray actor through ``precompute.run.execute``;
+* ``ray``: the same worker as a warm Ray actor (items in through the object store, the shard written by the
+  actor), checked to write the same shard checksum as in-process;
 
 and reports the speed-up over naive, the Ray overhead over in-process, the padding fraction, and the fraction of
 the bf16 matmul roofline (peak bf16 GEMM FLOP/s measured in this run; FLOPs/token from the model config).
@@ -31,8 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from precompute.encoding import EncodeStats, TextEncoder, mention_item  # noqa: E402
-from precompute.run import PrecomputeConfig, connect_ray, execute  # noqa: E402
+from precompute.encoding import TextEncoder, mention_item  # noqa: E402
+from precompute.run import PrecomputeConfig, actor_options, connect_ray  # noqa: E402
 from precompute.worker import ShardTask, ShardWorker  # noqa: E402
 
 
@@ -62,9 +63,9 @@ def bf16_matmul_peak(seconds: float = 3.0) -> float:
     return best
 
 
-def flops_per_token(config, seq_len: float) -> float:
+def flops_per_token(config: dict, seq_len: float) -> float:
     """Forward FLOPs per token: 2 x non-embedding weights + attention scores and mixing."""
-    h, layers, ffn = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    h, layers, ffn = config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"]
     weights = layers * (4 * h * h + 2 * h * ffn)
     return 2 * weights + layers * 4 * seq_len * h
 
@@ -84,37 +85,51 @@ def naive_tokens_per_s(enc: TextEncoder, items: list, budget_s: float) -> float:
 
 
 def bench_model(name: str, model_dir: Path, items: list, peak: float, out_dir: Path) -> dict:
+    """Naive loop, then the shard worker in this process, then the same worker as a warm Ray actor."""
+    import ray
+
     settings = {"layer": -1, "max_length": None, "prefix": "", "dtype": "bf16", "max_tokens_per_batch": 16384}
     threads = torch.get_num_threads()
     fp32 = TextEncoder.load(model_dir, dtype="fp32", device="cpu", threads=threads)
     naive = naive_tokens_per_s(fp32, items, budget_s=60)
     del fp32
 
+    def task(tag: str, chunk: list) -> ShardTask:
+        return ShardTask("ms", 0, 0, tuple(chunk), "bench", str(out_dir / name / tag / "ms" / "shard-00000.h5"))
+
     t0 = time.perf_counter()
     worker = ShardWorker(str(model_dir), settings, device="cpu", threads=threads)
-    stats = EncodeStats()
-    worker.encoder.encode(items, stats)
-    in_process_s = time.perf_counter() - t0
-    tokens = stats.tokens
-
-    cfg = PrecomputeConfig(data=ROOT, model=model_dir, out=out_dir / name, actors=1, cpus_per_actor=threads,
-                           dtype="bf16")
-    task = ShardTask("ms", 0, 0, tuple(items), "bench", str(out_dir / name / "ms" / "shard-00000.h5"))
+    load_s = time.perf_counter() - t0
+    worker.run(task("warm", items[:16]))
     t0 = time.perf_counter()
-    results = execute(cfg, settings, [task])
+    local = worker.run(task("local", items))
+    in_process_s = time.perf_counter() - t0
+    tokens = local["tokens"]
+    del worker
+
+    cfg = PrecomputeConfig(data=ROOT, model=model_dir, out=out_dir / name, actors=1, cpus_per_actor=threads)
+    _, options = actor_options(cfg, threads)
+    t0 = time.perf_counter()
+    actor = ray.remote(ShardWorker).options(**options).remote(str(model_dir), settings, "cpu", threads)
+    ray.get(actor.run.remote(task("warm-ray", items[:16])))
+    actor_start_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    remote = ray.get(actor.run.remote(task("ray", items)))
     ray_s = time.perf_counter() - t0
-    assert results[0]["tokens"] == tokens
+    ray.kill(actor)
+    assert remote["tokens"] == tokens and remote["checksum"] == local["checksum"], "Ray and in-process differ"
 
     seq = tokens / len(items)
-    fpt = flops_per_token(worker.encoder.model.config, seq)
-    steady = tokens / stats.forward_seconds
+    config = json.loads((model_dir / "config.json").read_text())
+    fpt = flops_per_token(config, seq)
+    forward = tokens / local["forward_seconds"]
     return {
         "model": name, "texts": len(items), "tokens": tokens, "mean_tokens_per_text": seq,
         "naive_tokens_per_s": naive, "in_process_tokens_per_s": tokens / in_process_s,
-        "ray_tokens_per_s": tokens / ray_s, "forward_tokens_per_s": steady,
+        "ray_tokens_per_s": tokens / ray_s, "forward_tokens_per_s": forward,
         "speedup_vs_naive": (tokens / ray_s) / naive, "ray_overhead": ray_s / in_process_s - 1,
-        "padding_fraction": stats.padding_fraction, "flops_per_token": fpt,
-        "roofline_fraction": steady * fpt / peak,
+        "padding_fraction": 1 - tokens / local["padded_tokens"], "flops_per_token": fpt,
+        "roofline_fraction": forward * fpt / peak, "model_load_s": load_s, "actor_start_s": actor_start_s,
     }
 
 
@@ -133,7 +148,7 @@ def make_base_model(path: Path, tokenizer_dir: Path) -> Path:
 @click.command()
 @click.option("--model", type=click.Path(path_type=Path), default=ROOT / "models/multilingual-e5-small",
               show_default=True, help="The real encoder (xel-encoder build).")
-@click.option("--texts", default=512, show_default=True, help="Mention contexts from data/sample to encode.")
+@click.option("--texts", default=1024, show_default=True, help="Mention contexts from data/sample to encode.")
 @click.option("--skip-base", is_flag=True, help="Skip the XLM-R-base-shaped random model.")
 @click.option("--out", type=click.Path(path_type=Path), default=ROOT / "bench/results/precompute.json")
 def main(model: Path, texts: int, skip_base: bool, out: Path) -> None:
