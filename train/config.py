@@ -68,6 +68,7 @@ class TrainConfig:
     search: int = 0
     threads: int = 0
     plots: bool = True
+    progress: bool = True  # a tqdm bar over epochs (off for runs inside xel-experiment's Ray tasks)
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, value: Any, allowed: str) -> None:

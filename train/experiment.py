@@ -102,7 +102,6 @@ def retrieve_and_baseline(cfg: ExperimentConfig, store_dir: Path) -> tuple[Path,
 
 
 def _train_one(train_cfg: TrainConfig) -> dict[str, Any]:
-    os.environ["TQDM_DISABLE"] = "1"  # one bar in the driver, over runs; none per epoch from each task
     from train.run import run as run_train
 
     logging.getLogger("train").setLevel(logging.WARNING)
@@ -116,7 +115,7 @@ def train_settings(cfg: ExperimentConfig, store_dir: Path, candidates: Path, tar
 
     base = TrainConfig(features=str(store_dir), candidates=str(candidates), train_lang=(cfg.train_lang,),
                        eval_lang=tuple([cfg.train_lang, *targets]), epochs=cfg.epochs, lambda_adv=cfg.lambda_adv,
-                       equalize=True, threads=1)
+                       equalize=True, threads=1, progress=False)
     jobs = {}
     task = ray.remote(num_cpus=1)(_train_one)
     for name, flags in SETTINGS.items():

@@ -46,7 +46,7 @@ def _as_dicts(scores: dict) -> dict[str, dict[str, float]]:
     return {k: v.as_dict() for k, v in scores.items()}
 
 
-def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool = True) -> FitResult:
+def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = None) -> FitResult:
     torch.manual_seed(seed)
     model = Ranker(model_spec(cfg, data))
     train, kb = data.splits.train, data.splits.train.kb
@@ -60,7 +60,8 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool = True) -> F
     dev, test = data.splits.dev, data.splits.test
     history: list[dict[str, Any]] = []
     best: tuple[float, int, float, dict] | None = None
-    for epoch in tqdm(range(cfg.epochs), desc=f"train seed {seed}", disable=not progress, leave=False):
+    show = cfg.progress if progress is None else progress
+    for epoch in tqdm(range(cfg.epochs), desc=f"train seed {seed}", disable=not show, leave=False):
         losses = trainer.epoch(epoch)
         threshold = cfg.nil_threshold
         entry: dict[str, Any] = {"epoch": epoch, **losses}
