@@ -2,8 +2,9 @@
 
 An index directory holds, per KB language ``L``, ``index-L.faiss`` (the FAISS index) and ``ids-L.json`` (row ->
 KB id), plus ``manifest.json`` naming the store it was built from (path relative to the index directory), the
-store's encoder signature, the feature kind, the factory string and per-language row counts. Every file is
-written atomically. Cosine similarity is the inner product of L2-normalised float32 vectors.
+store's encoder signature, the feature kind, the factory string, per-language row counts and the sha256 of each
+index and ids file (verified on load, so a corrupted file is named, never searched). Every file is written
+atomically. Cosine similarity is the inner product of L2-normalised float32 vectors.
 
 Search runs where :func:`select_search_device` says: GPU FAISS when it sees a GPU, else an exact torch
 matmul + top-k on CUDA when torch sees one, else CPU FAISS.
@@ -27,7 +28,8 @@ from precompute.store import Store, StoreError, atomic_write_bytes, atomic_write
 log = logging.getLogger(__name__)
 
 INDEX_MANIFEST = "manifest.json"
-INDEX_FORMAT_VERSION = 1
+INDEX_FORMAT_VERSION = 2  # 2 adds per-file sha256; 1 (no checksums) still loads, with a warning
+READABLE_INDEX_VERSIONS = (1, INDEX_FORMAT_VERSION)
 # entity feature kind indexed -> the mention feature kind queried against it
 FEATURE_KINDS = {"es": "ms", "ec": "mc", "es+ec": "ms+mc"}
 SEARCH_DEVICES = ("auto", "cpu", "faiss-gpu", "torch")
@@ -335,12 +337,17 @@ def build_index(
     for lang, rows in sorted(by_lang.items()):
         lang_ids = [ids[r] for r in rows]
         index = build_lang_index(vectors[rows], factory, lang=lang, seed=seed, train_rows=train_rows)
-        data = faiss.serialize_index(index)
-        atomic_write_bytes(out / f"index-{lang}.faiss", data.tobytes())
-        atomic_write_json(out / f"ids-{lang}.json", lang_ids)
-        lang_info[lang] = {"rows": len(lang_ids), "bytes": int(data.size), "ids_sha256": ids_digest(lang_ids)}
+        data = faiss.serialize_index(index).tobytes()
+        ids_json = (json.dumps(lang_ids, ensure_ascii=False) + "\n").encode("utf-8")
+        atomic_write_bytes(out / f"index-{lang}.faiss", data)
+        atomic_write_bytes(out / f"ids-{lang}.json", ids_json)
+        lang_info[lang] = {
+            "rows": len(lang_ids), "bytes": len(data), "ids_sha256": ids_digest(lang_ids),
+            "index_file_sha256": hashlib.sha256(data).hexdigest(),
+            "ids_file_sha256": hashlib.sha256(ids_json).hexdigest(),
+        }
         result.langs[lang] = LangIndex(lang, index, lang_ids)
-        log.info("KB %r: %d entities indexed with %r (%d bytes)", lang, len(lang_ids), factory, data.size)
+        log.info("KB %r: %d entities indexed with %r (%d bytes)", lang, len(lang_ids), factory, len(data))
     result.manifest = {
         "format_version": INDEX_FORMAT_VERSION, "factory": factory, "kind": kind, "dim": int(vectors.shape[1]),
         "store": os.path.relpath(Path(store.root).resolve(), out.resolve()),
@@ -365,19 +372,25 @@ def load_index(path: str | os.PathLike, store: Store | None = None) -> EntityInd
     for key in ("format_version", "factory", "kind", "dim", "store", "encoder_signature", "langs"):
         if key not in manifest:
             raise RetrievalError(f"{manifest_path}: field {key!r} is missing; rebuild the index")
-    if manifest["format_version"] != INDEX_FORMAT_VERSION:
+    if manifest["format_version"] not in READABLE_INDEX_VERSIONS:
         raise RetrievalError(f"{manifest_path}: format_version {manifest['format_version']!r}, "
-                          f"this xel reads {INDEX_FORMAT_VERSION}")
+                             f"this xel reads {list(READABLE_INDEX_VERSIONS)}; {_rebuild_hint(root, manifest)}")
+    if manifest["format_version"] < INDEX_FORMAT_VERSION:
+        log.warning("%s: format_version %s records no file checksums, so corruption cannot be detected; %s",
+                    manifest_path, manifest["format_version"], _rebuild_hint(root, manifest))
     result = EntityIndex(root, manifest)
     if store is not None:
         result.check_store(store)
     for lang, info in manifest["langs"].items():
         index_path, ids_path = root / f"index-{lang}.faiss", root / f"ids-{lang}.json"
-        for p in (index_path, ids_path):
-            if not p.is_file():
-                raise RetrievalError(f"{p}: listed in {manifest_path} but missing; rebuild the index")
-        index = faiss.deserialize_index(np.fromfile(index_path, dtype=np.uint8))
-        ids = json.loads(ids_path.read_text(encoding="utf-8"))
+        index_bytes = _read_verified(index_path, info.get("index_file_sha256"), root, manifest)
+        ids_bytes = _read_verified(ids_path, info.get("ids_file_sha256"), root, manifest)
+        try:
+            index = faiss.deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
+            ids = json.loads(ids_bytes.decode("utf-8"))
+        except (RuntimeError, ValueError) as e:
+            hint = _rebuild_hint(root, manifest)
+            raise RetrievalError(f"{root}: KB {lang!r} index or ids unreadable ({e}); {hint}") from None
         if index.ntotal != info["rows"] or len(ids) != info["rows"] or index.d != manifest["dim"]:
             raise RetrievalError(
                 f"{index_path}: {index.ntotal} rows, {len(ids)} ids, dim {index.d} disagree with {manifest_path} "
@@ -385,6 +398,27 @@ def load_index(path: str | os.PathLike, store: Store | None = None) -> EntityInd
             )
         result.langs[lang] = LangIndex(lang, index, ids)
     return result
+
+
+def _rebuild_hint(root: Path, manifest: dict[str, Any]) -> str:
+    store = (root / str(manifest.get("store", "<store>"))).resolve()
+    return (f"rerun xel-nn build --features {store} --out {root} --index {manifest.get('factory', 'Flat')!r} "
+            f"--kind {manifest.get('kind', 'es')} --overwrite")
+
+
+def _read_verified(path: Path, sha256: str | None, root: Path, manifest: dict[str, Any]) -> bytes:
+    """The bytes of ``path``, refused when missing or when their sha256 differs from the manifest's."""
+    if not path.is_file():
+        raise RetrievalError(f"{path}: listed in {root / INDEX_MANIFEST} but missing; {_rebuild_hint(root, manifest)}")
+    data = path.read_bytes()
+    if manifest["format_version"] >= 2:
+        got = hashlib.sha256(data).hexdigest()
+        if got != sha256:
+            raise RetrievalError(
+                f"{path}: sha256 {got[:12]}... differs from {str(sha256)[:12]}... recorded in {root / INDEX_MANIFEST} "
+                f"(the file is truncated, corrupted or was changed after the build); {_rebuild_hint(root, manifest)}"
+            )
+    return data
 
 
 def open_index_and_store(index_path: str | os.PathLike, store_path: str | os.PathLike | None = None

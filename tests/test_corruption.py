@@ -1,0 +1,166 @@
+"""Corrupted files are refused on open with an error naming the file and what to rerun; no pickle is ever loaded."""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from precompute.store import StoreError, open_store, shard_path
+from retrieval.index import INDEX_MANIFEST, RetrievalError, build_index, load_index
+from tests.fakes import make_store
+from train.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+from train.model import ModelSpec, Ranker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _ranker() -> Ranker:
+    torch.manual_seed(0)
+    return Ranker(ModelSpec(dim=8, hs_sizes=(6,), hc_sizes=(6,), final_sizes=(4,), dropout=0.0))
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+# ------------------------------------------------------------------------------------------ (a) checkpoints
+
+
+def test_checkpoint_with_a_flipped_tensor_byte_is_refused(tmp_path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(_ranker(), path)
+    load_checkpoint(path)
+    _flip_byte(path, path.stat().st_size - 3)  # inside the last tensor's bytes: safetensors itself cannot tell
+    for load in (load_checkpoint, lambda p: load_state_strict(_ranker(), p)):
+        with pytest.raises(CheckpointError, match=r"model\.safetensors: the sha256 of its tensors .* rerun the xel-"):
+            load(path)
+
+
+def test_truncated_checkpoint_is_refused(tmp_path) -> None:
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(_ranker(), path)
+    _truncate(path)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: unreadable or truncated .* rerun the xel-train"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_write_leaves_no_temporary_file(tmp_path) -> None:
+    save_checkpoint(_ranker(), tmp_path / "model.safetensors")
+    save_checkpoint(_ranker(), tmp_path / "model.safetensors")
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_checkpoint_without_checksum_loads_with_a_warning(tmp_path, caplog) -> None:
+    from safetensors.torch import save_file
+
+    model = _ranker()
+    path = tmp_path / "old.safetensors"
+    save_file(model.state_dict(), str(path), metadata={"spec": model.spec.to_json(), "format": "xel-ranker-1"})
+    with caplog.at_level(logging.WARNING, logger="train.checkpoint"):
+        loaded = load_checkpoint(path)
+    assert "no checksum" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+
+
+# ------------------------------------------------------------------------------------------ (b) FAISS index dirs
+
+
+@pytest.fixture
+def index_dir(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    ids = [f"Q{i}" for i in range(30)]
+    langs = ["en"] * 20 + ["de"] * 10
+    store = make_store(tmp_path / "store", {"es": (ids, rng.standard_normal((30, 8)), langs)})
+    build_index(open_store(store), tmp_path / "index", factory="Flat")
+    return tmp_path / "index"
+
+
+def test_index_manifest_records_file_checksums_and_loads(index_dir) -> None:
+    manifest = json.loads((index_dir / INDEX_MANIFEST).read_text())
+    assert set(manifest["langs"]["en"]) >= {"index_file_sha256", "ids_file_sha256"}
+    loaded = load_index(index_dir)
+    assert loaded.langs["en"].ids[:2] == ["Q0", "Q1"] and loaded.langs["de"].index.ntotal == 10
+
+
+@pytest.mark.parametrize("name", ["index-en.faiss", "ids-de.json"])
+@pytest.mark.parametrize("damage", [_truncate, lambda p: _flip_byte(p, p.stat().st_size - 5)])
+def test_corrupted_index_file_is_named_with_the_rebuild_command(index_dir, name, damage) -> None:
+    damage(index_dir / name)
+    with pytest.raises(RetrievalError, match=rf"{name}: sha256 .* rerun xel-nn build --features .* --out {index_dir}"):
+        load_index(index_dir)
+
+
+def test_index_without_checksums_loads_with_a_warning(index_dir, caplog) -> None:
+    manifest = json.loads((index_dir / INDEX_MANIFEST).read_text())
+    manifest["format_version"] = 1
+    (index_dir / INDEX_MANIFEST).write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger="retrieval.index"):
+        assert load_index(index_dir).langs["en"].index.ntotal == 20
+    assert "no file checksums" in caplog.text and "rerun xel-nn build" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------ (c) feature stores
+
+
+def test_truncated_store_shard_is_named(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    ids = [f"Q{i}" for i in range(40)]
+    root = make_store(tmp_path / "store", {"es": (ids, rng.standard_normal((40, 8)), ["en"] * 40)}, shard_size=16)
+    shard = shard_path(root, "es", 1)
+    _truncate(shard)
+    with pytest.raises(StoreError, match=rf"{shard}: .*rerun xel-precompute"):
+        open_store(root).load("es")
+
+
+# ------------------------------------------------------------------------------------------ no pickles
+
+
+def unsafe_loads(source: str) -> list[str]:
+    """Calls in ``source`` that can unpickle: ``torch.load`` without ``weights_only=True``, ``pickle``/``dill``/
+    ``joblib`` loads, ``allow_pickle=True`` anywhere."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        name = ast.unparse(node.func)
+        keywords = {k.arg: k.value for k in node.keywords}
+        flag = keywords.get("allow_pickle")
+        if flag is not None and not (isinstance(flag, ast.Constant) and flag.value is False):
+            found.append(f"line {node.lineno}: {name}(allow_pickle=...)")
+        if name.split(".")[-1] in ("load", "loads", "Unpickler") and name.split(".")[0] in (
+            "pickle", "cPickle", "_pickle", "dill", "joblib", "cloudpickle"
+        ):
+            found.append(f"line {node.lineno}: {name}(...)")
+        if name == "torch.load" or name.endswith(".torch.load"):
+            weights_only = keywords.get("weights_only")
+            if not (isinstance(weights_only, ast.Constant) and weights_only.value is True):
+                found.append(f"line {node.lineno}: {name}(...) without weights_only=True")
+    return found
+
+
+def test_the_pickle_detector_finds_what_it_should() -> None:
+    bad = ("import torch, pickle, numpy as np\ntorch.load(p)\ntorch.load(p, weights_only=False)\n"
+           "pickle.load(f)\npickle.loads(b)\nnp.load(p, allow_pickle=True)\n")
+    assert len(unsafe_loads(bad)) == 5
+    good = "import torch, numpy as np\ntorch.load(p, weights_only=True)\nnp.load(p)\nnp.load(p, allow_pickle=False)\n"
+    assert unsafe_loads(good) == []
+
+
+def test_no_source_file_can_load_a_pickle() -> None:
+    files = [p for package in ("precompute", "retrieval", "train", "bench", "data")
+             for p in sorted((ROOT / package).rglob("*.py"))]
+    assert len(files) > 20
+    found = {str(p.relative_to(ROOT)): hits for p in files if (hits := unsafe_loads(p.read_text(encoding="utf-8")))}
+    assert found == {}, f"calls that can unpickle (use safetensors, or torch.load(weights_only=True)): {found}"
