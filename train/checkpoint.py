@@ -43,10 +43,12 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write ``tensors`` atomically as safetensors, with ``tensors_sha256`` added to ``metadata``."""
+def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """Write ``tensors`` atomically as safetensors, with ``tensors_sha256`` added to ``metadata``; returns it."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(path, save_bytes(tensors, metadata={**metadata, "tensors_sha256": tensors_sha256(tensors)}))
+    digest = tensors_sha256(tensors)
+    atomic_write_bytes(path, save_bytes(tensors, metadata={**metadata, "tensors_sha256": digest}))
+    return digest
 
 
 def read_tensors(path: str | os.PathLike, rerun: str = RERUN) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -88,9 +90,8 @@ def _verified(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
     return state, meta
 
 
-def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """Load ``state`` into ``model``; refuse any missing, unexpected or differently shaped tensor."""
-    own = model.state_dict()
+def check_state_fits(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse ``state`` when any tensor of ``own`` (a model's state dict) is missing, unexpected or shaped apart."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = {k: (tuple(state[k].shape), tuple(own[k].shape)) for k in set(own) & set(state)
@@ -100,6 +101,11 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor
             f"{where}: does not fit this model: missing {missing}, unexpected {unexpected}, "
             f"shape (checkpoint, model) {shapes}; build the model with the checkpoint's spec (load_checkpoint)"
         )
+
+
+def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load ``state`` into ``model``; refuse any missing, unexpected or differently shaped tensor."""
+    check_state_fits(model.state_dict(), state, where)
     model.load_state_dict(state, strict=True)
 
 

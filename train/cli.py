@@ -72,6 +72,8 @@ def _sizes(value: str | None, flag: str) -> tuple[int, ...] | None:
 @click.option("--search", type=int, help="random search over Table 3 with N trials (Ray tasks when Ray is up)")
 @click.option("--threads", type=int, help="torch CPU threads (0: all available cores)")
 @click.option("--plots/--no-plots", default=None)
+@click.option("--resume/--no-resume", default=None,
+              help="continue each seed after the last epoch saved in --out (same config required)")
 @click.option("-v", "--verbose", is_flag=True)
 def main(config_file: str | None, verbose: bool, **flags: Any) -> None:
     """Train the pointwise ranker (+A adversarial language objective, +P popularity) and evaluate it."""

@@ -69,6 +69,7 @@ class TrainConfig:
     threads: int = 0
     plots: bool = True
     progress: bool = True  # a tqdm bar over epochs (off for runs inside xel-experiment's Ray tasks)
+    resume: bool = False  # continue each seed from the resume state in its run directory (train.resume)
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, value: Any, allowed: str) -> None:
@@ -101,6 +102,8 @@ class TrainConfig:
         need(self.threads >= 0, "threads", self.threads, ">= 0 (0: torch's default)")
         need(not (self.tune_nil and self.dev_fraction == 0), "tune_nil", self.tune_nil,
              "only with --dev-fraction > 0 (the threshold is picked on dev)")
+        need(not (self.resume and self.out is None), "resume", self.resume,
+             "only with --out (the resume state lives in the run directory)")
         need(not (self.search and self.dev_fraction == 0), "search", self.search,
              "only with --dev-fraction > 0 (trials are ranked by dev F1)")
 

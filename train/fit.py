@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from train.evaluate import Ranked, evaluate, rank, tune_threshold
 from train.loop import LoopSettings, Trainer
 from train.model import ModelSpec, Ranker
 from train.prepare import Prepared
+from train.resume import Best, load_resume_state, save_resume_state
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,10 @@ def _as_dicts(scores: dict) -> dict[str, dict[str, float]]:
     return {k: v.as_dict() for k, v in scores.items()}
 
 
-def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = None) -> FitResult:
+def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = None,
+        run_dir: Path | None = None) -> FitResult:
+    """Train seed ``seed``. With ``run_dir`` a resume state is written there after every epoch, and with
+    ``cfg.resume`` the run continues after the epoch that state holds (see :mod:`train.resume`)."""
     torch.manual_seed(seed)
     model = Ranker(model_spec(cfg, data))
     train, kb = data.splits.train, data.splits.train.kb
@@ -59,9 +64,15 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
     trainer = Trainer(model, data.splits.train, settings, seed, data.text, data.train_langs, data.l2_langs)
     dev, test = data.splits.dev, data.splits.test
     history: list[dict[str, Any]] = []
-    best: tuple[float, int, float, dict] | None = None
+    best: Best | None = None
+    start = 0
+    if cfg.resume and run_dir is not None:
+        point = load_resume_state(run_dir, trainer, cfg, seed)
+        if point is not None:
+            start, best, history = point.epoch + 1, point.best, point.history
     show = cfg.progress if progress is None else progress
-    for epoch in tqdm(range(cfg.epochs), desc=f"train seed {seed}", disable=not show, leave=False):
+    for epoch in tqdm(range(start, cfg.epochs), desc=f"train seed {seed}", disable=not show, leave=False,
+                      initial=start, total=cfg.epochs):
         losses = trainer.epoch(epoch)
         threshold = cfg.nil_threshold
         entry: dict[str, Any] = {"epoch": epoch, **losses}
@@ -79,14 +90,15 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
                         "towards a constant", seed, epoch, 100 * test_ranked.tied_top)
         history.append(entry)
         key = entry["dev"]["all"]["f1"] if dev is not None else float(epoch)
-        if best is None or key > best[0]:
-            best = (key, epoch, threshold, clone_state(model))
+        if best is None or key > best.key:
+            best = Best(key, epoch, threshold, clone_state(model))
+        if run_dir is not None:
+            save_resume_state(run_dir, trainer, cfg, seed, epoch, best, history)
         log.info("seed %d epoch %d: loss %.4f dev F1 %s test F1 %.3f", seed, epoch, losses["loss"],
                  f"{entry['dev']['all']['f1']:.3f}" if dev is not None else "-", entry["test"]["all"]["f1"])
     assert best is not None
-    _, best_epoch, threshold, state = best
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(best.state, strict=True)
     ranked = rank(model, test)
-    chosen = history[best_epoch]
-    return FitResult(model, seed, best_epoch, threshold, history, chosen.get("dev"),
-                     _as_dicts(evaluate(ranked, test, threshold)), ranked)
+    chosen = history[best.epoch]
+    return FitResult(model, seed, best.epoch, best.threshold, history, chosen.get("dev"),
+                     _as_dicts(evaluate(ranked, test, best.threshold)), ranked)

@@ -81,6 +81,13 @@ class Trainer:
             self.langs_b = torch.cat([torch.full((len(f),), i) for f, i in b])
             self.adv_optimizer = torch.optim.Adam(model.adversary_parameters(), lr=settings.lr)
 
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers by name: ``optimizer`` (everything but ``hadv``) and, with +A, ``adv_optimizer``."""
+        named = {"optimizer": self.optimizer}
+        if self.adversarial:
+            named["adv_optimizer"] = self.adv_optimizer
+        return named
+
     def adversarial_steps(self) -> float:
         total = 0.0
         bs = self.s.adv_batch_size

@@ -44,9 +44,12 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             atomic_write_json(out / "search.json", trials)
     per_seed = []
     for seed in range(cfg.seed, cfg.seed + cfg.seeds):
-        result = fit(cfg, data, seed)
-        if out is not None:
-            write_fit(result, data.splits.test, out if cfg.seeds == 1 else out / f"seed-{seed}", cfg.plots)
+        seed_dir = None if out is None else out if cfg.seeds == 1 else out / f"seed-{seed}"
+        if seed_dir is not None:
+            seed_dir.mkdir(parents=True, exist_ok=True)
+        result = fit(cfg, data, seed, run_dir=seed_dir)
+        if seed_dir is not None:
+            write_fit(result, data.splits.test, seed_dir, cfg.plots)
         per_seed.append(run_metrics(result))
     test_mean, test_std = mean_std([r["test"] for r in per_seed])
     dev_mean = mean_std([r["dev"] for r in per_seed])[0] if per_seed[0]["dev"] is not None else None

@@ -1,0 +1,140 @@
+"""``xel-train --resume``: a run killed after an epoch and resumed ends exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+import train.fit
+from tests.train_fixtures import synthetic_store
+from train.checkpoint import CheckpointError
+from train.cli import main
+from train.config import ConfigError, TrainConfig
+from train.resume import RESUME_STATE, RESUME_TENSORS
+from train.run import run
+
+# dropout > 0 draws from torch's global RNG, +A from the trainer's generator and a second optimizer: all must resume
+SETTINGS = dict(hs_sizes=(32,), hc_sizes=(32,), final_sizes=(16,), batch_size=16, plots=False, threads=1,
+                progress=False, epochs=5, dropout=0.2, adversarial=True, popularity=True, tune_nil=True, adv_steps=2)
+
+
+class Killed(BaseException):
+    """Stands in for the process being killed right after a resume state was written."""
+
+
+@dataclass
+class Interrupts:
+    kill_after: dict[str, int] = field(default_factory=dict)  # run dir name -> kill after this epoch's save
+    saved: list[tuple[str, int]] = field(default_factory=list)  # (run dir name, epoch) of every save
+
+
+@pytest.fixture
+def interrupts(monkeypatch) -> Interrupts:
+    """Records every resume-state save and kills the run right after the ones named in ``kill_after``."""
+    real = train.fit.save_resume_state
+    state = Interrupts()
+
+    def save_then_maybe_die(run_dir: Path, *args, **kwargs) -> None:
+        real(run_dir, *args, **kwargs)
+        epoch = args[3]
+        state.saved.append((run_dir.name, epoch))
+        if state.kill_after.get(run_dir.name) == epoch:
+            raise Killed
+
+    monkeypatch.setattr(train.fit, "save_resume_state", save_then_maybe_die)
+    return state
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
+    return synthetic_store(tmp_path / "s", langs={"en": 120, "de": 40}, text=True)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    ma, mb = json.loads((a / "metrics.json").read_text()), json.loads((b / "metrics.json").read_text())
+    assert ma["best_epoch"] == mb["best_epoch"] and ma["nil_threshold"] == mb["nil_threshold"]
+    for key in ("test", "dev"):
+        assert ma[key].keys() == mb[key].keys()
+        for group, scores in ma[key].items():
+            assert scores == pytest.approx(mb[key][group], abs=1e-6), (key, group)
+    assert len(ma["epochs"]) == len(mb["epochs"])
+    for ea, eb in zip(ma["epochs"], mb["epochs"]):
+        assert ea["loss"] == pytest.approx(eb["loss"], abs=1e-6) and ea["test"] == eb["test"]
+    assert (a / "predictions.jsonl").read_text() == (b / "predictions.jsonl").read_text()
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(bool((wa[k] == wb[k]).all()) for k in wa)
+
+
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(store, tmp_path, interrupts) -> None:
+    cfg = TrainConfig(features=str(store), **SETTINGS)
+    run(cfg.with_(out=str(tmp_path / "whole")))
+    killed = tmp_path / "killed"
+    interrupts.kill_after["killed"] = 2
+    with pytest.raises(Killed):
+        run(cfg.with_(out=str(killed)))
+    assert json.loads((killed / RESUME_STATE).read_text())["epoch"] == 2 and not (killed / "metrics.json").exists()
+    interrupts.saved.clear()
+    result = CliRunner().invoke(main, ["--config", str(killed / "config.json"), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert interrupts.saved == [("killed", 3), ("killed", 4)]  # it went on after epoch 2; it did not start over
+    assert_same_run(tmp_path / "whole", killed)
+
+
+def test_each_seed_resumes_from_its_own_directory(store, tmp_path, interrupts) -> None:
+    cfg = TrainConfig(features=str(store), seeds=2, **{**SETTINGS, "epochs": 3})
+    whole = run(cfg.with_(out=str(tmp_path / "whole")))
+    interrupts.kill_after["seed-1"] = 0
+    with pytest.raises(Killed):
+        run(cfg.with_(out=str(tmp_path / "killed")))
+    interrupts.saved.clear()
+    resumed = run(cfg.with_(out=str(tmp_path / "killed"), resume=True))
+    assert interrupts.saved == [("seed-1", 1), ("seed-1", 2)]  # seed 0 had finished: nothing to retrain
+    assert resumed["best_epoch"] == whole["best_epoch"]
+    for group, scores in whole["test"].items():
+        assert resumed["test"][group] == pytest.approx(scores, abs=1e-6)
+    for seed in ("seed-0", "seed-1"):
+        assert_same_run(tmp_path / "whole" / seed, tmp_path / "killed" / seed)
+
+
+def test_resume_without_a_state_trains_from_the_start(store, tmp_path, interrupts) -> None:
+    run(TrainConfig(features=str(store), out=str(tmp_path / "fresh"), resume=True, **{**SETTINGS, "epochs": 2}))
+    assert interrupts.saved == [("fresh", 0), ("fresh", 1)]
+
+
+def test_resume_with_another_config_is_refused_naming_the_keys(store, tmp_path, interrupts) -> None:
+    out = tmp_path / "run"
+    interrupts.kill_after["run"] = 0
+    with pytest.raises(Killed):
+        run(TrainConfig(features=str(store), out=str(out), **SETTINGS))
+    result = CliRunner().invoke(main, ["--config", str(out / "config.json"), "--resume", "--lr", "0.002",
+                                       "--epochs", "6", "--no-plots"])
+    assert result.exit_code == 1
+    assert "another config" in result.output and "epochs: 5 -> 6" in result.output
+    assert "lr: 0.001 -> 0.002" in result.output and "plots" not in result.output.split("another config")[1]
+    with pytest.raises(ConfigError, match="--resume .* only with --out"):
+        TrainConfig(features=str(store), resume=True)
+
+
+def test_damaged_resume_state_is_refused(store, tmp_path, interrupts) -> None:
+    out = tmp_path / "run"
+    cfg = TrainConfig(features=str(store), out=str(out), **SETTINGS)
+    interrupts.kill_after["run"] = 1
+    with pytest.raises(Killed):
+        run(cfg)
+    stale = (out / RESUME_STATE).read_text()
+    data = bytearray((out / RESUME_TENSORS).read_bytes())
+    data[-100] ^= 0x10
+    (out / RESUME_TENSORS).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{RESUME_TENSORS}: the sha256 .* rerun without --resume"):
+        run(cfg.with_(resume=True))
+    interrupts.kill_after["run"] = 2
+    with pytest.raises(Killed):
+        run(cfg)
+    (out / RESUME_STATE).write_text(stale)  # as if killed between writing the epoch-2 tensors and its JSON
+    with pytest.raises(CheckpointError, match=r"\(epoch 2\) and .* \(epoch 1\) do not belong together"):
+        run(cfg.with_(resume=True))
