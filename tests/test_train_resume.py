@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +22,20 @@ from train.config import ConfigError, TrainConfig
 from train.resume import RESUME_STATE, RESUME_TENSORS
 from train.run import run
 
+ROOT = Path(__file__).resolve().parent.parent
+# xel-train in a child process that SIGKILLs itself right after writing the resume state of epoch argv[1]
+KILL_AFTER_EPOCH = """
+import os, signal, sys
+import train.fit
+from train.cli import main
+real = train.fit.save_resume_state
+def save_then_die(run_dir, *args):
+    real(run_dir, *args)
+    if args[3] == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+train.fit.save_resume_state = save_then_die
+main(sys.argv[2:])
+"""
 # dropout > 0 draws from torch's global RNG, +A from the trainer's generator and a second optimizer: all must resume
 SETTINGS = dict(hs_sizes=(32,), hc_sizes=(32,), final_sizes=(16,), batch_size=16, plots=False, threads=1,
                 progress=False, epochs=5, dropout=0.2, adversarial=True, popularity=True, tune_nil=True, adv_steps=2)
@@ -138,3 +156,19 @@ def test_damaged_resume_state_is_refused(store, tmp_path, interrupts) -> None:
     (out / RESUME_STATE).write_text(stale)  # as if killed between writing the epoch-2 tensors and its JSON
     with pytest.raises(CheckpointError, match=r"\(epoch 2\) and .* \(epoch 1\) do not belong together"):
         run(cfg.with_(resume=True))
+
+
+def test_sigkilled_cli_run_resumes_to_the_same_result(store, tmp_path) -> None:
+    flags = ["--features", str(store), "--epochs", "4", "--hs-sizes", "32", "--hc-sizes", "32", "--final-sizes", "16",
+             "--batch-size", "16", "--dropout", "0.2", "--adversarial", "--tune-nil", "--threads", "1", "--no-plots"]
+    whole = CliRunner().invoke(main, [*flags, "--out", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    child = subprocess.run([sys.executable, "-c", KILL_AFTER_EPOCH, "1", *flags, "--out", str(killed)], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert json.loads((killed / RESUME_STATE).read_text())["epoch"] == 1 and not (killed / "metrics.json").exists()
+    resumed = CliRunner().invoke(main, [*flags, "--out", str(killed), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert_same_run(tmp_path / "whole", killed)

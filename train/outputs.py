@@ -1,5 +1,5 @@
 """Write a run directory of ``xel-train --out``: config.json, metrics.json, predictions.jsonl, model.safetensors
-and PNG plots for each seed, and the mean and std over seeds."""
+and PNG plots for each seed (next to the resume state :mod:`train.resume` keeps), and the mean and std over seeds."""
 
 from __future__ import annotations
 
