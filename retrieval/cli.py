@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import click
 
-from precompute.store import StoreError, atomic_write_bytes, atomic_write_json, open_store, read_jsonl
+from precompute.store import StoreError, atomic_write_bytes, atomic_write_json, open_store
 from retrieval.candidates import (
     RECALL_KS,
     format_recall_table,
@@ -29,6 +32,7 @@ from retrieval.candidates import (
 from retrieval.files import CandidatesError, read_candidates, write_candidates, write_predictions
 from retrieval.index import (
     FEATURE_KINDS,
+    INDEX_MANIFEST,
     SEARCH_DEVICES,
     EntityIndex,
     RetrievalError,
@@ -113,13 +117,43 @@ class BatchConfig:
 # ----------------------------------------------------------------------------------------------- runs
 
 
+def check_index_out(out: Path, overwrite: bool) -> None:
+    """``--out`` of ``xel-nn build`` must be new, empty, or (with ``--overwrite``) an index directory."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RetrievalError(f"--out {out}: is a file; an index directory (new or empty) is required")
+    names = sorted(p.name for p in out.iterdir())
+    if not names:
+        return
+    if INDEX_MANIFEST not in names:
+        raise RetrievalError(f"--out {out}: holds files that are not an xel index ({', '.join(names[:5])}); "
+                             "use a new or empty directory")
+    if not overwrite:
+        raise RetrievalError(f"--out {out}: already holds an index; pass --overwrite to replace it")
+
+
 def run_build(cfg: BuildConfig) -> EntityIndex:
+    """Build into a temp directory beside ``--out`` and move it into place: a failed build leaves nothing."""
     out = Path(cfg.out)
-    if (out / "manifest.json").exists() and not cfg.overwrite:
-        raise RetrievalError(f"{out} already holds an index; pass --overwrite to replace it")
+    check_index_out(out, cfg.overwrite)
     store = open_store(cfg.features)
-    index = build_index(store, out, factory=cfg.index, kind=cfg.kind, seed=cfg.seed, train_rows=cfg.train_rows)
-    atomic_write_json(out / "config.json", asdict(cfg))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        index = build_index(store, tmp, factory=cfg.index, kind=cfg.kind, seed=cfg.seed,
+                            train_rows=cfg.train_rows)
+        atomic_write_json(tmp / "config.json", asdict(cfg))
+        if out.exists():  # empty, or an index being overwritten: set it aside, then swap
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old.", suffix=".tmp"))
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    index.root = out
     return index
 
 
@@ -134,12 +168,12 @@ def _write_recall(out: Path, candidate_set) -> str:
 
 def run_candidates(cfg: CandidatesConfig) -> str:
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     index, store = cfg.search.open()
     cands = generate_candidates(
         store, index, k=cfg.k, max_prior=cfg.max_prior, train_lang=cfg.train_lang, kb_lang=cfg.search.kb_lang,
         langs=cfg.langs or None,
     )
+    out.mkdir(parents=True, exist_ok=True)  # only once every input has been read and checked
     write_candidates(out / "candidates.jsonl", ((m.id, c) for m, c in zip(cands.mentions, cands.merged)))
     atomic_write_json(out / "config.json", asdict(cfg))
     return "candidate recall@k\n" + _write_recall(out, cands)
@@ -147,7 +181,6 @@ def run_candidates(cfg: CandidatesConfig) -> str:
 
 def run_eval(cfg: EvalConfig) -> str:
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     index, store = cfg.search.open()
     cands = generate_candidates(
         store, index, k=cfg.k, max_prior=cfg.max_prior, train_lang=cfg.train_lang, kb_lang=cfg.search.kb_lang,
@@ -165,6 +198,7 @@ def run_eval(cfg: EvalConfig) -> str:
         else:
             ids = [kb for kb, _ in cands.dense[i][: cfg.k]]
         preds.append(nn_link(cands.data.vectors[i], ids, cands.data.entity, cfg.threshold))
+    out.mkdir(parents=True, exist_ok=True)  # only once every input has been read and checked
     write_predictions(out / "predictions.jsonl", ((m.id, p.pred, p.score, p.candidates)
                                                   for m, p in zip(cands.mentions, preds)))
     scores = nn_scores([m.gold for m in cands.mentions], preds, [m.lang for m in cands.mentions],
@@ -184,10 +218,16 @@ def run_query(cfg: QueryConfig) -> list[dict]:
 def run_batch(cfg: BatchConfig) -> int:
     queries = []
     try:
-        rows = list(read_jsonl(cfg.input))
-    except json.JSONDecodeError as e:
-        raise RetrievalError(f"{cfg.input}: line {e.lineno} is not valid JSON ({e.msg})") from None
-    for lineno, row in enumerate(rows, start=1):
+        lines = Path(cfg.input).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise RetrievalError(f"{cfg.input}: not UTF-8 ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RetrievalError(f"{cfg.input}: line {lineno} is not valid JSON ({e.msg})") from None
         if not isinstance(row, dict) or not isinstance(row.get("query"), str):
             raise RetrievalError(f"{cfg.input}: record {lineno}: expected {{\"query\": str, \"lang\"?, \"context\"?, "
                                  f"\"id\"?}}, got {row!r}")

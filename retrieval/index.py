@@ -369,6 +369,9 @@ def load_index(path: str | os.PathLike, store: Store | None = None) -> EntityInd
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise RetrievalError(f"{manifest_path}: not valid JSON ({e}); rebuild the index") from None
+    if "factory" not in manifest and "kinds" in manifest:
+        raise RetrievalError(f"{root}: is a feature store (xel-precompute), not an index directory; build one with "
+                             f"xel-nn build --features {root} --out <index dir>")
     for key in ("format_version", "factory", "kind", "dim", "store", "encoder_signature", "langs"):
         if key not in manifest:
             raise RetrievalError(f"{manifest_path}: field {key!r} is missing; rebuild the index")

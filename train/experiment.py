@@ -213,9 +213,12 @@ def figures(out: Path, rows: dict, langs: list[str], per_setting: dict[str, list
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
     import ray
 
+    from precompute.schema import load_inputs
+
     t0 = time.perf_counter()
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    load_inputs(cfg.data)  # bad input fails here, before the encoder build and before --out is created
     ensure_encoder(cfg.model)
+    cfg.out.mkdir(parents=True, exist_ok=True)
     root = str(Path(__file__).resolve().parent.parent)
     started = False
     if not ray.is_initialized():
