@@ -289,6 +289,7 @@ def run(cfg: PrecomputeConfig) -> dict[str, Any]:
 
                 ray.shutdown()
     seconds = time.perf_counter() - t0
+    remove_stale_temp_files(cfg.out, cfg.kinds)
     manifest = write_manifest(cfg, inputs, plan, encoder, settings, input_hashes)
     tokens = sum(r["tokens"] for r in results)
     padded = sum(r["padded_tokens"] for r in results)
@@ -298,6 +299,15 @@ def run(cfg: PrecomputeConfig) -> dict[str, Any]:
         "padding_fraction": 1 - tokens / padded if padded else 0.0,
         "windowed": sum(r["windowed"] for r in results),
     }
+
+
+def remove_stale_temp_files(out: Path, kinds: tuple[str, ...]) -> None:
+    """Delete the ``.{name}.XXXX.tmp`` files that a writer killed mid-write left beside the store's files.
+    Call it only when no actor writes into ``out``."""
+    for folder in (out, out / "inputs", *(out / kind for kind in kinds)):
+        for path in folder.glob(".*.tmp"):
+            log.info("removing %s, left by a write that was killed", path)
+            path.unlink(missing_ok=True)
 
 
 def write_manifest(

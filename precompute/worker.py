@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from precompute.store import write_shard
 log = logging.getLogger(__name__)
 
 FAULT_ENV = "XEL_FAULT_SHARD"  # "kind:index[:where]" — test hook: kill the process at that shard, once
+FAULT_POINTS = ("start", "encoded", "writing", "written")  # where: before encoding ... after the shard's os.replace
 FAULT_MARKER_ENV = "XEL_FAULT_MARKER"  # a file created when the fault fires, so the retry succeeds
 
 
@@ -43,11 +45,17 @@ def shard_input_hash(settings_fingerprint: str, kind: str, items: tuple[EncodeIt
 
 
 def maybe_inject_fault(task: ShardTask, where: str) -> None:
-    """Test hook: with ``XEL_FAULT_SHARD=kind:index:where`` set, die hard (``os._exit``) once at that point."""
+    """Test hook: with ``XEL_FAULT_SHARD=kind:index:where`` set, die hard (``os._exit``) once at that point.
+
+    ``writing`` first leaves what a kill in the middle of :func:`~precompute.store.write_shard` leaves: a partial
+    temp file beside the shard, named as the store names its temp files.
+    """
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
     kind, index, *rest = spec.split(":")
+    if rest and rest[0] not in FAULT_POINTS:
+        raise ValueError(f"{FAULT_ENV}={spec!r}: fault point {rest[0]!r} unknown; allowed: {list(FAULT_POINTS)}")
     if (kind, int(index), rest[0] if rest else "encoded") != (task.kind, task.index, where):
         return
     marker = os.environ.get(FAULT_MARKER_ENV)
@@ -56,6 +64,12 @@ def maybe_inject_fault(task: ShardTask, where: str) -> None:
             return
         Path(marker).touch()
     log.error("injected fault at shard %s:%d (%s)", task.kind, task.index, where)
+    if where == "writing":
+        target = Path(task.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, _ = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\x89HDF\r\n\x1a\n" + os.urandom(4096))  # an HDF5 signature, then garbage
     os._exit(17)
 
 
@@ -75,6 +89,7 @@ class ShardWorker:
         stats = EncodeStats()
         features = self.encoder.encode(task.items, stats)
         maybe_inject_fault(task, "encoded")
+        maybe_inject_fault(task, "writing")
         checksum = write_shard(
             task.path, kind=task.kind, start=task.start, ids=[it.id for it in task.items],
             langs=[it.lang for it in task.items], features=features, input_hash=task.input_hash,
