@@ -6,12 +6,14 @@ For each encoder (the real one, and a random XLM-R-base-shaped model: hidden 768
 tokens/s of
 
 * ``naive``: one text at a time, fp32, no bucketing (the baseline);
-* ``in-process``: :class:`precompute.worker.ShardWorker` (bf16 autocast, length-bucketed batches) in this process;
+* ``in-process``: :class:`precompute.worker.ShardWorker` (bf16 autocast, length-bucketed batches) in this process,
+  and the same worker in fp32 (``in-process fp32``), which separates what batching gives from what bf16 gives;
 * ``ray``: the same worker as a warm Ray actor (items in through the object store, the shard written by the
   actor), checked to write the same shard checksum as in-process;
 
 and reports the speed-up over naive, the Ray overhead over in-process, the padding fraction, and the fraction of
-the bf16 matmul roofline (peak bf16 GEMM FLOP/s measured in this run; FLOPs/token from the model config).
+the matmul roofline (the better of the bf16 and fp32 GEMM peaks measured in this run; FLOPs/token from the model
+config). The ``ray`` path runs the dtype ``xel-precompute`` picks by default on this machine (``--dtype auto``).
 Writes ``bench/results/precompute.json`` and prints a table.
 """
 
@@ -32,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from precompute.encoding import TextEncoder, mention_item  # noqa: E402
+from precompute.encoding import TextEncoder, cpu_has_native_bf16, mention_item, resolve_dtype  # noqa: E402
 from precompute.run import PrecomputeConfig, actor_options, connect_ray  # noqa: E402
 from precompute.worker import ShardTask, ShardWorker  # noqa: E402
 
@@ -49,10 +51,10 @@ def _span_in_context(r: dict) -> tuple[int, int]:
     return (at + r["start"], at + r["end"]) if at >= 0 else (0, len(r["context"]))
 
 
-def bf16_matmul_peak(seconds: float = 3.0) -> float:
-    """Best FLOP/s of a large bf16 GEMM on this machine (the roofline for a compute-bound encoder)."""
-    a = torch.randn(2048, 1024, dtype=torch.bfloat16)
-    b = torch.randn(1024, 4096, dtype=torch.bfloat16)
+def matmul_peak(dtype: torch.dtype = torch.bfloat16, seconds: float = 3.0) -> float:
+    """Best FLOP/s of a large GEMM in ``dtype`` on this machine (the roofline for a compute-bound encoder)."""
+    a = torch.randn(2048, 1024, dtype=dtype)
+    b = torch.randn(1024, 4096, dtype=dtype)
     best = 0.0
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
@@ -88,6 +90,7 @@ def bench_model(name: str, model_dir: Path, items: list, peak: float, out_dir: P
     """Naive loop, then the shard worker in this process, then the same worker as a warm Ray actor."""
     import ray
 
+    dtype = resolve_dtype("auto", on_gpu=False)  # what xel-precompute runs on this machine by default
     settings = {"layer": -1, "max_length": None, "prefix": "", "dtype": "bf16", "max_tokens_per_batch": 16384}
     threads = torch.get_num_threads()
     fp32 = TextEncoder.load(model_dir, dtype="fp32", device="cpu", threads=threads)
@@ -103,9 +106,18 @@ def bench_model(name: str, model_dir: Path, items: list, peak: float, out_dir: P
     worker.run(task("warm", items[:16]))
     t0 = time.perf_counter()
     local = worker.run(task("local", items))
-    in_process_s = time.perf_counter() - t0
+    in_process_s = in_process_bf16_s = time.perf_counter() - t0
     tokens = local["tokens"]
     del worker
+    # the same worker in fp32: separates what batching gives from what bf16 gives on this CPU
+    worker = ShardWorker(str(model_dir), {**settings, "dtype": "fp32"}, device="cpu", threads=threads)
+    worker.run(task("warm-fp32", items[:16]))
+    t0 = time.perf_counter()
+    local_fp32 = worker.run(task("local-fp32", items))
+    in_process_fp32_s = time.perf_counter() - t0
+    del worker
+    if dtype == "fp32":  # the Ray path below runs the default dtype; compare it with the same in-process
+        local, in_process_s, settings = local_fp32, in_process_fp32_s, {**settings, "dtype": "fp32"}
 
     cfg = PrecomputeConfig(data=ROOT, model=model_dir, out=out_dir / name, actors=1, cpus_per_actor=threads)
     _, options = actor_options(cfg, threads)
@@ -126,6 +138,9 @@ def bench_model(name: str, model_dir: Path, items: list, peak: float, out_dir: P
     return {
         "model": name, "texts": len(items), "tokens": tokens, "mean_tokens_per_text": seq,
         "naive_tokens_per_s": naive, "in_process_tokens_per_s": tokens / in_process_s,
+        "default_dtype": dtype, "in_process_fp32_tokens_per_s": tokens / in_process_fp32_s,
+        "in_process_bf16_tokens_per_s": tokens / in_process_bf16_s,
+        "bf16_over_fp32": in_process_fp32_s / in_process_bf16_s,
         "ray_tokens_per_s": tokens / ray_s, "forward_tokens_per_s": forward,
         "speedup_vs_naive": (tokens / ray_s) / naive, "ray_overhead": ray_s / in_process_s - 1,
         "padding_fraction": 1 - tokens / local["padded_tokens"], "flops_per_token": fpt,
@@ -154,7 +169,8 @@ def make_base_model(path: Path, tokenizer_dir: Path) -> Path:
 def main(model: Path, texts: int, skip_base: bool, out: Path) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     items = sample_items(texts)
-    peak = bf16_matmul_peak()
+    peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
+    peak = max(peaks.values())  # the roofline: the machine's best matmul rate in either dtype
     connect_ray(None)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,16 +180,20 @@ def main(model: Path, texts: int, skip_base: bool, out: Path) -> None:
             base = make_base_model(tmp_path / "xlmr-base-random", model)
             rows.append(bench_model("xlmr-base-shape-random", base, items, peak, tmp_path))
     result = {
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": platform.processor()},
-        "bf16_matmul_peak_flops": peak, "rows": rows,
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": platform.processor(),
+                    "amx_bf16": cpu_has_native_bf16()},
+        "matmul_peak_flops": peaks, "roofline_flops": peak, "rows": rows,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    cols = [("model", "{:<24}"), ("naive_tokens_per_s", "{:>10,.0f}"), ("in_process_tokens_per_s", "{:>10,.0f}"),
+    cols = [("model", "{:<24}"), ("naive_tokens_per_s", "{:>10,.0f}"), ("in_process_fp32_tokens_per_s", "{:>10,.0f}"),
+            ("in_process_bf16_tokens_per_s", "{:>10,.0f}"), ("bf16_over_fp32", "{:>6.2f}x"), ("default_dtype", "{:>5}"),
             ("ray_tokens_per_s", "{:>10,.0f}"), ("speedup_vs_naive", "{:>8.2f}x"), ("ray_overhead", "{:>8.1%}"),
             ("padding_fraction", "{:>8.1%}"), ("roofline_fraction", "{:>8.1%}")]
-    click.echo(f"bf16 matmul peak on this machine: {peak / 1e9:,.1f} GFLOP/s; {len(items)} texts")
-    click.echo(" | ".join(["model", "naive tok/s", "in-proc tok/s", "ray tok/s", "vs naive", "ray overhead",
+    click.echo(f"matmul peak on this machine: bf16 {peaks['bf16'] / 1e9:,.1f}, fp32 {peaks['fp32'] / 1e9:,.1f} "
+               f"GFLOP/s (AMX: {cpu_has_native_bf16()}); roofline = the better; {len(items)} texts")
+    click.echo(" | ".join(["model", "naive tok/s", "in-proc fp32 tok/s", "in-proc bf16 tok/s", "bf16/fp32",
+                           "default", "ray tok/s (default)", "vs naive", "ray overhead",
                            "padding", "roofline"]))
     for r in rows:
         click.echo(" | ".join(fmt.format(r[c]) for c, fmt in cols))

@@ -40,6 +40,7 @@ from precompute.encoding import (  # noqa: E402
     encoder_identity,
     entity_item,
     mention_item,
+    resolve_dtype,
 )
 from precompute.schema import InputError, Inputs, load_inputs  # noqa: E402
 from precompute.store import (  # noqa: E402
@@ -81,7 +82,7 @@ class PrecomputeConfig:
     layer: int = -1
     max_length: int | None = None
     prefix: str | None = None
-    dtype: str = "bf16"
+    dtype: str = "auto"  # resolved by run(): bf16 on GPU or an AMX CPU, else fp32
     max_tokens_per_batch: int | None = None
     shard_size: int = 4096
     actors: int = 1
@@ -273,7 +274,8 @@ def run(cfg: PrecomputeConfig) -> dict[str, Any]:
             raise PrecomputeError(f"--kinds: {kind!r} is not a feature kind; allowed: {','.join(KINDS)}")
     inputs = load_inputs(cfg.data)
     kinds = tuple(k for k in cfg.kinds if k != "text" or inputs.text)
-    cfg = dataclasses.replace(cfg, kinds=kinds)
+    dtype = resolve_dtype(cfg.dtype, on_gpu=cfg.gpus_per_actor > 0)
+    cfg = dataclasses.replace(cfg, kinds=kinds, dtype=dtype)
     encoder = encoder_identity(cfg.model)
     settings = resolved_settings(cfg, encoder)
     input_hashes = {name: _file_sha256(path) for name, path in inputs.files.items()}
@@ -411,8 +413,9 @@ def _kinds(value: str) -> tuple[str, ...]:
 @click.option("--max-length", type=click.IntRange(min=8), default=None,
               help="Subword limit per text, specials included [default: the encoder's limit].")
 @click.option("--prefix", default=None, help="Text put before every input [default: the encoder's, e5: 'query: '].")
-@click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
-              help="bf16: autocast on CPU and GPU; fp32: exact reference.")
+@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+              help="bf16: autocast (weights in bf16 on GPU); fp32: exact reference; auto: bf16 on GPU or on a CPU "
+              "with AMX, else fp32 (faster there). The store records the one used.")
 @click.option("--max-tokens-per-batch", type=click.IntRange(min=64), default=None,
               help="Token budget per forward batch (rows x longest row) [default: 16384 on CPU, sized from free "
               "memory on GPU].")

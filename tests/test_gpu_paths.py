@@ -69,3 +69,15 @@ def test_bf16_on_gpu_matches_fp32(tiny_model_dir):
     gpu = TextEncoder.load(tiny_model_dir, device="cuda", dtype="bf16").encode(items)
     cos = torch.nn.functional.cosine_similarity(torch.tensor(cpu).float(), torch.tensor(gpu).float())
     assert float(cos.min()) > 0.99
+
+
+def test_auto_dtype_is_bf16_on_gpu_or_amx_and_fp32_on_other_cpus():
+    from precompute.encoding import resolve_dtype
+
+    amx = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    avx512_bf16_only = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
+    assert resolve_dtype("auto", on_gpu=True, cpuinfo=avx512_bf16_only) == "bf16"
+    assert resolve_dtype("auto", on_gpu=False, cpuinfo=amx) == "bf16"
+    assert resolve_dtype("auto", on_gpu=False, cpuinfo=avx512_bf16_only) == "fp32"
+    assert resolve_dtype("bf16", on_gpu=False, cpuinfo=avx512_bf16_only) == "bf16"
+    assert resolve_dtype("fp32", on_gpu=True) == "fp32"

@@ -107,6 +107,19 @@ def test_different_settings_into_the_same_out_are_refused(tiny_data, tiny_model_
         run(_cfg(tiny_data, tiny_model_dir, out, kinds=("es",), layer=1))
 
 
+def test_auto_dtype_is_resolved_before_it_is_recorded(tiny_data, tiny_model_dir, tmp_path, ray_session):
+    from precompute.encoding import resolve_dtype
+
+    out = tmp_path / "h5"
+    run(PrecomputeConfig(data=tiny_data, model=tiny_model_dir, out=out, kinds=("es",)))
+    expected = resolve_dtype("auto", on_gpu=False)
+    assert open_store(out).manifest["dtype"] == expected
+    run(PrecomputeConfig(data=tiny_data, model=tiny_model_dir, out=out, kinds=("es",), dtype=expected))  # same store
+    other = "bf16" if expected == "fp32" else "fp32"
+    with pytest.raises(PrecomputeError, match=f"dtype: store has '{expected}', this run asks '{other}'"):
+        run(PrecomputeConfig(data=tiny_data, model=tiny_model_dir, out=out, kinds=("es",), dtype=other))
+
+
 def test_corrupted_shard_is_detected_with_its_path(tiny_data, tiny_model_dir, tmp_path, ray_session):
     out = tmp_path / "h5"
     run(_cfg(tiny_data, tiny_model_dir, out, kinds=("es",)))
