@@ -25,7 +25,9 @@ import hashlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 import time  # noqa: E402
+import uuid  # noqa: E402
 from collections import Counter  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
@@ -51,10 +53,18 @@ from precompute.store import (  # noqa: E402
     RUN_CONFIG,
     atomic_write_bytes,
     atomic_write_json,
+    read_row_hashes,
     shard_is_complete,
     shard_path,
 )
-from precompute.worker import FAULT_ENV, FAULT_MARKER_ENV, ShardTask, ShardWorker, shard_input_hash  # noqa: E402
+from precompute.worker import (  # noqa: E402
+    FAULT_ENV,
+    FAULT_MARKER_ENV,
+    ShardTask,
+    ShardWorker,
+    row_hash,
+    shard_input_hash,
+)
 
 log = logging.getLogger("precompute.run")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -169,10 +179,48 @@ def plan_tasks(cfg: PrecomputeConfig, inputs: Inputs, settings: dict[str, Any]) 
             chunk = tuple(items[start : start + cfg.shard_size])
             tasks.append(ShardTask(
                 kind, index, start, chunk, shard_input_hash(fingerprint, kind, chunk),
-                str(shard_path(cfg.out, kind, index)),
+                str(shard_path(cfg.out, kind, index)), tuple(row_hash(fingerprint, it) for it in chunk),
             ))
         plan[kind] = tasks
     return plan
+
+
+PREV_DIR = ".prev"  # {kind}/.prev/: shards set aside by a run that rewrites them, read for reusable rows
+
+
+def plan_reuse(out: Path, plan: dict[str, list[ShardTask]], todo: list[ShardTask]) -> list[ShardTask]:
+    """Incremental precompute: move the shard files that ``todo`` will overwrite (and those past the plan's end)
+    into ``{kind}/.prev/``, then point every row of a ``todo`` shard at a stored row with the same row hash (in
+    a kept shard or a set-aside one), so that only new or changed rows are encoded. Moving first means no
+    actor ever reads a file that another is rewriting; ``.prev`` is deleted once the manifest is written, and a
+    run killed before that finds it again."""
+    result = []
+    for kind, tasks in plan.items():
+        mine = [t for t in todo if t.kind == kind]
+        if not mine:
+            continue
+        kind_dir, planned = out / kind, {Path(t.path).name for t in tasks}
+        rewritten = {Path(t.path).name for t in mine}
+        prev = kind_dir / PREV_DIR
+        for path in sorted(kind_dir.glob("shard-*.h5")):
+            if path.name in rewritten or path.name not in planned:
+                prev.mkdir(parents=True, exist_ok=True)
+                os.replace(path, prev / f"{path.stem}.{uuid.uuid4().hex[:12]}.h5")
+        needed = {h for t in mine for h in t.row_hashes}
+        sources: dict[str, tuple[str, int]] = {}
+        for path in [*sorted(kind_dir.glob("shard-*.h5")), *sorted(prev.glob("*.h5"))]:
+            for row, h in enumerate(read_row_hashes(path)):
+                if h in needed:
+                    sources.setdefault(h, (str(path), row))
+        for task in mine:
+            reuse = tuple(sources.get(h) for h in task.row_hashes)
+            result.append(dataclasses.replace(task, reuse=reuse if any(r is not None for r in reuse) else ()))
+    return result
+
+
+def drop_set_aside(out: Path, kinds: tuple[str, ...]) -> None:
+    for kind in kinds:
+        shutil.rmtree(out / kind / PREV_DIR, ignore_errors=True)
 
 
 def connect_ray(address: str | None) -> bool:
@@ -286,6 +334,7 @@ def run(cfg: PrecomputeConfig) -> dict[str, Any]:
     todo = [t for tasks in plan.values() for t in tasks if not shard_is_complete(t.path, t.input_hash)]
     skipped = sum(len(tasks) for tasks in plan.values()) - len(todo)
     log.info("%d shards to encode, %d complete shards kept", len(todo), skipped)
+    todo = plan_reuse(cfg.out, plan, todo)
     t0 = time.perf_counter()
     results: list[dict[str, Any]] = []
     if todo:
@@ -299,11 +348,18 @@ def run(cfg: PrecomputeConfig) -> dict[str, Any]:
                 ray.shutdown()
     seconds = time.perf_counter() - t0
     remove_stale_temp_files(cfg.out, cfg.kinds)
-    manifest = write_manifest(cfg, inputs, plan, encoder, settings, input_hashes)
+    rows = {kind: {"encoded": sum(r["encoded_rows"] for r in results if r["kind"] == kind),
+                   "reused": sum(r["reused_rows"] for r in results if r["kind"] == kind),
+                   "kept": sum(len(t.items) for t in plan[kind]) - sum(r["rows"] for r in results if r["kind"] == kind)}
+            for kind in plan}
+    manifest = write_manifest(cfg, inputs, plan, encoder, settings, input_hashes, rows)
+    drop_set_aside(cfg.out, cfg.kinds)
     tokens = sum(r["tokens"] for r in results)
     padded = sum(r["padded_tokens"] for r in results)
     return {
         "out": str(cfg.out), "manifest": manifest, "encoded_shards": len(todo), "kept_shards": skipped,
+        "encoded_rows": sum(r["encoded"] for r in rows.values()),
+        "reused_rows": sum(r["reused"] for r in rows.values()), "rows": rows,
         "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds if results else 0.0,
         "padding_fraction": 1 - tokens / padded if padded else 0.0,
         "windowed": sum(r["windowed"] for r in results),
@@ -321,7 +377,7 @@ def remove_stale_temp_files(out: Path, kinds: tuple[str, ...]) -> None:
 
 def write_manifest(
     cfg: PrecomputeConfig, inputs: Inputs, plan: dict[str, list[ShardTask]], encoder: dict[str, Any],
-    settings: dict[str, Any], input_hashes: dict[str, str],
+    settings: dict[str, Any], input_hashes: dict[str, str], rows: dict[str, dict[str, int]],
 ) -> dict[str, Any]:
     """Check every planned shard, drop stale ones, and write ``manifest.json`` last."""
     from precompute.store import read_shard
@@ -346,7 +402,7 @@ def write_manifest(
         "layer": settings["layer"], "pooling": "max", "dtype": cfg.dtype, "prefix": settings["prefix"],
         "max_length": _resolved_max_length(cfg), "dim": dim, "kinds": kinds, "inputs": input_hashes,
         "ec_from_name": sum(1 for e in inputs.kb if not e.description), "config": cfg.to_json(),
-        "settings": settings,
+        "settings": settings, "last_run_rows": rows,
     }
     atomic_write_json(cfg.out / MANIFEST, manifest)
     return manifest
@@ -386,7 +442,9 @@ def summary_table(summary: dict[str, Any]) -> str:
         rate = nil[lang] / by_lang[lang] if by_lang[lang] else 0.0
         lines.append(f"{lang:<6}{by_lang[lang]:>9}{rate:>10.3f}{kb_langs[lang]:>9}")
     lines.append(
-        f"encoded {summary['encoded_shards']} shards, kept {summary['kept_shards']}; {summary['tokens']:,} tokens in "
+        f"wrote {summary['encoded_shards']} shards ({summary['encoded_rows']:,} rows encoded, "
+        f"{summary['reused_rows']:,} reused from the store), kept {summary['kept_shards']}; "
+        f"{summary['tokens']:,} tokens in "
         f"{summary['seconds']:.1f}s ({summary['tokens_per_s']:,.0f} tokens/s), padding "
         f"{summary['padding_fraction']:.1%}, {summary['windowed']} texts windowed to the length limit"
     )

@@ -4,7 +4,8 @@ Layout of a store directory (written by ``xel-precompute``, read by ``xel-nn`` a
 
     config.json                  resolved run config + encoder identity, written first (guards --out reuse)
     inputs/{kb,mentions,text}.jsonl   the validated input records the features were computed from
-    {kind}/shard-{i:05d}.h5      features (float16 [n, D]), ids, lang; attrs: rows, start, input_hash, checksum
+    {kind}/shard-{i:05d}.h5      features (float16 [n, D]), ids, lang, row_hash (a hash of exactly what each row
+                                 encoded: text, spans, encoder settings); attrs: rows, start, input_hash, checksum
     manifest.json                written last: encoder identity, layer, pooling, dtype, dim, max length,
                                  input file hashes, per-shard row counts and checksums, resolved config
 
@@ -44,13 +45,17 @@ def shard_path(root: str | os.PathLike, kind: str, index: int) -> Path:
     return Path(root) / kind / f"shard-{index:05d}.h5"
 
 
-def shard_checksum(features: np.ndarray, ids: Sequence[str], langs: Sequence[str]) -> str:
-    """sha256 over the feature bytes (float16, C order), the ids and the languages."""
+def shard_checksum(features: np.ndarray, ids: Sequence[str], langs: Sequence[str],
+                   row_hashes: Sequence[str] | None = None) -> str:
+    """sha256 over the feature bytes (float16, C order), the ids, the languages and, when present, the row hashes."""
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(features, dtype=np.float16).tobytes())
     h.update("\x1f".join(ids).encode("utf-8"))
     h.update(b"\x1e")
     h.update("\x1f".join(langs).encode("utf-8"))
+    if row_hashes is not None:
+        h.update(b"\x1d")
+        h.update("\x1f".join(row_hashes).encode("ascii"))
     return h.hexdigest()
 
 
@@ -83,13 +88,16 @@ def write_shard(
     langs: Sequence[str],
     features: np.ndarray,
     input_hash: str,
+    row_hashes: Sequence[str] | None = None,
 ) -> str:
-    """Write one shard atomically; return its checksum."""
+    """Write one shard atomically; return its checksum. ``row_hashes`` (one per row) let a later run reuse rows."""
     path = Path(path)
     features = np.ascontiguousarray(features, dtype=np.float16)
     if features.ndim != 2 or features.shape[0] != len(ids) or len(ids) != len(langs):
         raise ValueError(f"shard {path}: features {features.shape}, {len(ids)} ids, {len(langs)} langs disagree")
-    checksum = shard_checksum(features, ids, langs)
+    if row_hashes is not None and len(row_hashes) != len(ids):
+        raise ValueError(f"shard {path}: {len(row_hashes)} row hashes for {len(ids)} rows")
+    checksum = shard_checksum(features, ids, langs, row_hashes)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -98,6 +106,8 @@ def write_shard(
             f.create_dataset("features", data=features)
             f.create_dataset("ids", data=list(ids), dtype=_STR)
             f.create_dataset("lang", data=list(langs), dtype=_STR)
+            if row_hashes is not None:
+                f.create_dataset("row_hash", data=list(row_hashes), dtype=_STR)
             f.attrs.update(
                 kind=kind, start=start, rows=len(ids), input_hash=input_hash, checksum=checksum,
                 format_version=FORMAT_VERSION,
@@ -121,6 +131,7 @@ class Shard:
     features: np.ndarray
     input_hash: str
     checksum: str
+    row_hashes: list[str] | None = None
 
 
 def read_shard(path: str | os.PathLike, verify: bool = True) -> Shard:
@@ -134,6 +145,7 @@ def read_shard(path: str | os.PathLike, verify: bool = True) -> Shard:
             features = f["features"][...]
             ids = [s.decode("utf-8") for s in f["ids"][...]]
             langs = [s.decode("utf-8") for s in f["lang"][...]]
+            row_hashes = [s.decode("ascii") for s in f["row_hash"][...]] if "row_hash" in f else None
     except (OSError, KeyError, ValueError) as e:
         raise StoreError(f"{path}: unreadable or truncated shard ({e}); rerun xel-precompute to rewrite it") from e
     for key in ("kind", "start", "rows", "input_hash", "checksum"):
@@ -142,12 +154,23 @@ def read_shard(path: str | os.PathLike, verify: bool = True) -> Shard:
     shard = Shard(
         path=path, kind=str(attrs["kind"]), start=int(attrs["start"]), ids=ids, langs=langs,
         features=features, input_hash=str(attrs["input_hash"]), checksum=str(attrs["checksum"]),
+        row_hashes=row_hashes,
     )
     if features.dtype != np.float16 or features.ndim != 2 or len(ids) != int(attrs["rows"]) != features.shape[0]:
         raise StoreError(f"{path}: features {features.dtype}{features.shape} do not match rows={attrs['rows']}")
-    if verify and shard_checksum(features, ids, langs) != shard.checksum:
+    if verify and shard_checksum(features, ids, langs, row_hashes) != shard.checksum:
         raise StoreError(f"{path}: checksum mismatch (corrupted on disk); delete it and rerun xel-precompute")
     return shard
+
+
+def read_row_hashes(path: str | os.PathLike) -> list[str]:
+    """The ``row_hash`` of every row of a shard, without reading its features; ``[]`` when the file is unreadable
+    or predates row hashes (its rows are then never reused). Rows read through it are verified when reused."""
+    try:
+        with h5py.File(path, "r") as f:
+            return [s.decode("ascii") for s in f["row_hash"][...]] if "row_hash" in f else []
+    except (OSError, KeyError, ValueError):
+        return []
 
 
 def shard_is_complete(path: str | os.PathLike, input_hash: str) -> bool:

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from precompute.encoding import EncodeItem, EncodeStats, TextEncoder
-from precompute.store import write_shard
+from precompute.store import StoreError, read_shard, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,15 @@ class ShardTask:
     items: tuple[EncodeItem, ...]
     input_hash: str
     path: str
+    row_hashes: tuple[str, ...] = ()  # one per item (row_hash); written into the shard
+    reuse: tuple[tuple[str, int] | None, ...] = ()  # per item: (shard file, row) holding its features, or None
+
+
+def row_hash(settings_fingerprint: str, item: EncodeItem) -> str:
+    """Hash of exactly what one row encodes: the encoder settings (identity, layer, max length, prefix, dtype),
+    the text and the pooled and anchored spans. Rows with equal hashes have equal features."""
+    payload = json.dumps([settings_fingerprint, item.text, item.pool, item.anchor], ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
 def shard_input_hash(settings_fingerprint: str, kind: str, items: tuple[EncodeItem, ...]) -> str:
@@ -87,16 +98,49 @@ class ShardWorker:
         t0 = time.perf_counter()
         maybe_inject_fault(task, "start")
         stats = EncodeStats()
-        features = self.encoder.encode(task.items, stats)
+        features = np.zeros((len(task.items), self.encoder.dim), dtype=np.float16)
+        todo = self._copy_reused(task, features)
+        if todo:
+            features[todo] = self.encoder.encode([task.items[i] for i in todo], stats)
         maybe_inject_fault(task, "encoded")
         maybe_inject_fault(task, "writing")
         checksum = write_shard(
             task.path, kind=task.kind, start=task.start, ids=[it.id for it in task.items],
             langs=[it.lang for it in task.items], features=features, input_hash=task.input_hash,
+            row_hashes=task.row_hashes or None,
         )
         maybe_inject_fault(task, "written")
         return {
             "kind": task.kind, "index": task.index, "rows": len(task.items), "checksum": checksum,
+            "encoded_rows": len(todo), "reused_rows": len(task.items) - len(todo),
             "tokens": stats.tokens, "padded_tokens": stats.padded_tokens, "windowed": stats.windowed,
             "forward_seconds": stats.forward_seconds, "seconds": time.perf_counter() - t0,
         }
+
+    @staticmethod
+    def _copy_reused(task: ShardTask, features: np.ndarray) -> list[int]:
+        """Fill ``features`` with the rows ``task.reuse`` points at, each source shard read once and its checksum
+        verified, each row's hash checked; return the rows still to encode (a source that fails is encoded)."""
+        if not task.reuse:
+            return list(range(len(task.items)))
+        by_source: dict[str, list[tuple[int, int]]] = {}
+        todo = []
+        for i, source in enumerate(task.reuse):
+            if source is None:
+                todo.append(i)
+            else:
+                by_source.setdefault(source[0], []).append((i, source[1]))
+        for path, rows in by_source.items():
+            try:
+                shard = read_shard(path, verify=True)
+            except StoreError as e:
+                log.warning("cannot reuse rows of %s (%s); encoding them", path, e)
+                todo.extend(i for i, _ in rows)
+                continue
+            for i, row in rows:
+                if shard.row_hashes is not None and row < len(shard.row_hashes) \
+                        and shard.row_hashes[row] == task.row_hashes[i]:
+                    features[i] = shard.features[row]
+                else:
+                    todo.append(i)
+        return sorted(todo)

@@ -37,7 +37,9 @@ from retrieval.index import (
     EntityIndex,
     RetrievalError,
     build_index,
+    load_index,
     open_index_and_store,
+    update_index,
 )
 from retrieval.metrics import format_table
 from retrieval.nn import DEFAULT_THRESHOLD, nn_link, nn_scores
@@ -72,6 +74,7 @@ class BuildConfig:
     seed: int = 0
     train_rows: int | None = None
     overwrite: bool = False
+    update: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,16 +136,33 @@ def check_index_out(out: Path, overwrite: bool) -> None:
         raise RetrievalError(f"--out {out}: already holds an index; pass --overwrite to replace it")
 
 
-def run_build(cfg: BuildConfig) -> EntityIndex:
-    """Build into a temp directory beside ``--out`` and move it into place: a failed build leaves nothing."""
+def run_build(cfg: BuildConfig) -> tuple[EntityIndex, dict[str, dict] | None]:
+    """Build (or with ``update``, update) into a temp directory beside ``--out`` and move it into place: a failed
+    build leaves nothing. Returns the index and, for an update, what was done per KB language."""
     out = Path(cfg.out)
-    check_index_out(out, cfg.overwrite)
+    if cfg.update and cfg.overwrite:
+        raise RetrievalError("--update and --overwrite: pick one (--update edits the index in --out, "
+                             "--overwrite builds a new one)")
+    old = None
+    if cfg.update:
+        old = load_index(out)
+        if (cfg.index, cfg.kind) != (old.manifest["factory"], old.manifest["kind"]):
+            raise RetrievalError(
+                f"--update: the index in {out} is {old.manifest['factory']!r} over {old.manifest['kind']!r}, this "
+                f"command asks {cfg.index!r} over {cfg.kind!r}; drop --index/--kind, or rebuild with --overwrite")
+    else:
+        check_index_out(out, cfg.overwrite)
     store = open_store(cfg.features)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    report = None
     try:
-        index = build_index(store, tmp, factory=cfg.index, kind=cfg.kind, seed=cfg.seed,
-                            train_rows=cfg.train_rows)
+        if old is not None:
+            report = update_index(old, store, tmp)
+            index = old
+        else:
+            index = build_index(store, tmp, factory=cfg.index, kind=cfg.kind, seed=cfg.seed,
+                                train_rows=cfg.train_rows)
         atomic_write_json(tmp / "config.json", asdict(cfg))
         if out.exists():  # empty, or an index being overwritten: set it aside, then swap
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old.", suffix=".tmp"))
@@ -154,7 +174,7 @@ def run_build(cfg: BuildConfig) -> EntityIndex:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     index.root = out
-    return index
+    return index, report
 
 
 def _write_recall(out: Path, candidate_set) -> str:
@@ -288,12 +308,21 @@ def main(verbose: bool) -> None:
 @click.option("--train-rows", type=int, default=None, callback=_positive,
               help="IVF/PQ training sample size (default: 50 per centroid of the largest codebook)")
 @click.option("--overwrite", is_flag=True, help="replace an existing index in --out")
-def build(features, out, factory, kind, seed, train_rows, overwrite) -> None:
-    """Build one index per KB language over the store's entity features."""
-    cfg = BuildConfig(features, out, factory, kind, seed, train_rows, overwrite)
-    index = _run(run_build, cfg)
+@click.option("--update", is_flag=True,
+              help="bring the index in --out up to date with an updated store: Flat deletes and appends the "
+              "changed rows, IVF re-adds all rows to its trained lists, other types are rebuilt (said per KB)")
+def build(features, out, factory, kind, seed, train_rows, overwrite, update) -> None:
+    """Build one index per KB language over the store's entity features (or update one with --update)."""
+    cfg = BuildConfig(features, out, factory, kind, seed, train_rows, overwrite, update)
+    index, report = _run(run_build, cfg)
     for lang, info in index.manifest["langs"].items():
-        click.echo(f"{lang}: {info['rows']} entities, {info['bytes']} bytes ({cfg.index})")
+        how = ""
+        if report is not None:
+            r = report[lang]
+            how = f"; {r['how']}: +{r['added']} -{r['removed']} rows"
+        click.echo(f"{lang}: {info['rows']} entities, {info['bytes']} bytes ({index.manifest['factory']}){how}")
+    for lang in sorted(set(report or {}) - set(index.manifest["langs"])):
+        click.echo(f"{lang}: {report[lang]['how']}")
 
 
 @main.command()

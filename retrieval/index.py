@@ -28,8 +28,8 @@ from precompute.store import Store, StoreError, atomic_write_bytes, atomic_write
 log = logging.getLogger(__name__)
 
 INDEX_MANIFEST = "manifest.json"
-INDEX_FORMAT_VERSION = 2  # 2 adds per-file sha256; 1 (no checksums) still loads, with a warning
-READABLE_INDEX_VERSIONS = (1, INDEX_FORMAT_VERSION)
+INDEX_FORMAT_VERSION = 3  # 3 adds per-row digests (updates); 2 per-file sha256; 1 (no checksums) loads with a warning
+READABLE_INDEX_VERSIONS = (1, 2, INDEX_FORMAT_VERSION)
 # entity feature kind indexed -> the mention feature kind queried against it
 FEATURE_KINDS = {"es": "ms", "ec": "mc", "es+ec": "ms+mc"}
 SEARCH_DEVICES = ("auto", "cpu", "faiss-gpu", "torch")
@@ -212,6 +212,7 @@ class LangIndex:
     lang: str
     index: faiss.Index
     ids: list[str]
+    digests: list[str] = field(default_factory=list)  # per row, for updates (row_digests); [] before format 3
     searcher: Any = None  # a TorchExactSearcher or a GPU copy, set by ``EntityIndex.to_device``
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
@@ -262,8 +263,11 @@ class EntityIndex:
             )
 
     def check_ids(self, lang: str, ids: list[str]) -> None:
-        """Refuse entity rows that differ from the ones the index of ``lang`` was built over."""
-        if ids_digest(ids) != self.manifest["langs"][lang]["ids_sha256"]:
+        """Refuse entity rows that differ from the ones the index of ``lang`` was built over (as a set: an updated
+        index holds them in another order)."""
+        info = self.manifest["langs"][lang]
+        if ("ids_set_sha256" in info and ids_digest(sorted(ids)) != info["ids_set_sha256"]) or \
+                ("ids_set_sha256" not in info and ids_digest(ids) != info["ids_sha256"]):
             raise StoreError(
                 f"index {self.root}: the store's KB {lang!r} entities differ from those indexed; rebuild the index"
             )
@@ -318,43 +322,126 @@ class EntityIndex:
         return device
 
 
-def build_index(
-    store: Store, out: str | os.PathLike, *, factory: str = "Flat", kind: str = "es", seed: int = 0,
-    train_rows: int | None = None,
-) -> EntityIndex:
-    """Build one index per KB language of ``store``'s ``kind`` features and save it under ``out``."""
+def row_digests(vectors: np.ndarray) -> list[str]:
+    """A digest of each indexed vector (its float32 bytes), kept beside the ids so that an update can tell a
+    changed entity from an unchanged one."""
+    return [hashlib.sha256(row.tobytes()).hexdigest()[:16] for row in np.ascontiguousarray(vectors, np.float32)]
+
+
+def _features_by_lang(store: Store, kind: str) -> tuple[dict[str, tuple[list[str], np.ndarray]], int]:
     if kind not in FEATURE_KINDS:
         raise RetrievalError(f"feature kind {kind!r}; allowed: {list(FEATURE_KINDS)}")
-    out = Path(out)
     ids, vectors, langs = load_features(store, kind)
     if not ids:
         raise RetrievalError(f"store {store.root} has no {kind!r} rows to index")
     by_lang: dict[str, list[int]] = {}
     for row, lang in enumerate(langs):
         by_lang.setdefault(lang, []).append(row)
+    return {lang: ([ids[r] for r in rows], vectors[rows]) for lang, rows in sorted(by_lang.items())}, vectors.shape[1]
+
+
+def build_index(
+    store: Store, out: str | os.PathLike, *, factory: str = "Flat", kind: str = "es", seed: int = 0,
+    train_rows: int | None = None,
+) -> EntityIndex:
+    """Build one index per KB language of ``store``'s ``kind`` features and save it under ``out``."""
+    out = Path(out)
+    by_lang, dim = _features_by_lang(store, kind)
     result = EntityIndex(out, {})
+    for lang, (lang_ids, vectors) in by_lang.items():
+        index = build_lang_index(vectors, factory, lang=lang, seed=seed, train_rows=train_rows)
+        result.langs[lang] = LangIndex(lang, index, lang_ids, row_digests(vectors))
+    result.manifest = {
+        "format_version": INDEX_FORMAT_VERSION, "factory": factory, "kind": kind, "dim": int(dim),
+        "encoder_signature": store.encoder_signature(), "seed": seed, "train_rows": train_rows,
+    }
+    save_index(result, store, out)
+    return result
+
+
+def save_index(result: EntityIndex, store: Store, out: Path) -> None:
+    """Write every language's index, ids and digests, then ``manifest.json`` (last), under ``out``."""
     lang_info: dict[str, Any] = {}
-    for lang, rows in sorted(by_lang.items()):
-        lang_ids = [ids[r] for r in rows]
-        index = build_lang_index(vectors[rows], factory, lang=lang, seed=seed, train_rows=train_rows)
-        data = faiss.serialize_index(index).tobytes()
-        ids_json = (json.dumps(lang_ids, ensure_ascii=False) + "\n").encode("utf-8")
+    for lang, lang_index in sorted(result.langs.items()):
+        data = faiss.serialize_index(lang_index.index).tobytes()
+        ids_json = (json.dumps(lang_index.ids, ensure_ascii=False) + "\n").encode("utf-8")
+        digests_json = (json.dumps(lang_index.digests) + "\n").encode("utf-8")
         atomic_write_bytes(out / f"index-{lang}.faiss", data)
         atomic_write_bytes(out / f"ids-{lang}.json", ids_json)
+        atomic_write_bytes(out / f"digests-{lang}.json", digests_json)
         lang_info[lang] = {
-            "rows": len(lang_ids), "bytes": len(data), "ids_sha256": ids_digest(lang_ids),
+            "rows": len(lang_index.ids), "bytes": len(data), "ids_sha256": ids_digest(lang_index.ids),
+            "ids_set_sha256": ids_digest(sorted(lang_index.ids)),
             "index_file_sha256": hashlib.sha256(data).hexdigest(),
             "ids_file_sha256": hashlib.sha256(ids_json).hexdigest(),
+            "digests_file_sha256": hashlib.sha256(digests_json).hexdigest(),
         }
-        result.langs[lang] = LangIndex(lang, index, lang_ids)
-        log.info("KB %r: %d entities indexed with %r (%d bytes)", lang, len(lang_ids), factory, len(data))
-    result.manifest = {
-        "format_version": INDEX_FORMAT_VERSION, "factory": factory, "kind": kind, "dim": int(vectors.shape[1]),
-        "store": os.path.relpath(Path(store.root).resolve(), out.resolve()),
-        "encoder_signature": store.encoder_signature(), "seed": seed, "train_rows": train_rows, "langs": lang_info,
-    }
+        log.info("KB %r: %d entities indexed with %r (%d bytes)", lang, len(lang_index.ids),
+                 result.manifest["factory"], len(data))
+    result.manifest = {**result.manifest, "store": os.path.relpath(Path(store.root).resolve(), out.resolve()),
+                       "langs": lang_info}
     atomic_write_json(out / INDEX_MANIFEST, result.manifest)
-    return result
+
+
+def update_index(index: EntityIndex, store: Store, out: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Bring ``index`` up to date with ``store`` (a newer version of the store it was built from) and save it
+    under ``out``; returns, per KB language, how: ``unchanged``; ``in place`` (Flat: the removed and changed
+    rows are deleted, which keeps the others in order, and the new and changed rows appended, the id map edited
+    the same way); ``re-added`` (IVF: the trained quantizer and codes are kept, the lists emptied and every row
+    added again); ``rebuilt`` (HNSW and other types FAISS cannot delete from: trained and filled anew, as
+    ``xel-nn build`` would). A search result's id is the same as a from-scratch index's in every case."""
+    index.check_store(store)
+    factory, seed = index.manifest["factory"], index.manifest.get("seed", 0)
+    train_rows = index.manifest.get("train_rows")
+    by_lang, _ = _features_by_lang(store, index.kind)
+    report: dict[str, dict[str, Any]] = {}
+    for lang in sorted(set(index.langs) - set(by_lang)):
+        del index.langs[lang]
+        report[lang] = {"how": "dropped (no entities left)", "added": 0, "removed": None}
+    for lang, (new_ids, vectors) in by_lang.items():
+        digests = row_digests(vectors)
+        old = index.langs.get(lang)
+        if old is None or (not old.digests and old.ids):
+            why = "new KB language" if old is None else "the index predates row digests"
+            if old is not None:
+                log.warning("KB %r: %s, so changed rows cannot be told apart; rebuilding it", lang, why)
+            built = build_lang_index(vectors, factory, lang=lang, seed=seed, train_rows=train_rows)
+            index.langs[lang] = LangIndex(lang, built, new_ids, digests)
+            report[lang] = {"how": f"built ({why})", "added": len(new_ids), "removed": None if old else 0}
+            continue
+        now = dict(zip(new_ids, digests))
+        before = dict(zip(old.ids, old.digests))
+        gone = [pos for pos, (i, d) in enumerate(zip(old.ids, old.digests)) if now.get(i) != d]
+        fresh = [row for row, (i, d) in enumerate(zip(new_ids, digests)) if before.get(i) != d]
+        entry = {"added": len(fresh), "removed": len(gone)}
+        if not gone and not fresh:
+            report[lang] = {"how": "unchanged", **entry}
+            continue
+        base = faiss.downcast_index(old.index)
+        if isinstance(base, faiss.IndexFlat):
+            if gone:
+                base.remove_ids(faiss.IDSelectorBatch(np.asarray(gone, dtype=np.int64)))
+            base.add(np.ascontiguousarray(vectors[fresh]))
+            keep = np.ones(len(old.ids), dtype=bool)
+            keep[gone] = False
+            ids = [i for i, k in zip(old.ids, keep) if k] + [new_ids[r] for r in fresh]
+            kept_digests = [d for d, k in zip(old.digests, keep) if k] + [digests[r] for r in fresh]
+            index.langs[lang] = LangIndex(lang, base, ids, kept_digests)
+            report[lang] = {"how": "in place", **entry}
+        elif faiss.try_extract_index_ivf(old.index) is not None:
+            old.index.reset()
+            old.index.add(np.ascontiguousarray(vectors))
+            index.langs[lang] = LangIndex(lang, old.index, new_ids, digests)
+            report[lang] = {"how": "re-added (training kept)", **entry}
+        else:
+            log.warning("KB %r: index %r cannot delete rows in place; rebuilding it", lang, factory)
+            built = build_lang_index(vectors, factory, lang=lang, seed=seed, train_rows=train_rows)
+            index.langs[lang] = LangIndex(lang, built, new_ids, digests)
+            report[lang] = {"how": f"rebuilt ({factory} cannot delete rows)", **entry}
+    out = Path(out)
+    index.root = out
+    save_index(index, store, out)
+    return report
 
 
 def load_index(path: str | os.PathLike, store: Store | None = None) -> EntityIndex:
@@ -399,7 +486,14 @@ def load_index(path: str | os.PathLike, store: Store | None = None) -> EntityInd
                 f"{index_path}: {index.ntotal} rows, {len(ids)} ids, dim {index.d} disagree with {manifest_path} "
                 f"({info['rows']} rows, dim {manifest['dim']}); rebuild the index"
             )
-        result.langs[lang] = LangIndex(lang, index, ids)
+        digests: list[str] = []
+        if "digests_file_sha256" in info:
+            digests_bytes = _read_verified(root / f"digests-{lang}.json", info["digests_file_sha256"], root, manifest)
+            digests = json.loads(digests_bytes.decode("utf-8"))
+            if len(digests) != len(ids):
+                raise RetrievalError(f"{root / f'digests-{lang}.json'}: {len(digests)} digests for {len(ids)} ids; "
+                                     f"{_rebuild_hint(root, manifest)}")
+        result.langs[lang] = LangIndex(lang, index, ids, digests)
     return result
 
 

@@ -57,4 +57,4 @@ def test_experiment_runs_every_stage_and_resumes(tiny_model_dir, tmp_path, ray_s
     assert set(results["table"]) == {"same", "nn", "en", "en+A", "en+P", "en+PA"}
     again = CliRunner().invoke(main, flags)
     assert again.exit_code == 0, again.output
-    assert "encoded 0 shards" in again.output
+    assert "wrote 0 shards (0 rows encoded" in again.output

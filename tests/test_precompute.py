@@ -124,8 +124,12 @@ def test_corrupted_shard_is_detected_with_its_path(tiny_data, tiny_model_dir, tm
     out = tmp_path / "h5"
     run(_cfg(tiny_data, tiny_model_dir, out, kinds=("es",)))
     shard = out / "es" / "shard-00000.h5"
+    import h5py
+
+    with h5py.File(shard, "r") as f:  # flip bytes inside the stored features (contiguous dataset)
+        offset, size = f["features"].id.get_offset(), f["features"].id.get_storage_size()
     data = bytearray(shard.read_bytes())
-    data[-200:-100] = bytes(100)
+    data[offset:offset + min(size, 64)] = bytes(b ^ 0xFF for b in data[offset:offset + min(size, 64)])
     shard.write_bytes(bytes(data))
     with pytest.raises(StoreError, match="shard-00000.h5"):
         open_store(out).load("es")

@@ -90,8 +90,9 @@ def retrieve_and_baseline(cfg: ExperimentConfig, store_dir: Path) -> tuple[Path,
     )
 
     index_dir = cfg.out / "index"
-    if not (index_dir / "manifest.json").is_file():
-        run_build(BuildConfig(features=str(store_dir), out=str(index_dir)))
+    # a rerun on changed data updates the index in place (the store was updated incrementally)
+    exists = (index_dir / "manifest.json").is_file()
+    run_build(BuildConfig(features=str(store_dir), out=str(index_dir), update=exists))
     search = SearchOptions(index=str(index_dir), features=str(store_dir))
     cand_dir = cfg.out / "candidates"
     recall = run_candidates(CandidatesConfig(search=search, out=str(cand_dir), k=cfg.k, train_lang=cfg.train_lang))
