@@ -54,6 +54,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from precompute.store import replace_dir
+
 logger = logging.getLogger(__name__)
 
 QK = 32  # Q4_0 block size: one float16 scale and 16 bytes of nibbles per 32 weights
@@ -691,13 +693,7 @@ def build_encoder(out: Path, force: bool = False, check: bool = True) -> Path:
             checks = self_check(tmp)
             logger.info("self-check: %s", ", ".join(f"{k} {v:.4f}" for k, v in checks.items()))
         tmp.chmod(0o755)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -56,7 +56,7 @@ class Text:
     text: str
 
 
-def _iter_records(path: Path):
+def iter_records(path: Path):
     """Yield ``(line_number, record)`` for each non-blank line, rejecting bad encoding and bad JSON."""
     if not path.is_file():
         raise InputError(f"{path}: file not found")
@@ -127,7 +127,7 @@ def load_kb(path: str | Path) -> list[KBEntry]:
     path = Path(path)
     entries: list[KBEntry] = []
     seen: dict[str, int] = {}
-    for lineno, record in _iter_records(path):
+    for lineno, record in iter_records(path):
         c = _Checker(path, lineno, record)
         ident = c.text("id")
         links = c.integer("links", optional=True)
@@ -145,7 +145,7 @@ def load_mentions(path: str | Path, kb_ids: set[str] | frozenset[str]) -> list[M
     path = Path(path)
     mentions: list[Mention] = []
     seen: dict[str, int] = {}
-    for lineno, record in _iter_records(path):
+    for lineno, record in iter_records(path):
         c = _Checker(path, lineno, record)
         ident = c.text("id")
         lang = c.lang()
@@ -187,7 +187,7 @@ def load_text(path: str | Path) -> list[Text]:
     path = Path(path)
     texts: list[Text] = []
     seen: dict[str, int] = {}
-    for lineno, record in _iter_records(path):
+    for lineno, record in iter_records(path):
         c = _Checker(path, lineno, record)
         ident = c.text("id")
         text = Text(ident, c.lang(), c.text("text"))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -22,7 +21,8 @@ from pathlib import Path
 
 import click
 
-from precompute.store import StoreError, atomic_write_bytes, atomic_write_json, open_store
+from precompute.schema import InputError, iter_records
+from precompute.store import StoreError, atomic_write_bytes, atomic_write_json, open_store, replace_dir
 from retrieval.candidates import (
     RECALL_KS,
     format_recall_table,
@@ -47,7 +47,7 @@ from retrieval.query import Query, search_queries
 
 log = logging.getLogger(__name__)
 
-USER_ERRORS = (StoreError, RetrievalError, CandidatesError)
+USER_ERRORS = (StoreError, RetrievalError, CandidatesError, InputError)
 
 
 @dataclass(frozen=True)
@@ -164,13 +164,7 @@ def run_build(cfg: BuildConfig) -> tuple[EntityIndex, dict[str, dict] | None]:
             index = build_index(store, tmp, factory=cfg.index, kind=cfg.kind, seed=cfg.seed,
                                 train_rows=cfg.train_rows)
         atomic_write_json(tmp / "config.json", asdict(cfg))
-        if out.exists():  # empty, or an index being overwritten: set it aside, then swap
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old.", suffix=".tmp"))
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     index.root = out
@@ -237,18 +231,8 @@ def run_query(cfg: QueryConfig) -> list[dict]:
 
 def run_batch(cfg: BatchConfig) -> int:
     queries = []
-    try:
-        lines = Path(cfg.input).read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise RetrievalError(f"{cfg.input}: not UTF-8 ({e.reason} at byte {e.start}); save it as UTF-8") from None
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RetrievalError(f"{cfg.input}: line {lineno} is not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("query"), str):
+    for lineno, row in iter_records(Path(cfg.input)):
+        if not isinstance(row.get("query"), str):
             raise RetrievalError(f"{cfg.input}: record {lineno}: expected {{\"query\": str, \"lang\"?, \"context\"?, "
                                  f"\"id\"?}}, got {row!r}")
         queries.append(Query(row["query"], row.get("lang") or cfg.lang, row.get("context"),

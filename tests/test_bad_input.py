@@ -131,7 +131,7 @@ CASES = [
     Case("batch-invalid-json", nn_cli.main,
          lambda t: nn("batch", "--index", index(t), "--in", write(t, "q.jsonl", b'{"query": \n'),
                       "--out", t / "o.jsonl"),
-         "line 1 is not valid JSON", "o.jsonl"),
+         "q.jsonl:1: invalid JSON", "o.jsonl"),
     Case("batch-record-without-query", nn_cli.main,
          lambda t: nn("batch", "--index", index(t), "--in", write(t, "q.jsonl", b'{"text": "Moscow"}\n'),
                       "--out", t / "o.jsonl"),
