@@ -254,6 +254,46 @@ class Store:
         features = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float16)
         return ids, features, langs
 
+    def load_ids(self, kind: str) -> tuple[list[str], list[str]]:
+        """``(ids, langs)`` of ``kind`` in input order, without reading any features."""
+        ids: list[str] = []
+        langs: list[str] = []
+        for entry in self._shards(kind):
+            path = self.root / entry["path"]
+            try:
+                with h5py.File(path, "r") as f:
+                    ids.extend(s.decode("utf-8") for s in f["ids"][...])
+                    langs.extend(s.decode("utf-8") for s in f["lang"][...])
+            except (OSError, KeyError) as e:
+                raise StoreError(f"{path}: unreadable or truncated ({e}); rerun xel-precompute") from e
+        return ids, langs
+
+    def read_rows(self, kind: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """float16 ``[len(rows), D]``: the features of the given global rows of ``kind`` (input order positions),
+        read from their shards with HDF5 partial reads, so that only these rows enter memory. Unlike
+        :meth:`load`, rows read this way are not checksummed (that would read whole shards)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.zeros((len(rows), self.dim), dtype=np.float16)
+        if len(rows) == 0:
+            return out
+        bounds = np.cumsum([0] + [e["rows"] for e in self._shards(kind)])
+        if rows.min() < 0 or rows.max() >= bounds[-1]:
+            raise StoreError(f"{self.root}/{kind}: rows must lie in [0, {bounds[-1]}); got {rows.min()}..{rows.max()}")
+        shard_of = np.searchsorted(bounds, rows, side="right") - 1
+        for shard in np.unique(shard_of):
+            picked = np.flatnonzero(shard_of == shard)
+            local = rows[picked] - bounds[shard]
+            order = np.argsort(local, kind="stable")
+            unique, inverse = np.unique(local[order], return_inverse=True)
+            path = self.root / self._shards(kind)[shard]["path"]
+            try:
+                with h5py.File(path, "r") as f:
+                    block = f["features"][unique]  # h5py wants increasing, unique indices
+            except (OSError, KeyError) as e:
+                raise StoreError(f"{path}: unreadable or truncated ({e}); rerun xel-precompute") from e
+            out[picked[order]] = block[inverse]
+        return out
+
     def records(self, name: str) -> list[dict[str, Any]]:
         """The validated input records ``name`` (``mentions``, ``kb`` or ``text``) the store was built from."""
         if name not in RECORD_FILES:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,19 @@ def build_lang_index(
     vectors: np.ndarray, factory: str, *, lang: str = "?", seed: int = 0, train_rows: int | None = None
 ) -> faiss.Index:
     """Train (on a seeded sample) and fill an index over unit ``vectors`` [n, D] float32."""
-    index = make_index(factory, vectors.shape[1])
-    n = vectors.shape[0]
+    index = trained_index(factory, vectors.shape[1], len(vectors), lambda rows: vectors[rows], lang=lang, seed=seed,
+                          train_rows=train_rows)
+    index.add(vectors)
+    return index
+
+
+def trained_index(
+    factory: str, dim: int, n: int, sample: Callable[[np.ndarray], np.ndarray], *, lang: str = "?", seed: int = 0,
+    train_rows: int | None = None,
+) -> faiss.Index:
+    """An empty index, trained when its type needs it on a seeded sample of ``n`` rows: ``sample(rows)`` returns
+    the unit vectors of the given sorted row positions (all rows when the sample is the whole KB)."""
+    index = make_index(factory, dim)
     if not index.is_trained:
         minimum, recommended = training_requirements(index)
         if n < minimum:
@@ -119,14 +131,14 @@ def build_lang_index(
             log.warning("index %r for KB %r: training on %d rows, below the recommended %d", factory, lang,
                         sample_size, recommended)
         rng = np.random.default_rng(seed)
-        sample = vectors if sample_size == n else vectors[np.sort(rng.choice(n, sample_size, replace=False))]
+        picked = np.arange(n) if sample_size == n else np.sort(rng.choice(n, sample_size, replace=False))
+        sample_vectors = sample(picked)
         _set_kmeans_seed(index, seed)
         log.info("training %r for KB %r on %d of %d rows", factory, lang, sample_size, n)
         try:
-            index.train(np.ascontiguousarray(sample))
+            index.train(np.ascontiguousarray(sample_vectors, dtype=np.float32))
         except RuntimeError as e:
             raise RetrievalError(f"training {factory!r} on {sample_size} rows of KB {lang!r} failed: {e}") from None
-    index.add(vectors)
     return index
 
 
@@ -340,17 +352,56 @@ def _features_by_lang(store: Store, kind: str) -> tuple[dict[str, tuple[list[str
     return {lang: ([ids[r] for r in rows], vectors[rows]) for lang, rows in sorted(by_lang.items())}, vectors.shape[1]
 
 
+def unit_rows(store: Store, kind: str, rows: np.ndarray) -> np.ndarray:
+    """Unit float32 vectors of the given global rows of ``kind`` (``a+b``: both kinds' unit rows, concatenated and
+    normalised again), read from the store row by row."""
+    mats = [l2_normalise(store.read_rows(part, rows)) for part in kind.split("+")]
+    return l2_normalise(np.concatenate(mats, axis=1)) if len(mats) > 1 else mats[0]
+
+
+def iter_unit_chunks(store: Store, kind: str) -> Iterator[tuple[list[str], np.ndarray, list[str]]]:
+    """``(ids, unit float32 vectors, langs)`` shard by shard, each shard checksummed: one shard in memory."""
+    parts = kind.split("+")
+    for shards in zip(*(store.iter_shards(part) for part in parts)):
+        if any(s.ids != shards[0].ids for s in shards[1:]):
+            raise StoreError(f"{store.root}: kinds {parts} hold different ids; cannot concatenate")
+        mats = [l2_normalise(s.features) for s in shards]
+        yield shards[0].ids, l2_normalise(np.concatenate(mats, axis=1)) if len(mats) > 1 else mats[0], shards[0].langs
+
+
 def build_index(
     store: Store, out: str | os.PathLike, *, factory: str = "Flat", kind: str = "es", seed: int = 0,
     train_rows: int | None = None,
 ) -> EntityIndex:
-    """Build one index per KB language of ``store``'s ``kind`` features and save it under ``out``."""
+    """Build one index per KB language of ``store``'s ``kind`` features and save it under ``out``.
+
+    Bounded memory: the ids are read first; an index that needs training trains on a seeded sample read row by
+    row from the store; then the store is added one shard at a time. Beyond the index itself, memory holds one
+    shard and the training sample, so a KB larger than RAM can be indexed with a compressed index type."""
+    if kind not in FEATURE_KINDS:
+        raise RetrievalError(f"feature kind {kind!r}; allowed: {list(FEATURE_KINDS)}")
     out = Path(out)
-    by_lang, dim = _features_by_lang(store, kind)
+    ids, langs = store.load_ids(kind.split("+")[0])
+    if not ids:
+        raise RetrievalError(f"store {store.root} has no {kind!r} rows to index")
+    rows_of: dict[str, list[int]] = {}
+    for row, lang in enumerate(langs):
+        rows_of.setdefault(lang, []).append(row)
+    dim = store.dim * len(kind.split("+"))
     result = EntityIndex(out, {})
-    for lang, (lang_ids, vectors) in by_lang.items():
-        index = build_lang_index(vectors, factory, lang=lang, seed=seed, train_rows=train_rows)
-        result.langs[lang] = LangIndex(lang, index, lang_ids, row_digests(vectors))
+    for lang, rows in sorted(rows_of.items()):
+        positions = np.asarray(rows, dtype=np.int64)
+        index = trained_index(factory, dim, len(rows), lambda picked, p=positions: unit_rows(store, kind, p[picked]),
+                              lang=lang, seed=seed, train_rows=train_rows)
+        result.langs[lang] = LangIndex(lang, index, [], [])
+    for chunk_ids, vectors, chunk_langs in iter_unit_chunks(store, kind):
+        chunk_langs_arr = np.asarray(chunk_langs)
+        for lang in np.unique(chunk_langs_arr):
+            mask = chunk_langs_arr == lang
+            lang_index = result.langs[str(lang)]
+            lang_index.index.add(np.ascontiguousarray(vectors[mask]))
+            lang_index.ids.extend(i for i, m in zip(chunk_ids, mask) if m)
+            lang_index.digests.extend(row_digests(vectors[mask]))
     result.manifest = {
         "format_version": INDEX_FORMAT_VERSION, "factory": factory, "kind": kind, "dim": int(dim),
         "encoder_signature": store.encoder_signature(), "seed": seed, "train_rows": train_rows,
