@@ -217,6 +217,48 @@ class TorchExactSearcher:
 # ----------------------------------------------------------------------------------------------- index dir
 
 
+DEFAULT_RERANK = 4  # a compressed index returns RERANK x k candidates, re-ranked exactly against the store
+
+
+def is_compressed(factory: str) -> bool:
+    """True for factory strings whose codes lose precision (PQ, SQ, LSH, RaBitQ) and that carry no exact refine
+    stage of their own (``RFlat``, ``Refine(...)``)."""
+    parts = [p.strip() for p in factory.split(",")]
+    lossy = any(p.startswith(("PQ", "SQ", "LSH", "RaBitQ", "OPQ")) or ("PQ" in p and not p.startswith("IVF"))
+                for p in parts)
+    return lossy and not any(p.startswith(("RFlat", "Refine")) for p in parts)
+
+
+@dataclass
+class Reranker:
+    """Exact re-ranking of a compressed index's shortlist against the store's stored fp16 features."""
+
+    store: Store
+    kind: str
+    rows: np.ndarray  # the store row of each index label
+    factor: int = DEFAULT_RERANK
+    chunk: int = 256
+
+    def apply(self, queries: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        top = np.full((len(queries), k), -1, np.int64)
+        for start in range(0, len(queries), self.chunk):
+            q, lab = queries[start:start + self.chunk], labels[start:start + self.chunk]
+            valid = lab >= 0
+            unique = np.unique(lab[valid])
+            if len(unique) == 0:
+                continue
+            vectors = unit_rows(self.store, self.kind, self.rows[unique])
+            exact = np.einsum("qd,qkd->qk", q, vectors[np.searchsorted(unique, np.where(valid, lab, unique[0]))])
+            exact[~valid] = -np.inf
+            order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+            width = order.shape[1]
+            scores[start:start + len(q), :width] = np.take_along_axis(exact, order, axis=1)
+            picked = np.take_along_axis(lab, order, axis=1)
+            top[start:start + len(q), :width] = np.where(np.isfinite(scores[start:start + len(q), :width]), picked, -1)
+        return scores, top
+
+
 @dataclass
 class LangIndex:
     """One KB language's index and its row -> KB id map."""
@@ -226,6 +268,7 @@ class LangIndex:
     ids: list[str]
     digests: list[str] = field(default_factory=list)  # per row, for updates (row_digests); [] before format 3
     searcher: Any = None  # a TorchExactSearcher or a GPU copy, set by ``EntityIndex.to_device``
+    reranker: Reranker | None = None  # set by ``EntityIndex.attach_store`` for compressed index types
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
         """Top-``k`` ``(scores [n, <=k], kb ids)`` of unit ``queries``, best first (fewer if the KB is small)."""
@@ -239,7 +282,11 @@ class LangIndex:
         if len(queries) == 0:
             return np.zeros((0, 0), np.float32), []
         searcher = self.searcher if self.searcher is not None else self.index
-        scores, rows = searcher.search(queries, k)
+        if self.reranker is not None and self.reranker.factor > 1:
+            _, shortlist = searcher.search(queries, k * self.reranker.factor)
+            scores, rows = self.reranker.apply(queries, shortlist, k)
+        else:
+            scores, rows = searcher.search(queries, k)
         valid = rows >= 0
         width = int(valid.sum(axis=1).min())
         ids = [[self.ids[r] for r in row[:width]] for row in rows]
@@ -300,14 +347,32 @@ class EntityIndex:
             "name the KB with --kb-lang"
         )
 
+    def attach_store(self, store: Store, factor: int = DEFAULT_RERANK) -> None:
+        """For a compressed index type, re-rank each search's ``factor`` x k shortlist exactly against ``store``'s
+        fp16 features (read row by row), so that compression does not silently cost recall."""
+        if not is_compressed(self.manifest["factory"]):
+            return
+        ids, _ = store.load_ids(self.kind.split("+")[0])
+        position = {entity: row for row, entity in enumerate(ids)}
+        for lang_index in self.langs.values():
+            rows = np.fromiter((position[i] for i in lang_index.ids), dtype=np.int64, count=len(lang_index.ids))
+            lang_index.reranker = Reranker(store, self.kind, rows, factor)
+
     def set_search_params(self, params: str | None) -> None:
-        """Apply FAISS search parameters such as ``efSearch=128`` or ``nprobe=32,k_factor_rf=4`` to every index."""
+        """Apply FAISS search parameters such as ``efSearch=128`` or ``nprobe=32,k_factor_rf=4`` to every index;
+        ``rerank=N`` sets the shortlist factor of a compressed index's exact re-ranking (1: off)."""
         if not params:
             return
         space = faiss.ParameterSpace()
         for lang_index in self.langs.values():
             for item in params.split(","):
                 name, _, value = item.partition("=")
+                if name.strip() == "rerank":
+                    if not value.strip().isdigit() or int(value) < 1:
+                        raise RetrievalError(f"search parameter {item!r}: rerank takes an integer >= 1 (1: off)")
+                    if lang_index.reranker is not None:
+                        lang_index.reranker.factor = int(value)
+                    continue
                 try:
                     space.set_index_parameter(lang_index.index, name.strip(), float(value))
                 except (RuntimeError, ValueError) as e:
@@ -575,4 +640,5 @@ def open_index_and_store(index_path: str | os.PathLike, store_path: str | os.Pat
     index = load_index(index_path)
     store = open_store(store_path if store_path is not None else index.store_path())
     index.check_store(store)
+    index.attach_store(store)
     return index, store
