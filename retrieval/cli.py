@@ -368,3 +368,28 @@ def batch(index_dir, features, kb_lang, search_params, device, input_path, out, 
     search = SearchOptions(index_dir, features, kb_lang, search_params, device)
     n = _run(run_batch, BatchConfig(search, input_path, out, lang, k))
     click.echo(f"{n} queries -> {out}")
+
+
+@main.command(name="bench")
+@click.option("--features", required=True, type=click.Path(file_okay=False), help="store from xel-precompute")
+@click.option("--index", "factories", multiple=True,
+              default=("Flat", "HNSW32|efSearch=128", "IVF1024,PQ48|nprobe=64"), show_default=True,
+              help='factory string, optionally with search parameters: "IVF1024,PQ48|nprobe=64,rerank=4" (repeatable)')
+@click.option("--kind", type=click.Choice(list(FEATURE_KINDS)), default="es", show_default=True)
+@click.option("--queries", default=1000, show_default=True, callback=_positive, help="queries to search")
+@click.option("--k", default=10, show_default=True, callback=_positive)
+@click.option("--train-rows", type=int, default=None, callback=_positive, help="IVF/PQ training sample size")
+@click.option("--out", "out_json", type=click.Path(dir_okay=False), default=None, help="also write the rows as JSON")
+def bench(features, factories, kind, queries, k, train_rows, out_json) -> None:
+    """Recall@k against exact search, size, build time and latency of each index type on this store's KB."""
+    from retrieval.bench import format_bench, run_bench
+
+    def go(_):
+        return run_bench(open_store(features), list(factories), kind=kind, queries=queries, k=k,
+                         train_rows=train_rows)
+
+    rows, lang = _run(go, None)
+    click.echo(f"KB {lang!r} of {features}, {queries} queries, k={k}")
+    click.echo(format_bench(rows, k))
+    if out_json:
+        atomic_write_json(out_json, {"features": features, "lang": lang, "k": k, "rows": [r.as_dict() for r in rows]})

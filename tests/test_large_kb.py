@@ -94,3 +94,24 @@ def test_rerank_restores_exact_order_and_recall(tmp_path):
     index.set_search_params("rerank=4")
     _, default = index.langs["en"].search(queries, k)
     assert recall(default) >= recall(plain) and recall(default) > 0.9, (recall(plain), recall(default))
+
+
+def test_bench_command_reports_recall_against_exact_and_warns(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from retrieval.cli import main
+
+    random_store(tmp_path / "h5")
+    out = tmp_path / "bench.json"
+    r = CliRunner().invoke(main, ["bench", "--features", str(tmp_path / "h5"), "--index", "Flat",
+                                  "--index", "IVF8,PQ4|nprobe=8,rerank=1", "--index", "IVF8,PQ4|nprobe=8,rerank=60",
+                                  "--queries", "50", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = {(x["factory"], x["params"]): x for x in json.loads(out.read_text())["rows"]}
+    assert rows[("Flat", "")]["recall"] == 1.0
+    assert rows[("IVF8,PQ4", "nprobe=8,rerank=60")]["recall"] == 1.0  # the shortlist is the whole KB
+    assert rows[("IVF8,PQ4", "nprobe=8,rerank=1")]["recall"] < 0.99
+    assert "WARNING: IVF8,PQ4 nprobe=8,rerank=1: recall@10" in r.output
+    assert "WARNING: Flat" not in r.output and "recall@10" in r.output.splitlines()[1]

@@ -1,0 +1,126 @@
+"""``xel-nn bench``: what each index type costs and loses on a store's own KB, against exact search, in one run.
+
+For every ``--index`` factory string (optionally ``"STRING|params"``, e.g. ``"IVF1024,PQ48|nprobe=64,rerank=4"``)
+it builds the index over the largest KB language (timed), loads it as ``xel-nn`` would (compressed types re-rank
+their shortlist against the store), searches the queries in one batch (timed) and compares the top k with the
+exact top k. The exact answer is computed by streaming the store shard by shard (a brute-force matmul, never the
+whole table in memory). Queries are the store's mention features (``ms`` for an ``es`` index), else entity rows
+plus noise. Memory is reported as the index's bytes on disk and the process's peak RSS (``VmHWM``) after the
+run, which is cumulative: run one factory per process to compare peaks.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from precompute.store import Store
+from retrieval.index import FEATURE_KINDS, build_index, iter_unit_chunks, open_index_and_store, unit_rows
+
+log = logging.getLogger(__name__)
+RECALL_WARNING = 0.01  # warn when recall@10 falls this far below exact search (whose recall is 1)
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    factory: str
+    params: str
+    build_s: float
+    bytes: int
+    ms_per_query: float
+    queries_per_s: float
+    recall: float
+    peak_rss_mb: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_queries(store: Store, kind: str, lang_rows: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Unit query vectors: the first ``n`` mention rows of the query kind, else KB rows plus Gaussian noise."""
+    query_kind = FEATURE_KINDS[kind]
+    if all(part in store.kinds for part in query_kind.split("+")) and store.count(query_kind.split("+")[0]):
+        rows = np.arange(min(n, store.count(query_kind.split("+")[0])))
+        return unit_rows(store, query_kind, rows)
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(lang_rows, size=min(n, len(lang_rows)), replace=False))
+    base = unit_rows(store, kind, picked)
+    noisy = base + rng.normal(scale=0.5 / np.sqrt(base.shape[1]), size=base.shape).astype(np.float32)
+    return noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+
+
+def exact_topk(store: Store, kind: str, lang: str, queries: np.ndarray, k: int) -> list[list[str]]:
+    """The exact top-``k`` KB ids of ``lang`` for each query, streaming the store one shard at a time."""
+    best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+    best_ids = np.zeros((len(queries), 0), dtype=object)
+    for ids, vectors, langs in iter_unit_chunks(store, kind):
+        mask = np.asarray(langs) == lang
+        if not mask.any():
+            continue
+        scores = queries @ vectors[mask].T
+        chunk_ids = np.asarray(ids, dtype=object)[mask]
+        all_scores = np.concatenate([best_scores, scores], axis=1)
+        all_ids = np.concatenate([best_ids, np.broadcast_to(chunk_ids, scores.shape)], axis=1)
+        order = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
+        best_scores = np.take_along_axis(all_scores, order, axis=1)
+        best_ids = np.take_along_axis(all_ids, order, axis=1)
+    return [list(row) for row in best_ids]
+
+
+def run_bench(store: Store, factories: list[str], *, kind: str = "es", queries: int = 1000, k: int = 10,
+              seed: int = 0, train_rows: int | None = None) -> tuple[list[BenchRow], str]:
+    """One :class:`BenchRow` per factory string, and the KB language measured."""
+    ids, langs = store.load_ids(kind.split("+")[0])
+    counts: dict[str, int] = {}
+    for lang in langs:
+        counts[lang] = counts.get(lang, 0) + 1
+    lang = max(sorted(counts), key=lambda x: counts[x])
+    lang_rows = np.flatnonzero(np.asarray(langs) == lang)
+    q = bench_queries(store, kind, lang_rows, queries, seed)
+    t0 = time.perf_counter()
+    truth = exact_topk(store, kind, lang, q, k)
+    log.info("exact top-%d of %d queries over %d entities in %.1f s", k, len(q), len(lang_rows),
+             time.perf_counter() - t0)
+    rows = []
+    for spec in factories:
+        factory, _, params = spec.partition("|")
+        with tempfile.TemporaryDirectory(prefix="xel-nn-bench-") as tmp:
+            t0 = time.perf_counter()
+            build_index(store, Path(tmp) / "index", factory=factory, kind=kind, seed=seed, train_rows=train_rows)
+            build_s = time.perf_counter() - t0
+            size = sum(p.stat().st_size for p in (Path(tmp) / "index").glob(f"index-{lang}.faiss"))
+            index, _ = open_index_and_store(Path(tmp) / "index", store.root)
+            index.set_search_params(params or None)
+            t0 = time.perf_counter()
+            _, got = index.langs[lang].search(q, k)
+            search_s = time.perf_counter() - t0
+        recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got, truth)]))
+        rows.append(BenchRow(factory, params, build_s, size, 1000 * search_s / len(q), len(q) / search_s, recall,
+                             peak_rss_mb()))
+    return rows, lang
+
+
+def format_bench(rows: list[BenchRow], k: int) -> str:
+    lines = [f"{'index':<28} {'params':<22} {'build s':>8} {'MB':>9} {'ms/query':>9} {'queries/s':>10} "
+             f"{f'recall@{k}':>10} {'peak RSS MB':>12}"]
+    for r in rows:
+        lines.append(f"{r.factory:<28} {r.params or '-':<22} {r.build_s:>8.1f} {r.bytes / 2**20:>9.1f} "
+                     f"{r.ms_per_query:>9.3f} {r.queries_per_s:>10,.0f} {r.recall:>10.4f} {r.peak_rss_mb:>12,.0f}")
+    for r in rows:
+        if r.recall < 1.0 - RECALL_WARNING:
+            lines.append(f"WARNING: {r.factory} {r.params}: recall@{k} {r.recall:.4f} is more than "
+                         f"{RECALL_WARNING} below exact search; raise nprobe/efSearch/rerank or use a larger code")
+    return "\n".join(lines)
