@@ -62,22 +62,32 @@ def bench_queries(store: Store, kind: str, lang_rows: np.ndarray, n: int, seed: 
     return noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
 
 
-def exact_topk(store: Store, kind: str, lang: str, queries: np.ndarray, k: int) -> list[list[str]]:
-    """The exact top-``k`` KB ids of ``lang`` for each query, streaming the store one shard at a time."""
+def exact_topk(store: Store, kind: str, lang: str, queries: np.ndarray, k: int,
+               block: int = 2048) -> list[list[str]]:
+    """The exact top-``k`` KB ids of ``lang`` for each query, streaming the store one shard at a time (and the
+    queries ``block`` at a time, so a shard's score matrix stays small)."""
     best_scores = np.full((len(queries), 0), -np.inf, np.float32)
-    best_ids = np.zeros((len(queries), 0), dtype=object)
+    best_rows = np.zeros((len(queries), 0), dtype=np.int64)
+    all_ids: list[str] = []
     for ids, vectors, langs in iter_unit_chunks(store, kind):
         mask = np.asarray(langs) == lang
         if not mask.any():
             continue
-        scores = queries @ vectors[mask].T
-        chunk_ids = np.asarray(ids, dtype=object)[mask]
-        all_scores = np.concatenate([best_scores, scores], axis=1)
-        all_ids = np.concatenate([best_ids, np.broadcast_to(chunk_ids, scores.shape)], axis=1)
-        order = np.argsort(-all_scores, axis=1, kind="stable")[:, :k]
-        best_scores = np.take_along_axis(all_scores, order, axis=1)
-        best_ids = np.take_along_axis(all_ids, order, axis=1)
-    return [list(row) for row in best_ids]
+        offset = len(all_ids)
+        all_ids.extend(i for i, m in zip(ids, mask) if m)
+        vectors = vectors[mask]
+        merged_scores, merged_rows = [], []
+        for start in range(0, len(queries), block):
+            scores = queries[start:start + block] @ vectors.T
+            cand_scores = np.concatenate([best_scores[start:start + block], scores], axis=1)
+            cand_rows = np.concatenate([best_rows[start:start + block],
+                                        np.broadcast_to(np.arange(offset, offset + len(vectors)), scores.shape)],
+                                       axis=1)
+            order = np.argsort(-cand_scores, axis=1, kind="stable")[:, :k]
+            merged_scores.append(np.take_along_axis(cand_scores, order, axis=1))
+            merged_rows.append(np.take_along_axis(cand_rows, order, axis=1))
+        best_scores, best_rows = np.concatenate(merged_scores), np.concatenate(merged_rows)
+    return [[all_ids[r] for r in row] for row in best_rows]
 
 
 def run_bench(store: Store, factories: list[str], *, kind: str = "es", queries: int = 1000, k: int = 10,

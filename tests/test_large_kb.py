@@ -115,3 +115,14 @@ def test_bench_command_reports_recall_against_exact_and_warns(tmp_path):
     assert rows[("IVF8,PQ4", "nprobe=8,rerank=1")]["recall"] < 0.99
     assert "WARNING: IVF8,PQ4 nprobe=8,rerank=1: recall@10" in r.output
     assert "WARNING: Flat" not in r.output and "recall@10" in r.output.splitlines()[1]
+
+
+def test_streamed_exact_topk_equals_brute_force(tmp_path):
+    from retrieval.bench import exact_topk
+
+    store = random_store(tmp_path / "h5", langs=("en", "de"))
+    ids, vectors, langs = load_features(store, "es")
+    queries = l2_normalise(np.random.default_rng(3).normal(size=(23, DIM)))
+    rows = [r for r, x in enumerate(langs) if x == "de"]
+    want = np.argsort(-(queries @ vectors[rows].T), axis=1, kind="stable")[:, :10]
+    assert exact_topk(store, "es", "de", queries, 10, block=7) == [[ids[rows[j]] for j in row] for row in want]
