@@ -1,6 +1,7 @@
 """``xel-nn``: build FAISS indexes, query them, generate candidates, and evaluate the nearest-neighbour baseline.
 
-    xel-nn build --features h5/ --out index/ [--index HNSW32] [--kind es]
+    xel-nn build --features h5/ --out index/ [--index HNSW32] [--kind es] [--update]
+    xel-nn bench --features h5/ [--index "IVF1024,PQ48|nprobe=64"] [--queries 1000]
     xel-nn query --index index/ [--lang es] [--context "..."] [--k 10] "Senado"
     xel-nn batch --index index/ --in queries.jsonl --out results.jsonl
     xel-nn candidates --features h5/ --index index/ --out DIR [--k 30]
