@@ -18,7 +18,8 @@ import logging
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -227,33 +228,47 @@ class MentionVectors:
     mentions: list[MentionRef]
     vectors: np.ndarray
     entity_row: dict[str, int]
-    entity_vectors: np.ndarray
+    store: Any
+    kind: str
+    cache: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def prefetch(self, kb_ids: Iterable[str]) -> None:
+        """Read the unit vectors of ``kb_ids`` from the store in one batch of row reads: only the entities that
+        are candidates of some mention enter memory, never the whole KB table."""
+        from retrieval.index import unit_rows
+
+        wanted = sorted({kb for kb in kb_ids if kb not in self.cache})
+        if not wanted:
+            return
+        vectors = unit_rows(self.store, self.kind, np.asarray([self.entity_row[kb] for kb in wanted]))
+        self.cache.update(zip(wanted, vectors))
 
     def entity(self, kb_id: str) -> np.ndarray:
-        return self.entity_vectors[self.entity_row[kb_id]]
+        if kb_id not in self.cache:
+            self.prefetch([kb_id])
+        return self.cache[kb_id]
 
 
 def load_mention_vectors(store, index, langs: Sequence[str] | None = None) -> MentionVectors:
     """The store's mentions (optionally only ``langs``) with query vectors; entity rows checked against the index."""
-    from retrieval.index import load_features
+    from retrieval.index import unit_rows
 
     records = store.records("mentions")
     if not records:
         raise StoreError(f"{store.root}: no inputs/mentions.jsonl; the store holds no mention records")
     if langs:
         records = [r for r in records if r["lang"] in set(langs)]
-    mids, mvecs, _ = load_features(store, index.query_kind)
+    mids, _ = store.load_ids(index.query_kind.split("+")[0])
     row = {m: i for i, m in enumerate(mids)}
     missing = [r["id"] for r in records if r["id"] not in row]
     if missing:
         raise StoreError(f"{store.root}: mention {missing[0]!r} has no {index.query_kind!r} features")
-    eids, evecs, elangs = load_features(store, index.kind)
+    mvecs = unit_rows(store, index.query_kind, np.asarray([row[r["id"]] for r in records], dtype=np.int64))
+    eids, elangs = store.load_ids(index.kind.split("+")[0])
     for lang in index.langs:
         index.check_ids(lang, [e for e, el in zip(eids, elangs) if el == lang])
-    return MentionVectors(
-        [MentionRef.from_record(r) for r in records], mvecs[[row[r["id"]] for r in records]],
-        {e: i for i, e in enumerate(eids)}, evecs,
-    )
+    return MentionVectors([MentionRef.from_record(r) for r in records], mvecs, {e: i for i, e in enumerate(eids)},
+                          store, index.kind)
 
 
 def dense_search(
@@ -301,6 +316,7 @@ def generate_candidates(
     kb_langs, dense = dense_search(data, index, max(k, dense_k), kb_lang)
     matchers = {lang: NameMatcher(r for r in kb_records if r["lang"] == lang) for lang in set(kb_langs)}
     kb_ids = {lang: frozenset(r["id"] for r in kb_records if r["lang"] == lang) for lang in set(kb_langs)}
+    data.prefetch(kb for m in data.mentions if m.given is not None for kb in m.given)
     priors, merged = [], []
     for i, m in enumerate(data.mentions):
         p = prior_candidates(m, prior, matchers[kb_langs[i]], kb_ids[kb_langs[i]])

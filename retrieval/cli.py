@@ -202,17 +202,18 @@ def run_eval(cfg: EvalConfig) -> str:
         langs=cfg.langs or None,
     )
     from_file = read_candidates(cfg.candidates) if cfg.candidates else None
-    preds = []
+    lists = []
     for i, m in enumerate(cands.mentions):
         if from_file is not None:
             if m.id not in from_file:
                 raise CandidatesError(f"{cfg.candidates}: no line for mention {m.id!r}; regenerate the file")
-            ids = [kb for kb, _, _ in from_file[m.id]]
+            lists.append([kb for kb, _, _ in from_file[m.id]])
         elif m.given is not None:
-            ids = list(m.given)
+            lists.append(list(m.given))
         else:
-            ids = [kb for kb, _ in cands.dense[i][: cfg.k]]
-        preds.append(nn_link(cands.data.vectors[i], ids, cands.data.entity, cfg.threshold))
+            lists.append([kb for kb, _ in cands.dense[i][: cfg.k]])
+    cands.data.prefetch(kb for ids in lists for kb in ids)  # one batch of row reads for every candidate
+    preds = [nn_link(cands.data.vectors[i], ids, cands.data.entity, cfg.threshold) for i, ids in enumerate(lists)]
     out.mkdir(parents=True, exist_ok=True)  # only once every input has been read and checked
     write_predictions(out / "predictions.jsonl", ((m.id, p.pred, p.score, p.candidates)
                                                   for m, p in zip(cands.mentions, preds)))
