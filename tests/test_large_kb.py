@@ -126,3 +126,25 @@ def test_streamed_exact_topk_equals_brute_force(tmp_path):
     rows = [r for r, x in enumerate(langs) if x == "de"]
     want = np.argsort(-(queries @ vectors[rows].T), axis=1, kind="stable")[:, :10]
     assert exact_topk(store, "es", "de", queries, 10, block=7) == [[ids[rows[j]] for j in row] for row in want]
+
+
+def test_build_candidates_and_eval_never_load_a_whole_table(tmp_path, monkeypatch):
+    """Store.load reads all rows of a kind; the linking path must get by with ids, shards and row reads."""
+    from click.testing import CliRunner
+
+    from precompute.store import Store
+    from retrieval.cli import main
+
+    random_store(tmp_path / "h5")
+
+    def refuse(self, kind):
+        raise AssertionError(f"Store.load({kind!r}) read a whole [N, D] table")
+
+    monkeypatch.setattr(Store, "load", refuse)
+    runner = CliRunner()
+    for args in (["build", "--features", tmp_path / "h5", "--out", tmp_path / "index", "--index", "IVF8,PQ4",
+                  "--train-rows", "600"],
+                 ["candidates", "--index", tmp_path / "index", "--out", tmp_path / "cands", "--k", "5"],
+                 ["eval", "--index", tmp_path / "index", "--out", tmp_path / "eval", "--k", "5"]):
+        r = runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
