@@ -146,7 +146,7 @@ def run_build(cfg: BuildConfig) -> tuple[EntityIndex, dict[str, dict] | None]:
                              "--overwrite builds a new one)")
     old = None
     if cfg.update:
-        old = load_index(out)
+        old = load_index(out, mmap=False)  # edited in memory, written anew
         if (cfg.index, cfg.kind) != (old.manifest["factory"], old.manifest["kind"]):
             raise RetrievalError(
                 f"--update: the index in {out} is {old.manifest['factory']!r} over {old.manifest['kind']!r}, this "

@@ -505,7 +505,8 @@ def update_index(index: EntityIndex, store: Store, out: str | os.PathLike) -> di
     rows are deleted, which keeps the others in order, and the new and changed rows appended, the id map edited
     the same way); ``re-added`` (IVF: the trained quantizer and codes are kept, the lists emptied and every row
     added again); ``rebuilt`` (HNSW and other types FAISS cannot delete from: trained and filled anew, as
-    ``xel-nn build`` would). A search result's id is the same as a from-scratch index's in every case."""
+    ``xel-nn build`` would). A search result's id is the same as a from-scratch index's in every case.
+    ``index`` is edited, so it must be loaded with ``load_index(..., mmap=False)``."""
     index.check_store(store)
     factory, seed = index.manifest["factory"], index.manifest.get("seed", 0)
     train_rows = index.manifest.get("train_rows")
@@ -560,8 +561,13 @@ def update_index(index: EntityIndex, store: Store, out: str | os.PathLike) -> di
     return report
 
 
-def load_index(path: str | os.PathLike, store: Store | None = None) -> EntityIndex:
-    """Load an index directory; with ``store``, refuse it unless it was built with the same encoder."""
+def load_index(path: str | os.PathLike, store: Store | None = None, mmap: bool = True) -> EntityIndex:
+    """Load an index directory; with ``store``, refuse it unless it was built with the same encoder.
+
+    With ``mmap`` (the default) each index file is memory-mapped read-only (FAISS ``IO_FLAG_MMAP_IFC``) after its
+    sha256 is checked by streaming it: its codes stay in the page cache, which the OS can evict, instead of
+    private memory (a 460 MB Flat index: 0 MB private, 440 MB file-backed after a search). An index to be
+    modified (``xel-nn build --update``) is read into memory instead."""
     root = Path(path)
     manifest_path = root / INDEX_MANIFEST
     if not manifest_path.is_file():
@@ -589,10 +595,10 @@ def load_index(path: str | os.PathLike, store: Store | None = None) -> EntityInd
         result.check_store(store)
     for lang, info in manifest["langs"].items():
         index_path, ids_path = root / f"index-{lang}.faiss", root / f"ids-{lang}.json"
-        index_bytes = _read_verified(index_path, info.get("index_file_sha256"), root, manifest)
+        _verify_file(index_path, info.get("index_file_sha256"), root, manifest)
         ids_bytes = _read_verified(ids_path, info.get("ids_file_sha256"), root, manifest)
         try:
-            index = faiss.deserialize_index(np.frombuffer(index_bytes, dtype=np.uint8))
+            index = _read_faiss(index_path, mmap)
             ids = json.loads(ids_bytes.decode("utf-8"))
         except (RuntimeError, ValueError) as e:
             hint = _rebuild_hint(root, manifest)
@@ -619,19 +625,36 @@ def _rebuild_hint(root: Path, manifest: dict[str, Any]) -> str:
             f"--kind {manifest.get('kind', 'es')} --overwrite")
 
 
+def _read_faiss(path: Path, mmap: bool) -> faiss.Index:
+    if mmap:
+        try:
+            return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError as e:  # an index type FAISS cannot map: read it into memory
+            log.debug("%s: not memory-mapped (%s)", path, e)
+    return faiss.read_index(str(path))
+
+
 def _read_verified(path: Path, sha256: str | None, root: Path, manifest: dict[str, Any]) -> bytes:
     """The bytes of ``path``, refused when missing or when their sha256 differs from the manifest's."""
+    _verify_file(path, sha256, root, manifest)
+    return path.read_bytes()
+
+
+def _verify_file(path: Path, sha256: str | None, root: Path, manifest: dict[str, Any]) -> None:
+    """Refuse ``path`` when missing or when its sha256 (read in 1 MB blocks) differs from the manifest's."""
     if not path.is_file():
         raise RetrievalError(f"{path}: listed in {root / INDEX_MANIFEST} but missing; {_rebuild_hint(root, manifest)}")
-    data = path.read_bytes()
     if manifest["format_version"] >= 2:
-        got = hashlib.sha256(data).hexdigest()
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        got = digest.hexdigest()
         if got != sha256:
             raise RetrievalError(
                 f"{path}: sha256 {got[:12]}... differs from {str(sha256)[:12]}... recorded in {root / INDEX_MANIFEST} "
                 f"(the file is truncated, corrupted or was changed after the build); {_rebuild_hint(root, manifest)}"
             )
-    return data
 
 
 def open_index_and_store(index_path: str | os.PathLike, store_path: str | os.PathLike | None = None

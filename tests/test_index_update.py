@@ -77,7 +77,7 @@ def test_after_any_sequence_of_updates_results_equal_a_fresh_index(factory, how,
     for step in range(4):
         before, entities = entities, mutate(entities, rng, step)
         store = write_store(tmp_path / "h5", entities)
-        report = update_index(load_index(tmp_path / "index"), store, tmp_path / "index")
+        report = update_index(load_index(tmp_path / "index", mmap=False), store, tmp_path / "index")
         new_or_changed = sum(1 for i, (lang, v) in entities.items()
                              if lang == "en" and (i not in before or not np.array_equal(before[i][1], v)))
         deleted_or_changed = sum(1 for i, (lang, v) in before.items()
@@ -109,12 +109,12 @@ def test_flat_update_deletes_and_appends_rather_than_rebuilding(tmp_path):
     entities["Q7"] = ("en", rng.normal(size=DIM).astype(np.float16))
     entities["NEW"] = ("en", rng.normal(size=DIM).astype(np.float16))
     store = write_store(tmp_path / "h5", entities)
-    report = update_index(load_index(tmp_path / "index"), store, tmp_path / "index")
+    report = update_index(load_index(tmp_path / "index", mmap=False), store, tmp_path / "index")
     assert report["en"] == {"how": "in place", "added": 2, "removed": 2}
     ids = load_index(tmp_path / "index").langs["en"].ids
     # the kept rows stay in their order, the changed and new ones come last
     assert ids == [f"Q{i}" for i in range(50) if i not in (3, 7)] + ["Q7", "NEW"]
-    unchanged = update_index(load_index(tmp_path / "index"), store, tmp_path / "index")
+    unchanged = update_index(load_index(tmp_path / "index", mmap=False), store, tmp_path / "index")
     assert unchanged["en"]["how"] == "unchanged"
 
 

@@ -148,3 +148,23 @@ def test_build_candidates_and_eval_never_load_a_whole_table(tmp_path, monkeypatc
                  ["eval", "--index", tmp_path / "index", "--out", tmp_path / "eval", "--k", "5"]):
         r = runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
         assert r.exit_code == 0, r.output
+
+
+def test_memory_mapped_index_searches_like_a_loaded_one_and_survives_a_rebuild(tmp_path):
+    from click.testing import CliRunner
+
+    from retrieval.cli import main
+    from retrieval.index import load_index
+
+    store = random_store(tmp_path / "h5")
+    build_index(store, tmp_path / "index", factory="Flat")
+    queries = l2_normalise(store.load("ms")[1])
+    mapped, loaded = load_index(tmp_path / "index"), load_index(tmp_path / "index", mmap=False)
+    want = loaded.langs["en"].search(queries, 10)
+    got = mapped.langs["en"].search(queries, 10)
+    assert got[1] == want[1] and np.array_equal(got[0], want[0])
+    random_store(tmp_path / "h5b", seed=5)  # a rebuild replaces the files (new inodes) under the mapped index
+    r = CliRunner().invoke(main, ["build", "--features", str(tmp_path / "h5b"), "--out", str(tmp_path / "index"),
+                                  "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert mapped.langs["en"].search(queries, 10)[1] == want[1]
