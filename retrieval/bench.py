@@ -79,10 +79,13 @@ def exact_topk(store: Store, kind: str, lang: str, queries: np.ndarray, k: int,
         merged_scores, merged_rows = [], []
         for start in range(0, len(queries), block):
             scores = queries[start:start + block] @ vectors.T
+            if scores.shape[1] > k:  # the chunk's own top k first (linear time), then merge with the best so far
+                top = np.sort(np.argpartition(-scores, k - 1, axis=1)[:, :k], axis=1)
+                scores, local = np.take_along_axis(scores, top, axis=1), top + offset
+            else:
+                local = np.broadcast_to(np.arange(offset, offset + scores.shape[1]), scores.shape)
             cand_scores = np.concatenate([best_scores[start:start + block], scores], axis=1)
-            cand_rows = np.concatenate([best_rows[start:start + block],
-                                        np.broadcast_to(np.arange(offset, offset + len(vectors)), scores.shape)],
-                                       axis=1)
+            cand_rows = np.concatenate([best_rows[start:start + block], local], axis=1)
             order = np.argsort(-cand_scores, axis=1, kind="stable")[:, :k]
             merged_scores.append(np.take_along_axis(cand_scores, order, axis=1))
             merged_rows.append(np.take_along_axis(cand_rows, order, axis=1))
