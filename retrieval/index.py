@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -479,24 +480,44 @@ def save_index(result: EntityIndex, store: Store, out: Path) -> None:
     """Write every language's index, ids and digests, then ``manifest.json`` (last), under ``out``."""
     lang_info: dict[str, Any] = {}
     for lang, lang_index in sorted(result.langs.items()):
-        data = faiss.serialize_index(lang_index.index).tobytes()
+        size, index_sha256 = write_faiss(lang_index.index, out / f"index-{lang}.faiss")
         ids_json = (json.dumps(lang_index.ids, ensure_ascii=False) + "\n").encode("utf-8")
         digests_json = (json.dumps(lang_index.digests) + "\n").encode("utf-8")
-        atomic_write_bytes(out / f"index-{lang}.faiss", data)
         atomic_write_bytes(out / f"ids-{lang}.json", ids_json)
         atomic_write_bytes(out / f"digests-{lang}.json", digests_json)
         lang_info[lang] = {
-            "rows": len(lang_index.ids), "bytes": len(data), "ids_sha256": ids_digest(lang_index.ids),
+            "rows": len(lang_index.ids), "bytes": size, "ids_sha256": ids_digest(lang_index.ids),
             "ids_set_sha256": ids_digest(sorted(lang_index.ids)),
-            "index_file_sha256": hashlib.sha256(data).hexdigest(),
+            "index_file_sha256": index_sha256,
             "ids_file_sha256": hashlib.sha256(ids_json).hexdigest(),
             "digests_file_sha256": hashlib.sha256(digests_json).hexdigest(),
         }
         log.info("KB %r: %d entities indexed with %r (%d bytes)", lang, len(lang_index.ids),
-                 result.manifest["factory"], len(data))
+                 result.manifest["factory"], size)
     result.manifest = {**result.manifest, "store": os.path.relpath(Path(store.root).resolve(), out.resolve()),
                        "langs": lang_info}
     atomic_write_json(out / INDEX_MANIFEST, result.manifest)
+
+
+def write_faiss(index: faiss.Index, path: Path) -> tuple[int, str]:
+    """Write ``index`` to ``path`` atomically, straight from FAISS to a temp file (no in-memory copy of the
+    serialised index, which for a large KB would double the memory of the build); return (bytes, sha256)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        faiss.write_index(index, tmp)
+        digest = hashlib.sha256()
+        with open(tmp, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+            os.fsync(f.fileno())
+        size = os.path.getsize(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return size, digest.hexdigest()
 
 
 def update_index(index: EntityIndex, store: Store, out: str | os.PathLike) -> dict[str, dict[str, Any]]:
