@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from precompute.store import file_sha256
+
 log = logging.getLogger(__name__)
 
 # RoBERTa-style models number positions from padding_idx + 1, so two position rows are not usable.
@@ -103,14 +105,6 @@ class EncodeStats:
         return 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def encoder_identity(model_dir: str | Path) -> dict[str, Any]:
     """Name and content hashes of a Hugging Face model directory; ``fingerprint`` summarises them."""
     model_dir = Path(model_dir)
@@ -131,9 +125,9 @@ def encoder_identity(model_dir: str | Path) -> dict[str, Any]:
         "name": model_dir.resolve().name,
         "model_type": config.get("model_type"),
         "hidden_size": config.get("hidden_size"),
-        "config_sha256": _sha256_file(config_file),
-        "weights_sha256": _sha256_file(weights[0]),
-        "tokenizer_sha256": _sha256_file(tokenizer_file),
+        "config_sha256": file_sha256(config_file),
+        "weights_sha256": file_sha256(weights[0]),
+        "tokenizer_sha256": file_sha256(tokenizer_file),
     }
     ident["fingerprint"] = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
     return ident

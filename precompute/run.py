@@ -53,6 +53,7 @@ from precompute.store import (  # noqa: E402
     RUN_CONFIG,
     atomic_write_bytes,
     atomic_write_json,
+    file_sha256,
     read_row_hashes,
     shard_is_complete,
     shard_path,
@@ -118,10 +119,6 @@ def build_items(inputs: Inputs, kind: str) -> list[EncodeItem]:
     if kind == "text":
         return [entity_item(t.id, t.lang, t.text) for t in inputs.text]
     raise ValueError(f"unknown kind {kind!r}; allowed: {list(KINDS)}")
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def resolved_settings(cfg: PrecomputeConfig, encoder: dict[str, Any]) -> dict[str, Any]:
@@ -326,7 +323,7 @@ def run(cfg: PrecomputeConfig) -> dict[str, Any]:
     cfg = dataclasses.replace(cfg, kinds=kinds, dtype=dtype)
     encoder = encoder_identity(cfg.model)
     settings = resolved_settings(cfg, encoder)
-    input_hashes = {name: _file_sha256(path) for name, path in inputs.files.items()}
+    input_hashes = {name: file_sha256(path) for name, path in inputs.files.items()}
     prepare_out_dir(cfg.out, {"settings": settings, "encoder": encoder, "config": cfg.to_json()})
     write_input_copies(cfg.out, inputs)
 

@@ -76,6 +76,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, read in 4 MB blocks (bounded memory for any file size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
     """Move the finished directory ``tmp`` to ``out`` (a sibling), replacing whatever ``out`` held: the old one
     is set aside first and removed after the swap, so ``out`` is never half old, half new."""

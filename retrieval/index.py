@@ -25,7 +25,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from precompute.store import Store, StoreError, atomic_write_bytes, atomic_write_json, open_store
+from precompute.store import Store, StoreError, atomic_write_bytes, atomic_write_json, file_sha256, open_store
 
 log = logging.getLogger(__name__)
 
@@ -507,17 +507,14 @@ def write_faiss(index: faiss.Index, path: Path) -> tuple[int, str]:
     os.close(fd)
     try:
         faiss.write_index(index, tmp)
-        digest = hashlib.sha256()
         with open(tmp, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
             os.fsync(f.fileno())
-        size = os.path.getsize(tmp)
+        sha256, size = file_sha256(tmp), os.path.getsize(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return size, digest.hexdigest()
+    return size, sha256
 
 
 def update_index(index: EntityIndex, store: Store, out: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -662,15 +659,11 @@ def _read_verified(path: Path, sha256: str | None, root: Path, manifest: dict[st
 
 
 def _verify_file(path: Path, sha256: str | None, root: Path, manifest: dict[str, Any]) -> None:
-    """Refuse ``path`` when missing or when its sha256 (read in 1 MB blocks) differs from the manifest's."""
+    """Refuse ``path`` when missing or when its sha256 (streamed) differs from the manifest's."""
     if not path.is_file():
         raise RetrievalError(f"{path}: listed in {root / INDEX_MANIFEST} but missing; {_rebuild_hint(root, manifest)}")
     if manifest["format_version"] >= 2:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        got = digest.hexdigest()
+        got = file_sha256(path)
         if got != sha256:
             raise RetrievalError(
                 f"{path}: sha256 {got[:12]}... differs from {str(sha256)[:12]}... recorded in {root / INDEX_MANIFEST} "
