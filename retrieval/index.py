@@ -494,8 +494,8 @@ def save_index(result: EntityIndex, store: Store, out: Path) -> None:
         }
         log.info("KB %r: %d entities indexed with %r (%d bytes)", lang, len(lang_index.ids),
                  result.manifest["factory"], size)
-    result.manifest = {**result.manifest, "store": os.path.relpath(Path(store.root).resolve(), out.resolve()),
-                       "langs": lang_info}
+    result.manifest = {**result.manifest, "format_version": INDEX_FORMAT_VERSION,
+                       "store": os.path.relpath(Path(store.root).resolve(), out.resolve()), "langs": lang_info}
     atomic_write_json(out / INDEX_MANIFEST, result.manifest)
 
 

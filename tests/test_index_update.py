@@ -136,3 +136,23 @@ def test_cli_update_reports_per_kb_and_refuses_a_different_factory(tmp_path):
     assert r.exit_code != 0 and "--update and --overwrite: pick one" in r.output
     manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
     assert manifest["langs"]["en"]["rows"] == 31 and "digests_file_sha256" in manifest["langs"]["en"]
+
+
+def test_an_index_from_before_row_digests_is_rebuilt_and_upgraded(tmp_path):
+    from retrieval.index import INDEX_FORMAT_VERSION
+
+    rng = np.random.default_rng(3)
+    entities = {f"Q{i}": ("en", rng.normal(size=DIM).astype(np.float16)) for i in range(30)}
+    store = write_store(tmp_path / "h5", entities)
+    build_index(store, tmp_path / "index")
+    manifest_path = tmp_path / "index" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())  # as format 2 wrote it: no digests
+    manifest["format_version"] = 2
+    for info in manifest["langs"].values():
+        info.pop("digests_file_sha256"), info.pop("ids_set_sha256")
+    manifest_path.write_text(json.dumps(manifest))
+    report = update_index(load_index(tmp_path / "index", mmap=False), store, tmp_path / "index")
+    assert report["en"]["how"] == "built (the index predates row digests)"
+    upgraded = json.loads(manifest_path.read_text())
+    assert upgraded["format_version"] == INDEX_FORMAT_VERSION and "digests_file_sha256" in upgraded["langs"]["en"]
+
