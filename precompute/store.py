@@ -85,6 +85,21 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def check_out_dir(out: str | os.PathLike, marker: str, what: str, error: type[Exception] = ValueError) -> bool:
+    """An output directory must be new, empty, or hold ``marker`` (it is ``what``, written by this command
+    before); anything else raises ``error`` naming what it holds. Returns whether ``marker`` is there."""
+    out = Path(out)
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise error(f"--out {out}: is a file; a directory (new, empty, or {what}) is required")
+    names = sorted(p.name for p in out.iterdir())
+    if names and marker not in names:
+        raise error(f"--out {out}: holds files that are not {what} ({', '.join(names[:5])}); "
+                    "use a new or empty directory")
+    return marker in names
+
+
 def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
     """Move the finished directory ``tmp`` to ``out`` (a sibling), replacing whatever ``out`` held: the old one
     is set aside first and removed after the swap, so ``out`` is never half old, half new."""

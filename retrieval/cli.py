@@ -23,7 +23,14 @@ from pathlib import Path
 import click
 
 from precompute.schema import InputError, iter_records
-from precompute.store import StoreError, atomic_write_bytes, atomic_write_json, open_store, replace_dir
+from precompute.store import (
+    StoreError,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_out_dir,
+    open_store,
+    replace_dir,
+)
 from retrieval.candidates import (
     RECALL_KS,
     format_recall_table,
@@ -121,20 +128,6 @@ class BatchConfig:
 # ----------------------------------------------------------------------------------------------- runs
 
 
-def check_index_out(out: Path, overwrite: bool) -> None:
-    """``--out`` of ``xel-nn build`` must be new, empty, or (with ``--overwrite``) an index directory."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise RetrievalError(f"--out {out}: is a file; an index directory (new or empty) is required")
-    names = sorted(p.name for p in out.iterdir())
-    if not names:
-        return
-    if INDEX_MANIFEST not in names:
-        raise RetrievalError(f"--out {out}: holds files that are not an xel index ({', '.join(names[:5])}); "
-                             "use a new or empty directory")
-    if not overwrite:
-        raise RetrievalError(f"--out {out}: already holds an index; pass --overwrite to replace it")
 
 
 def run_build(cfg: BuildConfig) -> tuple[EntityIndex, dict[str, dict] | None]:
@@ -151,8 +144,8 @@ def run_build(cfg: BuildConfig) -> tuple[EntityIndex, dict[str, dict] | None]:
             raise RetrievalError(
                 f"--update: the index in {out} is {old.manifest['factory']!r} over {old.manifest['kind']!r}, this "
                 f"command asks {cfg.index!r} over {cfg.kind!r}; drop --index/--kind, or rebuild with --overwrite")
-    else:
-        check_index_out(out, cfg.overwrite)
+    elif check_out_dir(out, INDEX_MANIFEST, "an xel index", RetrievalError) and not cfg.overwrite:
+        raise RetrievalError(f"--out {out}: already holds an index; pass --overwrite to replace it")
     store = open_store(cfg.features)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))

@@ -49,6 +49,12 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
+def unit_concat(parts: list[np.ndarray]) -> np.ndarray:
+    """The unit rows of one kind, or of two kinds (``a+b``): each normalised, concatenated, normalised again."""
+    mats = [l2_normalise(p) for p in parts]
+    return l2_normalise(np.concatenate(mats, axis=1)) if len(mats) > 1 else mats[0]
+
+
 def load_features(store: Store, kind: str) -> tuple[list[str], np.ndarray, list[str]]:
     """``(ids, L2-normalised float32 features, langs)`` of ``kind``; ``a+b`` concatenates the unit rows of two kinds.
 
@@ -56,13 +62,13 @@ def load_features(store: Store, kind: str) -> tuple[list[str], np.ndarray, list[
     """
     parts = kind.split("+")
     ids, feats, langs = store.load(parts[0])
-    mats = [l2_normalise(feats)]
+    mats = [feats]
     for extra in parts[1:]:
         ids2, feats2, _ = store.load(extra)
         if ids2 != ids:
             raise StoreError(f"{store.root}: kinds {parts[0]!r} and {extra!r} hold different ids; cannot concatenate")
-        mats.append(l2_normalise(feats2))
-    return ids, l2_normalise(np.concatenate(mats, axis=1)) if len(mats) > 1 else mats[0], langs
+        mats.append(feats2)
+    return ids, unit_concat(mats), langs
 
 
 def ids_digest(ids: list[str]) -> str:
@@ -421,8 +427,7 @@ def _features_by_lang(store: Store, kind: str) -> tuple[dict[str, tuple[list[str
 def unit_rows(store: Store, kind: str, rows: np.ndarray) -> np.ndarray:
     """Unit float32 vectors of the given global rows of ``kind`` (``a+b``: both kinds' unit rows, concatenated and
     normalised again), read from the store row by row."""
-    mats = [l2_normalise(store.read_rows(part, rows)) for part in kind.split("+")]
-    return l2_normalise(np.concatenate(mats, axis=1)) if len(mats) > 1 else mats[0]
+    return unit_concat([store.read_rows(part, rows) for part in kind.split("+")])
 
 
 def iter_unit_chunks(store: Store, kind: str) -> Iterator[tuple[list[str], np.ndarray, list[str]]]:
@@ -431,8 +436,7 @@ def iter_unit_chunks(store: Store, kind: str) -> Iterator[tuple[list[str], np.nd
     for shards in zip(*(store.iter_shards(part) for part in parts)):
         if any(s.ids != shards[0].ids for s in shards[1:]):
             raise StoreError(f"{store.root}: kinds {parts} hold different ids; cannot concatenate")
-        mats = [l2_normalise(s.features) for s in shards]
-        yield shards[0].ids, l2_normalise(np.concatenate(mats, axis=1)) if len(mats) > 1 else mats[0], shards[0].langs
+        yield shards[0].ids, unit_concat([s.features for s in shards]), shards[0].langs
 
 
 def build_index(

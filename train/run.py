@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from precompute.store import atomic_write_json
+from precompute.store import atomic_write_json, check_out_dir
 from retrieval.metrics import __doc__ as METRIC_DEFINITIONS
 from train.config import ConfigError, TrainConfig
 from train.fit import fit
@@ -28,24 +28,11 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(max(1, min(len(os.sched_getaffinity(0)), 16)))
 
 
-def check_run_dir(out: Path) -> None:
-    """``--out`` must be new, empty, or a previous xel-train run (it has a ``config.json``): a run never writes
-    into a directory of something else."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ConfigError(f"--out {out}: is a file; a run directory (new, empty, or an earlier run) is required")
-    names = sorted(p.name for p in out.iterdir())
-    if names and "config.json" not in names:
-        raise ConfigError(f"--out {out}: holds files that are not an xel-train run ({', '.join(names[:5])}); "
-                          "use a new or empty directory")
-
-
 def run(cfg: TrainConfig) -> dict[str, Any]:
     """Train per ``cfg``; returns ``{"config", "test", "dev", "best_epoch", "nil_threshold", "seeds", "std",
     "search"}`` where ``test``/``dev`` are per-group scores (the mean over seeds when ``seeds > 1``)."""
-    if cfg.out:
-        check_run_dir(Path(cfg.out))
+    if cfg.out:  # new, empty, or an earlier run (its config.json): never a directory of something else
+        check_out_dir(cfg.out, "config.json", "an xel-train run", ConfigError)
     set_threads(cfg.threads)
     data = prepare(cfg)
     trials: list[dict[str, Any]] = []
