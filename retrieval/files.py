@@ -1,7 +1,7 @@
 """Readers and writers of the files retrieval and the trainer exchange (see docs: "Contracts").
 
 * ``candidates.jsonl``: ``{"id": mention id, "candidates": [[kb id, score, source], ...]}``, best first,
-  ``source`` one of ``prior``, ``dense``, ``given``. The gold is never injected.
+  ``source`` one of ``prior``, ``dense``, ``given``, ``ngram``. The gold is never injected.
 * ``predictions.jsonl``: ``{"id", "pred": kb id or null, "score": float, "candidates": [[kb id, score], ...]}``.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from precompute.store import atomic_write_bytes
 
-CANDIDATE_SOURCES = ("prior", "dense", "given")
+CANDIDATE_SOURCES = ("prior", "dense", "given", "ngram")
 Candidate = tuple[str, float, str]
 
 

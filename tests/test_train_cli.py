@@ -27,7 +27,7 @@ def test_cli_writes_every_output(tmp_path) -> None:
     config = json.loads((out / "config.json").read_text())
     assert config["hs_sizes"] == [32] and config["lambda_adv"] == 0.25 and config["adversarial"] is True
     metrics = json.loads((out / "metrics.json").read_text())
-    assert len(metrics["epochs"]) == 2 and "lang:de" in metrics["epochs"][0]["test"]
+    assert [e["epoch"] for e in metrics["epochs"]] == [0, 1, 2] and "lang:de" in metrics["epochs"][0]["test"]
     preds = read_predictions(out / "predictions.jsonl")
     assert len(preds) == metrics["test"]["all"]["n"] and set(preds[0]) == {"id", "pred", "score", "candidates"}
     assert load_checkpoint(out / "model.safetensors").hadv is not None

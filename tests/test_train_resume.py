@@ -88,8 +88,9 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys() and all(bool((wa[k] == wb[k]).all()) for k in wa)
 
 
-def test_killed_and_resumed_run_matches_an_uninterrupted_one(store, tmp_path, interrupts) -> None:
-    cfg = TrainConfig(features=str(store), **SETTINGS)
+@pytest.mark.parametrize("scorer", ["residual", "paper"])
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(store, tmp_path, interrupts, scorer) -> None:
+    cfg = TrainConfig(features=str(store), scorer=scorer, **SETTINGS)
     run(cfg.with_(out=str(tmp_path / "whole")))
     killed = tmp_path / "killed"
     interrupts.kill_after["killed"] = 2
@@ -99,7 +100,9 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(store, tmp_path, in
     interrupts.saved.clear()
     result = CliRunner().invoke(main, ["--config", str(killed / "config.json"), "--resume"])
     assert result.exit_code == 0, result.output
-    assert interrupts.saved == [("killed", 3), ("killed", 4)]  # it went on after epoch 2; it did not start over
+    # it went on after epoch 2; it did not start over (the residual scorer's epoch 0 is its untrained state)
+    last = 5 if scorer == "residual" else 4
+    assert interrupts.saved == [("killed", e) for e in range(3, last + 1)]
     assert_same_run(tmp_path / "whole", killed)
 
 
@@ -111,7 +114,8 @@ def test_each_seed_resumes_from_its_own_directory(store, tmp_path, interrupts) -
         run(cfg.with_(out=str(tmp_path / "killed")))
     interrupts.saved.clear()
     resumed = run(cfg.with_(out=str(tmp_path / "killed"), resume=True))
-    assert interrupts.saved == [("seed-1", 1), ("seed-1", 2)]  # seed 0 had finished: nothing to retrain
+    # seed 0 had finished: nothing to retrain; residual epochs are 0 (untrained) to 3
+    assert interrupts.saved == [("seed-1", 1), ("seed-1", 2), ("seed-1", 3)]
     assert resumed["best_epoch"] == whole["best_epoch"]
     for group, scores in whole["test"].items():
         assert resumed["test"][group] == pytest.approx(scores, abs=1e-6)
@@ -121,7 +125,7 @@ def test_each_seed_resumes_from_its_own_directory(store, tmp_path, interrupts) -
 
 def test_resume_without_a_state_trains_from_the_start(store, tmp_path, interrupts) -> None:
     run(TrainConfig(features=str(store), out=str(tmp_path / "fresh"), resume=True, **{**SETTINGS, "epochs": 2}))
-    assert interrupts.saved == [("fresh", 0), ("fresh", 1)]
+    assert interrupts.saved == [("fresh", 0), ("fresh", 1), ("fresh", 2)]  # epoch 0: the untrained residual
 
 
 def test_resume_with_another_config_is_refused_naming_the_keys(store, tmp_path, interrupts) -> None:

@@ -59,7 +59,7 @@ def test_splits_keep_test_mentions_out_of_training(tmp_path) -> None:
     train, dev, test = data.splits.train, data.splits.dev, data.splits.test
     assert not set(train.ids) & set(test.ids) and not set(dev.ids) & set(test.ids)
     assert set(train.langs) == {"en"} and sum(x == "de" for x in test.langs) == 20
-    assert sum(x == "en" for x in test.langs) == 20  # --test-fraction 0.2 of en
+    assert 10 <= sum(x == "en" for x in test.langs) <= 30  # --test-fraction 0.2 of en's documents
 
 
 def test_equalize_downsamples_to_the_smallest_language() -> None:

@@ -7,9 +7,23 @@ languages). Only ``hadv`` is updated; ``hs0`` is run without gradients.
 
 Main step (lines 10-19): the linking loss plus ``lambda * (MSE(pM, lang(m)) + MSE(pE, lang(e)))`` with the
 correct labels, updating everything except ``hadv`` (see :mod:`train.loop`).
+
+That is ``--adv-mode alternating``, the paper's. Measured on the sample it leaves ``hs0`` language-separable:
+``hadv`` learns to output the inverted language confidently, and the main step's correct-label loss then
+rewards keeping the languages apart. Two objectives that do what +A is meant to do:
+
+* ``grl`` (Ganin & Lempitsky, 2015): ``hadv`` is trained by cross-entropy on the *correct* language of source and
+  L2 text in the main step, behind a gradient reversal layer, so ``hs0`` receives ``-lambda_p`` times the
+  classifier's gradient: it is pushed to make the languages indistinguishable. ``lambda_p`` ramps from 0 to
+  lambda as ``2 / (1 + exp(-10 p)) - 1`` over training progress ``p``.
+* ``uniform``: the adversarial steps fit ``hadv`` to the correct language (cross-entropy); the main step adds
+  ``lambda * CE(uniform, hadv(hs0(text)))``, which is smallest exactly when the classifier is maximally unsure.
+  Unlike an inverted-label target, it cannot be met by a classifier that swaps the labels.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.nn import functional as F
@@ -48,6 +62,48 @@ def adversarial_step(
     loss = language_mse(model, shared_a, inverted_labels(langs_a, source, l2, n_langs, generator)) + language_mse(
         model, shared_b, inverted_labels(langs_b, source, l2, n_langs, generator)
     )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward; the backward pass multiplies the gradient by ``-scale``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return -ctx.scale * grad, None
+
+
+def reverse_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    return GradientReversal.apply(x, scale)
+
+
+def grl_scale(lambda_adv: float, progress: float) -> float:
+    """The usual GRL schedule: ``lambda * (2 / (1 + exp(-10 p)) - 1)``, 0 at the start, ~lambda at the end."""
+    return lambda_adv * (2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0)
+
+
+def uniform_target_loss(model: Ranker, shared: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the classifier's language posterior against the uniform distribution; its minimum,
+    ``log(n_langs)``, is reached exactly at a uniform posterior."""
+    log_probs = torch.log_softmax(model.hadv(shared), dim=-1)
+    return -log_probs.mean(dim=-1).mean()
+
+
+def classifier_step(
+    model: Ranker, optimizer: torch.optim.Optimizer, text: torch.Tensor, langs: torch.Tensor,
+) -> float:
+    """One update of ``hadv`` by cross-entropy on the correct languages (``--adv-mode uniform``)."""
+    with torch.no_grad():
+        shared = model.shared(text)
+    loss = F.cross_entropy(model.hadv(shared), langs)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

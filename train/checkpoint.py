@@ -21,6 +21,7 @@ from safetensors.torch import save as save_bytes
 
 from precompute.store import atomic_write_bytes
 from train.model import ModelSpec, Ranker
+from train.residual import build_model
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def load_checkpoint(path: str | os.PathLike) -> Ranker:
         spec = ModelSpec.from_json(meta["spec"])
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: metadata 'spec' is not a model spec ({e}); {RERUN}") from None
-    model = Ranker(spec)
+    model = build_model(spec)
     load_state_dict_strict(model, state, str(path))
     model.eval()
     return model

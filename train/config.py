@@ -16,6 +16,12 @@ SEARCH_SPACE: dict[str, list[Any]] = {
     "lr": [1e-5, 5e-4, 1e-4, 5e-3, 1e-3],
 }
 POPULARITY_MISSING = ("error", "median")
+POPULARITY_SOURCES = ("links", "mentions")
+SCORERS = ("paper", "residual")
+LOSSES = ("hinge", "softmax")
+ADV_MODES = ("alternating", "grl", "uniform")
+# the residual scorer's input groups (train.residual); each can be switched off for an ablation
+FEATURE_GROUPS = ("paper", "cosines", "interactions", "retrieval", "prior", "string")
 
 
 class ConfigError(ValueError):
@@ -31,6 +37,10 @@ class TrainConfig:
     eval_candidates: str | None = None
     train_lang: tuple[str, ...] = ()
     eval_lang: tuple[str, ...] = ()
+    # model: "paper" is §2.1's ranker as published; "residual" scores cos(ms, es) + g(pair features), g starting
+    # at zero, so before training it predicts exactly as nn (train.residual)
+    scorer: str = "residual"
+    feature_groups: tuple[str, ...] = FEATURE_GROUPS
     # model (Table 3)
     hs_sizes: tuple[int, ...] = (256,)
     hc_sizes: tuple[int, ...] = (256,)
@@ -44,9 +54,18 @@ class TrainConfig:
     batch_size: int = 32
     negatives: int = 10
     margin: float = 0.5
+    # "hinge" (paper): margin against the best of --negatives sampled negatives; "softmax": listwise cross-entropy
+    # over all candidates of a mention at temperature --temperature. Default: the scorer's own (paper: hinge,
+    # residual: softmax).
+    loss: str | None = None
+    temperature: float = 0.05
+    weight_decay: float = 0.0
     max_candidates: int = 30
     # +A (paper §3.1, Algorithm 1)
     adversarial: bool = False
+    # "alternating": Algorithm 1 as published (inverted labels, MSE); "grl": a gradient reversal layer, lambda
+    # ramped from 0; "uniform": the encoder side is pushed towards a uniform language posterior
+    adv_mode: str = "alternating"
     shared_size: int = 256
     lambda_adv: float = 0.01
     adv_steps: int = 5
@@ -55,6 +74,8 @@ class TrainConfig:
     # +P (paper §4.1)
     popularity: bool = False
     popularity_missing: str = "error"
+    # "links": the KB's cross-link counts; "mentions": gold links among the training split's mentions
+    popularity_source: str = "links"
     # NIL and selection
     nil_threshold: float = -1.0
     tune_nil: bool = False
@@ -81,7 +102,8 @@ class TrainConfig:
             need(len(sizes) > 0 and all(int(s) > 0 for s in sizes), name, sizes, "one or more positive layer sizes")
         need(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "0 <= p < 1")
         need(self.lr > 0, "lr", self.lr, "> 0")
-        need(self.epochs >= 1, "epochs", self.epochs, ">= 1")
+        need(self.epochs >= (1 if self.scorer == "paper" else 0), "epochs", self.epochs,
+             ">= 1 (paper), >= 0 (residual: 0 epochs is the nn baseline)")
         need(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         need(self.negatives >= 1, "negatives", self.negatives, ">= 1")
         need(self.margin > 0, "margin", self.margin, "> 0")
@@ -93,7 +115,17 @@ class TrainConfig:
         need(self.adv_batch_size >= 1, "adv_batch_size", self.adv_batch_size, ">= 1")
         need(self.popularity_missing in POPULARITY_MISSING, "popularity_missing", self.popularity_missing,
              f"one of {list(POPULARITY_MISSING)}")
-        need(-1.0 <= self.nil_threshold <= 1.0, "nil_threshold", self.nil_threshold, "in [-1, 1] (scores are tanh)")
+        need(self.scorer in SCORERS, "scorer", self.scorer, f"one of {list(SCORERS)}")
+        unknown = [g for g in self.feature_groups if g not in FEATURE_GROUPS]
+        need(not unknown, "feature_groups", ",".join(self.feature_groups), f"a subset of {list(FEATURE_GROUPS)}")
+        need(self.loss is None or self.loss in LOSSES, "loss", self.loss, f"one of {list(LOSSES)}")
+        need(self.temperature > 0, "temperature", self.temperature, "> 0")
+        need(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
+        need(self.adv_mode in ADV_MODES, "adv_mode", self.adv_mode, f"one of {list(ADV_MODES)}")
+        need(self.popularity_source in POPULARITY_SOURCES, "popularity_source", self.popularity_source,
+             f"one of {list(POPULARITY_SOURCES)}")
+        need(self.scorer != "paper" or -1.0 <= self.nil_threshold <= 1.0, "nil_threshold", self.nil_threshold,
+             "in [-1, 1] (the paper's scores are tanh)")
         need(0.0 <= self.dev_fraction < 1.0, "dev_fraction", self.dev_fraction, "0 <= f < 1")
         need(0.0 < self.test_fraction < 1.0, "test_fraction", self.test_fraction, "0 < f < 1")
         need(self.train_size is None or self.train_size >= 1, "train_size", self.train_size, ">= 1")
@@ -106,6 +138,10 @@ class TrainConfig:
              "only with --out (the resume state lives in the run directory)")
         need(not (self.search and self.dev_fraction == 0), "search", self.search,
              "only with --dev-fraction > 0 (trials are ranked by dev F1)")
+
+    @property
+    def loss_name(self) -> str:
+        return self.loss or ("hinge" if self.scorer == "paper" else "softmax")
 
     def with_(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)

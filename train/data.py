@@ -18,14 +18,15 @@ count was missing and 0.0 otherwise, so the model can tell an imputed count from
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from precompute.store import Store, StoreError
-from retrieval.files import read_candidates
+from retrieval.files import CANDIDATE_SOURCES, read_candidates
+from retrieval.splits import document_of
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class KB:
     es: torch.Tensor  # [E, D] float32
     ec: torch.Tensor  # [E, D] float32
     popularity: torch.Tensor  # [E, P], P in {0, 1, 2}
+    names: tuple[str, ...] = ()
+    links: tuple[int | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,10 @@ class Mentions:
     cand_mask: torch.Tensor  # [M, K] bool
     gold_pos: torch.Tensor  # [M] long, position of the gold among the candidates or -1
     gold_kb: torch.Tensor  # [M] long, KB row of the gold or -1 (NIL or not in the KB)
+    docs: list[str] = field(default_factory=list)  # document ids (retrieval.splits.document_of)
+    surfaces: list[str] = field(default_factory=list)  # the mention strings
+    cand_source: torch.Tensor | None = None  # [M, K] int8, index into CANDIDATE_SOURCES
+    pair: torch.Tensor | None = None  # [M, K, F] pair features of the residual scorer (train.pairs)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -71,6 +78,10 @@ class Mentions:
             types=[self.types[i] for i in pick], golds=[self.golds[i] for i in pick],
             ms=self.ms[idx], mc=self.mc[idx], cand=self.cand[idx], cand_mask=self.cand_mask[idx],
             gold_pos=self.gold_pos[idx], gold_kb=self.gold_kb[idx],
+            docs=[self.docs[i] for i in pick] if self.docs else [],
+            surfaces=[self.surfaces[i] for i in pick] if self.surfaces else [],
+            cand_source=None if self.cand_source is None else self.cand_source[idx],
+            pair=None if self.pair is None else self.pair[idx],
         )
 
     def trainable(self) -> torch.Tensor:
@@ -122,20 +133,23 @@ def load_kb(store: Store, *, popularity: bool, popularity_missing: str) -> KB:
     else:
         pop = torch.zeros((len(ids), 0))
     return KB(ids=ids, index={k: i for i, k in enumerate(ids)}, langs=[str(r["lang"]) for r in records],
-              es=es, ec=ec, popularity=pop)
+              es=es, ec=ec, popularity=pop, names=tuple(str(r["name"]) for r in records),
+              links=tuple(r.get("links") for r in records))
 
 
 def resolve_candidates(
     store: Store, records: list[dict], candidates: str | None
-) -> tuple[dict[str, list[str]], str]:
-    """Candidate KB ids per mention id, best first, and where they came from (see the module docstring)."""
+) -> tuple[dict[str, list[tuple[str, str]]], str]:
+    """``(kb id, source)`` candidates per mention id, best first, and where they came from (see the module
+    docstring)."""
     path = Path(candidates) if candidates else store.root / "candidates.jsonl"
     if candidates and not path.is_file():
         raise DataError(f"--candidates {candidates}: no such file")
     if path.is_file():
-        return {mid: [k for k, _, _ in c] for mid, c in read_candidates(path).items()}, str(path)
+        return {mid: [(k, src) for k, _, src in c] for mid, c in read_candidates(path).items()}, str(path)
     if records and all(r.get("candidates") is not None for r in records):
-        return {str(r["id"]): [str(k) for k in r["candidates"]] for r in records}, "mentions.jsonl 'candidates'"
+        return ({str(r["id"]): [(str(k), "given") for k in r["candidates"]] for r in records},
+                "mentions.jsonl 'candidates'")
     raise DataError(
         f"{path}: no candidates file, and the mentions in {store.root}/inputs/mentions.jsonl have no "
         "'candidates' field; run `xel-nn candidates` to write it, or pass --candidates FILE"
@@ -154,22 +168,25 @@ def load_mentions(
     if unknown:
         raise DataError(f"language(s) {unknown} have no mentions in {store.root}; it holds {present}")
     records = [r for r in records if not langs or r["lang"] in langs]
-    cand_map, source = resolve_candidates(store, records, candidates)
+    cand_map, where = resolve_candidates(store, records, candidates)
     ids = [str(r["id"]) for r in records]
     without = sum(1 for m in ids if m not in cand_map)
     if without:
         log.warning("%d of %d mentions have no entry in %s: they get no candidates and are predicted NIL",
-                    without, len(ids), source)
+                    without, len(ids), where)
     m, k = len(ids), max(1, min(max_candidates, max((len(cand_map.get(i, [])) for i in ids), default=1)))
     cand = np.zeros((m, k), dtype=np.int64)
     mask = np.zeros((m, k), dtype=bool)
     gold_pos = np.full(m, -1, dtype=np.int64)
     gold_kb = np.full(m, -1, dtype=np.int64)
+    source = np.zeros((m, k), dtype=np.int8)
     for row, (mid, rec) in enumerate(zip(ids, records)):
-        cands = cand_map.get(mid, [])[:k]
+        pairs = cand_map.get(mid, [])[:k]
+        cands = [c for c, _ in pairs]
+        source[row, : len(pairs)] = [CANDIDATE_SOURCES.index(src) for _, src in pairs]
         bad = [c for c in cands if c not in kb.index]
         if bad:
-            raise DataError(f"{source}: mention {mid!r} has candidate {bad[0]!r}, which is not in "
+            raise DataError(f"{where}: mention {mid!r} has candidate {bad[0]!r}, which is not in "
                             f"{store.root}/inputs/kb.jsonl; regenerate the candidates against this KB")
         cand[row, : len(cands)] = [kb.index[c] for c in cands]
         mask[row, : len(cands)] = True
@@ -179,13 +196,16 @@ def load_mentions(
             if gold in cands:
                 gold_pos[row] = cands.index(gold)
     log.info("%s: %d mentions, candidates from %s (K=%d), gold among candidates for %d",
-             store.root, m, source, k, int((gold_pos >= 0).sum()))
+             store.root, m, where, k, int((gold_pos >= 0).sum()))
     return Mentions(
         kb=kb, ids=ids, langs=[str(r["lang"]) for r in records], types=[r.get("type") for r in records],
         golds=[r.get("gold") for r in records],
         ms=_load_kind(store, "ms", ids, "mention"), mc=_load_kind(store, "mc", ids, "mention"),
         cand=torch.from_numpy(cand), cand_mask=torch.from_numpy(mask),
         gold_pos=torch.from_numpy(gold_pos), gold_kb=torch.from_numpy(gold_kb),
+        docs=[document_of(r) for r in records],
+        surfaces=[str(r["sentence"])[int(r["start"]):int(r["end"])] for r in records],
+        cand_source=torch.from_numpy(source),
     )
 
 

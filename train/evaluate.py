@@ -24,23 +24,47 @@ class Ranked:
     tied_top: float = 0.0  # share of mentions whose best score is shared by several candidates
 
 
-def rank(model: Ranker, mentions: Mentions, batch_size: int = 1024) -> Ranked:
+def context_cosines(mentions: Mentions) -> torch.Tensor:
+    """``[M, K]`` cos(mc, ec) of every candidate: the tie-breaker when names (hence ``es``) are identical."""
+    kb = mentions.kb
+    mc = torch.nn.functional.normalize(mentions.mc, dim=-1)
+    ec = torch.nn.functional.normalize(kb.ec, dim=-1)
+    return torch.einsum("md,mkd->mk", mc, ec[mentions.cand])
+
+
+def pick_best(scores: torch.Tensor, mentions: Mentions) -> Ranked:
+    """Best candidate per mention from ``[M, K]`` scores (-inf where padded). Ties (same-name KB entries have
+    identical name vectors) go to the candidate whose description is closest to the mention's context
+    (cos(mc, ec)), then at random (seeded), never by candidate order: a collapsed model that scores every
+    candidate alike would otherwise inherit the retrieval ranking and look like a good linker."""
+    scores = scores.masked_fill(~mentions.cand_mask, float("-inf"))
+    best = scores.max(dim=1).values
+    tied = (scores == best[:, None]) & mentions.cand_mask
+    noise = torch.rand(scores.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    keys = (2.0 + context_cosines(mentions).double() + 1e-9 * noise).masked_fill(~tied, -1.0)
+    best_pos = keys.argmax(dim=1)
+    return Ranked(scores, best, best_pos, float((tied.sum(dim=1) > 1).float().mean()) if len(scores) else 0.0)
+
+
+def nn_scores(mentions: Mentions) -> torch.Tensor:
+    """``[M, K]`` cos(ms, es) of every candidate: the nn baseline's scores (-inf where padded)."""
+    ms = torch.nn.functional.normalize(mentions.ms, dim=-1)
+    es = torch.nn.functional.normalize(mentions.kb.es, dim=-1)
+    return torch.einsum("md,mkd->mk", ms, es[mentions.cand]).masked_fill(~mentions.cand_mask, float("-inf"))
+
+
+def rank(model: Ranker, mentions: Mentions, batch_size: int = 256) -> Ranked:
     model.eval()
     kb = mentions.kb
     parts = []
     with torch.inference_mode():
         for start in range(0, len(mentions), batch_size):
             sl = slice(start, start + batch_size)
-            parts.append(model(mentions.ms[sl], mentions.mc[sl], mentions.cand[sl], kb.es, kb.ec, kb.popularity).scores)
+            pair = None if mentions.pair is None else mentions.pair[sl]
+            parts.append(model(mentions.ms[sl], mentions.mc[sl], mentions.cand[sl], kb.es, kb.ec, kb.popularity,
+                               pair).scores)
     scores = torch.cat(parts) if parts else torch.zeros(mentions.cand.shape)
-    scores = scores.masked_fill(~mentions.cand_mask, float("-inf"))
-    best = scores.max(dim=1).values
-    # Ties are broken at random (seeded), never by candidate order: a collapsed model that scores every
-    # candidate alike would otherwise inherit the retrieval ranking and look like a good linker.
-    tied = (scores == best[:, None]) & mentions.cand_mask
-    keys = torch.rand(scores.shape, generator=torch.Generator().manual_seed(0)).masked_fill(~tied, -1.0)
-    best_pos = keys.argmax(dim=1)
-    return Ranked(scores, best, best_pos, float((tied.sum(dim=1) > 1).float().mean()) if len(scores) else 0.0)
+    return pick_best(scores, mentions)
 
 
 def predict(ranked: Ranked, mentions: Mentions, threshold: float) -> list[str | None]:
@@ -55,7 +79,8 @@ def evaluate(ranked: Ranked, mentions: Mentions, threshold: float) -> dict[str, 
 
 
 def tune_threshold(ranked: Ranked, mentions: Mentions) -> float:
-    """The NIL threshold in [-1, 1] with the best F1 on ``mentions`` (ties: the lowest threshold)."""
+    """The NIL threshold with the best F1 on ``mentions`` (ties: the lowest threshold): a score of one of them,
+    so the paper's tanh scores give one in [-1, 1]."""
     preds = predict(ranked, mentions, float("-inf"))
     correct = np.array([p is not None and p == g for p, g in zip(preds, mentions.golds)], dtype=np.float64)
     gold_links = sum(g is not None for g in mentions.golds)
@@ -74,7 +99,7 @@ def tune_threshold(ranked: Ranked, mentions: Mentions) -> float:
     f1 = np.where(last_of_tie, f1, -1.0)
     i = int(np.argmax(f1[::-1]))
     i = len(f1) - 1 - i
-    return float(np.clip(scores_sorted[i], -1.0, 1.0))
+    return float(scores_sorted[i])
 
 
 def prediction_rows(

@@ -1,5 +1,8 @@
-"""One seeded training run: build the ranker, train for ``--epochs``, evaluate dev and test after each epoch,
-and keep the epoch with the best dev F1 (the last epoch without dev), with its NIL threshold."""
+"""One seeded training run: build the scorer, train for ``--epochs``, evaluate dev and test after each epoch,
+and keep the epoch with the best dev F1 (the last epoch without dev), with its NIL threshold.
+
+The residual scorer is also evaluated before the first step (epoch 0, where it ranks exactly as nn), and epoch 0
+takes part in the selection: the chosen model is never worse than nn on dev. ``--epochs 0`` is nn itself."""
 
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from train.evaluate import Ranked, evaluate, rank, tune_threshold
 from train.loop import LoopSettings, Trainer
 from train.model import ModelSpec, Ranker
 from train.prepare import Prepared
+from train.probe import language_probe
+from train.residual import VECTOR_GROUPS, build_model
 from train.resume import Best, load_resume_state, save_resume_state
 
 log = logging.getLogger(__name__)
@@ -32,15 +37,21 @@ class FitResult:
     dev: dict[str, dict[str, float]] | None
     test: dict[str, dict[str, float]]
     test_ranked: Ranked
+    probe: dict[str, float] | None = None
 
 
 def model_spec(cfg: TrainConfig, data: Prepared) -> ModelSpec:
     adversarial = cfg.adversarial
+    residual = cfg.scorer == "residual"
+    pair = data.splits.train.pair
     return ModelSpec(
         dim=data.dim, hs_sizes=cfg.hs_sizes, hc_sizes=cfg.hc_sizes, final_sizes=cfg.final_sizes,
-        dropout=cfg.dropout, popularity_dim=int(data.splits.train.kb.popularity.shape[1]),
+        dropout=cfg.dropout, popularity_dim=0 if residual else int(data.splits.train.kb.popularity.shape[1]),
         shared_size=cfg.shared_size if adversarial else None,
         languages=tuple(sorted(set(data.train_langs) | set(data.l2_langs))) if adversarial else (),
+        scorer=cfg.scorer,
+        feature_groups=tuple(g for g in cfg.feature_groups if g in VECTOR_GROUPS) if residual else (),
+        pair_dim=int(pair.shape[-1]) if residual and pair is not None else 0,
     )
 
 
@@ -53,13 +64,14 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
     """Train seed ``seed``. With ``run_dir`` a resume state is written there after every epoch, and with
     ``cfg.resume`` the run continues after the epoch that state holds (see :mod:`train.resume`)."""
     torch.manual_seed(seed)
-    model = Ranker(model_spec(cfg, data))
+    model = build_model(model_spec(cfg, data))
     train, kb = data.splits.train, data.splits.train.kb
     model.set_standardization(torch.cat([train.ms, kb.es]), torch.cat([train.mc, kb.ec]))
     settings = LoopSettings(
         lr=cfg.lr, batch_size=cfg.batch_size, negatives=cfg.negatives, margin=cfg.margin,
         lambda_adv=cfg.lambda_adv, adv_steps=cfg.adv_steps, adv_epochs=cfg.adv_epochs,
-        adv_batch_size=cfg.adv_batch_size,
+        adv_batch_size=cfg.adv_batch_size, loss=cfg.loss_name, temperature=cfg.temperature, adv_mode=cfg.adv_mode,
+        weight_decay=cfg.weight_decay, epochs=cfg.epochs,
     )
     trainer = Trainer(model, data.splits.train, settings, seed, data.text, data.train_langs, data.l2_langs)
     dev, test = data.splits.dev, data.splits.test
@@ -71,9 +83,9 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
         if point is not None:
             start, best, history = point.epoch + 1, point.best, point.history
     show = cfg.progress if progress is None else progress
-    for epoch in tqdm(range(start, cfg.epochs), desc=f"train seed {seed}", disable=not show, leave=False,
-                      initial=start, total=cfg.epochs):
-        losses = trainer.epoch(epoch)
+
+    def evaluate_epoch(epoch: int, losses: dict[str, float]) -> None:
+        nonlocal best
         threshold = cfg.nil_threshold
         entry: dict[str, Any] = {"epoch": epoch, **losses}
         if dev is not None:
@@ -96,9 +108,25 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
             save_resume_state(run_dir, trainer, cfg, seed, epoch, best, history)
         log.info("seed %d epoch %d: loss %.4f dev F1 %s test F1 %.3f", seed, epoch, losses["loss"],
                  f"{entry['dev']['all']['f1']:.3f}" if dev is not None else "-", entry["test"]["all"]["f1"])
+
+    # residual: epoch 0 is the untrained scorer (= nn), evaluated and eligible; training epochs are 1..N
+    first = 1 if cfg.scorer == "residual" else 0
+    last = cfg.epochs + first
+    if first and start == 0:
+        evaluate_epoch(0, {"loss": 0.0, "lang_loss": 0.0, "adv_loss": 0.0})
+        start = 1
+    for epoch in tqdm(range(start, last), desc=f"train seed {seed}", disable=not show, leave=False,
+                      initial=start - first, total=cfg.epochs):
+        evaluate_epoch(epoch, trainer.epoch(epoch - first))
     assert best is not None
     model.load_state_dict(best.state, strict=True)
     ranked = rank(model, test)
-    chosen = history[best.epoch]
+    chosen = next(h for h in history if h["epoch"] == best.epoch)
+    probe = None
+    if data.text is not None and len(data.text.held_out) >= 2:
+        try:
+            probe = language_probe(model, data.text, seed)
+        except ValueError as e:
+            log.info("no language probe: %s", e)
     return FitResult(model, seed, best.epoch, best.threshold, history, chosen.get("dev"),
-                     _as_dicts(evaluate(ranked, test, best.threshold)), ranked)
+                     _as_dicts(evaluate(ranked, test, best.threshold)), ranked, probe)

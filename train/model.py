@@ -32,6 +32,9 @@ class ModelSpec:
     popularity_dim: int = 0
     shared_size: int | None = None
     languages: tuple[str, ...] = ()
+    scorer: str = "paper"  # "paper": Ranker; "residual": train.residual.ResidualScorer
+    feature_groups: tuple[str, ...] = ()  # residual only: vector feature groups in use
+    pair_dim: int = 0  # residual only: width of the pair features (train.pairs)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -150,9 +153,10 @@ class Ranker(nn.Module):
 
     def forward(
         self, ms: torch.Tensor, mc: torch.Tensor, cand: torch.Tensor,
-        kb_es: torch.Tensor, kb_ec: torch.Tensor, kb_pop: torch.Tensor,
+        kb_es: torch.Tensor, kb_ec: torch.Tensor, kb_pop: torch.Tensor, pair: torch.Tensor | None = None,
     ) -> Scored:
-        """Scores ``[B, K]`` of mentions ``ms``/``mc`` ``[B, D]`` against KB rows ``cand`` ``[B, K]``."""
+        """Scores ``[B, K]`` of mentions ``ms``/``mc`` ``[B, D]`` against KB rows ``cand`` ``[B, K]``; the paper's
+        ranker takes no pair features (``pair`` is ignored)."""
         rows, inverse = torch.unique(cand, return_inverse=True)
         m_sh = self.shared(ms)
         e_sh = self.shared(kb_es[rows])

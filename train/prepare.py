@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import torch
 
 from precompute.store import Store, open_store
 from train.config import TrainConfig
-from train.data import DataError, check_stores, load_kb, load_mentions
+from train.data import KB, DataError, Mentions, check_stores, load_kb, load_mentions, popularity_features
+from train.pairs import PAIR_GROUPS, pair_columns, pair_features, training_prior
 from train.splits import Splits, make_splits
 from train.text import LanguageText, adversarial_text
 
@@ -47,7 +51,8 @@ def prepare(cfg: TrainConfig) -> Prepared:
     train_langs = _pick(cfg.train_lang or default_train, present, "--train-lang", train_store)
     eval_langs = _pick(cfg.eval_lang or tuple(_langs(eval_store)), _langs(eval_store), "--eval-lang", eval_store)
     log.info("training languages %s, evaluation languages %s", list(train_langs), list(eval_langs))
-    kb_args = {"popularity": cfg.popularity, "popularity_missing": cfg.popularity_missing}
+    kb_args = {"popularity": cfg.popularity and cfg.popularity_source == "links",
+               "popularity_missing": cfg.popularity_missing}
     kb = load_kb(train_store, **kb_args)
     pool_langs = tuple(sorted(set(train_langs) | (set(eval_langs) if same else set())))
     train_pool = load_mentions(train_store, kb, langs=pool_langs, candidates=cfg.candidates,
@@ -60,8 +65,50 @@ def prepare(cfg: TrainConfig) -> Prepared:
         train_pool, test_pool, train_langs=train_langs, eval_langs=eval_langs, dev_fraction=cfg.dev_fraction,
         test_fraction=cfg.test_fraction, equalize_langs=cfg.equalize, train_size=cfg.train_size, seed=cfg.seed,
     )
+    if cfg.popularity and cfg.popularity_source == "mentions":
+        splits = with_mention_popularity(splits)
+    if cfg.scorer == "residual":
+        splits = with_pair_features(splits, cfg)
     l2_langs = tuple(x for x in eval_langs if x not in train_langs)
     text = None
     if cfg.adversarial:
         text = adversarial_text(train_store, eval_store, splits.train, splits.test, train_langs, l2_langs)
+    elif l2_langs:  # the language probe (train.probe) reports on every model when there is an L2 language
+        try:
+            text = adversarial_text(train_store, eval_store, splits.train, splits.test, train_langs, l2_langs)
+        except DataError as e:
+            log.info("no language probe: %s", e)
     return Prepared(splits, train_langs, eval_langs, l2_langs, text, train_store.dim)
+
+
+def _with_kb(mentions: Mentions, kb: KB) -> Mentions:
+    return replace(mentions, kb=kb)
+
+
+def with_mention_popularity(splits: Splits) -> Splits:
+    """+P from gold links among the training split's mentions (``--popularity-source mentions``): each KB entry
+    gets ``count / median`` of the entries linked at least once, and the missing flag where it was never linked."""
+    counts = Counter(g for g in splits.train.golds if g is not None)
+
+    def kb_of(m: Mentions) -> KB:
+        links = [counts.get(k) for k in m.kb.ids]
+        pop = torch.from_numpy(popularity_features(links, "median", "training mentions"))
+        return replace(m.kb, popularity=pop)
+
+    train_kb = kb_of(splits.train)
+    test_kb = train_kb if splits.test.kb is splits.train.kb else kb_of(splits.test)
+    return Splits(train=_with_kb(splits.train, train_kb),
+                  dev=None if splits.dev is None else _with_kb(splits.dev, train_kb),
+                  test=_with_kb(splits.test, test_kb))
+
+
+def with_pair_features(splits: Splits, cfg: TrainConfig) -> Splits:
+    """The residual scorer's pair features (:mod:`train.pairs`) for every split, the prior from train only."""
+    groups = [g for g in cfg.feature_groups if g in PAIR_GROUPS] + (["popularity"] if cfg.popularity else [])
+    prior = training_prior(splits.train)
+
+    def add(m: Mentions | None) -> Mentions | None:
+        return None if m is None else replace(m, pair=pair_features(m, prior, groups))
+
+    log.info("pair features: %s", pair_columns(groups))
+    return Splits(train=add(splits.train), dev=add(splits.dev), test=add(splits.test))

@@ -58,7 +58,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     summary = {
         "config": cfg.to_dict(), "test": test_mean, "std": test_std, "dev": dev_mean,
         "best_epoch": [r["best_epoch"] for r in per_seed], "nil_threshold": [r["nil_threshold"] for r in per_seed],
-        "seeds": [{k: r[k] for k in ("seed", "best_epoch", "nil_threshold", "test")} for r in per_seed],
+        "seeds": [{k: r[k] for k in ("seed", "best_epoch", "nil_threshold", "test", "probe", "tied_top")}
+                  for r in per_seed],
         "search": trials, "definitions": METRIC_DEFINITIONS,
     }
     if out is not None and cfg.seeds > 1:

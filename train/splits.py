@@ -3,13 +3,15 @@
 * Different stores (``--eval-features``): train and dev come from the training store's ``--train-lang``
   mentions, test is every ``--eval-lang`` mention of the evaluation store.
 * One store: mentions of a language that is evaluated but not trained on all go to test; for a language that
-  is both, a seeded ``--test-fraction`` of its mentions is held out as test, so no test mention is trained on.
-* Dev: a seeded ``--dev-fraction`` of the remaining training mentions, for epoch selection, ``--tune-nil``
-  and the search. Dev and test keep NIL mentions and mentions whose gold is missing from the candidates.
+  is both, ``--test-fraction`` of its documents are held out as test, so no test mention is trained on.
+* Dev: ``--dev-fraction`` of the remaining training documents, for epoch selection, ``--tune-nil`` and the
+  search. Dev and test keep NIL mentions and mentions whose gold is missing from the candidates.
+* Buckets are drawn per document by :func:`retrieval.splits.split_of` (a hash of the document id): mentions of
+  one document never straddle splits, and adding other languages or documents never moves a mention.
 * ``--equalize`` downsamples every training language to the size of the smallest one; ``--train-size N``
   downsamples every training language to N (and implies equalising). Both seeded.
 
-Splits use the base ``--seed`` only, so ``--seeds 3`` trains three models on the same data.
+Splits do not depend on the seed, so ``--seeds 3`` trains three models on the same data.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from retrieval.splits import split_of
 from train.data import DataError, Mentions
 
 log = logging.getLogger(__name__)
@@ -66,29 +69,18 @@ def make_splits(
     seed: int,
 ) -> Splits:
     """``test_pool`` is the evaluation store's mentions, or None when train and test share ``train_pool``."""
-    n = len(train_pool)
-    order = _perm(n, seed).tolist()
     train_rows: list[int] = []
+    dev_rows: list[int] = []
     test_rows: list[int] = []
-    if test_pool is None:
-        seen: dict[str, int] = {}
-        totals: dict[str, int] = {}
-        for r in order:
-            totals[train_pool.langs[r]] = totals.get(train_pool.langs[r], 0) + 1
-        for r in order:
-            lang = train_pool.langs[r]
-            in_train, in_eval = lang in train_langs, lang in eval_langs
-            if in_eval and (not in_train or seen.get(lang, 0) < round(test_fraction * totals[lang])):
+    for r, (lang, doc) in enumerate(zip(train_pool.langs, train_pool.docs)):
+        in_train, in_eval = lang in train_langs, test_pool is None and lang in eval_langs
+        if not in_train:
+            if in_eval:
                 test_rows.append(r)
-                seen[lang] = seen.get(lang, 0) + 1
-            elif in_train:
-                train_rows.append(r)
-        test = train_pool.take(sorted(test_rows))
-    else:
-        train_rows = [r for r in order if train_pool.langs[r] in train_langs]
-        test = test_pool
-    n_dev = round(dev_fraction * len(train_rows))
-    dev_rows, train_rows = sorted(train_rows[:n_dev]), sorted(train_rows[n_dev:])
+            continue
+        bucket = split_of(doc, test_fraction=test_fraction, dev_fraction=dev_fraction, has_test=in_eval)
+        {"train": train_rows, "dev": dev_rows, "test": test_rows}[bucket].append(r)
+    test = train_pool.take(test_rows) if test_pool is None else test_pool
     if equalize_langs or train_size is not None:
         train_rows = equalize(train_rows, train_pool.langs, train_size, seed)
     if not train_rows:

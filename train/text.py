@@ -10,12 +10,15 @@ all of them, so the language classifier cannot tell the sides apart by the kind 
    evaluated mentions for L2. Only their text features are used, never their gold links, so this is
    unannotated use of the evaluation text (transductive, as the paper's L2 text is in-domain). This is the
    case for an English-only KB (``wikidata-el``) evaluated on German or Russian mentions.
+
+A seeded 20% of each language's rows is held out from the adversarial steps for the language probe
+(:mod:`train.probe`), which measures how well the languages can still be told apart after training.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,10 +29,26 @@ log = logging.getLogger(__name__)
 TEXT_KINDS = ("text", "names", "mentions")
 
 
+PROBE_FRACTION = 0.2
+
+
 @dataclass(frozen=True)
 class LanguageText:
     kind: str  # one of TEXT_KINDS
-    features: dict[str, torch.Tensor]  # language -> [n, D] float32
+    features: dict[str, torch.Tensor]  # language -> [n, D] float32, for the adversarial steps
+    held_out: dict[str, torch.Tensor] = field(default_factory=dict)  # language -> rows the probe is fit on
+
+
+def hold_out(
+    feats: dict[str, torch.Tensor], fraction: float = PROBE_FRACTION
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Split each language's rows (seeded, fixed): ``fraction`` for the language probe, never trained on."""
+    train, held = {}, {}
+    for lang, x in sorted(feats.items()):
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+        n = int(round(fraction * len(x))) if len(x) >= 4 else 0
+        held[lang], train[lang] = x[order[:n]], x[order[n:]]
+    return train, held
 
 
 def _by_lang(feats: torch.Tensor, langs: list[str], want: set[str]) -> dict[str, torch.Tensor]:
@@ -71,5 +90,6 @@ def adversarial_text(
     for kind, feats in candidates:
         if set(feats) == want:
             log.info("adversarial text: %s (%s)", kind, {k: len(v) for k, v in sorted(feats.items())})
-            return LanguageText(kind, feats)
+            train, held = hold_out(feats)
+            return LanguageText(kind, train, held)
     raise DataError(f"no unannotated text covers languages {sorted(want)}: tried {list(TEXT_KINDS)}")

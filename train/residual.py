@@ -1,0 +1,110 @@
+"""The residual scorer (``xel-train --scorer residual``, the default): nn's cosine plus a learned correction.
+
+``score(m, e) = cos(ms, es) + g(x(m, e))``. ``g`` is an MLP whose last layer starts at zero, so before the first
+step the scorer ranks every candidate list exactly as the nn baseline does; training can only move it away from
+nn where the English training (and dev, through epoch selection) data say so. ``x`` concatenates, per pair:
+
+* ``paper``: the paper's ``rs`` and ``rc`` (the ``hs`` MLP over ``[hs0(ms); hs0(es)]`` and ``hc`` over
+  ``[mc; ec]``, :class:`train.model.Ranker`'s paths);
+* ``cosines``: cos(ms, es), cos(mc, ec), cos(ms, ec), cos(mc, es) (an MLP over a concatenation cannot form a
+  dot product, so these are given explicitly);
+* ``interactions``: ``m * e`` and ``|m - e|`` for the name pair (on ``hs0``'s outputs with +A, else the
+  standardized features) and for the context pair (standardized), as in SBERT;
+* the pair features of :mod:`train.pairs` (retrieval rank and source, alias prior, transliterated string
+  similarity, popularity).
+
+All of it is computed for the ``[B, K]`` candidates of a batch in batched tensor ops; each mention's features
+are computed once and each distinct entity's once, then gathered.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from train.model import ModelSpec, Ranker, Scored, _tail
+
+VECTOR_GROUPS = ("paper", "cosines", "interactions")
+
+
+def cosine_features(ms: torch.Tensor, mc: torch.Tensor, es: torch.Tensor, ec: torch.Tensor) -> torch.Tensor:
+    """``[B, K, 4]``: cos(ms, es), cos(mc, ec), cos(ms, ec), cos(mc, es) of mentions ``[B, D]`` against the
+    gathered candidate rows ``es``/``ec`` ``[B, K, D]``."""
+    ms_u, mc_u = F.normalize(ms, dim=-1)[:, None, :], F.normalize(mc, dim=-1)[:, None, :]
+    es_u, ec_u = F.normalize(es, dim=-1), F.normalize(ec, dim=-1)
+    return torch.stack([(ms_u * es_u).sum(-1), (mc_u * ec_u).sum(-1), (ms_u * ec_u).sum(-1), (mc_u * es_u).sum(-1)],
+                       dim=-1)
+
+
+def interaction_features(m: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """``[B, K, 2D]``: ``m * e`` and ``|m - e|`` of mentions ``[B, D]`` against candidate rows ``[B, K, D]``."""
+    m = m[:, None, :]
+    return torch.cat([m * e, (m - e).abs()], dim=-1)
+
+
+class ResidualScorer(Ranker):
+    """See the module docstring. Shares :class:`Ranker`'s standardization, ``hs0``/``hadv`` (+A) and the
+    ``hs``/``hc`` paths; replaces the tanh head by ``cos(ms, es) + g``."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__(spec)
+        groups = set(spec.feature_groups)
+        del self.final
+        name_dim = spec.shared_size if spec.shared_size is not None else spec.dim
+        width = spec.pair_dim
+        if "paper" in groups:
+            width += self.hs.out_size + self.hc.out_size
+        else:
+            self.hs = self.hc = None
+        if "cosines" in groups:
+            width += 4
+        if "interactions" in groups:
+            width += 2 * name_dim + 2 * spec.dim
+        self.input_width = max(width, 1)
+        out = nn.Linear(spec.final_sizes[-1], 1)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+        self.g = nn.Sequential(
+            nn.Linear(self.input_width, spec.final_sizes[0]),
+            _tail(spec.final_sizes[0], spec.final_sizes[1:], spec.dropout), out,
+        )
+
+    def forward(
+        self, ms: torch.Tensor, mc: torch.Tensor, cand: torch.Tensor,
+        kb_es: torch.Tensor, kb_ec: torch.Tensor, kb_pop: torch.Tensor, pair: torch.Tensor | None = None,
+    ) -> Scored:
+        groups = self.spec.feature_groups
+        rows, inverse = torch.unique(cand, return_inverse=True)
+        es, ec = kb_es[rows], kb_ec[rows]
+        m_sh, e_sh = self.shared(ms), self.shared(es)
+        cosines = cosine_features(ms, mc, es[inverse], ec[inverse])
+        parts: list[torch.Tensor] = []
+        if "paper" in groups:
+            hs, hc = self.hs, self.hc
+            parts.append(hs.tail(hs.project_mention(m_sh)[:, None, :] + hs.project_entity(e_sh)[inverse]))
+            mc_z, ec_z = self.standardize_contexts(mc), self.standardize_contexts(ec)
+            parts.append(hc.tail(hc.project_mention(mc_z)[:, None, :] + hc.project_entity(ec_z)[inverse]))
+        if "cosines" in groups:
+            parts.append(cosines)
+        if "interactions" in groups:
+            parts.append(interaction_features(m_sh, e_sh[inverse]))
+            parts.append(interaction_features(self.standardize_contexts(mc), self.standardize_contexts(ec)[inverse]))
+        if self.spec.pair_dim:
+            if pair is None or pair.shape[-1] != self.spec.pair_dim:
+                got = None if pair is None else tuple(pair.shape)
+                raise ValueError(f"this scorer needs pair features of width {self.spec.pair_dim}, got {got}")
+            parts.append(pair)
+        x = torch.cat(parts, dim=-1) if parts else cosines.new_zeros((*cand.shape, 1))
+        scores = cosines[..., 0] + self.g(x).squeeze(-1)
+        has_shared = self.hs0 is not None
+        return Scored(scores, m_sh if has_shared else None, e_sh if has_shared else None, rows, inverse)
+
+
+def build_model(spec: ModelSpec) -> Ranker:
+    """The scorer a spec describes: the paper's :class:`Ranker` or a :class:`ResidualScorer`."""
+    if spec.scorer == "residual":
+        return ResidualScorer(spec)
+    if spec.scorer != "paper":
+        raise ValueError(f"scorer {spec.scorer!r}: allowed 'paper', 'residual'")
+    return Ranker(spec)
