@@ -6,16 +6,22 @@ Per mention, in the spirit of the paper's triage (§5, Appendix A):
   a gold whose language is the train language), leave-one-out for a training mention itself so its own gold
   never earns it a candidate, plus exact and normalised name matches against the mention's KB;
 * ``dense``: the top-k of the mention's ``ms`` against the ``es`` index of its KB (cosine);
+* ``ngram``: the top ``max_ngram`` of the transliterated mention string against the KB names by character
+  n-gram TF-IDF (:mod:`retrieval.ngram`), which finds names in another script or spelling;
 * ``given``: the mention's own ``candidates`` list when the data has one (then it is the whole list).
 
-``merge`` keeps up to ``max_prior`` prior candidates first, then fills to ``k`` with dense ones not yet listed.
-The gold is never injected. Recall@k is reported per language and per source (prior, dense, merged).
+``merge`` lists up to ``max_prior`` prior candidates first, then **every** one of the dense top-``k`` not yet
+listed, then up to ``max_ngram`` n-gram candidates not yet listed: a merged list never loses a hit that dense
+retrieval alone has at ``k`` (it is up to ``k + max_prior + max_ngram`` long). The gold is never injected.
+Recall@k is reported per language and per source (prior, dense, ngram, merged).
+
+The alias prior counts only mentions of ``train`` documents (:mod:`retrieval.splits`), so a dev or test
+mention never sees its own document's gold links.
 """
 
 from __future__ import annotations
 
 import logging
-import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,19 +31,15 @@ import numpy as np
 
 from precompute.store import StoreError
 from retrieval.files import Candidate
+from retrieval.names import normalise_mention
+from retrieval.ngram import NgramIndex
+from retrieval.splits import document_of, split_of
 
 log = logging.getLogger(__name__)
 
 RECALL_KS = (1, 5, 10, 20, 50, 100)
 NAME_EXACT_SCORE = 1.0
 NAME_NORMALISED_SCORE = 0.5
-
-
-def normalise_mention(text: str) -> str:
-    """NFKC, casefold, punctuation removed, whitespace collapsed: ``" U.S.A. "`` -> ``"usa"``."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    kept = "".join(" " if ch.isspace() else ch for ch in text if not unicodedata.category(ch).startswith("P"))
-    return " ".join(kept.split())
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class MentionRef:
     gold: str | None
     given: tuple[str, ...] | None
     type: str | None = None
+    split: str = "train"  # retrieval.splits bucket of the mention's document
 
     @classmethod
     def from_record(cls, record: dict) -> MentionRef:
@@ -57,18 +60,20 @@ class MentionRef:
         return cls(
             id=record["id"], lang=record["lang"], surface=record["sentence"][record["start"]:record["end"]],
             gold=record.get("gold"), given=tuple(given) if given is not None else None, type=record.get("type"),
+            split=split_of(document_of(record)),
         )
 
 
 class AliasPrior:
-    """Normalised mention string -> KB id counts from training mentions, with leave-one-out lookups."""
+    """Normalised mention string -> KB id counts from training mentions (language ``train_lang``, split
+    ``train``), with leave-one-out lookups."""
 
     def __init__(self, mentions: Iterable[MentionRef], train_lang: str):
         self.train_lang = train_lang
         self.counts: dict[str, Counter[str]] = defaultdict(Counter)
         self.training_ids: set[str] = set()
         for m in mentions:
-            if m.lang == train_lang and m.gold is not None:
+            if m.lang == train_lang and m.gold is not None and m.split == "train":
                 self.counts[normalise_mention(m.surface)][m.gold] += 1
                 self.training_ids.add(m.id)
         log.info("alias prior: %d aliases from %d %r training mentions", len(self.counts), len(self.training_ids),
@@ -121,18 +126,19 @@ def prior_candidates(
 
 
 def merge(
-    prior: Sequence[tuple[str, float]], dense: Sequence[tuple[str, float]], k: int, max_prior: int
+    prior: Sequence[tuple[str, float]], dense: Sequence[tuple[str, float]], k: int, max_prior: int,
+    ngram: Sequence[tuple[str, float]] = (), max_ngram: int = 0,
 ) -> list[Candidate]:
-    """Up to ``max_prior`` prior candidates, then dense ones not yet listed, ``k`` in all, best first."""
+    """Up to ``max_prior`` prior candidates, every dense one of the top ``k`` not yet listed, then up to
+    ``max_ngram`` n-gram ones not yet listed (see the module docstring)."""
     out: list[Candidate] = [(kb, s, "prior") for kb, s in prior[:max_prior]]
     seen = {kb for kb, _, _ in out}
-    for kb, s in dense:
-        if len(out) >= k:
-            break
-        if kb not in seen:
-            out.append((kb, s, "dense"))
-            seen.add(kb)
-    return out[:k]
+    for source, items in (("dense", dense[:k]), ("ngram", ngram[:max_ngram])):
+        for kb, s in items:
+            if kb not in seen:
+                out.append((kb, s, source))
+                seen.add(kb)
+    return out
 
 
 def given_candidates(given: Sequence[str], mention_vec: np.ndarray, entity_vecs: dict[str, np.ndarray]
@@ -290,6 +296,7 @@ class CandidateSet:
     data: MentionVectors
     prior: list[list[tuple[str, float]]]
     dense: list[list[tuple[str, float]]]
+    ngram: list[list[tuple[str, float]]]
     merged: list[list[Candidate]]
 
     @property
@@ -300,6 +307,7 @@ class CandidateSet:
         per_source = {
             "prior": [[kb for kb, _ in c] for c in self.prior],
             "dense": [[kb for kb, _ in c] for c in self.dense],
+            "ngram": [[kb for kb, _ in c] for c in self.ngram],
             "merged": [[kb for kb, _, _ in c] for c in self.merged],
         }
         return recall_table(per_source, [m.gold for m in self.mentions], [m.lang for m in self.mentions], ks)
@@ -307,7 +315,7 @@ class CandidateSet:
 
 def generate_candidates(
     store, index, *, k: int = 30, max_prior: int = 10, train_lang: str = "en", kb_lang: str | None = None,
-    langs: Sequence[str] | None = None, dense_k: int = max(RECALL_KS),
+    langs: Sequence[str] | None = None, dense_k: int = max(RECALL_KS), max_ngram: int = 10,
 ) -> CandidateSet:
     """Prior, dense and merged candidates for every mention of ``store`` (see the module docstring)."""
     data = load_mention_vectors(store, index, langs)
@@ -317,6 +325,14 @@ def generate_candidates(
     matchers = {lang: NameMatcher(r for r in kb_records if r["lang"] == lang) for lang in set(kb_langs)}
     kb_ids = {lang: frozenset(r["id"] for r in kb_records if r["lang"] == lang) for lang in set(kb_langs)}
     data.prefetch(kb for m in data.mentions if m.given is not None for kb in m.given)
+    ngram: list[list[tuple[str, float]]] = [[] for _ in data.mentions]
+    for lang in sorted(set(kb_langs)):
+        rows = [i for i, kl in enumerate(kb_langs) if kl == lang]
+        entries = [r for r in kb_records if r["lang"] == lang]
+        found = NgramIndex([r["id"] for r in entries], [r["name"] for r in entries]).search(
+            [data.mentions[i].surface for i in rows], max(k, dense_k))
+        for i, hits in zip(rows, found):
+            ngram[i] = hits
     priors, merged = [], []
     for i, m in enumerate(data.mentions):
         p = prior_candidates(m, prior, matchers[kb_langs[i]], kb_ids[kb_langs[i]])
@@ -324,5 +340,5 @@ def generate_candidates(
         if m.given is not None:
             merged.append(given_candidates(m.given, data.vectors[i], {kb: data.entity(kb) for kb in m.given}))
         else:
-            merged.append(merge(p, dense[i], k, max_prior))
-    return CandidateSet(data, priors, dense, merged)
+            merged.append(merge(p, dense[i], k, max_prior, ngram[i], max_ngram))
+    return CandidateSet(data, priors, dense, ngram, merged)

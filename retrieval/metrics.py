@@ -8,6 +8,8 @@ Definitions (per group of mentions; a prediction is a KB id or ``None`` for NIL)
 * ``f1``: harmonic mean of ``p`` and ``r``.
 * ``nonnil_f1``: F1 over the gold non-NIL mentions only (a NIL prediction there counts against recall,
   a wrong link against precision).
+* ``nil_p``, ``nil_r``, ``nil_f1``: the NIL decision itself: correct NIL predictions / NIL predictions, / gold
+  NIL mentions, and their harmonic mean.
 
 The paper scores with the TAC 2015 scorer (Ji et al., 2015). Ours differs in that mentions are gold spans
 (no span matching), NIL clusters are not scored (a NIL prediction is right when the gold is NIL), and
@@ -28,6 +30,9 @@ class Scores:
     r: float
     f1: float
     nonnil_f1: float
+    nil_p: float = 0.0
+    nil_r: float = 0.0
+    nil_f1: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -49,6 +54,9 @@ def score(golds: Sequence[str | None], preds: Sequence[str | None]) -> Scores:
     r = correct_links / gold_links if gold_links else 0.0
     nonnil_predicted = sum(1 for g, q in zip(golds, preds) if g is not None and q is not None)
     nonnil_p = correct_links / nonnil_predicted if nonnil_predicted else 0.0
+    correct_nil = sum(1 for g, q in zip(golds, preds) if g is None and q is None)
+    nil_p = correct_nil / (n - predicted) if n - predicted else 0.0
+    nil_r = correct_nil / (n - gold_links) if n - gold_links else 0.0
     return Scores(
         n=n,
         micro=sum(1 for g, q in zip(golds, preds) if g == q) / n if n else 0.0,
@@ -56,6 +64,9 @@ def score(golds: Sequence[str | None], preds: Sequence[str | None]) -> Scores:
         r=r,
         f1=_f1(p, r),
         nonnil_f1=_f1(nonnil_p, r),
+        nil_p=nil_p,
+        nil_r=nil_r,
+        nil_f1=_f1(nil_p, nil_r),
     )
 
 

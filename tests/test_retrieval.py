@@ -219,8 +219,22 @@ def test_prior_candidates_restrict_to_kb_and_add_name_matches():
 
 
 def test_merge_prior_first_then_dense_without_duplicates():
-    merged = merge([("A", 0.9), ("B", 0.1)], [("B", 0.8), ("C", 0.7), ("D", 0.6)], k=3, max_prior=5)
-    assert merged == [("A", 0.9, "prior"), ("B", 0.1, "prior"), ("C", 0.7, "dense")]
+    merged = merge([("A", 0.9), ("B", 0.1)], [("B", 0.8), ("C", 0.7), ("D", 0.6), ("E", 0.5)], k=3, max_prior=5,
+                   ngram=[("F", 0.9), ("A", 0.8), ("G", 0.7)], max_ngram=2)
+    # every dense hit within k is kept (D would be cut by a list capped at k); n-gram extras come last
+    assert merged == [("A", 0.9, "prior"), ("B", 0.1, "prior"), ("C", 0.7, "dense"), ("D", 0.6, "dense"),
+                      ("F", 0.9, "ngram")]
+
+
+def test_merge_never_loses_a_dense_hit_within_k():
+    rng = np.random.default_rng(0)
+    ids = [f"Q{i}" for i in range(40)]
+    for _ in range(200):
+        k = int(rng.integers(1, 15))
+        pick = lambda n: [(ids[j], float(rng.random())) for j in rng.permutation(40)[:n]]  # noqa: E731
+        prior, dense, ngram = pick(int(rng.integers(0, 12))), pick(30), pick(int(rng.integers(0, 12)))
+        merged = [kb for kb, _, _ in merge(prior, dense, k, int(rng.integers(0, 6)), ngram, int(rng.integers(0, 6)))]
+        assert {kb for kb, _ in dense[:k]} <= set(merged) and len(merged) == len(set(merged))
     assert merge([("A", 1.0), ("B", 1.0)], [("C", 0.5)], k=5, max_prior=1) == [("A", 1.0, "prior"), ("C", 0.5, "dense")]
 
 

@@ -43,6 +43,8 @@ def test_nil_threshold_and_metrics_by_hand() -> None:
     assert s["type:en:PER"].n == 1
     # non-NIL F1: over a, b, d only: p = 1/2 (a right, b wrong), r = 1/3
     assert s["all"].nonnil_f1 == pytest.approx(0.4)
+    # NIL decision: c and d predicted NIL, only c is gold NIL: p = 1/2, r = 1/1
+    assert (s["all"].nil_p, s["all"].nil_r, s["all"].nil_f1) == pytest.approx((0.5, 1.0, 2 / 3))
 
 
 def test_tune_threshold_picks_best_dev_f1() -> None:

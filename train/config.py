@@ -60,7 +60,7 @@ class TrainConfig:
     loss: str | None = None
     temperature: float = 0.05
     weight_decay: float = 0.0
-    max_candidates: int = 30
+    max_candidates: int = 50  # xel-nn candidates: dense top-30 + up to 10 prior + up to 10 n-gram
     # +A (paper §3.1, Algorithm 1)
     adversarial: bool = False
     # "alternating": Algorithm 1 as published (inverted labels, MSE); "grl": a gradient reversal layer, lambda

