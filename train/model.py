@@ -35,6 +35,7 @@ class ModelSpec:
     scorer: str = "paper"  # "paper": Ranker; "residual": train.residual.ResidualScorer
     feature_groups: tuple[str, ...] = ()  # residual only: vector feature groups in use
     pair_dim: int = 0  # residual only: width of the pair features (train.pairs)
+    interaction_size: int = 64  # residual only: projection width of the interaction features
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
