@@ -22,6 +22,18 @@ class Ranked:
     best: torch.Tensor  # [M] best score (-inf without candidates)
     best_pos: torch.Tensor  # [M]
     tied_top: float = 0.0  # share of mentions whose best score is shared by several candidates
+    tied: torch.Tensor | None = None  # [M] bool: this mention's best score is shared by several candidates
+
+    def tied_by_group(self, langs: list[str]) -> dict[str, float]:
+        """Share of tied mentions overall (``all``) and per language (``lang:xx``)."""
+        if self.tied is None or not len(langs):
+            return {"all": self.tied_top}
+        flags = self.tied.tolist()
+        out = {"all": sum(flags) / len(flags)}
+        for lang in sorted(set(langs)):
+            mine = [f for f, x in zip(flags, langs) if x == lang]
+            out[f"lang:{lang}"] = sum(mine) / len(mine)
+        return out
 
 
 def context_cosines(mentions: Mentions) -> torch.Tensor:
@@ -43,7 +55,8 @@ def pick_best(scores: torch.Tensor, mentions: Mentions) -> Ranked:
     noise = torch.rand(scores.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     keys = (2.0 + context_cosines(mentions).double() + 1e-9 * noise).masked_fill(~tied, -1.0)
     best_pos = keys.argmax(dim=1)
-    return Ranked(scores, best, best_pos, float((tied.sum(dim=1) > 1).float().mean()) if len(scores) else 0.0)
+    several = tied.sum(dim=1) > 1
+    return Ranked(scores, best, best_pos, float(several.float().mean()) if len(scores) else 0.0, several)
 
 
 def nn_scores(mentions: Mentions) -> torch.Tensor:

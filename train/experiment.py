@@ -234,9 +234,9 @@ def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float
 
     mean, std = mean_std([r["test"] for r in per_seed])
     rows = {g: {m: (mean[g][m], std[g][m]) for m in METRICS} for g in mean}
-    tied = [s["tied_top"] for r in per_seed for s in r["seeds"]]
     probes = [s["probe"]["probe_accuracy"] for r in per_seed for s in r["seeds"] if s.get("probe")]
     for g in rows:
+        tied = [s["tied_top"].get(g, np.nan) for r in per_seed for s in r["seeds"]]
         rows[g]["tied"] = (float(np.mean(tied)), float(np.std(tied)))
         rows[g]["probe"] = (float(np.mean(probes)), float(np.std(probes))) if probes else (float("nan"), 0.0)
     return rows
@@ -245,7 +245,7 @@ def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float
 def table4(rows: dict[str, dict[str, dict[str, tuple[float, float]]]], langs: list[str], train_lang: str) -> str:
     """One block per language; rows are settings, cells mean ± std over seeds (nn: deterministic)."""
     lines = []
-    cols = (*METRICS, "probe")
+    cols = (*METRICS, "tied", "probe")
     for lang in langs:
         group = f"lang:{lang}"
         kind = "in-language (held-out test documents)" if lang == train_lang else "zero-shot target language"
@@ -415,8 +415,11 @@ def render_report(cfg: ExperimentConfig, table: str, adv_table: str, ablation: s
         "## Table 4 (mean ± std over seeds)", "", "```", table, "```", "",
         "`nn` = cos(ms, es) over the same candidates (the residual scorer before training), same test mentions, "
         "same NIL rule. Rows without a prefix use the residual scorer; `paper:` rows the paper's ranker. "
-        "`nil_*` score the NIL decision (precision/recall of predicting NIL); `probe` is the held-out accuracy of "
-        "a fresh logistic-regression language classifier on the model's `hs0` (chance = 1 / languages).", "",
+        "`nil_*` score the NIL decision (precision/recall of predicting NIL); `tied` is the share of test mentions "
+        "whose top score is shared by several candidates (same-name KB entries; broken by cos(mc, ec)); `probe` is "
+        "the held-out accuracy of a fresh logistic-regression language classifier on the model's `hs0` (without "
+        "+A: the standardized name features; chance = 1 / languages). `+P` counts gold links among the English "
+        "training mentions (`--popularity-source mentions`): the KBs here carry no link counts.", "",
         f"Chosen epochs per seed: {json.dumps(epochs)}", "",
     ]
     if adv_table:

@@ -38,6 +38,7 @@ class FitResult:
     test: dict[str, dict[str, float]]
     test_ranked: Ranked
     probe: dict[str, float] | None = None
+    test_langs: list[str] | None = None
 
 
 def model_spec(cfg: TrainConfig, data: Prepared) -> ModelSpec:
@@ -129,4 +130,4 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
         except ValueError as e:
             log.info("no language probe: %s", e)
     return FitResult(model, seed, best.epoch, best.threshold, history, chosen.get("dev"),
-                     _as_dicts(evaluate(ranked, test, best.threshold)), ranked, probe)
+                     _as_dicts(evaluate(ranked, test, best.threshold)), ranked, probe, test.langs)

@@ -21,7 +21,8 @@ CHECKPOINT = "model.safetensors"
 
 def run_metrics(result: FitResult) -> dict[str, Any]:
     return {"seed": result.seed, "best_epoch": result.best_epoch, "nil_threshold": result.nil_threshold,
-            "dev": result.dev, "test": result.test, "probe": result.probe, "tied_top": result.test_ranked.tied_top,
+            "dev": result.dev, "test": result.test, "probe": result.probe,
+            "tied_top": result.test_ranked.tied_by_group(result.test_langs or []),
             "epochs": result.history}
 
 
