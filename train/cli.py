@@ -15,7 +15,16 @@ from precompute.store import StoreError
 from retrieval.files import CandidatesError
 from retrieval.metrics import format_table
 from train.checkpoint import CheckpointError
-from train.config import POPULARITY_MISSING, ConfigError, TrainConfig
+from train.config import (
+    ADV_MODES,
+    FEATURE_GROUPS,
+    LOSSES,
+    POPULARITY_MISSING,
+    POPULARITY_SOURCES,
+    SCORERS,
+    ConfigError,
+    TrainConfig,
+)
 from train.data import DataError
 from train.run import run
 
@@ -43,6 +52,16 @@ def _sizes(value: str | None, flag: str) -> tuple[int, ...] | None:
 @click.option("--eval-candidates", type=click.Path(dir_okay=False), help="default: <eval-features>/candidates.jsonl")
 @click.option("--train-lang", help="comma-separated training languages (default: en if present, else all)")
 @click.option("--eval-lang", help="comma-separated evaluation languages (default: all of the eval store)")
+@click.option("--scorer", type=click.Choice(SCORERS),
+              help="residual (default): cos(ms, es) + a learned correction that starts at zero (= nn); "
+                   "paper: the paper's ranker as published")
+@click.option("--feature-groups",
+              help=f"residual scorer inputs, comma-separated subset of {','.join(FEATURE_GROUPS)} (default: all)")
+@click.option("--loss", type=click.Choice(LOSSES),
+              help="hinge against the best of --negatives (paper's default) or listwise softmax over all "
+                   "candidates (residual's default)")
+@click.option("--temperature", type=float, help="softmax loss temperature (default 0.05)")
+@click.option("--weight-decay", type=float, help="Adam weight decay (default 0)")
 @click.option("--hs-sizes", help="hs layer sizes, e.g. 512,256 (default 256)")
 @click.option("--hc-sizes", help="hc layer sizes (default 256)")
 @click.option("--final-sizes", help="final MLP layer sizes (default 128,64)")
@@ -54,6 +73,9 @@ def _sizes(value: str | None, flag: str) -> tuple[int, ...] | None:
 @click.option("--margin", type=float, help="hinge margin epsilon")
 @click.option("--max-candidates", type=int, help="keep the first K candidates of each mention")
 @click.option("--adversarial/--no-adversarial", default=None, help="+A: the adversarial language classifier")
+@click.option("--adv-mode", type=click.Choice(ADV_MODES),
+              help="+A objective: alternating (Algorithm 1, default), grl (gradient reversal), uniform (push the "
+                   "language posterior to uniform)")
 @click.option("--shared-size", type=int, help="width of the shared layer hs0 (+A)")
 @click.option("--lambda", "lambda_adv", type=float, help="weight of the language loss (paper: 0.25 TAC, 0.01 Wiki)")
 @click.option("--adv-steps", type=int, help="adversarial steps per epoch (y)")
@@ -61,6 +83,8 @@ def _sizes(value: str | None, flag: str) -> tuple[int, ...] | None:
 @click.option("--adv-batch-size", type=int)
 @click.option("--popularity/--no-popularity", default=None, help="+P: KB cross-link popularity")
 @click.option("--popularity-missing", type=click.Choice(POPULARITY_MISSING), help="entries with links: null")
+@click.option("--popularity-source", type=click.Choice(POPULARITY_SOURCES),
+              help="+P counts: the KB's links (default) or gold links among the training mentions")
 @click.option("--nil-threshold", type=float, help="NIL when every candidate scores below it (default -1)")
 @click.option("--tune-nil/--no-tune-nil", default=None, help="pick the NIL threshold on dev")
 @click.option("--dev-fraction", type=float, help="held-out training mentions for epoch selection (default 0.1)")
@@ -79,7 +103,7 @@ def main(config_file: str | None, verbose: bool, **flags: Any) -> None:
     """Train the pointwise ranker (+A adversarial language objective, +P popularity) and evaluate it."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    for name in ("train_lang", "eval_lang"):
+    for name in ("train_lang", "eval_lang", "feature_groups"):
         flags[name] = _langs(flags[name])
     for name in ("hs_sizes", "hc_sizes", "final_sizes"):
         flags[name] = _sizes(flags[name], f"--{name.replace('_', '-')}")
