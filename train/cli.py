@@ -17,8 +17,10 @@ from retrieval.metrics import format_table
 from train.checkpoint import CheckpointError
 from train.config import (
     ADV_MODES,
+    DEFAULT_FEATURE_GROUPS,
     FEATURE_GROUPS,
     LOSSES,
+    NIL_SCORES,
     POPULARITY_MISSING,
     POPULARITY_SOURCES,
     SCORERS,
@@ -56,7 +58,8 @@ def _sizes(value: str | None, flag: str) -> tuple[int, ...] | None:
               help="residual (default): cos(ms, es) + a learned correction that starts at zero (= nn); "
                    "paper: the paper's ranker as published")
 @click.option("--feature-groups",
-              help=f"residual scorer inputs, comma-separated subset of {','.join(FEATURE_GROUPS)} (default: all)")
+              help=f"residual scorer inputs, comma-separated subset of {','.join(FEATURE_GROUPS)} "
+                   f"(default: {','.join(DEFAULT_FEATURE_GROUPS)})")
 @click.option("--loss", type=click.Choice(LOSSES),
               help="hinge against the best of --negatives (paper's default) or listwise softmax over all "
                    "candidates (residual's default)")
@@ -87,6 +90,9 @@ def _sizes(value: str | None, flag: str) -> tuple[int, ...] | None:
               help="+P counts: the KB's links (default) or gold links among the training mentions")
 @click.option("--nil-threshold", type=float, help="NIL when every candidate scores below it (default -1)")
 @click.option("--tune-nil/--no-tune-nil", default=None, help="pick the NIL threshold on dev")
+@click.option("--nil-score", type=click.Choice(NIL_SCORES),
+              help="compare the NIL threshold with the best score (model; paper's default) or with cos(ms, es) of "
+                   "the best candidate (cosine; residual's default)")
 @click.option("--dev-fraction", type=float, help="held-out training mentions for epoch selection (default 0.1)")
 @click.option("--test-fraction", type=float, help="held-out test share of a language both trained and evaluated")
 @click.option("--equalize/--no-equalize", default=None, help="downsample training languages to the smallest")

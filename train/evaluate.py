@@ -1,12 +1,17 @@
 """Score every candidate of a mention set, predict with the NIL threshold, and compute the shared metrics.
 
-A mention is predicted NIL when it has no candidate or every candidate scores below the threshold (paper §5:
--1 by default); otherwise its best-scoring candidate. Metrics come from :mod:`retrieval.metrics`.
+A mention is predicted NIL when it has no candidate or its NIL score is below the threshold (paper §5: -1 by
+default); otherwise its best-scoring candidate. The NIL score is the best candidate's score (``--nil-score
+model``, the paper's rule) or the cosine between the mention's ``ms`` and that candidate's ``es`` (``--nil-score
+cosine``, nn's rule; the residual scorer's default): features that only English mentions have (an alias prior,
+an exact name match) raise the residual scorer's scores of English links, so a threshold tuned on English dev
+on those scores would turn correct links in another language into NIL; the cosine's scale is the one nn's
+threshold is tuned on, and it carries over. Metrics come from :mod:`retrieval.metrics`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -23,6 +28,11 @@ class Ranked:
     best_pos: torch.Tensor  # [M]
     tied_top: float = 0.0  # share of mentions whose best score is shared by several candidates
     tied: torch.Tensor | None = None  # [M] bool: this mention's best score is shared by several candidates
+    nil_score: torch.Tensor | None = None  # [M] what the NIL threshold is compared with (default: ``best``)
+
+    @property
+    def decision(self) -> torch.Tensor:
+        return self.best if self.nil_score is None else self.nil_score
 
     def tied_by_group(self, langs: list[str]) -> dict[str, float]:
         """Share of tied mentions overall (``all``) and per language (``lang:xx``)."""
@@ -66,7 +76,14 @@ def nn_scores(mentions: Mentions) -> torch.Tensor:
     return torch.einsum("md,mkd->mk", ms, es[mentions.cand]).masked_fill(~mentions.cand_mask, float("-inf"))
 
 
-def rank(model: Ranker, mentions: Mentions, batch_size: int = 256) -> Ranked:
+def with_cosine_nil_score(ranked: Ranked, mentions: Mentions) -> Ranked:
+    """``ranked`` whose NIL score is cos(ms, es) of its best candidate (see the module docstring)."""
+    cos = nn_scores(mentions).gather(1, ranked.best_pos[:, None]).squeeze(1)
+    cos = torch.where(torch.isfinite(ranked.best), cos, ranked.best)
+    return replace(ranked, nil_score=cos)
+
+
+def rank(model: Ranker, mentions: Mentions, batch_size: int = 256, nil_score: str = "model") -> Ranked:
     model.eval()
     kb = mentions.kb
     parts = []
@@ -77,13 +94,14 @@ def rank(model: Ranker, mentions: Mentions, batch_size: int = 256) -> Ranked:
             parts.append(model(mentions.ms[sl], mentions.mc[sl], mentions.cand[sl], kb.es, kb.ec, kb.popularity,
                                pair).scores)
     scores = torch.cat(parts) if parts else torch.zeros(mentions.cand.shape)
-    return pick_best(scores, mentions)
+    ranked = pick_best(scores, mentions)
+    return with_cosine_nil_score(ranked, mentions) if nil_score == "cosine" else ranked
 
 
 def predict(ranked: Ranked, mentions: Mentions, threshold: float) -> list[str | None]:
     """KB id of the best candidate, or None (NIL) when there is none or it scores below ``threshold``."""
     rows = mentions.cand.gather(1, ranked.best_pos[:, None]).squeeze(1).tolist()
-    linked = (ranked.best >= threshold).tolist()
+    linked = (ranked.decision >= threshold).tolist()
     return [mentions.kb.ids[r] if ok else None for r, ok in zip(rows, linked)]
 
 
@@ -97,7 +115,7 @@ def tune_threshold(ranked: Ranked, mentions: Mentions) -> float:
     preds = predict(ranked, mentions, float("-inf"))
     correct = np.array([p is not None and p == g for p, g in zip(preds, mentions.golds)], dtype=np.float64)
     gold_links = sum(g is not None for g in mentions.golds)
-    best = ranked.best.numpy().astype(np.float64)
+    best = ranked.decision.numpy().astype(np.float64)
     has = np.isfinite(best)
     order = np.argsort(-best[has], kind="stable")
     scores_sorted, correct_sorted = best[has][order], correct[has][order]

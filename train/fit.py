@@ -90,12 +90,12 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
         threshold = cfg.nil_threshold
         entry: dict[str, Any] = {"epoch": epoch, **losses}
         if dev is not None:
-            dev_ranked = rank(model, dev)
+            dev_ranked = rank(model, dev, nil_score=cfg.nil_score_name)
             if cfg.tune_nil:
                 threshold = tune_threshold(dev_ranked, dev)
             entry["dev"] = _as_dicts(evaluate(dev_ranked, dev, threshold))
         entry["nil_threshold"] = threshold
-        test_ranked = rank(model, test)
+        test_ranked = rank(model, test, nil_score=cfg.nil_score_name)
         entry["test"] = _as_dicts(evaluate(test_ranked, test, threshold))
         entry["tied_top"] = test_ranked.tied_top
         if test_ranked.tied_top > 0.5:
@@ -121,7 +121,7 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
         evaluate_epoch(epoch, trainer.epoch(epoch - first))
     assert best is not None
     model.load_state_dict(best.state, strict=True)
-    ranked = rank(model, test)
+    ranked = rank(model, test, nil_score=cfg.nil_score_name)
     chosen = next(h for h in history if h["epoch"] == best.epoch)
     probe = None
     if data.text is not None and len(data.text.held_out) >= 2:

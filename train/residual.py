@@ -13,7 +13,9 @@ nn where the English training (and dev, through epoch selection) data say so. ``
   low-rank bilinear form: the full 384-dimensional products made ``g``'s first layer 5x wider and the step 3x
   slower); the name side starts from ``hs0``'s outputs with +A, else from the standardized features;
 * the pair features of :mod:`train.pairs` (retrieval rank and source, alias prior, transliterated string
-  similarity, popularity).
+  similarity, popularity);
+* with +A: cos(hs0(ms), hs0(es)), a learned name similarity in the shared space the adversary makes
+  language-invariant (whatever the groups).
 
 All of it is computed for the ``[B, K]`` candidates of a batch in batched tensor ops; each mention's features
 are computed once and each distinct entity's once, then gathered.
@@ -65,6 +67,8 @@ class ResidualScorer(Ranker):
             self.name_projection = nn.Linear(name_dim, spec.interaction_size, bias=False)
             self.context_projection = nn.Linear(spec.dim, spec.interaction_size, bias=False)
             width += 4 * spec.interaction_size
+        if self.hs0 is not None:
+            width += 1
         self.input_width = max(width, 1)
         out = nn.Linear(spec.final_sizes[-1], 1)
         nn.init.zeros_(out.weight)
@@ -96,6 +100,8 @@ class ResidualScorer(Ranker):
             parts.append(interaction_features(name_p(m_sh), name_p(e_sh)[inverse]))
             parts.append(interaction_features(context_p(self.standardize_contexts(mc)),
                                               context_p(self.standardize_contexts(ec))[inverse]))
+        if self.hs0 is not None:
+            parts.append(F.cosine_similarity(m_sh[:, None, :], e_sh[inverse], dim=-1)[..., None])
         if self.spec.pair_dim:
             if pair is None or pair.shape[-1] != self.spec.pair_dim:
                 got = None if pair is None else tuple(pair.shape)
