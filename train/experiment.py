@@ -35,7 +35,7 @@ import numpy as np
 
 from precompute.store import atomic_write_bytes, atomic_write_json, open_store
 from retrieval.metrics import __doc__ as METRIC_DEFINITIONS
-from train.config import ADV_MODES, FEATURE_GROUPS, TrainConfig
+from train.config import ADV_MODES, DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS, TrainConfig
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = Path("models/multilingual-e5-small")
@@ -218,14 +218,22 @@ def settings_jobs(
                 flags.update(adv_mode=adv[0], lambda_adv=adv[1])
             for seed in range(cfg.seeds):
                 run_dir = root / f"{prefix}{name}".replace(":", "-") / f"seed-{seed}"
+                if name == "en+A" and scorer == "residual" and seed == 0:
+                    run_dir = root / "adv-grid" / f"{adv[0]}-{adv[1]:g}"  # the grid's run of the chosen setting
                 jobs[(prefix + name, seed)] = replace(base, scorer=scorer, seed=seed, **flags, out=str(run_dir))
     if cfg.ablation:
-        for group in FEATURE_GROUPS:
-            kept = tuple(g for g in FEATURE_GROUPS if g != group)
+        for name, groups in ablation_groups().items():
             for seed in range(cfg.seeds):
-                jobs[(f"en-{group}", seed)] = replace(base, seed=seed, feature_groups=kept,
-                                                      out=str(root / "ablation" / f"no-{group}" / f"seed-{seed}"))
+                jobs[(name, seed)] = replace(base, seed=seed, feature_groups=groups,
+                                             out=str(root / "ablation" / name / f"seed-{seed}"))
     return jobs
+
+
+def ablation_groups() -> dict[str, tuple[str, ...]]:
+    """The default groups with one removed (``en-g``), and with one of the others added (``en+g``)."""
+    out = {f"en-{g}": tuple(x for x in DEFAULT_FEATURE_GROUPS if x != g) for g in DEFAULT_FEATURE_GROUPS}
+    out.update({f"en+{g}": (*DEFAULT_FEATURE_GROUPS, g) for g in FEATURE_GROUPS if g not in DEFAULT_FEATURE_GROUPS})
+    return out
 
 
 def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, float]]]:
@@ -369,7 +377,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         per_setting.setdefault(name, []).append(done[f"{name}|{seed}"])
     rows = {name: aggregate(runs) for name, runs in per_setting.items()}
     shown = [*targets, cfg.train_lang] if cfg.eval_data is None else targets
-    main_rows = {k: v for k, v in rows.items() if not k.startswith("en-")}
+    main_rows = {k: v for k, v in rows.items() if k not in ablation_groups()}
     table = table4(main_rows, shown, cfg.train_lang)
     ablation = ablation_table(rows, shown) if cfg.ablation else ""
     adv_table = grid_table(adv_grid, shown, chosen) if adv_grid else ""
@@ -390,14 +398,13 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def ablation_table(rows: dict[str, dict[str, dict[str, tuple[float, float]]]], langs: list[str]) -> str:
-    """Test F1 of the residual ``en`` with all feature groups, and with each group removed."""
-    names = ["nn", "en", *[f"en-{g}" for g in FEATURE_GROUPS]]
-    lines = ["ablation: residual en, one feature group removed (test F1, mean ± std over seeds)",
+    """Test F1 of the residual ``en`` with the default groups, with each removed, and with each other added."""
+    lines = [f"ablation: residual en, default groups {'+'.join(DEFAULT_FEATURE_GROUPS)}, one removed (en-g) or one "
+             "added (en+g); test F1, mean ± std over seeds",
              f"{'setting':<18}" + "".join(f"{x:>16}" for x in langs)]
-    for name in names:
+    for name in ["nn", "en", *ablation_groups()]:
         if name in rows:
-            label = name if not name.startswith("en-") else f"en - {name[3:]}"
-            lines.append(f"{label:<18}" + "".join(
+            lines.append(f"{name:<18}" + "".join(
                 f"{rows[name][f'lang:{x}']['f1'][0]:>9.3f} ± {rows[name][f'lang:{x}']['f1'][1]:.3f}"
                 for x in langs if f"lang:{x}" in rows[name]))
     return "\n".join(lines)
