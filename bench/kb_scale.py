@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from precompute.store import FORMAT_VERSION, MANIFEST, atomic_write_json, open_store, shard_path, write_shard  # noqa: E402
+from precompute.store import MANIFEST, open_store, shard_path, write_manifest, write_shard  # noqa: E402
 
 CONFIGS = [
     "IVF1024,PQ48|nprobe=128,rerank=8",
@@ -61,18 +61,16 @@ def write_store(root: Path, entities: int, queries: int, dim: int, shard: int = 
             checksum = write_shard(shard_path(root, kind, i), kind=kind, start=start, ids=ids, langs=["en"] * rows,
                                    features=feats, input_hash="kb-scale")
             shards.append({"path": f"{kind}/shard-{i:05d}.h5", "rows": rows, "checksum": checksum})
-        kinds[kind] = {"rows": n, "shards": shards}
+        kinds[kind] = shards
     q = np.concatenate(query_rows)
     q += 0.5 * rng.normal(size=q.shape).astype(np.float32) / np.sqrt(dim)  # a mention is its entity plus noise
     mids = [f"m{i}" for i in range(len(q))]
     checksum = write_shard(shard_path(root, "ms", 0), kind="ms", start=0, ids=mids, langs=["en"] * len(q),
                            features=q, input_hash="kb-scale")
-    kinds["ms"] = {"rows": len(q), "shards": [{"path": "ms/shard-00000.h5", "rows": len(q), "checksum": checksum}]}
-    atomic_write_json(root / MANIFEST, {
-        "format_version": FORMAT_VERSION, "encoder": {"name": "random-lowrank", "fingerprint": "kb-scale"},
-        "dim": dim, "kinds": kinds, "layer": -1, "pooling": "max", "max_length": 512, "prefix": "", "dtype": "fp16",
-        "model": None, "inputs": {}, "config": {},
-    })
+    kinds["ms"] = [{"path": "ms/shard-00000.h5", "rows": len(q), "checksum": checksum}]
+    # random features: no encoder ran; "fp32" is the dtype of the numbers they were drawn in
+    write_manifest(root, encoder={"name": "random-lowrank", "fingerprint": "kb-scale"}, model=None, layer=-1,
+                   max_length=512, prefix="", dtype="fp32", dim=dim, shards=kinds)
     return root
 
 
@@ -98,7 +96,7 @@ def main() -> None:
 def run(entities: int, queries: int, dim: int, work: Path, configs: tuple[str, ...], out_json: Path) -> None:
     """Write the store, compute the exact answer, run every configuration in its own process."""
     from retrieval.bench import exact_topk
-    from retrieval.index import unit_rows
+    from retrieval.vectors import unit_rows
 
     store_dir = work / f"store-{entities}-{dim}"
     t0 = time.perf_counter()
@@ -142,7 +140,7 @@ def run(entities: int, queries: int, dim: int, work: Path, configs: tuple[str, .
 def ids_only(store_dir: Path) -> None:
     """The part of a configuration's peak that does not grow with the KB: the same libraries and the queries."""
     import retrieval.bench  # noqa: F401  (faiss, numpy: what every configuration's process loads)
-    from retrieval.index import unit_rows
+    from retrieval.vectors import unit_rows
 
     store = open_store(store_dir)
     unit_rows(store, "ms", np.arange(store.count("ms")))
@@ -156,7 +154,9 @@ def one(store_dir: Path, spec: str) -> None:
     """Build, load and link in this process; print one JSON line."""
     import tempfile
 
-    from retrieval.index import build_index, open_index_and_store, unit_rows
+    from retrieval.build import build_index
+    from retrieval.index_files import open_index_and_store
+    from retrieval.vectors import unit_rows
 
     factory, _, params = spec.partition("|")
     store = open_store(store_dir)

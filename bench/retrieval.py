@@ -25,7 +25,8 @@ import faiss
 import numpy as np
 
 from precompute.store import atomic_write_json
-from retrieval.index import build_lang_index, l2_normalise
+from retrieval.factory import build_lang_index
+from retrieval.vectors import l2_normalise
 
 log = logging.getLogger("bench.retrieval")
 K = 10

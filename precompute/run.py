@@ -46,17 +46,17 @@ from precompute.encoding import (  # noqa: E402
 )
 from precompute.schema import InputError, Inputs, load_inputs  # noqa: E402
 from precompute.store import (  # noqa: E402
-    FORMAT_VERSION,
     KINDS,
-    MANIFEST,
-    RECORD_FILES,
     RUN_CONFIG,
-    atomic_write_bytes,
     atomic_write_json,
     file_sha256,
+    open_store,
     read_row_hashes,
+    read_shard,
     shard_is_complete,
     shard_path,
+    write_manifest,
+    write_records,
 )
 from precompute.worker import (  # noqa: E402
     FAULT_ENV,
@@ -154,14 +154,8 @@ def prepare_out_dir(out: Path, run_config: dict[str, Any]) -> None:
 
 def write_input_copies(out: Path, inputs: Inputs) -> None:
     """The validated records the store's features come from, for readers (``Store.records``)."""
-    groups = {"kb": inputs.kb, "mentions": inputs.mentions, "text": inputs.text}
-    for name, records in groups.items():
-        path = out / "inputs" / RECORD_FILES[name]
-        if not records:
-            path.unlink(missing_ok=True)
-            continue
-        lines = [json.dumps(dataclasses.asdict(r), ensure_ascii=False) for r in records]
-        atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    for name, records in (("kb", inputs.kb), ("mentions", inputs.mentions), ("text", inputs.text)):
+        write_records(out, name, [dataclasses.asdict(r) for r in records])
 
 
 def plan_tasks(cfg: PrecomputeConfig, inputs: Inputs, settings: dict[str, Any]) -> dict[str, list[ShardTask]]:
@@ -349,7 +343,7 @@ def run(cfg: PrecomputeConfig) -> dict[str, Any]:
                    "reused": sum(r["reused_rows"] for r in results if r["kind"] == kind),
                    "kept": sum(len(t.items) for t in plan[kind]) - sum(r["rows"] for r in results if r["kind"] == kind)}
             for kind in plan}
-    manifest = write_manifest(cfg, inputs, plan, encoder, settings, input_hashes, rows)
+    manifest = finish_store(cfg, inputs, plan, encoder, settings, input_hashes, rows)
     drop_set_aside(cfg.out, cfg.kinds)
     tokens = sum(r["tokens"] for r in results)
     padded = sum(r["padded_tokens"] for r in results)
@@ -372,37 +366,31 @@ def remove_stale_temp_files(out: Path, kinds: tuple[str, ...]) -> None:
             path.unlink(missing_ok=True)
 
 
-def write_manifest(
+def finish_store(
     cfg: PrecomputeConfig, inputs: Inputs, plan: dict[str, list[ShardTask]], encoder: dict[str, Any],
     settings: dict[str, Any], input_hashes: dict[str, str], rows: dict[str, dict[str, int]],
 ) -> dict[str, Any]:
     """Check every planned shard, drop stale ones, and write ``manifest.json`` last."""
-    from precompute.store import read_shard
-
-    kinds: dict[str, Any] = {}
+    shards: dict[str, list[dict[str, Any]]] = {}
     dim = None
     for kind, tasks in plan.items():
-        shards = []
+        shards[kind] = []
         for task in tasks:
             shard = read_shard(task.path, verify=True)
             if shard.input_hash != task.input_hash:
                 raise PrecomputeError(f"{task.path}: does not match its inputs after the run; rerun")
             dim = shard.features.shape[1]
             rel = f"{kind}/{Path(task.path).name}"
-            shards.append({"path": rel, "rows": len(shard.ids), "checksum": shard.checksum})
+            shards[kind].append({"path": rel, "rows": len(shard.ids), "checksum": shard.checksum})
         stale = sorted((cfg.out / kind).glob("shard-*.h5")) if (cfg.out / kind).is_dir() else []
         for path in stale[len(tasks):]:
             path.unlink()
-        kinds[kind] = {"rows": sum(s["rows"] for s in shards), "shards": shards}
-    manifest = {
-        "format_version": FORMAT_VERSION, "encoder": encoder, "model": str(cfg.model.resolve()),
-        "layer": settings["layer"], "pooling": "max", "dtype": cfg.dtype, "prefix": settings["prefix"],
-        "max_length": _resolved_max_length(cfg), "dim": dim, "kinds": kinds, "inputs": input_hashes,
-        "ec_from_name": sum(1 for e in inputs.kb if not e.description), "config": cfg.to_json(),
-        "settings": settings, "last_run_rows": rows,
-    }
-    atomic_write_json(cfg.out / MANIFEST, manifest)
-    return manifest
+    return write_manifest(
+        cfg.out, encoder=encoder, model=str(cfg.model.resolve()), layer=settings["layer"],
+        max_length=_resolved_max_length(cfg), prefix=settings["prefix"], dtype=cfg.dtype, dim=dim, shards=shards,
+        inputs=input_hashes, config=cfg.to_json(), ec_from_name=sum(1 for e in inputs.kb if not e.description),
+        settings=settings, last_run_rows=rows,
+    )
 
 
 def _resolved_max_length(cfg: PrecomputeConfig) -> int:
@@ -419,8 +407,6 @@ def _resolved_max_length(cfg: PrecomputeConfig) -> int:
 
 def summary_table(summary: dict[str, Any]) -> str:
     """What was written: rows and shards per kind, mentions per language with NIL rate, speed."""
-    from precompute.store import open_store
-
     store = open_store(summary["out"])
     m = store.manifest
     lines = [

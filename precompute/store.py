@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,20 +61,29 @@ def shard_checksum(features: np.ndarray, ids: Sequence[str], langs: Sequence[str
     return h.hexdigest()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """The one way xel writes a file: yield a temporary name beside ``path`` (``.{name}.XXXX.tmp``) for the block
+    to write; when the block ends, the file is fsynced and ``os.replace``d onto ``path``, so a file that exists
+    is complete. If the block raises, the temporary file is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -117,6 +127,40 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode())
 
 
+def write_records(root: str | os.PathLike, name: str, records: Sequence[dict[str, Any]]) -> None:
+    """The one writer of ``inputs/{name}.jsonl``, the input records a store's features come from (read back by
+    :meth:`Store.records`); no records, no file."""
+    path = Path(root) / "inputs" / RECORD_FILES[name]
+    if not records:
+        path.unlink(missing_ok=True)
+        return
+    lines = [json.dumps(r, ensure_ascii=False) for r in records]
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+
+
+STORE_DTYPES = ("bf16", "fp32")  # the dtype the encoder ran in (the features themselves are always float16)
+
+
+def write_manifest(
+    root: str | os.PathLike, *, encoder: dict[str, Any], model: str | None, layer: int, max_length: int,
+    prefix: str, dtype: str, dim: int | None, shards: dict[str, list[dict[str, Any]]],
+    inputs: dict[str, str] | None = None, config: dict[str, Any] | None = None, **extra: Any,
+) -> dict[str, Any]:
+    """The one writer of a store's ``manifest.json``, written last; ``shards[kind]`` lists ``{"path" (relative to
+    ``root``), "rows", "checksum"}`` in row order. ``extra`` adds fields readers do not need (run statistics)."""
+    if dtype not in STORE_DTYPES:
+        raise ValueError(f"manifest dtype {dtype!r}; allowed: {list(STORE_DTYPES)}")
+    manifest = {
+        "format_version": FORMAT_VERSION, "encoder": encoder, "model": model, "layer": layer, "pooling": "max",
+        "dtype": dtype, "prefix": prefix, "max_length": max_length, "dim": dim,
+        "kinds": {kind: {"rows": sum(s["rows"] for s in entries), "shards": entries}
+                  for kind, entries in shards.items()},
+        "inputs": inputs or {}, "config": config or {}, **extra,
+    }
+    atomic_write_json(Path(root) / MANIFEST, manifest)
+    return manifest
+
+
 def write_shard(
     path: str | os.PathLike,
     *,
@@ -136,26 +180,16 @@ def write_shard(
     if row_hashes is not None and len(row_hashes) != len(ids):
         raise ValueError(f"shard {path}: {len(row_hashes)} row hashes for {len(ids)} rows")
     checksum = shard_checksum(features, ids, langs, row_hashes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("features", data=features)
-            f.create_dataset("ids", data=list(ids), dtype=_STR)
-            f.create_dataset("lang", data=list(langs), dtype=_STR)
-            if row_hashes is not None:
-                f.create_dataset("row_hash", data=list(row_hashes), dtype=_STR)
-            f.attrs.update(
-                kind=kind, start=start, rows=len(ids), input_hash=input_hash, checksum=checksum,
-                format_version=FORMAT_VERSION,
-            )
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("features", data=features)
+        f.create_dataset("ids", data=list(ids), dtype=_STR)
+        f.create_dataset("lang", data=list(langs), dtype=_STR)
+        if row_hashes is not None:
+            f.create_dataset("row_hash", data=list(row_hashes), dtype=_STR)
+        f.attrs.update(
+            kind=kind, start=start, rows=len(ids), input_hash=input_hash, checksum=checksum,
+            format_version=FORMAT_VERSION,
+        )
     return checksum
 
 

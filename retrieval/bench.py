@@ -21,7 +21,10 @@ from typing import Any
 import numpy as np
 
 from precompute.store import Store
-from retrieval.index import FEATURE_KINDS, build_index, iter_unit_chunks, open_index_and_store, unit_rows
+from retrieval.build import build_index
+from retrieval.index import FEATURE_KINDS
+from retrieval.index_files import open_index_and_store
+from retrieval.vectors import iter_unit_chunks, unit_rows
 
 log = logging.getLogger(__name__)
 RECALL_WARNING = 0.01  # warn when recall@10 falls this far below exact search (whose recall is 1)

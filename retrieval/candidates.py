@@ -31,13 +31,14 @@ import numpy as np
 
 from precompute.store import StoreError
 from retrieval.files import Candidate
+from retrieval.metrics import RECALL_KS, recall_table
 from retrieval.names import normalise_mention
 from retrieval.ngram import NgramIndex
 from retrieval.splits import document_of, split_of
+from retrieval.vectors import unit_rows
 
 log = logging.getLogger(__name__)
 
-RECALL_KS = (1, 5, 10, 20, 50, 100)
 NAME_EXACT_SCORE = 1.0
 NAME_NORMALISED_SCORE = 0.5
 
@@ -148,82 +149,6 @@ def given_candidates(given: Sequence[str], mention_vec: np.ndarray, entity_vecs:
     return [(kb, s, "given") for kb, s in sorted(scored, key=lambda kv: -kv[1])]
 
 
-# ----------------------------------------------------------------------------------------------- recall@k
-
-
-def hit_rank(candidates: Sequence[str], gold: str | None) -> int | None:
-    """1-based rank of ``gold`` in ``candidates``, ``None`` when absent or NIL."""
-    if gold is None:
-        return None
-    for rank, kb in enumerate(candidates, start=1):
-        if kb == gold:
-            return rank
-    return None
-
-
-def recall_at_k(
-    lists: Sequence[Sequence[str]], golds: Sequence[str | None], ks: Sequence[int] = RECALL_KS
-) -> dict[str, float]:
-    """``{"n": mentions with a gold, "R@k": fraction whose gold is within the first k}``; NIL golds are skipped."""
-    ranks = [hit_rank(c, g) for c, g in zip(lists, golds) if g is not None]
-    n = len(ranks)
-    out: dict[str, float] = {"n": n}
-    for k in ks:
-        out[f"R@{k}"] = sum(1 for r in ranks if r is not None and r <= k) / n if n else 0.0
-    return out
-
-
-def recall_table(
-    per_source: dict[str, Sequence[Sequence[str]]], golds: Sequence[str | None], langs: Sequence[str],
-    ks: Sequence[int] = RECALL_KS,
-) -> dict[str, dict[str, dict[str, float]]]:
-    """``{group: {source: recall_at_k}}`` for ``all`` and each ``lang:xx``."""
-    groups: dict[str, list[int]] = {"all": list(range(len(golds)))}
-    for i, lang in enumerate(langs):
-        groups.setdefault(f"lang:{lang}", []).append(i)
-    table: dict[str, dict[str, dict[str, float]]] = {}
-    for name, idx in sorted(groups.items()):
-        table[name] = {
-            source: recall_at_k([lists[i] for i in idx], [golds[i] for i in idx], ks)
-            for source, lists in per_source.items()
-        }
-    return table
-
-
-def format_recall_table(table: dict[str, dict[str, dict[str, float]]], ks: Sequence[int] = RECALL_KS) -> str:
-    """Fixed-width text: one row per (group, source), columns n and R@k."""
-    lines = [f"{'group':<14}{'source':<8}{'n':>8}" + "".join(f"{'R@' + str(k):>8}" for k in ks)]
-    for group, sources in table.items():
-        for source, row in sources.items():
-            lines.append(f"{group:<14}{source:<8}{int(row['n']):>8d}" + "".join(f"{row[f'R@{k}']:>8.3f}" for k in ks))
-    return "\n".join(lines)
-
-
-def plot_recall(table: dict[str, dict[str, dict[str, float]]], path: str, ks: Sequence[int] = RECALL_KS) -> None:
-    """A PNG with one panel per group (``all``, each language) and one recall@k curve per source."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = list(table)
-    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.5), squeeze=False, sharey=True)
-    for ax, group in zip(axes[0], groups):
-        for source, row in table[group].items():
-            ax.plot(ks, [row[f"R@{k}"] for k in ks], marker="o", label=source)
-        ax.set_xscale("log")
-        ax.set_xticks(list(ks), [str(k) for k in ks])
-        ax.set_ylim(0, 1.02)
-        ax.set_title(f"{group} (n={int(next(iter(table[group].values()))['n'])})")
-        ax.set_xlabel("k")
-        ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("recall@k")
-    axes[0][-1].legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 # ----------------------------------------------------------------------------------------------- pipeline
 
 
@@ -241,8 +166,6 @@ class MentionVectors:
     def prefetch(self, kb_ids: Iterable[str]) -> None:
         """Read the unit vectors of ``kb_ids`` from the store in one batch of row reads: only the entities that
         are candidates of some mention enter memory, never the whole KB table."""
-        from retrieval.index import unit_rows
-
         wanted = sorted({kb for kb in kb_ids if kb not in self.cache})
         if not wanted:
             return
@@ -257,8 +180,6 @@ class MentionVectors:
 
 def load_mention_vectors(store, index, langs: Sequence[str] | None = None) -> MentionVectors:
     """The store's mentions (optionally only ``langs``) with query vectors; entity rows checked against the index."""
-    from retrieval.index import unit_rows
-
     records = store.records("mentions")
     if not records:
         raise StoreError(f"{store.root}: no inputs/mentions.jsonl; the store holds no mention records")
@@ -281,14 +202,7 @@ def dense_search(
     data: MentionVectors, index, k: int, kb_lang: str | None = None
 ) -> tuple[list[str], list[list[tuple[str, float]]]]:
     """Per mention: its KB language and the top-``k`` ``(kb id, cosine)`` from that KB's index."""
-    kb_langs = [index.kb_lang_for(m.lang, kb_lang) for m in data.mentions]
-    out: list[list[tuple[str, float]]] = [[] for _ in data.mentions]
-    for lang in sorted(set(kb_langs)):
-        rows = [i for i, kl in enumerate(kb_langs) if kl == lang]
-        scores, ids = index.langs[lang].search(data.vectors[rows], k)
-        for r, s_row, id_row in zip(rows, scores, ids):
-            out[r] = [(kb, float(s)) for kb, s in zip(id_row, s_row)]
-    return kb_langs, out
+    return index.search_kbs(data.vectors, [m.lang for m in data.mentions], k, kb_lang)
 
 
 @dataclass

@@ -31,27 +31,16 @@ from precompute.store import (
     open_store,
     replace_dir,
 )
-from retrieval.candidates import (
-    RECALL_KS,
-    format_recall_table,
-    generate_candidates,
-    plot_recall,
-)
+from retrieval.build import build_index
+from retrieval.candidates import generate_candidates
+from retrieval.devices import SEARCH_DEVICES
 from retrieval.files import CandidatesError, read_candidates, write_candidates, write_predictions
-from retrieval.index import (
-    FEATURE_KINDS,
-    INDEX_MANIFEST,
-    SEARCH_DEVICES,
-    EntityIndex,
-    RetrievalError,
-    build_index,
-    load_index,
-    open_index_and_store,
-    update_index,
-)
-from retrieval.metrics import format_table
+from retrieval.index import FEATURE_KINDS, EntityIndex, RetrievalError
+from retrieval.index_files import INDEX_MANIFEST, load_index, open_index_and_store
+from retrieval.metrics import RECALL_KS, format_recall_table, format_table, plot_recall
 from retrieval.nn import DEFAULT_THRESHOLD, nn_link, nn_scores
 from retrieval.query import Query, search_queries
+from retrieval.update import update_index
 
 log = logging.getLogger(__name__)
 

@@ -1,23 +1,19 @@
-"""FAISS indexes over a store's entity features, one per KB language: ``xel-nn build --features h5/ --out index/``.
+"""A loaded FAISS index directory: one index per KB language, searched by unit vectors (``xel-nn build`` writes it).
 
-An index directory holds, per KB language ``L``, ``index-L.faiss`` (the FAISS index) and ``ids-L.json`` (row ->
-KB id), plus ``manifest.json`` naming the store it was built from (path relative to the index directory), the
-store's encoder signature, the feature kind, the factory string, per-language row counts and the sha256 of each
-index and ids file (verified on load, so a corrupted file is named, never searched). Every file is written
-atomically. Cosine similarity is the inner product of L2-normalised float32 vectors.
-
-Search runs where :func:`select_search_device` says: GPU FAISS when it sees a GPU, else an exact torch
-matmul + top-k on CUDA when torch sees one, else CPU FAISS.
+An index directory holds, per KB language ``L``, ``index-L.faiss`` (the FAISS index), ``ids-L.json`` (row -> KB
+id) and ``digests-L.json`` (row -> digest of its vector, for updates), plus ``manifest.json`` naming the store it
+was built from (path relative to the index directory), the store's encoder signature, the feature kind, the
+factory string, per-language row counts and the sha256 of each file (:mod:`retrieval.index_files` writes,
+loads and verifies them). Cosine similarity is the inner product of L2-normalised float32 vectors
+(:mod:`retrieval.vectors`). The jobs around it, each in its own module: :mod:`retrieval.factory` (make and train a
+FAISS index), :mod:`retrieval.build` (build a directory from a store), :mod:`retrieval.update` (bring one up to date),
+:mod:`retrieval.rerank` (exact re-ranking of compressed types), :mod:`retrieval.devices` (where a search runs).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,245 +21,19 @@ from typing import Any
 import faiss
 import numpy as np
 
-from precompute.store import Store, StoreError, atomic_write_bytes, atomic_write_json, file_sha256, open_store
+from precompute.store import Store, StoreError
+from retrieval.devices import TorchExactSearcher, select_search_device
+from retrieval.rerank import DEFAULT_RERANK, Reranker, is_compressed
+from retrieval.vectors import ids_digest
 
 log = logging.getLogger(__name__)
 
-INDEX_MANIFEST = "manifest.json"
-INDEX_FORMAT_VERSION = 3  # 3 adds per-row digests (updates); 2 per-file sha256; 1 (no checksums) loads with a warning
-READABLE_INDEX_VERSIONS = (1, 2, INDEX_FORMAT_VERSION)
 # entity feature kind indexed -> the mention feature kind queried against it
 FEATURE_KINDS = {"es": "ms", "ec": "mc", "es+ec": "ms+mc"}
-SEARCH_DEVICES = ("auto", "cpu", "faiss-gpu", "torch")
-TRAIN_ROWS_PER_CENTROID = 50
 
 
 class RetrievalError(ValueError):
     """An index cannot be built, loaded or searched as asked (bad factory string, too few rows, bad k)."""
-
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` as float32 unit vectors (zero rows stay zero)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
-def unit_concat(parts: list[np.ndarray]) -> np.ndarray:
-    """The unit rows of one kind, or of two kinds (``a+b``): each normalised, concatenated, normalised again."""
-    mats = [l2_normalise(p) for p in parts]
-    return l2_normalise(np.concatenate(mats, axis=1)) if len(mats) > 1 else mats[0]
-
-
-def load_features(store: Store, kind: str) -> tuple[list[str], np.ndarray, list[str]]:
-    """``(ids, L2-normalised float32 features, langs)`` of ``kind``; ``a+b`` concatenates the unit rows of two kinds.
-
-    Mention kinds (``ms``, ``mc``, ``ms+mc``) and entity kinds (``es``, ``ec``, ``es+ec``) are both accepted.
-    """
-    parts = kind.split("+")
-    ids, feats, langs = store.load(parts[0])
-    mats = [feats]
-    for extra in parts[1:]:
-        ids2, feats2, _ = store.load(extra)
-        if ids2 != ids:
-            raise StoreError(f"{store.root}: kinds {parts[0]!r} and {extra!r} hold different ids; cannot concatenate")
-        mats.append(feats2)
-    return ids, unit_concat(mats), langs
-
-
-def ids_digest(ids: list[str]) -> str:
-    return hashlib.sha256("\x1f".join(ids).encode("utf-8")).hexdigest()
-
-
-def training_requirements(index: faiss.Index) -> tuple[int, int]:
-    """``(minimum, recommended)`` training rows for an untrained index made by ``faiss.index_factory``.
-
-    The minimum is the largest codebook (IVF ``nlist`` coarse centroids, ``2**nbits`` PQ/SQ centroids); the
-    recommended count is ``TRAIN_ROWS_PER_CENTROID`` rows per centroid of the largest codebook.
-    """
-    centroids = 1
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        centroids = max(centroids, ivf.nlist)
-    for candidate in (index, ivf, getattr(index, "base_index", None)):
-        if candidate is None:
-            continue
-        candidate = faiss.downcast_index(candidate)
-        pq = getattr(candidate, "pq", None)
-        if pq is not None:
-            centroids = max(centroids, pq.ksub)
-    if index.is_trained:
-        return 0, 0
-    return centroids, TRAIN_ROWS_PER_CENTROID * centroids
-
-
-def make_index(factory: str, dim: int) -> faiss.Index:
-    """An empty inner-product index from a FAISS factory string; a string FAISS rejects raises ``RetrievalError``."""
-    try:
-        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
-        raise RetrievalError(
-            f"FAISS rejects the factory string {factory!r} at dim {dim} ({first}); "
-            "use one such as 'Flat', 'HNSW32', 'IVF1024,Flat', 'IVF4096,PQ32' (see the faiss index_factory docs)"
-        ) from None
-
-
-def build_lang_index(
-    vectors: np.ndarray, factory: str, *, lang: str = "?", seed: int = 0, train_rows: int | None = None
-) -> faiss.Index:
-    """Train (on a seeded sample) and fill an index over unit ``vectors`` [n, D] float32."""
-    index = trained_index(factory, vectors.shape[1], len(vectors), lambda rows: vectors[rows], lang=lang, seed=seed,
-                          train_rows=train_rows)
-    index.add(vectors)
-    return index
-
-
-def trained_index(
-    factory: str, dim: int, n: int, sample: Callable[[np.ndarray], np.ndarray], *, lang: str = "?", seed: int = 0,
-    train_rows: int | None = None,
-) -> faiss.Index:
-    """An empty index, trained when its type needs it on a seeded sample of ``n`` rows: ``sample(rows)`` returns
-    the unit vectors of the given sorted row positions (all rows when the sample is the whole KB)."""
-    index = make_index(factory, dim)
-    if not index.is_trained:
-        minimum, recommended = training_requirements(index)
-        if n < minimum:
-            raise RetrievalError(
-                f"factory {factory!r} needs at least {minimum} training rows (its largest codebook has {minimum} "
-                f"centroids) but the KB {lang!r} has {n} entities; use a smaller IVF/PQ or 'Flat'/'HNSW32'"
-            )
-        sample_size = min(n, train_rows or recommended)
-        if sample_size < recommended:
-            log.warning("index %r for KB %r: training on %d rows, below the recommended %d", factory, lang,
-                        sample_size, recommended)
-        rng = np.random.default_rng(seed)
-        picked = np.arange(n) if sample_size == n else np.sort(rng.choice(n, sample_size, replace=False))
-        sample_vectors = sample(picked)
-        _set_kmeans_seed(index, seed)
-        log.info("training %r for KB %r on %d of %d rows", factory, lang, sample_size, n)
-        try:
-            index.train(np.ascontiguousarray(sample_vectors, dtype=np.float32))
-        except RuntimeError as e:
-            raise RetrievalError(f"training {factory!r} on {sample_size} rows of KB {lang!r} failed: {e}") from None
-    return index
-
-
-def _set_kmeans_seed(index: faiss.Index, seed: int) -> None:
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        ivf.cp.seed = seed
-
-
-# ----------------------------------------------------------------------------------------------- devices
-
-
-def select_search_device(
-    requested: str = "auto", *, faiss_gpus: int | None = None, torch_cuda: bool | None = None
-) -> str:
-    """Where to search: ``faiss-gpu`` if FAISS sees a GPU, else ``torch`` if torch sees CUDA, else ``cpu``.
-
-    ``requested`` other than ``auto`` is honoured, and refused when the hardware it needs is absent.
-    """
-    if requested not in SEARCH_DEVICES:
-        raise ValueError(f"search device {requested!r}; allowed: {list(SEARCH_DEVICES)}")
-    if faiss_gpus is None:
-        faiss_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    if torch_cuda is None:
-        torch_cuda = _torch_cuda_available()
-    if requested == "faiss-gpu" and faiss_gpus <= 0:
-        raise ValueError("search device 'faiss-gpu' asked for, but FAISS sees no GPU (install the 'gpu' extra)")
-    if requested == "torch" and not torch_cuda:
-        raise ValueError("search device 'torch' asked for, but torch sees no CUDA device")
-    if requested != "auto":
-        return requested
-    if faiss_gpus > 0:
-        return "faiss-gpu"
-    if torch_cuda:
-        return "torch"
-    return "cpu"
-
-
-def _torch_cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
-
-
-class TorchExactSearcher:
-    """Exact inner-product top-k with a torch matmul over the index's stored vectors (on ``device``)."""
-
-    def __init__(self, index: faiss.Index, device: str = "cuda", chunk: int = 4096):
-        import torch
-
-        ivf = faiss.try_extract_index_ivf(index)
-        if ivf is not None:
-            ivf.make_direct_map()
-        vectors = index.reconstruct_n(0, index.ntotal) if index.ntotal else np.zeros((0, index.d), np.float32)
-        self.torch = torch
-        self.device = device
-        self.chunk = chunk
-        self.vectors = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(device)
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        torch = self.torch
-        k_eff = min(k, self.vectors.shape[0])
-        scores = np.full((len(queries), k), -np.inf, np.float32)
-        rows = np.full((len(queries), k), -1, np.int64)
-        with torch.inference_mode():
-            for start in range(0, len(queries), self.chunk):
-                q = torch.from_numpy(np.ascontiguousarray(queries[start:start + self.chunk])).to(self.device)
-                top = torch.topk(q @ self.vectors.T, k_eff, dim=1)
-                scores[start:start + len(q), :k_eff] = top.values.cpu().numpy()
-                rows[start:start + len(q), :k_eff] = top.indices.cpu().numpy()
-        return scores, rows
-
-
-# ----------------------------------------------------------------------------------------------- index dir
-
-
-DEFAULT_RERANK = 4  # a compressed index returns RERANK x k candidates, re-ranked exactly against the store
-
-
-def is_compressed(factory: str) -> bool:
-    """True for factory strings whose codes lose precision (PQ, SQ, LSH, RaBitQ) and that carry no exact refine
-    stage of their own (``RFlat``, ``Refine(...)``)."""
-    parts = [p.strip() for p in factory.split(",")]
-    lossy = any(p.startswith(("PQ", "SQ", "LSH", "RaBitQ", "OPQ")) or ("PQ" in p and not p.startswith("IVF"))
-                for p in parts)
-    return lossy and not any(p.startswith(("RFlat", "Refine")) for p in parts)
-
-
-@dataclass
-class Reranker:
-    """Exact re-ranking of a compressed index's shortlist against the store's stored fp16 features."""
-
-    store: Store
-    kind: str
-    rows: np.ndarray  # the store row of each index label
-    factor: int = DEFAULT_RERANK
-    chunk: int = 256
-
-    def apply(self, queries: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores = np.full((len(queries), k), -np.inf, np.float32)
-        top = np.full((len(queries), k), -1, np.int64)
-        for start in range(0, len(queries), self.chunk):
-            q, lab = queries[start:start + self.chunk], labels[start:start + self.chunk]
-            valid = lab >= 0
-            unique = np.unique(lab[valid])
-            if len(unique) == 0:
-                continue
-            vectors = unit_rows(self.store, self.kind, self.rows[unique])
-            exact = np.einsum("qd,qkd->qk", q, vectors[np.searchsorted(unique, np.where(valid, lab, unique[0]))])
-            exact[~valid] = -np.inf
-            order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-            width = order.shape[1]
-            scores[start:start + len(q), :width] = np.take_along_axis(exact, order, axis=1)
-            picked = np.take_along_axis(lab, order, axis=1)
-            top[start:start + len(q), :width] = np.where(np.isfinite(scores[start:start + len(q), :width]), picked, -1)
-        return scores, top
 
 
 @dataclass
@@ -354,6 +124,21 @@ class EntityIndex:
             "name the KB with --kb-lang"
         )
 
+    def search_kbs(
+        self, vectors: np.ndarray, langs: Sequence[str], k: int, kb_lang: str | None = None
+    ) -> tuple[list[str], list[list[tuple[str, float]]]]:
+        """Row ``i`` of unit ``vectors`` (a mention or query in language ``langs[i]``) searched in the KB that
+        :meth:`kb_lang_for` picks for it, each KB's index searched once for all its rows; returns per row its KB
+        language and top-``k`` ``(kb id, score)``, best first."""
+        kb_langs = [self.kb_lang_for(lang, kb_lang) for lang in langs]
+        out: list[list[tuple[str, float]]] = [[] for _ in kb_langs]
+        for lang in sorted(set(kb_langs)):
+            rows = [i for i, kl in enumerate(kb_langs) if kl == lang]
+            scores, ids = self.langs[lang].search(vectors[rows], k)
+            for r, s_row, id_row in zip(rows, scores, ids):
+                out[r] = [(kb, float(s)) for kb, s in zip(id_row, s_row)]
+        return kb_langs, out
+
     def attach_store(self, store: Store, factor: int = DEFAULT_RERANK) -> None:
         """For a compressed index type, re-rank each search's ``factor`` x k shortlist exactly against ``store``'s
         fp16 features (read row by row), so that compression does not silently cost recall."""
@@ -404,282 +189,3 @@ class EntityIndex:
                 lang_index.searcher = TorchExactSearcher(lang_index.index, device="cuda")
         log.info("searching on %s", device)
         return device
-
-
-def row_digests(vectors: np.ndarray) -> list[str]:
-    """A digest of each indexed vector (its float32 bytes), kept beside the ids so that an update can tell a
-    changed entity from an unchanged one."""
-    return [hashlib.sha256(row.tobytes()).hexdigest()[:16] for row in np.ascontiguousarray(vectors, np.float32)]
-
-
-def _features_by_lang(store: Store, kind: str) -> tuple[dict[str, tuple[list[str], np.ndarray]], int]:
-    if kind not in FEATURE_KINDS:
-        raise RetrievalError(f"feature kind {kind!r}; allowed: {list(FEATURE_KINDS)}")
-    ids, vectors, langs = load_features(store, kind)
-    if not ids:
-        raise RetrievalError(f"store {store.root} has no {kind!r} rows to index")
-    by_lang: dict[str, list[int]] = {}
-    for row, lang in enumerate(langs):
-        by_lang.setdefault(lang, []).append(row)
-    return {lang: ([ids[r] for r in rows], vectors[rows]) for lang, rows in sorted(by_lang.items())}, vectors.shape[1]
-
-
-def unit_rows(store: Store, kind: str, rows: np.ndarray) -> np.ndarray:
-    """Unit float32 vectors of the given global rows of ``kind`` (``a+b``: both kinds' unit rows, concatenated and
-    normalised again), read from the store row by row."""
-    return unit_concat([store.read_rows(part, rows) for part in kind.split("+")])
-
-
-def iter_unit_chunks(store: Store, kind: str) -> Iterator[tuple[list[str], np.ndarray, list[str]]]:
-    """``(ids, unit float32 vectors, langs)`` shard by shard, each shard checksummed: one shard in memory."""
-    parts = kind.split("+")
-    for shards in zip(*(store.iter_shards(part) for part in parts)):
-        if any(s.ids != shards[0].ids for s in shards[1:]):
-            raise StoreError(f"{store.root}: kinds {parts} hold different ids; cannot concatenate")
-        yield shards[0].ids, unit_concat([s.features for s in shards]), shards[0].langs
-
-
-def build_index(
-    store: Store, out: str | os.PathLike, *, factory: str = "Flat", kind: str = "es", seed: int = 0,
-    train_rows: int | None = None,
-) -> EntityIndex:
-    """Build one index per KB language of ``store``'s ``kind`` features and save it under ``out``.
-
-    Bounded memory: the ids are read first; an index that needs training trains on a seeded sample read row by
-    row from the store; then the store is added one shard at a time. Beyond the index itself, memory holds one
-    shard and the training sample, so a KB larger than RAM can be indexed with a compressed index type."""
-    if kind not in FEATURE_KINDS:
-        raise RetrievalError(f"feature kind {kind!r}; allowed: {list(FEATURE_KINDS)}")
-    out = Path(out)
-    ids, langs = store.load_ids(kind.split("+")[0])
-    if not ids:
-        raise RetrievalError(f"store {store.root} has no {kind!r} rows to index")
-    rows_of: dict[str, list[int]] = {}
-    for row, lang in enumerate(langs):
-        rows_of.setdefault(lang, []).append(row)
-    dim = store.dim * len(kind.split("+"))
-    result = EntityIndex(out, {})
-    for lang, rows in sorted(rows_of.items()):
-        positions = np.asarray(rows, dtype=np.int64)
-        index = trained_index(factory, dim, len(rows), lambda picked, p=positions: unit_rows(store, kind, p[picked]),
-                              lang=lang, seed=seed, train_rows=train_rows)
-        result.langs[lang] = LangIndex(lang, index, [], [])
-    for chunk_ids, vectors, chunk_langs in iter_unit_chunks(store, kind):
-        chunk_langs_arr = np.asarray(chunk_langs)
-        for lang in np.unique(chunk_langs_arr):
-            mask = chunk_langs_arr == lang
-            lang_index = result.langs[str(lang)]
-            lang_index.index.add(np.ascontiguousarray(vectors[mask]))
-            lang_index.ids.extend(i for i, m in zip(chunk_ids, mask) if m)
-            lang_index.digests.extend(row_digests(vectors[mask]))
-    result.manifest = {
-        "format_version": INDEX_FORMAT_VERSION, "factory": factory, "kind": kind, "dim": int(dim),
-        "encoder_signature": store.encoder_signature(), "seed": seed, "train_rows": train_rows,
-    }
-    save_index(result, store, out)
-    return result
-
-
-def save_index(result: EntityIndex, store: Store, out: Path) -> None:
-    """Write every language's index, ids and digests, then ``manifest.json`` (last), under ``out``."""
-    lang_info: dict[str, Any] = {}
-    for lang, lang_index in sorted(result.langs.items()):
-        size, index_sha256 = write_faiss(lang_index.index, out / f"index-{lang}.faiss")
-        ids_json = (json.dumps(lang_index.ids, ensure_ascii=False) + "\n").encode("utf-8")
-        digests_json = (json.dumps(lang_index.digests) + "\n").encode("utf-8")
-        atomic_write_bytes(out / f"ids-{lang}.json", ids_json)
-        atomic_write_bytes(out / f"digests-{lang}.json", digests_json)
-        lang_info[lang] = {
-            "rows": len(lang_index.ids), "bytes": size, "ids_sha256": ids_digest(lang_index.ids),
-            "ids_set_sha256": ids_digest(sorted(lang_index.ids)),
-            "index_file_sha256": index_sha256,
-            "ids_file_sha256": hashlib.sha256(ids_json).hexdigest(),
-            "digests_file_sha256": hashlib.sha256(digests_json).hexdigest(),
-        }
-        log.info("KB %r: %d entities indexed with %r (%d bytes)", lang, len(lang_index.ids),
-                 result.manifest["factory"], size)
-    result.manifest = {**result.manifest, "format_version": INDEX_FORMAT_VERSION,
-                       "store": os.path.relpath(Path(store.root).resolve(), out.resolve()), "langs": lang_info}
-    atomic_write_json(out / INDEX_MANIFEST, result.manifest)
-
-
-def write_faiss(index: faiss.Index, path: Path) -> tuple[int, str]:
-    """Write ``index`` to ``path`` atomically, straight from FAISS to a temp file (no in-memory copy of the
-    serialised index, which for a large KB would double the memory of the build); return (bytes, sha256)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        faiss.write_index(index, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        sha256, size = file_sha256(tmp), os.path.getsize(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return size, sha256
-
-
-def update_index(index: EntityIndex, store: Store, out: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """Bring ``index`` up to date with ``store`` (a newer version of the store it was built from) and save it
-    under ``out``; returns, per KB language, how: ``unchanged``; ``in place`` (Flat: the removed and changed
-    rows are deleted, which keeps the others in order, and the new and changed rows appended, the id map edited
-    the same way); ``re-added`` (IVF: the trained quantizer and codes are kept, the lists emptied and every row
-    added again); ``rebuilt`` (HNSW and other types FAISS cannot delete from: trained and filled anew, as
-    ``xel-nn build`` would). A search result's id is the same as a from-scratch index's in every case.
-    ``index`` is edited, so it must be loaded with ``load_index(..., mmap=False)``."""
-    index.check_store(store)
-    factory, seed = index.manifest["factory"], index.manifest.get("seed", 0)
-    train_rows = index.manifest.get("train_rows")
-    by_lang, _ = _features_by_lang(store, index.kind)
-    report: dict[str, dict[str, Any]] = {}
-    for lang in sorted(set(index.langs) - set(by_lang)):
-        del index.langs[lang]
-        report[lang] = {"how": "dropped (no entities left)", "added": 0, "removed": None}
-    for lang, (new_ids, vectors) in by_lang.items():
-        digests = row_digests(vectors)
-        old = index.langs.get(lang)
-        if old is None or (not old.digests and old.ids):
-            why = "new KB language" if old is None else "the index predates row digests"
-            if old is not None:
-                log.warning("KB %r: %s, so changed rows cannot be told apart; rebuilding it", lang, why)
-            built = build_lang_index(vectors, factory, lang=lang, seed=seed, train_rows=train_rows)
-            index.langs[lang] = LangIndex(lang, built, new_ids, digests)
-            report[lang] = {"how": f"built ({why})", "added": len(new_ids), "removed": None if old else 0}
-            continue
-        now = dict(zip(new_ids, digests))
-        before = dict(zip(old.ids, old.digests))
-        gone = [pos for pos, (i, d) in enumerate(zip(old.ids, old.digests)) if now.get(i) != d]
-        fresh = [row for row, (i, d) in enumerate(zip(new_ids, digests)) if before.get(i) != d]
-        entry = {"added": len(fresh), "removed": len(gone)}
-        if not gone and not fresh:
-            report[lang] = {"how": "unchanged", **entry}
-            continue
-        base = faiss.downcast_index(old.index)
-        if isinstance(base, faiss.IndexFlat):
-            if gone:
-                base.remove_ids(faiss.IDSelectorBatch(np.asarray(gone, dtype=np.int64)))
-            base.add(np.ascontiguousarray(vectors[fresh]))
-            keep = np.ones(len(old.ids), dtype=bool)
-            keep[gone] = False
-            ids = [i for i, k in zip(old.ids, keep) if k] + [new_ids[r] for r in fresh]
-            kept_digests = [d for d, k in zip(old.digests, keep) if k] + [digests[r] for r in fresh]
-            index.langs[lang] = LangIndex(lang, base, ids, kept_digests)
-            report[lang] = {"how": "in place", **entry}
-        elif faiss.try_extract_index_ivf(old.index) is not None:
-            old.index.reset()
-            old.index.add(np.ascontiguousarray(vectors))
-            index.langs[lang] = LangIndex(lang, old.index, new_ids, digests)
-            report[lang] = {"how": "re-added (training kept)", **entry}
-        else:
-            log.warning("KB %r: index %r cannot delete rows in place; rebuilding it", lang, factory)
-            built = build_lang_index(vectors, factory, lang=lang, seed=seed, train_rows=train_rows)
-            index.langs[lang] = LangIndex(lang, built, new_ids, digests)
-            report[lang] = {"how": f"rebuilt ({factory} cannot delete rows)", **entry}
-    out = Path(out)
-    index.root = out
-    save_index(index, store, out)
-    return report
-
-
-def load_index(path: str | os.PathLike, store: Store | None = None, mmap: bool = True) -> EntityIndex:
-    """Load an index directory; with ``store``, refuse it unless it was built with the same encoder.
-
-    With ``mmap`` (the default) each index file is memory-mapped read-only (FAISS ``IO_FLAG_MMAP_IFC``) after its
-    sha256 is checked by streaming it: its codes stay in the page cache, which the OS can evict, instead of
-    private memory (a 460 MB Flat index: 0 MB private, 440 MB file-backed after a search). An index to be
-    modified (``xel-nn build --update``) is read into memory instead."""
-    root = Path(path)
-    manifest_path = root / INDEX_MANIFEST
-    if not manifest_path.is_file():
-        raise RetrievalError(
-            f"{manifest_path}: missing; {root} is not an index directory (build one with xel-nn build)"
-        )
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise RetrievalError(f"{manifest_path}: not valid JSON ({e}); rebuild the index") from None
-    if "factory" not in manifest and "kinds" in manifest:
-        raise RetrievalError(f"{root}: is a feature store (xel-precompute), not an index directory; build one with "
-                             f"xel-nn build --features {root} --out <index dir>")
-    for key in ("format_version", "factory", "kind", "dim", "store", "encoder_signature", "langs"):
-        if key not in manifest:
-            raise RetrievalError(f"{manifest_path}: field {key!r} is missing; rebuild the index")
-    if manifest["format_version"] not in READABLE_INDEX_VERSIONS:
-        raise RetrievalError(f"{manifest_path}: format_version {manifest['format_version']!r}, "
-                             f"this xel reads {list(READABLE_INDEX_VERSIONS)}; {_rebuild_hint(root, manifest)}")
-    if manifest["format_version"] < INDEX_FORMAT_VERSION:
-        log.warning("%s: format_version %s records no file checksums, so corruption cannot be detected; %s",
-                    manifest_path, manifest["format_version"], _rebuild_hint(root, manifest))
-    result = EntityIndex(root, manifest)
-    if store is not None:
-        result.check_store(store)
-    for lang, info in manifest["langs"].items():
-        index_path, ids_path = root / f"index-{lang}.faiss", root / f"ids-{lang}.json"
-        _verify_file(index_path, info.get("index_file_sha256"), root, manifest)
-        ids_bytes = _read_verified(ids_path, info.get("ids_file_sha256"), root, manifest)
-        try:
-            index = _read_faiss(index_path, mmap)
-            ids = json.loads(ids_bytes.decode("utf-8"))
-        except (RuntimeError, ValueError) as e:
-            hint = _rebuild_hint(root, manifest)
-            raise RetrievalError(f"{root}: KB {lang!r} index or ids unreadable ({e}); {hint}") from None
-        if index.ntotal != info["rows"] or len(ids) != info["rows"] or index.d != manifest["dim"]:
-            raise RetrievalError(
-                f"{index_path}: {index.ntotal} rows, {len(ids)} ids, dim {index.d} disagree with {manifest_path} "
-                f"({info['rows']} rows, dim {manifest['dim']}); rebuild the index"
-            )
-        digests: list[str] = []
-        if "digests_file_sha256" in info:
-            digests_bytes = _read_verified(root / f"digests-{lang}.json", info["digests_file_sha256"], root, manifest)
-            digests = json.loads(digests_bytes.decode("utf-8"))
-            if len(digests) != len(ids):
-                raise RetrievalError(f"{root / f'digests-{lang}.json'}: {len(digests)} digests for {len(ids)} ids; "
-                                     f"{_rebuild_hint(root, manifest)}")
-        result.langs[lang] = LangIndex(lang, index, ids, digests)
-    return result
-
-
-def _rebuild_hint(root: Path, manifest: dict[str, Any]) -> str:
-    store = (root / str(manifest.get("store", "<store>"))).resolve()
-    return (f"rerun xel-nn build --features {store} --out {root} --index {manifest.get('factory', 'Flat')!r} "
-            f"--kind {manifest.get('kind', 'es')} --overwrite")
-
-
-def _read_faiss(path: Path, mmap: bool) -> faiss.Index:
-    if mmap:
-        try:
-            return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
-        except RuntimeError as e:  # an index type FAISS cannot map: read it into memory
-            log.debug("%s: not memory-mapped (%s)", path, e)
-    return faiss.read_index(str(path))
-
-
-def _read_verified(path: Path, sha256: str | None, root: Path, manifest: dict[str, Any]) -> bytes:
-    """The bytes of ``path``, refused when missing or when their sha256 differs from the manifest's."""
-    _verify_file(path, sha256, root, manifest)
-    return path.read_bytes()
-
-
-def _verify_file(path: Path, sha256: str | None, root: Path, manifest: dict[str, Any]) -> None:
-    """Refuse ``path`` when missing or when its sha256 (streamed) differs from the manifest's."""
-    if not path.is_file():
-        raise RetrievalError(f"{path}: listed in {root / INDEX_MANIFEST} but missing; {_rebuild_hint(root, manifest)}")
-    if manifest["format_version"] >= 2:
-        got = file_sha256(path)
-        if got != sha256:
-            raise RetrievalError(
-                f"{path}: sha256 {got[:12]}... differs from {str(sha256)[:12]}... recorded in {root / INDEX_MANIFEST} "
-                f"(the file is truncated, corrupted or was changed after the build); {_rebuild_hint(root, manifest)}"
-            )
-
-
-def open_index_and_store(index_path: str | os.PathLike, store_path: str | os.PathLike | None = None
-                         ) -> tuple[EntityIndex, Store]:
-    """Load an index and the store it names (or ``store_path``), refusing an encoder mismatch."""
-    index = load_index(index_path)
-    store = open_store(store_path if store_path is not None else index.store_path())
-    index.check_store(store)
-    index.attach_store(store)
-    return index, store

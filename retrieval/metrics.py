@@ -1,4 +1,5 @@
-"""Entity-linking metrics shared by the nn baseline (``xel-nn eval``) and the trainer (``xel-train``).
+"""Entity-linking metrics shared by the nn baseline (``xel-nn eval``) and the trainer (``xel-train``), and candidate
+recall@k (``xel-nn candidates``).
 
 Definitions (per group of mentions; a prediction is a KB id or ``None`` for NIL):
 
@@ -97,3 +98,81 @@ def format_table(rows: dict[str, Scores] | dict[str, dict[str, float]], title: s
         cells = [f"{int(d['n']):>11d}"] + [f"{d[c]:>11.3f}" for c in cols[1:]]
         lines.append(f"{name:<22}" + "".join(cells))
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- recall@k
+
+RECALL_KS = (1, 5, 10, 20, 50, 100)
+
+
+def hit_rank(candidates: Sequence[str], gold: str | None) -> int | None:
+    """1-based rank of ``gold`` in ``candidates``, ``None`` when absent or NIL."""
+    if gold is None:
+        return None
+    for rank, kb in enumerate(candidates, start=1):
+        if kb == gold:
+            return rank
+    return None
+
+
+def recall_at_k(
+    lists: Sequence[Sequence[str]], golds: Sequence[str | None], ks: Sequence[int] = RECALL_KS
+) -> dict[str, float]:
+    """``{"n": mentions with a gold, "R@k": fraction whose gold is within the first k}``; NIL golds are skipped."""
+    ranks = [hit_rank(c, g) for c, g in zip(lists, golds) if g is not None]
+    n = len(ranks)
+    out: dict[str, float] = {"n": n}
+    for k in ks:
+        out[f"R@{k}"] = sum(1 for r in ranks if r is not None and r <= k) / n if n else 0.0
+    return out
+
+
+def recall_table(
+    per_source: dict[str, Sequence[Sequence[str]]], golds: Sequence[str | None], langs: Sequence[str],
+    ks: Sequence[int] = RECALL_KS,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``{group: {source: recall_at_k}}`` for ``all`` and each ``lang:xx``."""
+    groups: dict[str, list[int]] = {"all": list(range(len(golds)))}
+    for i, lang in enumerate(langs):
+        groups.setdefault(f"lang:{lang}", []).append(i)
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for name, idx in sorted(groups.items()):
+        table[name] = {
+            source: recall_at_k([lists[i] for i in idx], [golds[i] for i in idx], ks)
+            for source, lists in per_source.items()
+        }
+    return table
+
+
+def format_recall_table(table: dict[str, dict[str, dict[str, float]]], ks: Sequence[int] = RECALL_KS) -> str:
+    """Fixed-width text: one row per (group, source), columns n and R@k."""
+    lines = [f"{'group':<14}{'source':<8}{'n':>8}" + "".join(f"{'R@' + str(k):>8}" for k in ks)]
+    for group, sources in table.items():
+        for source, row in sources.items():
+            lines.append(f"{group:<14}{source:<8}{int(row['n']):>8d}" + "".join(f"{row[f'R@{k}']:>8.3f}" for k in ks))
+    return "\n".join(lines)
+
+
+def plot_recall(table: dict[str, dict[str, dict[str, float]]], path: str, ks: Sequence[int] = RECALL_KS) -> None:
+    """A PNG with one panel per group (``all``, each language) and one recall@k curve per source."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(table)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.5), squeeze=False, sharey=True)
+    for ax, group in zip(axes[0], groups):
+        for source, row in table[group].items():
+            ax.plot(ks, [row[f"R@{k}"] for k in ks], marker="o", label=source)
+        ax.set_xscale("log")
+        ax.set_xticks(list(ks), [str(k) for k in ks])
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{group} (n={int(next(iter(table[group].values()))['n'])})")
+        ax.set_xlabel("k")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("recall@k")
+    axes[0][-1].legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

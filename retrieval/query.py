@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from precompute.store import Store
-from retrieval.index import EntityIndex, RetrievalError, l2_normalise
+from retrieval.index import EntityIndex, RetrievalError
+from retrieval.vectors import l2_normalise
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,5 @@ def search_queries(
     if vectors is None:
         vectors = encode_queries(store, queries)
     names = {r["id"]: r["name"] for r in store.records("kb")}
-    kb_langs = [index.kb_lang_for(q.lang, kb_lang) for q in queries]
-    results: list[list[dict]] = [[] for _ in queries]
-    for lang in sorted(set(kb_langs)):
-        rows = [i for i, kl in enumerate(kb_langs) if kl == lang]
-        scores, ids = index.langs[lang].search(vectors[rows], k)
-        for r, s_row, id_row in zip(rows, scores, ids):
-            results[r] = [
-                {"id": kb, "name": names.get(kb), "score": round(float(s), 6)} for kb, s in zip(id_row, s_row)
-            ]
-    return results
+    _, hits = index.search_kbs(vectors, [q.lang for q in queries], k, kb_lang)
+    return [[{"id": kb, "name": names.get(kb), "score": round(s, 6)} for kb, s in row] for row in hits]

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from precompute.store import FORMAT_VERSION, MANIFEST, atomic_write_json, shard_path, write_shard
+from precompute.store import shard_path, write_manifest, write_records, write_shard
 
 FAKE_ENCODER = {"name": "fake", "fingerprint": "fake-encoder-0"}
 
@@ -27,7 +27,7 @@ def make_store(
     """Write a finished store at ``root``: ``features[kind] = (ids, float array [N, D], langs)``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    kinds: dict[str, Any] = {}
+    kinds: dict[str, list[dict[str, Any]]] = {}
     dim = None
     for kind, (ids, feats, langs) in features.items():
         feats = np.asarray(feats, dtype=np.float16)
@@ -41,18 +41,11 @@ def make_store(
                 features=feats[start:end], input_hash="fake",
             )
             shards.append({"path": str(path.relative_to(root)), "rows": len(ids[start:end]), "checksum": checksum})
-        kinds[kind] = {"rows": len(ids), "shards": shards}
-    (root / "inputs").mkdir(exist_ok=True)
+        kinds[kind] = shards
     for name, records in (("kb", kb), ("mentions", mentions), ("text", text)):
-        if records:
-            (root / "inputs" / f"{name}.jsonl").write_text(
-                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
-            )
+        write_records(root, name, records or [])
     enc = dict(encoder or FAKE_ENCODER)
     enc.setdefault("fingerprint", hashlib.sha256(json.dumps(enc, sort_keys=True).encode()).hexdigest())
-    atomic_write_json(root / MANIFEST, {
-        "format_version": FORMAT_VERSION, "encoder": enc, "dim": dim, "kinds": kinds, "layer": -1,
-        "pooling": "max", "max_length": 512, "prefix": "", "dtype": "fp32", "model": None, "inputs": {},
-        "config": {},
-    })
+    write_manifest(root, encoder=enc, model=None, layer=-1, max_length=512, prefix="", dtype="fp32", dim=dim,
+                   shards=kinds)
     return root

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from precompute.store import StoreError, open_store, shard_path
-from retrieval.index import INDEX_MANIFEST, RetrievalError, build_index, load_index
+from retrieval.build import build_index
+from retrieval.index import RetrievalError
+from retrieval.index_files import INDEX_MANIFEST, load_index
 from tests.fakes import make_store
 from train.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
 from train.model import ModelSpec, Ranker
@@ -106,7 +108,7 @@ def test_index_without_checksums_loads_with_a_warning(index_dir, caplog) -> None
     manifest = json.loads((index_dir / INDEX_MANIFEST).read_text())
     manifest["format_version"] = 1
     (index_dir / INDEX_MANIFEST).write_text(json.dumps(manifest))
-    with caplog.at_level(logging.WARNING, logger="retrieval.index"):
+    with caplog.at_level(logging.WARNING, logger="retrieval.index_files"):
         assert load_index(index_dir).langs["en"].index.ntotal == 20
     assert "no file checksums" in caplog.text and "rerun xel-nn build" in caplog.text
 

@@ -16,8 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 from precompute.store import open_store
+from retrieval.build import build_index
 from retrieval.cli import main
-from retrieval.index import build_index, load_features, load_index, update_index
+from retrieval.index_files import load_index
+from retrieval.update import update_index
+from retrieval.vectors import load_features
 from tests.fakes import make_store
 
 DIM = 16
@@ -139,7 +142,7 @@ def test_cli_update_reports_per_kb_and_refuses_a_different_factory(tmp_path):
 
 
 def test_an_index_from_before_row_digests_is_rebuilt_and_upgraded(tmp_path):
-    from retrieval.index import INDEX_FORMAT_VERSION
+    from retrieval.index_files import INDEX_FORMAT_VERSION
 
     rng = np.random.default_rng(3)
     entities = {f"Q{i}": ("en", rng.normal(size=DIM).astype(np.float16)) for i in range(30)}

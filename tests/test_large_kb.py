@@ -10,14 +10,10 @@ import numpy as np
 import pytest
 
 from precompute.store import StoreError, open_store
-from retrieval.index import (
-    Reranker,
-    build_index,
-    is_compressed,
-    l2_normalise,
-    load_features,
-    open_index_and_store,
-)
+from retrieval.build import build_index
+from retrieval.index_files import open_index_and_store
+from retrieval.rerank import Reranker, is_compressed
+from retrieval.vectors import l2_normalise, load_features
 from tests.fakes import make_store
 
 DIM = 32
@@ -154,7 +150,7 @@ def test_memory_mapped_index_searches_like_a_loaded_one_and_survives_a_rebuild(t
     from click.testing import CliRunner
 
     from retrieval.cli import main
-    from retrieval.index import load_index
+    from retrieval.index_files import load_index
 
     store = random_store(tmp_path / "h5")
     build_index(store, tmp_path / "index", factory="Flat")

@@ -8,31 +8,24 @@ import numpy as np
 import pytest
 
 from precompute.store import StoreError, open_store
+from retrieval.build import build_index
 from retrieval.candidates import (
     AliasPrior,
     MentionRef,
     NameMatcher,
-    format_recall_table,
     generate_candidates,
     merge,
     normalise_mention,
     prior_candidates,
-    recall_at_k,
-    recall_table,
 )
-from retrieval.index import (
-    RetrievalError,
-    TorchExactSearcher,
-    build_index,
-    build_lang_index,
-    l2_normalise,
-    load_index,
-    open_index_and_store,
-    select_search_device,
-)
-from retrieval.metrics import score
+from retrieval.devices import TorchExactSearcher, select_search_device
+from retrieval.factory import build_lang_index
+from retrieval.index import RetrievalError
+from retrieval.index_files import load_index, open_index_and_store
+from retrieval.metrics import format_recall_table, recall_at_k, recall_table, score
 from retrieval.nn import nn_link, nn_scores
 from retrieval.query import Query, query_span, search_queries
+from retrieval.vectors import l2_normalise
 from tests.fakes import make_store
 
 DIM = 16

@@ -11,8 +11,9 @@ from click.testing import CliRunner
 from precompute.store import open_store
 from retrieval.cli import main
 from retrieval.files import read_candidates, read_predictions
-from retrieval.index import l2_normalise, load_index
+from retrieval.index_files import load_index
 from retrieval.query import Query, encode_queries
+from retrieval.vectors import l2_normalise
 from tests.test_retrieval import kb_store  # noqa: F401 (fixture)
 
 
