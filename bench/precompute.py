@@ -19,6 +19,7 @@ Writes ``bench/results/precompute.json`` and prints a table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -34,8 +35,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from precompute.encoding import TextEncoder, cpu_has_native_bf16, mention_item, resolve_dtype  # noqa: E402
-from precompute.run import PrecomputeConfig, actor_options, connect_ray  # noqa: E402
+from precompute.encoding import TextEncoder, cpu_has_native_bf16, mention_item, resolve_dtype, resolve_encoder  # noqa: E402
+from precompute.ray_session import ray_session  # noqa: E402
+from precompute.run import PrecomputeConfig, actor_options  # noqa: E402
 from precompute.worker import ShardTask, ShardWorker  # noqa: E402
 
 
@@ -91,9 +93,9 @@ def bench_model(name: str, model_dir: Path, items: list, peak: float, out_dir: P
     import ray
 
     dtype = resolve_dtype("auto", on_gpu=False)  # what xel-precompute runs on this machine by default
-    settings = {"layer": -1, "max_length": None, "prefix": "", "dtype": "bf16", "max_tokens_per_batch": 16384}
+    settings = resolve_encoder(model_dir, prefix="", dtype="bf16", device="cpu", max_tokens_per_batch=16384)
     threads = torch.get_num_threads()
-    fp32 = TextEncoder.load(model_dir, dtype="fp32", device="cpu", threads=threads)
+    fp32 = TextEncoder.load(dataclasses.replace(settings, dtype="fp32", max_tokens_per_batch=None), threads)
     naive = naive_tokens_per_s(fp32, items, budget_s=60)
     del fp32
 
@@ -101,7 +103,7 @@ def bench_model(name: str, model_dir: Path, items: list, peak: float, out_dir: P
         return ShardTask("ms", 0, 0, tuple(chunk), "bench", str(out_dir / name / tag / "ms" / "shard-00000.h5"))
 
     t0 = time.perf_counter()
-    worker = ShardWorker(str(model_dir), settings, device="cpu", threads=threads)
+    worker = ShardWorker(settings, threads)
     load_s = time.perf_counter() - t0
     worker.run(task("warm", items[:16]))
     t0 = time.perf_counter()
@@ -110,19 +112,19 @@ def bench_model(name: str, model_dir: Path, items: list, peak: float, out_dir: P
     tokens = local["tokens"]
     del worker
     # the same worker in fp32: separates what batching gives from what bf16 gives on this CPU
-    worker = ShardWorker(str(model_dir), {**settings, "dtype": "fp32"}, device="cpu", threads=threads)
+    worker = ShardWorker(dataclasses.replace(settings, dtype="fp32"), threads)
     worker.run(task("warm-fp32", items[:16]))
     t0 = time.perf_counter()
     local_fp32 = worker.run(task("local-fp32", items))
     in_process_fp32_s = time.perf_counter() - t0
     del worker
     if dtype == "fp32":  # the Ray path below runs the default dtype; compare it with the same in-process
-        local, in_process_s, settings = local_fp32, in_process_fp32_s, {**settings, "dtype": "fp32"}
+        local, in_process_s, settings = local_fp32, in_process_fp32_s, dataclasses.replace(settings, dtype="fp32")
 
     cfg = PrecomputeConfig(data=ROOT, model=model_dir, out=out_dir / name, actors=1, cpus_per_actor=threads)
-    _, options = actor_options(cfg, threads)
+    options = actor_options(cfg, threads)
     t0 = time.perf_counter()
-    actor = ray.remote(ShardWorker).options(**options).remote(str(model_dir), settings, "cpu", threads)
+    actor = ray.remote(ShardWorker).options(**options).remote(settings, threads)
     ray.get(actor.run.remote(task("warm-ray", items[:16])))
     actor_start_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -171,9 +173,8 @@ def main(model: Path, texts: int, skip_base: bool, out: Path) -> None:
     items = sample_items(texts)
     peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
     peak = max(peaks.values())  # the roofline: the machine's best matmul rate in either dtype
-    connect_ray(None)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with ray_session(), tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         rows.append(bench_model("multilingual-e5-small", model, items, peak, tmp_path))
         if not skip_base:

@@ -141,6 +141,79 @@ def default_prefix(model_dir: str | Path) -> str:
     return ""
 
 
+def max_length_limit(model_type: str | None, max_position_embeddings: int, tokenizer_limit: int | None,
+                     requested: int | None) -> int:
+    """Subwords per text, specials included: the model's position limit (RoBERTa-style models number positions from
+    ``padding_idx + 1``, so two rows are not usable), the tokenizer's ``model_max_length`` when it is a real limit,
+    and ``requested`` (``--max-length``), whichever is smallest."""
+    limit = max_position_embeddings - (2 if model_type in _OFFSET_POSITION_MODELS else 0)
+    if isinstance(tokenizer_limit, int) and tokenizer_limit < 10**6:
+        limit = min(limit, tokenizer_limit)
+    return min(limit, requested or limit)
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """How a store's encoder runs: resolved once (:func:`resolve_encoder`) by the precompute driver, passed to each
+    actor, recorded in the store manifest, and read back from it at query time (:meth:`from_manifest`)."""
+
+    model: str  # the model directory, as given (each Ray node resolves it in its own working directory)
+    identity: dict[str, Any]  # encoder_identity(model): name, content hashes, fingerprint; hashed once
+    dtype: str  # "bf16" | "fp32"
+    device: str  # "cpu" | "cuda"
+    layer: int
+    max_length: int  # resolved: never above the model's or the tokenizer's limit
+    prefix: str
+    max_tokens_per_batch: int | None = None  # None: 16,384 on CPU, sized from free memory on GPU
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """What the store manifest records of the encoder (``model`` resolved on the driver)."""
+        return {"encoder": self.identity, "model": str(Path(self.model).resolve()), "layer": self.layer,
+                "max_length": self.max_length, "prefix": self.prefix, "dtype": self.dtype, "device": self.device}
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any], model_dir: str | Path | None = None,
+                      device: str = "auto") -> EncoderSettings:
+        """The settings a store was built with, to run its encoder again here (``device``); refuses a model
+        directory whose content differs from the one the store was built with."""
+        model_dir = Path(model_dir or manifest["model"])
+        identity = encoder_identity(model_dir)
+        if identity["fingerprint"] != manifest["encoder"]["fingerprint"]:
+            raise EncodeError(
+                f"{model_dir}: encoder fingerprint {identity['fingerprint'][:12]} differs from the store's "
+                f"{manifest['encoder']['fingerprint'][:12]}; use the model the store was built with"
+            )
+        return cls(model=str(model_dir), identity=identity, dtype=manifest["dtype"], device=_device_kind(device),
+                   layer=manifest["layer"], max_length=manifest["max_length"], prefix=manifest["prefix"])
+
+
+def resolve_encoder(
+    model: str | Path, *, layer: int = -1, max_length: int | None = None, prefix: str | None = None,
+    dtype: str = "auto", device: str = "auto", max_tokens_per_batch: int | None = None,
+) -> EncoderSettings:
+    """Resolve what the flags leave open, once: the model's identity (its files hashed), the prefix (the encoder's
+    own when ``None``), the max length (the model's limit when ``None``), the dtype (``auto``: bf16 on a GPU or an
+    AMX CPU, else fp32) and the device (``auto``: this machine's GPU if any, else the CPU)."""
+    identity = encoder_identity(model)
+    config = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
+    tok_cfg = Path(model) / "tokenizer_config.json"
+    tokenizer_limit = json.loads(tok_cfg.read_text(encoding="utf-8")).get("model_max_length") \
+        if tok_cfg.is_file() else None
+    device = _device_kind(device)
+    return EncoderSettings(
+        model=str(model), identity=identity, dtype=resolve_dtype(dtype, on_gpu=device == "cuda"), device=device,
+        layer=layer, prefix=default_prefix(model) if prefix is None else prefix,
+        max_length=max_length_limit(config.get("model_type"), int(config["max_position_embeddings"]),
+                                    tokenizer_limit, max_length),
+        max_tokens_per_batch=max_tokens_per_batch,
+    )
+
+
+def _device_kind(requested: str) -> str:
+    """``cpu`` or ``cuda`` as asked; ``auto``: ``cuda`` when this process sees a GPU, else ``cpu``."""
+    return pick_device("auto").type if requested == "auto" else requested
+
+
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     """True when the CPU multiplies bf16 matrices in hardware at more than fp32 speed (Intel AMX, ``amx_bf16``).
     With only AVX-512 BF16, autocast's casts cost more than they save: on a 2-core Xeon without AMX the shard
@@ -212,10 +285,8 @@ class TextEncoder:
             raise EncodeError(
                 f"layer {layer} is out of range for a {n_layers}-layer encoder; allowed -{n_layers + 1}..{n_layers}"
             )
-        offset = 2 if config.model_type in _OFFSET_POSITION_MODELS else 0
-        limit = config.max_position_embeddings - offset
-        tok_limit = getattr(tokenizer, "model_max_length", limit) or limit
-        self.max_length = min(limit, tok_limit if tok_limit < 10**6 else limit, max_length or limit)
+        self.max_length = max_length_limit(config.model_type, config.max_position_embeddings,
+                                           getattr(tokenizer, "model_max_length", None), max_length)
         self.head, self.tail = self._special_tokens()
         # The prefix's trailing space is dropped: the content's own leading word marker (SentencePiece "▁")
         # stands for it, so prefix + content tokenizes as the joined string would.
@@ -229,43 +300,28 @@ class TextEncoder:
         self.dim = int(config.hidden_size)
 
     @classmethod
-    def load(
-        cls, model_dir: str | Path, *, device: str = "auto", threads: int | None = None, **kwargs: Any
-    ) -> TextEncoder:
+    def load(cls, settings: EncoderSettings, threads: int | None = None) -> TextEncoder:
+        """The encoder ``settings`` describe (already resolved and hashed: nothing is hashed here), on its device."""
         import transformers
         from transformers import AutoModel, AutoTokenizer
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
-        encoder_identity(model_dir)  # clear error when the directory is not a model
         if threads:
             torch.set_num_threads(threads)
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        tokenizer = AutoTokenizer.from_pretrained(settings.model)
         if not tokenizer.is_fast:
-            raise EncodeError(f"{model_dir}: the tokenizer is not a fast tokenizer; offsets are required")
-        model = AutoModel.from_pretrained(str(model_dir))
-        return cls(model, tokenizer, device=pick_device(device), **kwargs)
+            raise EncodeError(f"{settings.model}: the tokenizer is not a fast tokenizer; offsets are required")
+        model = AutoModel.from_pretrained(settings.model)
+        return cls(model, tokenizer, layer=settings.layer, max_length=settings.max_length, prefix=settings.prefix,
+                   dtype=settings.dtype, device=pick_device(settings.device),
+                   max_tokens_per_batch=settings.max_tokens_per_batch)
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any], model_dir: str | Path | None = None, **kwargs: Any) -> TextEncoder:
+    def from_manifest(cls, manifest: dict[str, Any], model_dir: str | Path | None = None, device: str = "auto",
+                      threads: int | None = None) -> TextEncoder:
         """The encoder a store was built with, set up exactly as precompute used it; refuses another model."""
-        model_dir = Path(model_dir or manifest["model"])
-        found = encoder_identity(model_dir)["fingerprint"]
-        if found != manifest["encoder"]["fingerprint"]:
-            raise EncodeError(
-                f"{model_dir}: encoder fingerprint {found[:12]} differs from the store's "
-                f"{manifest['encoder']['fingerprint'][:12]}; use the model the store was built with"
-            )
-        return cls.load(
-            model_dir, layer=manifest["layer"], max_length=manifest["max_length"], prefix=manifest["prefix"],
-            dtype=manifest["dtype"], **kwargs,
-        )
-
-    def settings(self) -> dict[str, Any]:
-        return {
-            "layer": self.layer, "max_length": self.max_length, "prefix": self.prefix, "dtype": self.dtype,
-            "pooling": "max", "dim": self.dim,
-        }
+        return cls.load(EncoderSettings.from_manifest(manifest, model_dir, device), threads)
 
     def _special_tokens(self) -> tuple[np.ndarray, np.ndarray]:
         """The special tokens the tokenizer puts before and after a text (``<s>`` ... ``</s>``)."""

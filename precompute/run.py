@@ -32,18 +32,20 @@ from collections import Counter  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
-import click  # noqa: E402
+import ray  # noqa: E402
+from ray.util import ActorPool  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from precompute.encoding import (  # noqa: E402
     EncodeError,
     EncodeItem,
+    EncoderSettings,
     context_item,
-    default_prefix,
-    encoder_identity,
     entity_item,
     mention_item,
-    resolve_dtype,
+    resolve_encoder,
 )
+from precompute.ray_session import ray_session  # noqa: E402
 from precompute.schema import InputError, Inputs, load_inputs  # noqa: E402
 from precompute.store import (  # noqa: E402
     KINDS,
@@ -68,7 +70,6 @@ from precompute.worker import (  # noqa: E402
 )
 
 log = logging.getLogger("precompute.run")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # Settings that change what is written; a rerun into the same --out must match them.
 GUARDED = ("encoder", "layer", "max_length", "prefix", "dtype", "shard_size", "kinds")
 
@@ -86,6 +87,8 @@ class PrecomputeError(RuntimeError):
 
 @dataclass(frozen=True)
 class PrecomputeConfig:
+    """What ``xel-precompute`` runs; its flags default to these values."""
+
     data: Path
     model: Path
     out: Path
@@ -93,7 +96,7 @@ class PrecomputeConfig:
     layer: int = -1
     max_length: int | None = None
     prefix: str | None = None
-    dtype: str = "auto"  # resolved by run(): bf16 on GPU or an AMX CPU, else fp32
+    dtype: str = "auto"  # resolved once by resolve_encoder: bf16 on GPU or an AMX CPU, else fp32
     max_tokens_per_batch: int | None = None
     shard_size: int = 4096
     actors: int = 1
@@ -121,11 +124,17 @@ def build_items(inputs: Inputs, kind: str) -> list[EncodeItem]:
     raise ValueError(f"unknown kind {kind!r}; allowed: {list(KINDS)}")
 
 
-def resolved_settings(cfg: PrecomputeConfig, encoder: dict[str, Any]) -> dict[str, Any]:
-    prefix = default_prefix(cfg.model) if cfg.prefix is None else cfg.prefix
+def encoder_settings(cfg: PrecomputeConfig) -> EncoderSettings:
+    """The flags' encoder, resolved once for the whole run (the model hashed once), on the actors' device."""
+    return resolve_encoder(cfg.model, layer=cfg.layer, max_length=cfg.max_length, prefix=cfg.prefix,
+                           dtype=cfg.dtype, device=actor_device(cfg), max_tokens_per_batch=cfg.max_tokens_per_batch)
+
+
+def run_settings(cfg: PrecomputeConfig, encoder: EncoderSettings) -> dict[str, Any]:
+    """The settings a store is guarded by and its rows are hashed with (``max_length`` as asked, not resolved)."""
     return {
-        "encoder": encoder["fingerprint"], "layer": cfg.layer, "max_length": cfg.max_length, "prefix": prefix,
-        "dtype": cfg.dtype, "shard_size": cfg.shard_size, "kinds": sorted(cfg.kinds),
+        "encoder": encoder.identity["fingerprint"], "layer": encoder.layer, "max_length": cfg.max_length,
+        "prefix": encoder.prefix, "dtype": encoder.dtype, "shard_size": cfg.shard_size, "kinds": sorted(cfg.kinds),
         "max_tokens_per_batch": cfg.max_tokens_per_batch,
     }
 
@@ -214,96 +223,96 @@ def drop_set_aside(out: Path, kinds: tuple[str, ...]) -> None:
         shutil.rmtree(out / kind / PREV_DIR, ignore_errors=True)
 
 
-def connect_ray(address: str | None) -> bool:
-    """Join the cluster (``--address``, or the Ray job we run in), else start a local Ray. True if we started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, include_dashboard=False,
-                 logging_level=logging.WARNING)
-        return True
-    ray.init(address=address, logging_level=logging.WARNING)
-    return False
-
-
-def _actor_resources(cfg: PrecomputeConfig) -> tuple[float, int | None]:
-    import ray
-
+def _actor_cpus(cfg: PrecomputeConfig) -> float:
     if cfg.cpus_per_actor is not None:
-        cpus = cfg.cpus_per_actor
-    else:
-        cpus = max(1.0, float(int(ray.available_resources().get("CPU", 1)) // max(cfg.actors, 1)))
-    return cpus, max(1, int(cpus))
+        return cfg.cpus_per_actor
+    return max(1.0, float(int(ray.available_resources().get("CPU", 1)) // max(cfg.actors, 1)))
 
 
-def actor_options(cfg: PrecomputeConfig, cpus: float) -> tuple[str, dict[str, Any]]:
-    """The actors' device and Ray options: ``--gpus-per-actor 1`` asks Ray for one GPU per actor (so Ray places
-    one actor per GPU) and runs the model there in bf16; restarts and task retries make a crash recoverable."""
+def actor_device(cfg: PrecomputeConfig) -> str:
+    """The actors' device: ``--gpus-per-actor 1`` asks Ray for one GPU per actor (so Ray places one actor per GPU)
+    and runs the model there; else the CPU."""
     if cfg.gpus_per_actor > 0 and cfg.device == "cpu":
         raise PrecomputeError("--gpus-per-actor > 0 with --device cpu: drop one of them")
     device = "cuda" if cfg.gpus_per_actor > 0 else ("cpu" if cfg.device == "auto" else cfg.device)
     if device == "cuda" and cfg.gpus_per_actor == 0:
         raise PrecomputeError("--device cuda needs --gpus-per-actor > 0, so that Ray gives each actor a GPU")
+    return device
+
+
+def actor_options(cfg: PrecomputeConfig, cpus: float) -> dict[str, Any]:
+    """The actors' Ray options; restarts and task retries make a crash recoverable."""
     # the fault-injection test hook travels to the actors' processes (unset in normal runs)
     env = {k: os.environ[k] for k in (FAULT_ENV, FAULT_MARKER_ENV) if k in os.environ}
     env.update({k: os.environ.get(k, v) for k, v in CPU_KERNEL_CACHES.items()})
-    options: dict[str, Any] = {
+    return {
         "num_cpus": cpus, "num_gpus": cfg.gpus_per_actor, "max_restarts": 3, "max_task_retries": 3,
         "runtime_env": {"env_vars": env},
     }
-    return device, options
 
 
-def execute(cfg: PrecomputeConfig, settings: dict[str, Any], tasks: list[ShardTask]) -> list[dict[str, Any]]:
-    """Run ``tasks`` on ``cfg.actors`` Ray actors, at most two in flight each; a tqdm bar over rows."""
-    import ray
-    from tqdm import tqdm
+def execute(cfg: PrecomputeConfig, encoder: EncoderSettings, tasks: list[ShardTask]) -> list[dict[str, Any]]:
+    """Run ``tasks`` on ``cfg.actors`` Ray actors (a ``ray.util.ActorPool``), a tqdm bar over rows.
 
-    cpus, threads = _actor_resources(cfg)
-    device, options = actor_options(cfg, cpus)
-    actor_cls = ray.remote(ShardWorker).options(**options)
-    actors = [actor_cls.remote(str(cfg.model), settings, device, threads) for _ in range(cfg.actors)]
-    queue = list(reversed(tasks))
-    pending: dict[Any, tuple[int, ShardTask]] = {}
+    Each actor is in the pool twice, so that its next shard is already queued at the actor while it encodes one.
+    """
+    cpus = _actor_cpus(cfg)
+    actor_cls = ray.remote(ShardWorker).options(**actor_options(cfg, cpus))
+    actors = [actor_cls.remote(encoder, max(1, int(cpus))) for _ in range(cfg.actors)]
+    pool = ActorPool([actor for actor in actors for _ in range(2)])
+    in_flight: dict[ray.ObjectRef, ShardTask] = {}
+
+    def submit(actor: Any, task: ShardTask) -> ray.ObjectRef:
+        ref = actor.run.remote(task)
+        in_flight[ref] = task
+        return ref
+
+    for task in tasks:
+        pool.submit(submit, task)
     results: list[dict[str, Any]] = []
     tokens = 0
     t0 = time.perf_counter()
-    with tqdm(total=sum(len(t.items) for t in tasks), unit="row", desc="encoding", dynamic_ncols=True) as bar:
-        def submit(actor_index: int) -> None:
-            task = queue.pop()
-            pending[actors[actor_index].run.remote(task)] = (actor_index, task)
-
-        for i in range(len(actors)):
-            for _ in range(2):
-                if queue:
-                    submit(i)
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            actor_index, task = pending.pop(done[0])
-            try:
-                result = ray.get(done[0])
-            except ray.exceptions.RayTaskError as e:
-                cause = e.cause if isinstance(getattr(e, "cause", None), Exception) else e
-                if isinstance(cause, EncodeError):
-                    raise InputError(f"{cause} (kind {task.kind})") from None
-                raise PrecomputeError(f"shard {task.kind}:{task.index} failed: {cause}") from e
-            except ray.exceptions.RayActorError as e:
-                raise PrecomputeError(
-                    f"shard {task.kind}:{task.index}: its actor died repeatedly ({e}); finished shards are kept, "
-                    "rerun the same command to resume"
-                ) from e
-            results.append(result)
-            tokens += result["tokens"]
-            bar.update(result["rows"])
-            bar.set_postfix(tokens_per_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f}")
-            if queue:
-                submit(actor_index)
-    for actor in actors:
-        ray.kill(actor)
+    try:
+        with tqdm(total=sum(len(t.items) for t in tasks), unit="row", desc="encoding", dynamic_ncols=True) as bar:
+            while pool.has_next():
+                try:
+                    result = pool.get_next_unordered()
+                except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+                    raise _shard_failure(e, _failed_task(in_flight)) from e
+                in_flight.pop(next(r for r, t in in_flight.items() if (t.kind, t.index) == (result["kind"],
+                                                                                            result["index"])))
+                results.append(result)
+                tokens += result["tokens"]
+                bar.update(result["rows"])
+                bar.set_postfix(tokens_per_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f}")
+    finally:
+        for actor in actors:
+            ray.kill(actor)
     return results
+
+
+def _failed_task(in_flight: dict[ray.ObjectRef, ShardTask]) -> ShardTask:
+    """The task whose result raised: among the finished ones not yet collected, the one whose ``ray.get`` raises."""
+    ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0)
+    for ref in ready:
+        try:
+            ray.get(ref)
+        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError):
+            return in_flight[ref]
+    raise AssertionError("a shard failed but no finished task raises")
+
+
+def _shard_failure(e: Exception, task: ShardTask) -> Exception:
+    """The user-facing error for a shard whose task raised ``e``."""
+    if isinstance(e, ray.exceptions.RayActorError):
+        return PrecomputeError(
+            f"shard {task.kind}:{task.index}: its actor died repeatedly ({e}); finished shards are kept, "
+            "rerun the same command to resume"
+        )
+    cause = e.cause if isinstance(getattr(e, "cause", None), Exception) else e
+    if isinstance(cause, EncodeError):
+        return InputError(f"{cause} (kind {task.kind})")
+    return PrecomputeError(f"shard {task.kind}:{task.index} failed: {cause}")
 
 
 def run(cfg: PrecomputeConfig) -> dict[str, Any]:
@@ -313,12 +322,11 @@ def run(cfg: PrecomputeConfig) -> dict[str, Any]:
             raise PrecomputeError(f"--kinds: {kind!r} is not a feature kind; allowed: {','.join(KINDS)}")
     inputs = load_inputs(cfg.data)
     kinds = tuple(k for k in cfg.kinds if k != "text" or inputs.text)
-    dtype = resolve_dtype(cfg.dtype, on_gpu=cfg.gpus_per_actor > 0)
-    cfg = dataclasses.replace(cfg, kinds=kinds, dtype=dtype)
-    encoder = encoder_identity(cfg.model)
-    settings = resolved_settings(cfg, encoder)
+    encoder = encoder_settings(cfg)
+    cfg = dataclasses.replace(cfg, kinds=kinds, dtype=encoder.dtype)
+    settings = run_settings(cfg, encoder)
     input_hashes = {name: file_sha256(path) for name, path in inputs.files.items()}
-    prepare_out_dir(cfg.out, {"settings": settings, "encoder": encoder, "config": cfg.to_json()})
+    prepare_out_dir(cfg.out, {"settings": settings, "encoder": encoder.identity, "config": cfg.to_json()})
     write_input_copies(cfg.out, inputs)
 
     plan = plan_tasks(cfg, inputs, settings)
@@ -329,14 +337,8 @@ def run(cfg: PrecomputeConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     results: list[dict[str, Any]] = []
     if todo:
-        started = connect_ray(cfg.address)
-        try:
-            results = execute(cfg, settings, todo)
-        finally:
-            if started:
-                import ray
-
-                ray.shutdown()
+        with ray_session(cfg.address):
+            results = execute(cfg, encoder, todo)
     seconds = time.perf_counter() - t0
     remove_stale_temp_files(cfg.out, cfg.kinds)
     rows = {kind: {"encoded": sum(r["encoded_rows"] for r in results if r["kind"] == kind),
@@ -367,7 +369,7 @@ def remove_stale_temp_files(out: Path, kinds: tuple[str, ...]) -> None:
 
 
 def finish_store(
-    cfg: PrecomputeConfig, inputs: Inputs, plan: dict[str, list[ShardTask]], encoder: dict[str, Any],
+    cfg: PrecomputeConfig, inputs: Inputs, plan: dict[str, list[ShardTask]], encoder: EncoderSettings,
     settings: dict[str, Any], input_hashes: dict[str, str], rows: dict[str, dict[str, int]],
 ) -> dict[str, Any]:
     """Check every planned shard, drop stale ones, and write ``manifest.json`` last."""
@@ -386,23 +388,9 @@ def finish_store(
         for path in stale[len(tasks):]:
             path.unlink()
     return write_manifest(
-        cfg.out, encoder=encoder, model=str(cfg.model.resolve()), layer=settings["layer"],
-        max_length=_resolved_max_length(cfg), prefix=settings["prefix"], dtype=cfg.dtype, dim=dim, shards=shards,
-        inputs=input_hashes, config=cfg.to_json(), ec_from_name=sum(1 for e in inputs.kb if not e.description),
-        settings=settings, last_run_rows=rows,
+        cfg.out, **encoder.manifest_fields(), dim=dim, shards=shards, inputs=input_hashes, config=cfg.to_json(),
+        ec_from_name=sum(1 for e in inputs.kb if not e.description), settings=settings, last_run_rows=rows,
     )
-
-
-def _resolved_max_length(cfg: PrecomputeConfig) -> int:
-    config = json.loads((cfg.model / "config.json").read_text(encoding="utf-8"))
-    offset = 2 if config.get("model_type") in ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl") else 0
-    limit = int(config["max_position_embeddings"]) - offset
-    tok_cfg = cfg.model / "tokenizer_config.json"
-    if tok_cfg.is_file():
-        tok_limit = json.loads(tok_cfg.read_text(encoding="utf-8")).get("model_max_length")
-        if isinstance(tok_limit, int) and tok_limit < 10**6:
-            limit = min(limit, tok_limit)
-    return min(limit, cfg.max_length or limit)
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -434,52 +422,7 @@ def summary_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _kinds(value: str) -> tuple[str, ...]:
-    kinds = tuple(k.strip() for k in value.split(",") if k.strip())
-    bad = [k for k in kinds if k not in KINDS]
-    if bad or not kinds:
-        raise click.BadParameter(f"{value!r}: allowed kinds are {','.join(KINDS)}")
-    return kinds
+if __name__ == "__main__":  # the command of ray job submit; the flags are xel-precompute's
+    from precompute.cli import main
 
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--data", type=click.Path(path_type=Path), required=True,
-              help="Input directory with kb.jsonl, mentions.jsonl and optional text.jsonl (README: Input schema).")
-@click.option("--model", type=click.Path(path_type=Path), required=True,
-              help="Hugging Face model directory (fast tokenizer required), e.g. models/multilingual-e5-small.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Store directory to write or resume.")
-@click.option("--kinds", default=",".join(KINDS), show_default=True, callback=lambda c, p, v: _kinds(v),
-              help="Feature kinds: ms mention span, mc mention context, es entity name, ec description, text.")
-@click.option("--layer", type=int, default=-1, show_default=True, help="Hidden layer to pool (-1: last).")
-@click.option("--max-length", type=click.IntRange(min=8), default=None,
-              help="Subword limit per text, specials included [default: the encoder's limit].")
-@click.option("--prefix", default=None, help="Text put before every input [default: the encoder's, e5: 'query: '].")
-@click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
-              help="bf16: autocast (weights in bf16 on GPU); fp32: exact reference; auto: bf16 on GPU or on a CPU "
-              "with AMX, else fp32 (faster there). The store records the one used.")
-@click.option("--max-tokens-per-batch", type=click.IntRange(min=64), default=None,
-              help="Token budget per forward batch (rows x longest row) [default: 16384 on CPU, sized from free "
-              "memory on GPU].")
-@click.option("--shard-size", type=click.IntRange(min=1), default=4096, show_default=True, help="Rows per shard.")
-@click.option("--actors", type=click.IntRange(min=1), default=1, show_default=True, help="Encoder actors.")
-@click.option("--cpus-per-actor", type=click.FloatRange(min=0.5), default=None,
-              help="CPUs per actor, also its torch threads [default: all CPUs / actors].")
-@click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="GPUs per actor; 1 places one actor per GPU.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--address", default=None, help="Ray cluster address [default: the Ray job's, else a local Ray].")
-@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
-def main(verbose: bool, **flags: Any) -> None:
-    """Encode mentions, entity names, contexts, descriptions and text into a resumable HDF5 feature store."""
-    level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    cfg = PrecomputeConfig(**flags)
-    try:
-        summary = run(cfg)
-    except (InputError, PrecomputeError, EncodeError) as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(summary_table(summary))
-
-
-if __name__ == "__main__":
     main()

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from precompute.encoding import EncodeItem, EncodeStats, TextEncoder
+from precompute.encoding import EncodeItem, EncoderSettings, EncodeStats, TextEncoder
 from precompute.store import StoreError, read_shard, write_shard
 
 log = logging.getLogger(__name__)
@@ -87,12 +87,8 @@ def maybe_inject_fault(task: ShardTask, where: str) -> None:
 class ShardWorker:
     """Holds one encoder; :meth:`run` encodes a shard and writes it."""
 
-    def __init__(self, model_dir: str, settings: dict[str, Any], device: str = "auto", threads: int | None = None):
-        self.encoder = TextEncoder.load(
-            model_dir, device=device, threads=threads, layer=settings["layer"], max_length=settings["max_length"],
-            prefix=settings["prefix"], dtype=settings["dtype"],
-            max_tokens_per_batch=settings.get("max_tokens_per_batch"),
-        )
+    def __init__(self, settings: EncoderSettings, threads: int | None = None):
+        self.encoder = TextEncoder.load(settings, threads)
 
     def run(self, task: ShardTask) -> dict[str, Any]:
         t0 = time.perf_counter()

@@ -167,7 +167,7 @@ def test_rayjob_gpu_workers_shared_volume_and_hdf5_locking_off(rayjob):
 
 
 def test_rayjob_entrypoint_is_the_readme_command_and_parses(rayjob, launcher):
-    from precompute.run import main
+    from precompute.cli import main
 
     args = _entrypoint_args(rayjob)
     assert args[:2] == ["python", "precompute/run.py"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from precompute.encoding import EncodeError, TextEncoder, context_item, entity_item, mention_item
+from precompute.encoding import EncodeError, TextEncoder, context_item, entity_item, mention_item, resolve_encoder
 from tests.conftest import LONG
 
 PREFIX = "query: "
@@ -14,7 +14,7 @@ PREFIX = "query: "
 
 @pytest.fixture(scope="module")
 def encoder(tiny_model_dir) -> TextEncoder:
-    return TextEncoder.load(tiny_model_dir, dtype="fp32", prefix=PREFIX, device="cpu")
+    return TextEncoder.load(resolve_encoder(tiny_model_dir, dtype="fp32", prefix=PREFIX, device="cpu"))
 
 
 def reference_short(enc: TextEncoder, text: str, span: tuple[int, int]) -> np.ndarray:
@@ -112,8 +112,8 @@ def test_batched_equals_one_by_one(encoder):
 
 
 def test_bf16_close_to_fp32(tiny_model_dir):
-    fp32 = TextEncoder.load(tiny_model_dir, dtype="fp32", device="cpu")
-    bf16 = TextEncoder.load(tiny_model_dir, dtype="bf16", device="cpu")
+    fp32 = TextEncoder.load(resolve_encoder(tiny_model_dir, dtype="fp32", device="cpu"))
+    bf16 = TextEncoder.load(resolve_encoder(tiny_model_dir, dtype="bf16", device="cpu"))
     items = [mention_item(str(i), "en", t, *s) for i, (_, t, s) in enumerate(CASES)]
     a, b = fp32.encode(items).astype(np.float32), bf16.encode(items).astype(np.float32)
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
@@ -141,9 +141,9 @@ def test_span_covering_no_subword_is_an_error(encoder):
 
 def test_layer_out_of_range_is_refused(tiny_model_dir):
     with pytest.raises(EncodeError, match="out of range"):
-        TextEncoder.load(tiny_model_dir, layer=7, device="cpu")
+        TextEncoder.load(resolve_encoder(tiny_model_dir, layer=7, device="cpu"))
 
 
 def test_not_a_model_directory(tmp_path):
     with pytest.raises(EncodeError, match="not a Hugging Face model directory"):
-        TextEncoder.load(tmp_path)
+        TextEncoder.load(resolve_encoder(tmp_path))

@@ -7,8 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from precompute.encoding import CPU_TOKEN_BUDGET, EncodeError, TextEncoder, pick_device, token_budget
-from precompute.run import PrecomputeConfig, PrecomputeError, actor_options
+from precompute.encoding import (
+    CPU_TOKEN_BUDGET,
+    EncodeError,
+    TextEncoder,
+    pick_device,
+    resolve_encoder,
+    token_budget,
+)
+from precompute.run import PrecomputeConfig, PrecomputeError, actor_device, actor_options
 
 
 def _cfg(**kw) -> PrecomputeConfig:
@@ -16,24 +23,24 @@ def _cfg(**kw) -> PrecomputeConfig:
 
 
 def test_one_gpu_per_actor_asks_ray_for_a_gpu_and_runs_on_cuda():
-    device, options = actor_options(_cfg(gpus_per_actor=1), cpus=4)
-    assert device == "cuda" and options["num_gpus"] == 1 and options["num_cpus"] == 4
+    options = actor_options(_cfg(gpus_per_actor=1), cpus=4)
+    assert actor_device(_cfg(gpus_per_actor=1)) == "cuda" and options["num_gpus"] == 1 and options["num_cpus"] == 4
     assert options["max_restarts"] == 3 and options["max_task_retries"] == 3
 
 
 def test_cpu_actors_by_default_and_conflicting_device_flags_are_refused():
-    assert actor_options(_cfg(), cpus=2)[0] == "cpu"
+    assert actor_device(_cfg()) == "cpu"
     with pytest.raises(PrecomputeError, match="--gpus-per-actor > 0 with --device cpu"):
-        actor_options(_cfg(gpus_per_actor=1, device="cpu"), cpus=2)
+        actor_device(_cfg(gpus_per_actor=1, device="cpu"))
     with pytest.raises(PrecomputeError, match="--device cuda needs --gpus-per-actor"):
-        actor_options(_cfg(device="cuda"), cpus=2)
+        actor_device(_cfg(device="cuda"))
 
 
 def test_actors_cap_the_cpu_kernel_caches_unless_the_user_set_them(monkeypatch):
     """Without the caps a bf16 CPU actor grew by ~800 MB over 200k texts (bench/soak.py)."""
     monkeypatch.delenv("LRU_CACHE_CAPACITY", raising=False)
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
-    env = actor_options(_cfg(), cpus=2)[1]["runtime_env"]["env_vars"]
+    env = actor_options(_cfg(), cpus=2)["runtime_env"]["env_vars"]
     assert env["LRU_CACHE_CAPACITY"] == "64" and env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "256"
 
 
@@ -55,7 +62,7 @@ def test_auto_device_is_cpu_without_a_gpu_and_cuda_is_refused():
 
 
 def test_encoder_on_cpu_uses_the_cpu_budget(tiny_model_dir):
-    assert TextEncoder.load(tiny_model_dir, device="cpu").max_tokens_per_batch == CPU_TOKEN_BUDGET
+    assert TextEncoder.load(resolve_encoder(tiny_model_dir, device="cpu")).max_tokens_per_batch == CPU_TOKEN_BUDGET
 
 
 @pytest.mark.gpu
@@ -65,8 +72,8 @@ def test_bf16_on_gpu_matches_fp32(tiny_model_dir):
     from precompute.encoding import mention_item
 
     items = [mention_item("a", "en", "Barack Obama visited Moscow", 0, 12)]
-    cpu = TextEncoder.load(tiny_model_dir, device="cpu", dtype="fp32").encode(items)
-    gpu = TextEncoder.load(tiny_model_dir, device="cuda", dtype="bf16").encode(items)
+    cpu = TextEncoder.load(resolve_encoder(tiny_model_dir, device="cpu", dtype="fp32")).encode(items)
+    gpu = TextEncoder.load(resolve_encoder(tiny_model_dir, device="cuda", dtype="bf16")).encode(items)
     cos = torch.nn.functional.cosine_similarity(torch.tensor(cpu).float(), torch.tensor(gpu).float())
     assert float(cos.min()) > 0.99
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from precompute.run import PrecomputeConfig, PrecomputeError, main, run
+from precompute.cli import main
+from precompute.run import PrecomputeConfig, PrecomputeError, run
 from precompute.store import StoreError, open_store
 from tests.conftest import KB, MENTIONS, write_jsonl
 

@@ -1,0 +1,40 @@
+"""The one way xel connects to Ray, for ``xel-precompute`` and ``xel-experiment`` alike: :func:`ray_session`.
+
+* ``address`` given (``--address``): join that cluster.
+* inside a Ray job (``ray job submit``, which sets ``RAY_ADDRESS``): join the job's cluster.
+* otherwise: start a local Ray head for this process (no dashboard), with the repository on the workers'
+  ``PYTHONPATH``, and shut it down when the session ends.
+
+A Ray that this process has already initialised is used as it is and left running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import ray
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def ray_session(address: str | None = None) -> Iterator[None]:
+    """Connect to Ray for the duration of the block (see the module docstring); shut down only a Ray it started."""
+    started = False
+    if not ray.is_initialized():
+        if address is None and not os.environ.get("RAY_ADDRESS"):
+            path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+            ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, include_dashboard=False,
+                     logging_level=logging.WARNING)
+            started = True
+        else:
+            ray.init(address=address, logging_level=logging.WARNING)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
