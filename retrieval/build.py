@@ -1,16 +1,22 @@
-"""Build an index directory from a store's entity features, one FAISS index per KB language: ``xel-nn build``."""
+"""Build (or update) an index directory from a store's entity features, one FAISS index per KB language:
+``xel-nn build`` (:func:`run_build`)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from precompute.store import Store
+from precompute.store import Store, atomic_write_json, check_out_dir, open_store, replace_dir
 from retrieval.factory import trained_index
 from retrieval.index import FEATURE_KINDS, EntityIndex, LangIndex, RetrievalError
-from retrieval.index_files import INDEX_FORMAT_VERSION, save_index
+from retrieval.index_files import INDEX_FORMAT_VERSION, INDEX_MANIFEST, load_index, save_index
+from retrieval.update import update_index
 from retrieval.vectors import iter_unit_chunks, row_digests, unit_rows
 
 
@@ -53,3 +59,50 @@ def build_index(
     }
     save_index(result, store, out)
     return result
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    features: str
+    out: str
+    index: str = "Flat"
+    kind: str = "es"
+    seed: int = 0
+    train_rows: int | None = None
+    overwrite: bool = False
+    update: bool = False
+
+
+def run_build(cfg: BuildConfig) -> tuple[EntityIndex, dict[str, dict[str, Any]] | None]:
+    """Build (or with ``update``, update) into a temp directory beside ``--out`` and move it into place: a failed
+    build leaves nothing. Returns the index and, for an update, what was done per KB language."""
+    out = Path(cfg.out)
+    if cfg.update and cfg.overwrite:
+        raise RetrievalError("--update and --overwrite: pick one (--update edits the index in --out, "
+                             "--overwrite builds a new one)")
+    old = None
+    if cfg.update:
+        old = load_index(out, mmap=False)  # edited in memory, written anew
+        if (cfg.index, cfg.kind) != (old.manifest["factory"], old.manifest["kind"]):
+            raise RetrievalError(
+                f"--update: the index in {out} is {old.manifest['factory']!r} over {old.manifest['kind']!r}, this "
+                f"command asks {cfg.index!r} over {cfg.kind!r}; drop --index/--kind, or rebuild with --overwrite")
+    elif check_out_dir(out, INDEX_MANIFEST, "an xel index", RetrievalError) and not cfg.overwrite:
+        raise RetrievalError(f"--out {out}: already holds an index; pass --overwrite to replace it")
+    store = open_store(cfg.features)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    report = None
+    try:
+        if old is not None:
+            report = update_index(old, store, tmp)
+            index = old
+        else:
+            index = build_index(store, tmp, factory=cfg.index, kind=cfg.kind, seed=cfg.seed,
+                                train_rows=cfg.train_rows)
+        atomic_write_json(tmp / "config.json", asdict(cfg))
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    index.root = out
+    return index, report

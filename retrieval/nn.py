@@ -8,11 +8,17 @@ list when the data gives one, else the top-k of its KB from the index (or the li
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
-from retrieval.metrics import Scores, score_groups
+from precompute.store import atomic_write_bytes, atomic_write_json
+from retrieval.candidate_lists import write_recall
+from retrieval.candidates import generate_candidates
+from retrieval.files import CandidatesError, read_candidates, write_predictions
+from retrieval.metrics import Scores, format_table, score_groups
+from retrieval.search import SearchOptions
 
 DEFAULT_THRESHOLD = -1.0
 
@@ -48,3 +54,49 @@ def nn_scores(
 ) -> dict[str, Scores]:
     """The trainer's metrics (``retrieval.metrics.score_groups``) for nn predictions, overall, per lang and type."""
     return score_groups(golds, [p.pred for p in predictions], langs, types)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    search: SearchOptions
+    out: str
+    k: int = 30
+    threshold: float = DEFAULT_THRESHOLD
+    candidates: str | None = None
+    max_prior: int = 10
+    train_lang: str = "en"
+    langs: tuple[str, ...] = ()
+
+
+def run_eval(cfg: EvalConfig) -> str:
+    """Score the nn baseline: ``metrics.txt``/``.json``, ``predictions.jsonl``, the recall@k table and ``config.json``
+    in ``cfg.out``; returns the metrics and recall tables as text."""
+    out = Path(cfg.out)
+    index, store = cfg.search.open()
+    cands = generate_candidates(
+        store, index, k=cfg.k, max_prior=cfg.max_prior, train_lang=cfg.train_lang, kb_lang=cfg.search.kb_lang,
+        langs=cfg.langs or None,
+    )
+    from_file = read_candidates(cfg.candidates) if cfg.candidates else None
+    lists = []
+    for i, m in enumerate(cands.mentions):
+        if from_file is not None:
+            if m.id not in from_file:
+                raise CandidatesError(f"{cfg.candidates}: no line for mention {m.id!r}; regenerate the file")
+            lists.append([kb for kb, _, _ in from_file[m.id]])
+        elif m.given is not None:
+            lists.append(list(m.given))
+        else:
+            lists.append([kb for kb, _ in cands.dense[i][: cfg.k]])
+    cands.data.prefetch(kb for ids in lists for kb in ids)  # one batch of row reads for every candidate
+    preds = [nn_link(cands.data.vectors[i], ids, cands.data.entity, cfg.threshold) for i, ids in enumerate(lists)]
+    out.mkdir(parents=True, exist_ok=True)  # only once every input has been read and checked
+    write_predictions(out / "predictions.jsonl", ((m.id, p.pred, p.score, p.candidates)
+                                                  for m, p in zip(cands.mentions, preds)))
+    scores = nn_scores([m.gold for m in cands.mentions], preds, [m.lang for m in cands.mentions],
+                       [m.type for m in cands.mentions])
+    metrics = format_table(scores, f"nn baseline (threshold {cfg.threshold})")
+    atomic_write_json(out / "metrics.json", {name: s.as_dict() for name, s in scores.items()})
+    atomic_write_bytes(out / "metrics.txt", (metrics + "\n").encode())
+    atomic_write_json(out / "config.json", asdict(cfg))
+    return metrics + "\n\ncandidate recall@k\n" + write_recall(out, cands)

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from precompute.encoding import TextEncoder, mention_item
 from precompute.store import Store
 from retrieval.index import EntityIndex, RetrievalError
+from retrieval.search import SearchOptions
 from retrieval.vectors import l2_normalise
 
 
@@ -42,8 +44,6 @@ def query_span(query: Query) -> tuple[str, int, int]:
 
 def encode_queries(store: Store, queries: Sequence[Query]) -> np.ndarray:
     """Unit float32 ``ms`` vectors of ``queries``, encoded exactly as precompute encoded the store's mentions."""
-    from precompute.encoding import TextEncoder, mention_item
-
     encoder = TextEncoder.from_manifest(store.manifest)
     items = [mention_item(q.id or f"query-{i}", q.lang, *query_span(q)) for i, q in enumerate(queries)]
     return l2_normalise(np.asarray(encoder.encode(items), dtype=np.float32))
@@ -64,3 +64,24 @@ def search_queries(
     names = {r["id"]: r["name"] for r in store.records("kb")}
     _, hits = index.search_kbs(vectors, [q.lang for q in queries], k, kb_lang)
     return [[{"id": kb, "name": names.get(kb), "score": round(s, 6)} for kb, s in row] for row in hits]
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    search: SearchOptions
+    query: str
+    lang: str = "en"
+    context: str | None = None
+    k: int = 10
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    search: SearchOptions
+    input: str
+    output: str
+    lang: str = "en"
+    k: int = 10
+
+
+

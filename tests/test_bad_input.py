@@ -22,12 +22,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from precompute import encoder_build
+from encoder import cli as encoder_cli
 from precompute.store import MANIFEST
 from retrieval import cli as nn_cli
 from tests.train_fixtures import synthetic_store
 from train import cli as train_cli
-from train import experiment
 
 
 @dataclass(frozen=True)
@@ -167,10 +166,10 @@ CASES = [
          lambda t: nn("--features", occupied(t, "notastore"), "--out", t / "o"),
          "did not finish", "o"),
     # xel-encoder, xel-experiment
-    Case("encoder-info-not-a-build", encoder_build.main,
+    Case("encoder-info-not-a-build", encoder_cli.main,
          lambda t: nn("info", "--out", occupied(t, "o")),
          "holds no complete build; run: xel-encoder build", "o"),
-    Case("experiment-data-without-kb", experiment.main,
+    Case("experiment-data-without-kb", train_cli.experiment,
          lambda t: nn("--data", occupied(t, "data"), "--out", t / "o", "--model", t / "model"),
          "kb.jsonl", "o"),
 ]

@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from precompute import encoder_build
-from precompute.encoder_build import (
+from encoder import build as encoder_build
+from encoder.build import (
     MARKER,
     REQUIRED_FILES,
     SOURCE_MODEL,
     BuildError,
     build_encoder,
     dequantize_q4_0,
-    main,
     parse_packed_model,
     read_marker,
 )
+from encoder.cli import main
 
 
 def q4_block(d: float, qs: list[int]) -> bytes:

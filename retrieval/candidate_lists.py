@@ -1,0 +1,47 @@
+"""``xel-nn candidates``: every mention's candidate list written as ``candidates.jsonl``, with its recall@k table
+(``recall.txt``/``.json``/``.png``): :func:`run_candidates`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from precompute.store import atomic_write_bytes, atomic_write_json
+from retrieval.candidates import CandidateSet, generate_candidates
+from retrieval.files import write_candidates
+from retrieval.metrics import RECALL_KS, format_recall_table, plot_recall
+from retrieval.search import SearchOptions
+
+
+@dataclass(frozen=True)
+class CandidatesConfig:
+    search: SearchOptions
+    out: str
+    k: int = 30
+    max_prior: int = 10
+    train_lang: str = "en"
+    langs: tuple[str, ...] = ()
+
+
+def write_recall(out: Path, candidate_set: CandidateSet) -> str:
+    """``recall.json``, ``recall.txt`` and ``recall.png`` of ``candidate_set`` in ``out``; returns the text table."""
+    table = candidate_set.recall(RECALL_KS)
+    text = format_recall_table(table, RECALL_KS)
+    atomic_write_json(out / "recall.json", table)
+    atomic_write_bytes(out / "recall.txt", (text + "\n").encode())
+    plot_recall(table, str(out / "recall.png"), RECALL_KS)
+    return text
+
+
+def run_candidates(cfg: CandidatesConfig) -> str:
+    """Write ``candidates.jsonl``, the recall@k table and ``config.json`` to ``cfg.out``; returns the table."""
+    out = Path(cfg.out)
+    index, store = cfg.search.open()
+    cands = generate_candidates(
+        store, index, k=cfg.k, max_prior=cfg.max_prior, train_lang=cfg.train_lang, kb_lang=cfg.search.kb_lang,
+        langs=cfg.langs or None,
+    )
+    out.mkdir(parents=True, exist_ok=True)  # only once every input has been read and checked
+    write_candidates(out / "candidates.jsonl", ((m.id, c) for m, c in zip(cands.mentions, cands.merged)))
+    atomic_write_json(out / "config.json", asdict(cfg))
+    return "candidate recall@k\n" + write_recall(out, cands)
