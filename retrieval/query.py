@@ -8,13 +8,17 @@ vector as the store holds for the same sentence and span.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from precompute.encoding import TextEncoder, mention_item
-from precompute.store import Store
+from precompute.schema import iter_records
+from precompute.store import Store, atomic_write_bytes
 from retrieval.index import EntityIndex, RetrievalError
 from retrieval.search import SearchOptions
 from retrieval.vectors import l2_normalise
@@ -84,4 +88,24 @@ class BatchConfig:
     k: int = 10
 
 
+def run_query(cfg: QueryConfig) -> list[dict[str, Any]]:
+    """The top-``k`` entities of one query, best first."""
+    index, store = cfg.search.open()
+    return search_queries(index, store, [Query(cfg.query, cfg.lang, cfg.context)], cfg.k, cfg.search.kb_lang)[0]
 
+
+def run_batch(cfg: BatchConfig) -> int:
+    """Search every query of ``cfg.input``; write one JSONL line of results per query; returns the count."""
+    queries = []
+    for lineno, row in iter_records(Path(cfg.input)):
+        if not isinstance(row.get("query"), str):
+            raise RetrievalError(f"{cfg.input}: record {lineno}: expected {{\"query\": str, \"lang\"?, \"context\"?, "
+                                 f"\"id\"?}}, got {row!r}")
+        queries.append(Query(row["query"], row.get("lang") or cfg.lang, row.get("context"),
+                             str(row["id"]) if row.get("id") is not None else None))
+    index, store = cfg.search.open()
+    results = search_queries(index, store, queries, cfg.k, cfg.search.kb_lang) if queries else []
+    lines = [json.dumps({"id": q.id, "query": q.text, "lang": q.lang, "results": r}, ensure_ascii=False)
+             for q, r in zip(queries, results)]
+    atomic_write_bytes(cfg.output, ("\n".join(lines) + "\n").encode() if lines else b"")
+    return len(lines)
