@@ -236,13 +236,14 @@ def generate_candidates(
     prior = AliasPrior([MentionRef.from_record(r) for r in store.records("mentions")], train_lang)
     kb_records = store.records("kb")
     kb_langs, dense = dense_search(data, index, max(k, dense_k), kb_lang)
-    matchers = {lang: NameMatcher(r for r in kb_records if r["lang"] == lang) for lang in set(kb_langs)}
-    kb_ids = {lang: frozenset(r["id"] for r in kb_records if r["lang"] == lang) for lang in set(kb_langs)}
+    scope_records = {scope: [r for r in kb_records if r["lang"] in index.scope_langs(scope)] for scope in set(kb_langs)}
+    matchers = {scope: NameMatcher(records) for scope, records in scope_records.items()}
+    kb_ids = {scope: frozenset(r["id"] for r in records) for scope, records in scope_records.items()}
     data.prefetch(kb for m in data.mentions if m.given is not None for kb in m.given)
     ngram: list[list[tuple[str, float]]] = [[] for _ in data.mentions]
-    for lang in sorted(set(kb_langs)):
-        rows = [i for i, kl in enumerate(kb_langs) if kl == lang]
-        entries = [r for r in kb_records if r["lang"] == lang]
+    for scope in sorted(set(kb_langs)):
+        rows = [i for i, kl in enumerate(kb_langs) if kl == scope]
+        entries = scope_records[scope]
         found = NgramIndex([r["id"] for r in entries], [r["name"] for r in entries]).search(
             [data.mentions[i].surface for i in rows], max(k, dense_k))
         for i, hits in zip(rows, found):

@@ -27,6 +27,7 @@ from retrieval.rerank import DEFAULT_RERANK, Reranker, is_compressed
 from retrieval.vectors import ids_digest
 
 log = logging.getLogger(__name__)
+ALL_LANGS = "*"  # kb_lang_for: the whole KB, every label language
 
 # entity feature kind indexed -> the mention feature kind queried against it
 FEATURE_KINDS = {"es": "ms", "ec": "mc", "es+ec": "ms+mc"}
@@ -109,35 +110,39 @@ class EntityIndex:
             )
 
     def kb_lang_for(self, mention_lang: str, override: str | None = None) -> str:
-        """The KB a mention of ``mention_lang`` links to: ``override``, else its own language, else the only KB."""
-        available = sorted(self.langs)
+        """The part of the KB a mention of ``mention_lang`` is searched in: ``override`` (one label language),
+        else :data:`ALL_LANGS`, the whole KB. A KB whose entries carry labels in several languages (a Russian KB
+        where some entries only have an English label) is one KB, so by default every label language's index
+        is searched and the hits are merged by score."""
         if override is not None:
             if override not in self.langs:
-                raise RetrievalError(f"KB language {override!r} is not in index {self.root}; it holds {available}")
+                raise RetrievalError(f"KB language {override!r} is not in index {self.root}; it holds "
+                                     f"{sorted(self.langs)}")
             return override
-        if mention_lang in self.langs:
-            return mention_lang
-        if len(available) == 1:
-            return available[0]
-        raise RetrievalError(
-            f"mentions in {mention_lang!r} have no KB of their language in index {self.root} (it holds {available}); "
-            "name the KB with --kb-lang"
-        )
+        return ALL_LANGS
+
+    def scope_langs(self, scope: str) -> list[str]:
+        """The label languages a scope of :meth:`kb_lang_for` covers."""
+        return sorted(self.langs) if scope == ALL_LANGS else [scope]
 
     def search_kbs(
         self, vectors: np.ndarray, langs: Sequence[str], k: int, kb_lang: str | None = None
     ) -> tuple[list[str], list[list[tuple[str, float]]]]:
-        """Row ``i`` of unit ``vectors`` (a mention or query in language ``langs[i]``) searched in the KB that
-        :meth:`kb_lang_for` picks for it, each KB's index searched once for all its rows; returns per row its KB
-        language and top-``k`` ``(kb id, score)``, best first."""
-        kb_langs = [self.kb_lang_for(lang, kb_lang) for lang in langs]
-        out: list[list[tuple[str, float]]] = [[] for _ in kb_langs]
-        for lang in sorted(set(kb_langs)):
-            rows = [i for i, kl in enumerate(kb_langs) if kl == lang]
+        """Row ``i`` of unit ``vectors`` (a mention or query in language ``langs[i]``) searched in the scope
+        :meth:`kb_lang_for` picks for it, each label language's index searched once for all its rows and the hits
+        merged by score; returns per row its scope and top-``k`` ``(kb id, score)``, best first."""
+        scopes = [self.kb_lang_for(lang, kb_lang) for lang in langs]
+        hits: list[list[tuple[str, float]]] = [[] for _ in scopes]
+        for lang in sorted(self.langs):
+            rows = [i for i, scope in enumerate(scopes) if lang in self.scope_langs(scope)]
+            if not rows:
+                continue
             scores, ids = self.langs[lang].search(vectors[rows], k)
             for r, s_row, id_row in zip(rows, scores, ids):
-                out[r] = [(kb, float(s)) for kb, s in zip(id_row, s_row)]
-        return kb_langs, out
+                hits[r].extend((kb, float(s)) for kb, s in zip(id_row, s_row))
+        if len(self.langs) > 1:
+            hits = [sorted(h, key=lambda x: -x[1])[:k] for h in hits]
+        return scopes, hits
 
     def attach_store(self, store: Store, factor: int = DEFAULT_RERANK) -> None:
         """For a compressed index type, re-rank each search's ``factor`` x k shortlist exactly against ``store``'s

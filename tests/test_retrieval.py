@@ -20,7 +20,7 @@ from retrieval.candidates import (
 )
 from retrieval.devices import TorchExactSearcher, select_search_device
 from retrieval.factory import build_lang_index
-from retrieval.index import RetrievalError
+from retrieval.index import ALL_LANGS, RetrievalError
 from retrieval.index_files import load_index, open_index_and_store
 from retrieval.metrics import format_recall_table, recall_at_k, recall_table, score
 from retrieval.nn import nn_link, nn_scores
@@ -166,12 +166,25 @@ def test_index_store_encoder_mismatch_is_refused(kb_store, tmp_path):
 
 def test_kb_lang_for(kb_store, tmp_path):
     index = build_index(kb_store, tmp_path / "index")
-    assert index.kb_lang_for("es") == "es"
+    assert index.kb_lang_for("es") == ALL_LANGS and index.scope_langs(ALL_LANGS) == ["en", "es"]
     assert index.kb_lang_for("ru", "en") == "en"
-    with pytest.raises(RetrievalError, match="'ru' have no KB.*--kb-lang"):
-        index.kb_lang_for("ru")
     with pytest.raises(RetrievalError, match="'fa' is not in index"):
         index.kb_lang_for("es", "fa")
+
+
+def test_a_kb_with_labels_in_two_languages_is_one_kb(kb_store, tmp_path):
+    """An es mention whose gold only has an en label is reachable by default, and merged by score; --kb-lang es
+    narrows the search to the es labels."""
+    index = build_index(kb_store, tmp_path / "index")
+    _, es, _ = kb_store.load("es")
+    q = l2_normalise(es[[5, 70]].astype(np.float32))  # an en-labelled and an es-labelled entity
+    scopes, hits = index.search_kbs(q, ["es", "es"], 3)
+    assert scopes == [ALL_LANGS, ALL_LANGS] and hits[0][0][0] == "Q5" and hits[1][0][0] == "Q70"
+    assert all(h[i][1] >= h[i + 1][1] for h in hits for i in range(2))
+    brute = l2_normalise(es.astype(np.float32)) @ q.T
+    assert [kb for kb, _ in hits[0]] == [f"Q{i}" for i in np.argsort(-brute[:, 0])[:3]]
+    _, narrowed = index.search_kbs(q, ["es", "es"], 3, "es")
+    assert all(int(kb[1:]) >= 60 for h in narrowed for kb, _ in h)
 
 
 # ----------------------------------------------------------------------------------------------- candidates
@@ -250,17 +263,19 @@ def test_generate_candidates_on_a_store(kb_store, tmp_path):
     # given lists are used whole, tagged given
     given = cands.merged[by_id["m-es-0"]]
     assert sorted(kb for kb, _, _ in given) == ["Q60", "Q70", "Q71"] and {s for _, _, s in given} == {"given"}
-    # es mentions link to the es KB only; en mentions to the en KB
-    assert all(int(kb[1:]) >= 60 for kb, _, _ in cands.merged[by_id["m-es-5"]])
-    assert all(int(kb[1:]) < 60 for kb, _, _ in cands.merged[by_id["m-en-3"]])
-    assert all(len(c) <= 5 for i, c in enumerate(cands.merged) if cands.mentions[i].given is None)
+    # by default the whole KB (both label languages) is searched; --kb-lang narrows it
+    assert any(int(kb[1:]) < 60 for kb, _ in cands.ngram[by_id["m-es-5"]] + cands.dense[by_id["m-es-5"]])
+    narrowed = generate_candidates(kb_store, index, k=5, max_prior=2, kb_lang="es")
+    assert all(int(kb[1:]) >= 60 for kb, _, _ in narrowed.merged[by_id["m-es-5"]])
+    # dense top-k, up to max_prior prior and up to max_ngram (10) n-gram candidates
+    assert all(len(c) <= 5 + 2 + 10 for i, c in enumerate(cands.merged) if cands.mentions[i].given is None)
     # the es mention "Entity 65" has an exact KB name match
     assert cands.merged[by_id["m-es-5"]][0] == ("Q65", 1.0, "prior")
     # en mention 45 has alias "alias 15" which mention 15 shares (leave-one-out keeps that one)
     assert cands.prior[by_id["m-en-45"]] == [("Q15", 1.0)]
     table = cands.recall()
     assert table["lang:es"]["merged"]["n"] == 16 and table["lang:es"]["merged"]["R@1"] == 1.0
-    assert set(table["all"]) == {"prior", "dense", "merged"}
+    assert set(table["all"]) == {"prior", "dense", "ngram", "merged"}
 
 
 def test_candidates_never_inject_gold(kb_store, tmp_path):
@@ -270,9 +285,12 @@ def test_candidates_never_inject_gold(kb_store, tmp_path):
     for i, m in enumerate(cands.mentions):
         dense_ids = {kb for kb, _ in cands.dense[i]}
         prior_ids = {kb for kb, _ in cands.prior[i]}
+        ngram_ids = {kb for kb, _ in cands.ngram[i]}
         merged_ids = {kb for kb, _, _ in cands.merged[i]}
         if m.given is None:
-            assert merged_ids <= dense_ids | prior_ids
+            assert merged_ids <= dense_ids | prior_ids | ngram_ids
+            if m.gold is not None and m.gold not in dense_ids | prior_ids | ngram_ids:
+                assert m.gold not in merged_ids
 
 
 # ----------------------------------------------------------------------------------------------- nn

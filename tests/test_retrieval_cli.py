@@ -32,7 +32,9 @@ def test_build_candidates_eval_write_their_files(kb_store, tmp_path):  # noqa: F
     r = invoke("candidates", "--index", index, "--out", out / "cands", "--k", "5")
     assert r.exit_code == 0, r.output
     cands = read_candidates(out / "cands" / "candidates.jsonl")
-    assert len(cands) == 70 and all(len(c) <= 5 for m, c in cands.items() if m not in ("m-es-0", "m-es-1"))
+    own = [c for m, c in cands.items() if m not in ("m-es-0", "m-es-1")]
+    # the dense top-5 (what prior did not list already), then up to 10 prior and 10 n-gram candidates
+    assert len(cands) == 70 and all(len(c) <= 25 and sum(src == "dense" for _, _, src in c) <= 5 for c in own)
     for name in ("recall.txt", "recall.json", "recall.png", "config.json"):
         assert (out / "cands" / name).stat().st_size > 0
     assert "merged" in r.output and "R@100" in r.output
