@@ -181,3 +181,17 @@ def test_alias_prior_counts_only_training_documents() -> None:
                        split=split_of(f"c:{d}")) for d in range(60)]
     prior = AliasPrior(refs, "en")
     assert prior.training_ids == {r.id for r in refs if r.split == "train"} != {r.id for r in refs}
+
+
+def test_mention_popularity_leaves_a_training_mentions_own_link_out(tmp_path) -> None:
+    path = synthetic_store(tmp_path / "s", langs={"en": 90, "de": 30}, links=False)
+    cfg = TrainConfig(features=str(path), popularity=True, popularity_source="mentions",
+                      popularity_missing="median", **FAST)
+    train = prepare(cfg).splits.train
+    cols = pair_columns([g for g in cfg.feature_groups] + ["popularity"])
+    flag = train.pair[..., cols.index("popularity_missing")]
+    counts = {k: sum(g == k for g in train.golds) for k in set(train.golds) if k is not None}
+    for i in train.trainable().tolist():
+        gold_col = int(train.gold_pos[i])
+        # a gold linked by this training mention only is "never linked" in this mention's own features
+        assert float(flag[i, gold_col]) == float(counts[train.golds[i]] == 1)

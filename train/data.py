@@ -45,6 +45,7 @@ class KB:
     popularity: torch.Tensor  # [E, P], P in {0, 1, 2}
     names: tuple[str, ...] = ()
     links: tuple[int | None, ...] = ()
+    link_counts: tuple[int | None, ...] | None = None  # +P counted from training mentions (train.prepare)
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,9 @@ def pair_columns(groups: Sequence[str]) -> list[str]:
     return [c for g in PAIR_GROUPS if g in groups for c in GROUP_COLUMNS[g]]
 
 
-def pair_features(mentions: Mentions, prior: AliasPrior, groups: Sequence[str]) -> torch.Tensor:
+def pair_features(
+    mentions: Mentions, prior: AliasPrior, groups: Sequence[str], own_link_out: bool = False
+) -> torch.Tensor:
     """``[M, K, F]`` float32 features of every (mention, candidate) pair for the ``groups`` asked for, in the
     order of :func:`pair_columns`; padded candidates get zeros."""
     kb = mentions.kb
@@ -104,6 +106,15 @@ def pair_features(mentions: Mentions, prior: AliasPrior, groups: Sequence[str]) 
             block[:, :, 0] = np.log1p(pop[cand, 0])
         if pop.shape[1] > 1:
             block[:, :, 1] = pop[cand, 1]
+        if own_link_out and kb.link_counts is not None:  # training mentions: counts without their own link
+            counts = np.array([c or 0 for c in kb.link_counts], dtype=np.float64)
+            known = counts[counts > 0]
+            median = float(np.median(known)) if len(known) else 1.0
+            gold = mentions.gold_kb.numpy()
+            own = (cand == gold[:, None]) & (gold[:, None] >= 0)
+            rest = counts[cand] - 1
+            block[:, :, 0] = np.where(own, np.log1p(np.where(rest > 0, rest / median, 1.0)), block[:, :, 0])
+            block[:, :, 1] = np.where(own, (rest <= 0).astype(np.float32), block[:, :, 1])
         blocks.append(block * mask[:, :, None])
     if not blocks:
         return torch.zeros((m, k, 0))

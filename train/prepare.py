@@ -87,13 +87,16 @@ def _with_kb(mentions: Mentions, kb: KB) -> Mentions:
 
 def with_mention_popularity(splits: Splits) -> Splits:
     """+P from gold links among the training split's mentions (``--popularity-source mentions``): each KB entry
-    gets ``count / median`` of the entries linked at least once, and the missing flag where it was never linked."""
+    gets ``count / median`` of the entries linked at least once, and the missing flag where it was never linked.
+    A training mention's own link is left out of its own pair features (:func:`train.pairs.pair_features`):
+    without that, every training gold looks popular by construction, and the residual scorer learned "linked
+    once = gold" (on the sample every seed then fell back to epoch 0)."""
     counts = Counter(g for g in splits.train.golds if g is not None)
 
     def kb_of(m: Mentions) -> KB:
         links = [counts.get(k) for k in m.kb.ids]
         pop = torch.from_numpy(popularity_features(links, "median", "training mentions"))
-        return replace(m.kb, popularity=pop)
+        return replace(m.kb, popularity=pop, link_counts=tuple(links))
 
     train_kb = kb_of(splits.train)
     test_kb = train_kb if splits.test.kb is splits.train.kb else kb_of(splits.test)
@@ -107,8 +110,8 @@ def with_pair_features(splits: Splits, cfg: TrainConfig) -> Splits:
     groups = [g for g in cfg.feature_groups if g in PAIR_GROUPS] + (["popularity"] if cfg.popularity else [])
     prior = training_prior(splits.train)
 
-    def add(m: Mentions | None) -> Mentions | None:
-        return None if m is None else replace(m, pair=pair_features(m, prior, groups))
+    def add(m: Mentions | None, own_link_out: bool = False) -> Mentions | None:
+        return None if m is None else replace(m, pair=pair_features(m, prior, groups, own_link_out))
 
     log.info("pair features: %s", pair_columns(groups))
-    return Splits(train=add(splits.train), dev=add(splits.dev), test=add(splits.test))
+    return Splits(train=add(splits.train, True), dev=add(splits.dev), test=add(splits.test))
