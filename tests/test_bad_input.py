@@ -135,6 +135,10 @@ CASES = [
          lambda t: nn("batch", "--index", index(t), "--in", write(t, "q.jsonl", b'{"text": "Moscow"}\n'),
                       "--out", t / "o.jsonl"),
          'record 1: expected {"query": str', "o.jsonl"),
+    Case("batch-huge-integer", nn_cli.main,
+         lambda t: nn("batch", "--index", index(t), "--in", write(t, "q.jsonl", b'{"query": "x", "id": ' + b"9" * 5000
+                                                                   + b"}\n"), "--out", t / "o.jsonl"),
+         "q.jsonl:1: invalid JSON (Exceeds the limit", "o.jsonl"),
     Case("bad-search-params", nn_cli.main,
          lambda t: nn("eval", "--index", index(t), "--out", t / "o", "--search-params", "efSearch"),
          "efSearch", "o"),

@@ -153,12 +153,26 @@ def test_cli_help_explains():
     assert result.exit_code == 0 and "--max-tokens-per-batch" in result.output and "resumable" in result.output
 
 
-def _bad(mention_patch=None, kb=None, raw_mentions=None):
+def _bad(mention_patch=None, kb=None, raw_mentions=None, files=None):
+    """(kb records or raw bytes, mention records or raw bytes, {extra file name: bytes, or None for a directory})."""
     mentions = [dict(m) for m in MENTIONS]
     if mention_patch:
         mentions[0].update(mention_patch)
         mentions[0] = {k: v for k, v in mentions[0].items() if v != "<drop>"}
-    return (KB if kb is None else kb), raw_mentions if raw_mentions is not None else mentions
+    return (KB if kb is None else kb), raw_mentions if raw_mentions is not None else mentions, files or {}
+
+
+def _ascii_jsonl(records: list[dict]) -> bytes:
+    """JSONL with every non-ASCII character escaped, so that a lone surrogate ("\\ud800") can be written."""
+    return "".join(json.dumps(r, ensure_ascii=True) + "\n" for r in records).encode("ascii")
+
+
+def _patched(patch: dict, records=MENTIONS) -> list[dict]:
+    return [{**records[0], **patch}, *records[1:]]
+
+
+# a sentence whose only character at [4, 5) is a combining acute accent (e + U+0301 = é)
+_COMBINING = "Cafe\u0301 Obama visited Moscow."
 
 
 BAD_INPUTS = [
@@ -177,22 +191,52 @@ BAD_INPUTS = [
     ("unknown-language", _bad({"lang": "english"}), "field 'lang' is 'english'; an ISO 639-1 code"),
     ("bad-type", _bad({"type": "PERSON"}), "field 'type' is 'PERSON'; one of PER, ORG, GPE, LOC, FAC"),
     ("empty-kb", _bad(kb=[]), "the KB is empty"),
+    ("lone-surrogate-in-sentence", _bad(raw_mentions=_ascii_jsonl(_patched({"sentence": "Barack Obama\ud800 visited"}))),
+     "mentions.jsonl:1: field 'sentence' holds a lone surrogate"),
+    ("lone-surrogate-in-id", _bad(raw_mentions=_ascii_jsonl(_patched({"id": "m\udc00"}))),
+     "mentions.jsonl:1: field 'id' holds a lone surrogate"),
+    ("lone-surrogate-in-kb-name", _bad(kb=_ascii_jsonl(_patched({"name": "Obama\ud800"}, KB))),
+     "kb.jsonl:1: field 'name' holds a lone surrogate"),
+    ("huge-integer", _bad(raw_mentions=b'{"id": "m1", "lang": "en", "sentence": "Obama", "start": ' + b"7" * 5000
+                          + b', "end": 5}\n'), "mentions.jsonl:1: invalid JSON (Exceeds the limit"),
+    ("nul-in-id", _bad({"id": "m\x001"}), "mentions.jsonl:1: field 'id' holds a NUL character"),
+    ("span-of-a-combining-mark", _bad({"sentence": _COMBINING, "context": _COMBINING, "start": 4, "end": 5}),
+     "mentions.jsonl:1: field 'start/end' covers '\u0301', which holds no word"),
+    ("span-of-a-zero-width-space", _bad({"sentence": "Barack\u200bObama", "context": None, "start": 6, "end": 7}),
+     "mentions.jsonl:1: field 'start/end' covers '\\u200b', which holds no word"),
+    ("span-of-a-soft-hyphen", _bad({"sentence": "Barack Oba\u00adma", "context": None, "start": 10, "end": 11}),
+     "mentions.jsonl:1: field 'start/end' covers '\\xad', which holds no word"),
+    ("kb-name-of-invisible-characters", _bad(kb=_patched({"name": "\u200b\u00ad"}, KB)),
+     "kb.jsonl:1: field 'name' is '\\u200b\\xad', which holds no word"),
+    ("text-jsonl-is-a-directory", _bad(files={"text.jsonl": None}), "text.jsonl: is a directory; a JSONL file"),
+    ("sentence-over-the-length-limit", _bad({"sentence": "Obama " * 20_000, "context": None}),
+     "field 'sentence' is 120,000 characters long; at most 100,000 are allowed"),
 ]
 
 
 @pytest.mark.parametrize("name,records,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
 def test_bad_input_exits_nonzero_with_a_clear_message_and_writes_nothing(name, records, message, tiny_model_dir,
-                                                                        tmp_path):
-    kb, mentions = records
+                                                                        tmp_path, monkeypatch):
+    kb, mentions, files = records
     data = tmp_path / "data"
-    write_jsonl(data / "kb.jsonl", kb)
-    if isinstance(mentions, bytes):
-        (data / "mentions.jsonl").write_bytes(mentions)
-    else:
-        write_jsonl(data / "mentions.jsonl", mentions)
+    for file_name, content in (("kb.jsonl", kb), ("mentions.jsonl", mentions)):
+        if isinstance(content, bytes):
+            data.mkdir(exist_ok=True)
+            (data / file_name).write_bytes(content)
+        else:
+            write_jsonl(data / file_name, content)
+    for file_name, content in files.items():
+        (data / file_name).mkdir() if content is None else (data / file_name).write_bytes(content)
+    import precompute.run
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started for input that validation must refuse")
+
+    monkeypatch.setattr(precompute.run, "connect_ray", no_ray)
     out = tmp_path / "h5"
     result = CliRunner().invoke(main, ["--data", str(data), "--model", str(tiny_model_dir), "--out", str(out)])
     assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert message in result.output, result.output
     assert not out.exists()
 
