@@ -150,7 +150,7 @@ def prepare_out_dir(out: Path, run_config: dict[str, Any]) -> None:
                 f"--out {out}: directory is not empty and holds no xel store ({RUN_CONFIG} missing); "
                 "choose an empty or new directory"
             )
-        previous = json.loads(config_file.read_text(encoding="utf-8"))["settings"]
+        previous = _previous_settings(config_file)
         diff = {k: (previous.get(k), run_config["settings"][k]) for k in GUARDED
                 if previous.get(k) != run_config["settings"][k]}
         if diff:
@@ -159,6 +159,27 @@ def prepare_out_dir(out: Path, run_config: dict[str, Any]) -> None:
                 f"--out {out}: holds a store made with other settings ({shown}). Use another --out, or delete it"
             )
     atomic_write_json(config_file, run_config)
+
+
+def _previous_settings(config_file: Path) -> dict[str, Any]:
+    """The settings an earlier xel-precompute recorded in ``config_file``; one message with the fix when that file
+    is not what xel-precompute wrote (another command wrote into the store, or it was edited)."""
+    try:
+        previous = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        previous = e
+    if not isinstance(previous, dict) or not isinstance(previous.get("settings"), dict):
+        if isinstance(previous, Exception):
+            found = f"unreadable ({previous})"
+        else:
+            keys = sorted(previous)[:6] if isinstance(previous, dict) else type(previous).__name__
+            found = f"without the 'settings' xel-precompute writes (keys: {keys})"
+        raise PrecomputeError(
+            f"--out {config_file.parent}: {config_file.name} is {found}, so the store's settings are unknown (was "
+            f"another command's output written into the store?). Restore it, or delete {config_file.parent} "
+            "(or use another --out) and rerun to encode from scratch"
+        )
+    return previous["settings"]
 
 
 def write_input_copies(out: Path, inputs: Inputs) -> None:

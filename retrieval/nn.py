@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from precompute.store import atomic_write_bytes, atomic_write_json
+from precompute.store import atomic_write_bytes, atomic_write_json, refuse_store_out
 from retrieval.candidate_lists import write_recall
 from retrieval.candidates import generate_candidates
 from retrieval.files import CandidatesError, read_candidates, write_predictions
+from retrieval.index import RetrievalError
 from retrieval.metrics import Scores, format_table, score_groups
 from retrieval.search import SearchOptions
 
@@ -72,6 +73,7 @@ def run_eval(cfg: EvalConfig) -> str:
     """Score the nn baseline: ``metrics.txt``/``.json``, ``predictions.jsonl``, the recall@k table and ``config.json``
     in ``cfg.out``; returns the metrics and recall tables as text."""
     out = Path(cfg.out)
+    refuse_store_out(out, RetrievalError)
     index, store = cfg.search.open()
     cands = generate_candidates(
         store, index, k=cfg.k, max_prior=cfg.max_prior, train_lang=cfg.train_lang, kb_lang=cfg.search.kb_lang,

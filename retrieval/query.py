@@ -18,7 +18,7 @@ import numpy as np
 
 from precompute.encoding import TextEncoder, mention_item
 from precompute.schema import iter_records
-from precompute.store import Store, atomic_write_bytes
+from precompute.store import Store, atomic_write_bytes, refuse_store_out
 from retrieval.index import EntityIndex, RetrievalError
 from retrieval.search import SearchOptions
 from retrieval.vectors import l2_normalise
@@ -96,6 +96,7 @@ def run_query(cfg: QueryConfig) -> list[dict[str, Any]]:
 
 def run_batch(cfg: BatchConfig) -> int:
     """Search every query of ``cfg.input``; write one JSONL line of results per query; returns the count."""
+    refuse_store_out(cfg.output, RetrievalError)
     queries = []
     for lineno, row in iter_records(Path(cfg.input)):
         if not isinstance(row.get("query"), str):

@@ -53,6 +53,13 @@ def index(tmp: Path, name: str = "index", features: str = "h5") -> Path:
     return out
 
 
+def precomputed_store(tmp: Path) -> Path:
+    """A store with the config.json xel-precompute writes first (the fakes write only the manifest)."""
+    root = store(tmp)
+    (root / "config.json").write_text(json.dumps({"settings": {"encoder": "fake"}, "encoder": {}, "config": {}}))
+    return root
+
+
 def other_encoder_store(tmp: Path) -> Path:
     return store(tmp, "h5-other", encoder={"name": "another-encoder"})
 
@@ -142,7 +149,23 @@ CASES = [
     Case("bad-search-params", nn_cli.main,
          lambda t: nn("eval", "--index", index(t), "--out", t / "o", "--search-params", "efSearch"),
          "efSearch", "o"),
+    Case("candidates-out-is-the-store", nn_cli.main,
+         lambda t: nn("candidates", "--features", precomputed_store(t), "--index", index(t), "--out", t / "h5"),
+         "is a feature store (xel-precompute); only xel-precompute writes into a store", "h5"),
+    Case("eval-out-inside-the-store", nn_cli.main,
+         lambda t: nn("eval", "--index", index(t), "--out", precomputed_store(t) / "nn"),
+         "lies inside", "h5"),
+    Case("build-out-is-the-store", nn_cli.main,
+         lambda t: nn("build", "--features", store(t), "--out", store(t)),
+         "only xel-precompute writes into a store", "h5"),
+    Case("batch-out-inside-the-store", nn_cli.main,
+         lambda t: nn("batch", "--index", index(t), "--in", write(t, "q.jsonl", b'{"query": "Q1"}\n'),
+                      "--out", precomputed_store(t) / "results.jsonl"),
+         "only xel-precompute writes into a store", "h5"),
     # xel-train
+    Case("train-out-is-the-store", train_cli.main,
+         lambda t: nn("--features", precomputed_store(t), "--out", t / "h5", "--epochs", "1"),
+         "only xel-precompute writes into a store", "h5"),
     Case("train-eval-store-from-another-encoder", train_cli.main,
          lambda t: nn("--features", store(t), "--eval-features", other_encoder_store(t), "--out", t / "o",
                       "--epochs", "1"),

@@ -191,7 +191,7 @@ BAD_INPUTS = [
     ("unknown-language", _bad({"lang": "english"}), "field 'lang' is 'english'; an ISO 639-1 code"),
     ("bad-type", _bad({"type": "PERSON"}), "field 'type' is 'PERSON'; one of PER, ORG, GPE, LOC, FAC"),
     ("empty-kb", _bad(kb=[]), "the KB is empty"),
-    ("lone-surrogate-in-sentence", _bad(raw_mentions=_ascii_jsonl(_patched({"sentence": "Barack Obama\ud800 visited"}))),
+    ("lone-surrogate-in-sentence", _bad(raw_mentions=_ascii_jsonl(_patched({"sentence": "Obama\ud800 visited"}))),
      "mentions.jsonl:1: field 'sentence' holds a lone surrogate"),
     ("lone-surrogate-in-id", _bad(raw_mentions=_ascii_jsonl(_patched({"id": "m\udc00"}))),
      "mentions.jsonl:1: field 'id' holds a lone surrogate"),
@@ -255,6 +255,23 @@ def test_out_dir_holding_something_else_is_refused(tiny_data, tiny_model_dir, tm
     result = CliRunner().invoke(main, ["--data", str(tiny_data), "--model", str(tiny_model_dir), "--out", str(out)])
     assert result.exit_code != 0 and "holds no xel store" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("config", [b'{"search": {"index": "index/"}, "out": "h5/", "k": 30}\n', b"{not json"])
+def test_a_store_whose_config_another_command_overwrote_is_reported_in_one_message(config, tiny_data, tiny_model_dir,
+                                                                                   tmp_path):
+    """Issue 15.1: `xel-nn candidates --out h5/` once overwrote h5/config.json; the next precompute died with
+    KeyError: 'settings'."""
+    out = tmp_path / "h5"
+    out.mkdir()
+    (out / "config.json").write_bytes(config)
+    (out / "es").mkdir()
+    result = CliRunner().invoke(main, ["--data", str(tiny_data), "--model", str(tiny_model_dir), "--out", str(out)])
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "config.json is" in result.output and "so the store's settings are unknown" in result.output
+    assert f"delete {out}" in result.output
+    assert (out / "config.json").read_bytes() == config
 
 
 def test_bad_kinds_flag():
