@@ -60,6 +60,17 @@ def precomputed_store(tmp: Path) -> Path:
     return root
 
 
+def evil_lang_store(tmp: Path) -> Path:
+    """A store whose KB language is a path: index-<lang>.faiss would be written outside the index directory."""
+    from tests.fakes import make_store
+
+    root = tmp / "h5-evil"
+    evil = "x/../../../elsewhere/pwned"
+    make_store(root, {"es": (["Q1", "Q2"], np.eye(2, 8), [evil, evil])},
+               kb=[{"id": q, "name": q, "description": None, "lang": evil, "links": None} for q in ("Q1", "Q2")])
+    return root
+
+
 def other_encoder_store(tmp: Path) -> Path:
     return store(tmp, "h5-other", encoder={"name": "another-encoder"})
 
@@ -108,6 +119,9 @@ CASES = [
     Case("unfinished-store", nn_cli.main,
          lambda t: nn("build", "--features", unfinished_store(t), "--out", t / "o"),
          "did not finish", "o"),
+    Case("store-lang-is-a-path", nn_cli.main,
+         lambda t: nn("build", "--features", evil_lang_store(t), "--out", t / "o"),
+         "language 'x/../../../elsewhere/pwned' is not an ISO 639-1 code", "o"),
     Case("features-not-a-directory", nn_cli.main,
          lambda t: nn("build", "--features", t / "nowhere", "--out", t / "o"),
          "no such store directory", "o"),
@@ -230,6 +244,7 @@ def test_bad_input_exits_nonzero_names_the_problem_and_leaves_nothing(case, tmp_
     assert case.message in result.output, result.output
     assert snapshot(out) == before, f"{case.name}: {out} changed: {before} -> {snapshot(out)}"
     assert not list(tmp_path.rglob("*.tmp")), "a temp file was left behind"
+    assert not list(tmp_path.parent.parent.rglob("pwned*")), "a file was written outside --out"
 
 
 def test_fake_stores_differ_only_where_the_cases_say(tmp_path):
