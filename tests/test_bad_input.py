@@ -71,6 +71,12 @@ def evil_lang_store(tmp: Path) -> Path:
     return root
 
 
+def dangling_link(tmp: Path, name: str) -> Path:
+    link = tmp / name
+    link.symlink_to(tmp / "nowhere" / name)
+    return link
+
+
 def other_encoder_store(tmp: Path) -> Path:
     return store(tmp, "h5-other", encoder={"name": "another-encoder"})
 
@@ -180,6 +186,9 @@ CASES = [
     Case("train-out-is-the-store", train_cli.main,
          lambda t: nn("--features", precomputed_store(t), "--out", t / "h5", "--epochs", "1"),
          "only xel-precompute writes into a store", "h5"),
+    Case("train-out-dangling-symlink", train_cli.main,
+         lambda t: nn("--features", store(t), "--out", dangling_link(t, "o"), "--epochs", "1"),
+         "is a symbolic link to", "o"),
     Case("train-eval-store-from-another-encoder", train_cli.main,
          lambda t: nn("--features", store(t), "--eval-features", other_encoder_store(t), "--out", t / "o",
                       "--epochs", "1"),
