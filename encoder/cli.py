@@ -13,7 +13,7 @@ import click
 from encoder.build import DEFAULT_OUT, SOURCE_LICENSE, SOURCE_MODEL, BuildError, build_encoder, read_marker
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Build and inspect the offline multilingual-e5-small encoder."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

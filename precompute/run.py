@@ -429,10 +429,13 @@ def summary_table(summary: dict[str, Any]) -> str:
     by_lang = Counter(r["lang"] for r in mentions)
     nil = Counter(r["lang"] for r in mentions if r["gold"] is None)
     kb_langs = Counter(r["lang"] for r in store.records("kb"))
-    lines.append(f"{'lang':<6}{'mentions':>9}{'NIL rate':>10}{'KB size':>9}")
+    lines.append(f"{'lang':<6}{'mentions':>9}{'NIL rate':>10}  KB")
+    only_kb = f"links to the {next(iter(kb_langs))} KB" if len(kb_langs) == 1 else \
+        f"has no KB of its own (KBs: {', '.join(sorted(kb_langs))}; xel-nn --kb-lang picks one)"
     for lang in sorted(set(by_lang) | set(kb_langs)):
-        rate = nil[lang] / by_lang[lang] if by_lang[lang] else 0.0
-        lines.append(f"{lang:<6}{by_lang[lang]:>9}{rate:>10.3f}{kb_langs[lang]:>9}")
+        rate = f"{nil[lang] / by_lang[lang]:>10.3f}" if by_lang[lang] else f"{'-':>10}"
+        kb = f"{kb_langs[lang]:,} entities" if kb_langs[lang] else only_kb
+        lines.append(f"{lang:<6}{by_lang[lang]:>9}{rate}  {kb}")
     lines.append(
         f"wrote {summary['encoded_shards']} shards ({summary['encoded_rows']:,} rows encoded, "
         f"{summary['reused_rows']:,} reused from the store), kept {summary['kept_shards']}; "

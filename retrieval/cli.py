@@ -70,7 +70,7 @@ def _run(fn: Callable[[C], T], cfg: C) -> T:
         raise click.ClickException(str(e)) from None
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 def main(verbose: bool) -> None:
     """Indexes, candidates and the nearest-neighbour baseline over a feature store."""

@@ -93,8 +93,9 @@ def run_eval(cfg: EvalConfig) -> str:
     cands.data.prefetch(kb for ids in lists for kb in ids)  # one batch of row reads for every candidate
     preds = [nn_link(cands.data.vectors[i], ids, cands.data.entity, cfg.threshold) for i, ids in enumerate(lists)]
     out.mkdir(parents=True, exist_ok=True)  # only once every input has been read and checked
+    names = {str(r["id"]): str(r["name"]) for r in store.records("kb")}
     write_predictions(out / "predictions.jsonl", ((m.id, p.pred, p.score, p.candidates)
-                                                  for m, p in zip(cands.mentions, preds)))
+                                                  for m, p in zip(cands.mentions, preds)), names=names)
     scores = nn_scores([m.gold for m in cands.mentions], preds, [m.lang for m in cands.mentions],
                        [m.type for m in cands.mentions])
     metrics = format_table(scores, f"nn baseline (threshold {cfg.threshold})")

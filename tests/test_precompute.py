@@ -145,6 +145,8 @@ def test_cli_writes_a_store_and_prints_a_summary(tiny_data, tiny_model_dir, tmp_
                                        "--dtype", "fp32", "--shard-size", "4"])
     assert result.exit_code == 0, result.output
     assert "ms" in result.output and "NIL rate" in result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines() if line[:2] in ("en", "de", "ru")}
+    assert rows["de"].endswith("links to the en KB") and rows["en"].endswith("5 entities"), result.output
     assert open_store(out).count("ms") == len(MENTIONS)
 
 

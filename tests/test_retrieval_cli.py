@@ -42,7 +42,9 @@ def test_build_candidates_eval_write_their_files(kb_store, tmp_path):  # noqa: F
     r = invoke("eval", "--index", index, "--features", kb_store.root, "--out", out / "eval", "--k", "10")
     assert r.exit_code == 0, r.output
     preds = read_predictions(out / "eval" / "predictions.jsonl")
-    assert len(preds) == 70 and set(preds[0]) == {"id", "pred", "score", "candidates"}
+    assert len(preds) == 70 and set(preds[0]) == {"id", "pred", "score", "candidates", "name"}
+    names = {r["id"]: r["name"] for r in kb_store.records("kb")}
+    assert all(p["name"] == names[p["pred"]] for p in preds if p["pred"] is not None)
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert metrics["lang:es"]["n"] == 20 and metrics["lang:es"]["r"] == 1.0  # es mentions sit near their gold
     assert metrics["lang:es"]["micro"] == 0.8  # the 4 NIL mentions are linked (threshold -1: never NIL)
@@ -120,3 +122,17 @@ def test_query_and_batch_commands(tiny_store, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert [row["id"] for row in rows] == ["a", None] and all(len(row["results"]) == 2 for row in rows)
     assert set(rows[0]["results"][0]) == {"id", "name", "score"}
+
+
+def test_every_command_accepts_h() -> None:
+    from encoder.cli import main as encoder_main
+    from precompute.run import main as precompute_main
+    from retrieval.cli import main as nn_main
+    from train.cli import experiment as experiment_main
+    from train.cli import main as train_main
+
+    for command, argv in ((nn_main, ["-h"]), (nn_main, ["build", "-h"]), (nn_main, ["query", "-h"]),
+                          (encoder_main, ["-h"]), (encoder_main, ["build", "-h"]), (train_main, ["-h"]),
+                          (precompute_main, ["-h"]), (experiment_main, ["-h"])):
+        result = CliRunner().invoke(command, argv)
+        assert result.exit_code == 0 and "Usage:" in result.output, (command.name, argv, result.output)

@@ -133,7 +133,7 @@ def test_a_rerun_killed_while_writing_leaves_the_old_run_whole(tmp_path, monkeyp
     before = _files(tmp_path / "run")
     real = train.run.write_fit
 
-    def write_then_die(result, test, out, plots):
+    def write_then_die(result, test, out, *args):
         (out / "metrics.json").write_text("{}")  # half of the new outputs written
         raise Killed
 
@@ -181,7 +181,7 @@ def test_a_full_disk_is_one_message_and_the_earlier_run_stays(tmp_path, monkeypa
     assert CliRunner().invoke(main, flags).exit_code == 0
     before = _files(out)
 
-    def full(result, test, run_dir, plots):
+    def full(result, test, run_dir, *args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run_dir / "model.safetensors"))
 
     monkeypatch.setattr(train.run, "write_fit", full)
@@ -189,3 +189,17 @@ def test_a_full_disk_is_one_message_and_the_earlier_run_stays(tmp_path, monkeypa
     assert result.exit_code == 1 and (result.exception is None or isinstance(result.exception, SystemExit))
     assert "model.safetensors: No space left on device" in result.output
     assert _files(out) == before and not list(tmp_path.glob(".run.*.tmp"))
+
+
+def test_plots_name_the_setting_and_seed_and_say_that_prf_pools_languages(tmp_path, monkeypatch) -> None:
+    import matplotlib.axes
+
+    titles: list[str] = []
+    real = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, text, *a, **k: (titles.append(text),
+                                                                                    real(ax, text, *a, **k))[1])
+    store = synthetic_store(tmp_path / "s", langs={"en": 60, "de": 20})
+    run(TrainConfig(features=str(store), out=str(tmp_path / "run"), epochs=1, adversarial=True, seed=3,
+                    **{**FAST, "plots": True}))
+    assert len(titles) == 3 and all(t.startswith("train en+A, seed 3: ") for t in titles), titles
+    assert "all evaluated mentions pooled (de, en)" in titles[1]

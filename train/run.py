@@ -39,6 +39,12 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(max(1, min(len(os.sched_getaffinity(0)), 16)))
 
 
+def run_title(cfg: TrainConfig, train_langs: tuple[str, ...], seed: int) -> str:
+    """The setting and seed of a run as its plots name it: ``train en+A+P, seed 0``."""
+    langs = ",".join(train_langs)
+    return f"train {langs}{'+A' if cfg.adversarial else ''}{'+P' if cfg.popularity else ''}, seed {seed}"
+
+
 def check_previous_run(out: Path, cfg: TrainConfig, overwrite: bool) -> bool:
     """Whether ``out`` holds an earlier run (its ``config.json``). One with another config is refused (a run
     directory holds one run), unless ``overwrite`` replaces it; ``--resume`` always needs the same config."""
@@ -103,7 +109,7 @@ def _run(cfg: TrainConfig, out: Path | None) -> dict[str, Any]:
             seed_dir.mkdir(parents=True, exist_ok=True)
         result = fit(cfg, data, seed, run_dir=seed_dir)
         if seed_dir is not None:
-            write_fit(result, data.splits.test, seed_dir, cfg.plots)
+            write_fit(result, data.splits.test, seed_dir, cfg.plots, run_title(cfg, tuple(data.train_langs), seed))
         per_seed.append(run_metrics(result))
     test_mean, test_std = mean_std([r["test"] for r in per_seed])
     dev_mean = mean_std([r["dev"] for r in per_seed])[0] if per_seed[0]["dev"] is not None else None
