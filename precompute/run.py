@@ -44,6 +44,7 @@ from precompute.encoding import (  # noqa: E402
     entity_item,
     mention_item,
     resolve_encoder,
+    same_encoder,
 )
 from precompute.ray_session import ray_session  # noqa: E402
 from precompute.schema import InputError, Inputs, load_inputs  # noqa: E402
@@ -137,6 +138,19 @@ def run_settings(cfg: PrecomputeConfig, encoder: EncoderSettings) -> dict[str, A
         "prefix": encoder.prefix, "dtype": encoder.dtype, "shard_size": cfg.shard_size, "kinds": sorted(cfg.kinds),
         "max_tokens_per_batch": cfg.max_tokens_per_batch,
     }
+
+
+def adopt_store_identity(out: Path, encoder: dict[str, Any]) -> dict[str, Any]:
+    """``encoder`` with the fingerprint the store in ``out`` recorded for the same model files. Stores written before
+    fingerprints were by content only recorded one that included the model directory's name; their shards and
+    indexes stay valid for the same files in any directory."""
+    try:
+        previous = json.loads((out / RUN_CONFIG).read_text(encoding="utf-8")).get("encoder")
+    except (OSError, ValueError, AttributeError):
+        return encoder
+    if isinstance(previous, dict) and same_encoder(previous, encoder) and isinstance(previous.get("fingerprint"), str):
+        return {**encoder, "fingerprint": previous["fingerprint"]}
+    return encoder
 
 
 def prepare_out_dir(out: Path, run_config: dict[str, Any]) -> None:
@@ -344,6 +358,7 @@ def run(cfg: PrecomputeConfig) -> dict[str, Any]:
     inputs = load_inputs(cfg.data)
     kinds = tuple(k for k in cfg.kinds if k != "text" or inputs.text)
     encoder = encoder_settings(cfg)
+    encoder = dataclasses.replace(encoder, identity=adopt_store_identity(cfg.out, encoder.identity))
     cfg = dataclasses.replace(cfg, kinds=kinds, dtype=encoder.dtype)
     settings = run_settings(cfg, encoder)
     input_hashes = {name: file_sha256(path) for name, path in inputs.files.items()}

@@ -250,6 +250,28 @@ def test_model_dir_that_is_not_a_model(tiny_data, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_model_that_needs_custom_code_is_refused_up_front(tiny_data, tiny_model_dir, tmp_path, monkeypatch):
+    """Issue 15.13: an auto_map model once died in the actors after 40 s with a misleading trust_remote_code hint."""
+    import shutil
+
+    import precompute.run
+
+    model = tmp_path / "custom"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_custom.CustomModel"}
+    (model / "config.json").write_text(json.dumps(config))
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started for a model that must be refused up front")
+
+    monkeypatch.setattr(precompute.run, "connect_ray", no_ray)
+    result = CliRunner().invoke(main, ["--data", str(tiny_data), "--model", str(model), "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and (result.exception is None or isinstance(result.exception, SystemExit))
+    assert "'auto_map'" in result.output and "xel never runs a model's own code" in result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_out_dir_holding_something_else_is_refused(tiny_data, tiny_model_dir, tmp_path):
     out = tmp_path / "o"
     out.mkdir()

@@ -136,3 +136,26 @@ def test_every_command_accepts_h() -> None:
                           (precompute_main, ["-h"]), (experiment_main, ["-h"])):
         result = CliRunner().invoke(command, argv)
         assert result.exit_code == 0 and "Usage:" in result.output, (command.name, argv, result.output)
+
+
+def test_a_moved_model_is_found_with_model_and_the_fingerprint_ignores_the_folder_name(tiny_store, tmp_path):
+    """Issue 15.13: identity by content: a copied or renamed model directory is the same encoder."""
+    import shutil
+
+    from precompute.encoding import encoder_identity
+
+    store = tmp_path / "h5"
+    shutil.copytree(tiny_store, store)
+    manifest = json.loads((store / "manifest.json").read_text())
+    moved = tmp_path / "renamed-model"
+    shutil.copytree(manifest["model"], moved)
+    assert encoder_identity(moved)["fingerprint"] == encoder_identity(manifest["model"])["fingerprint"]
+    manifest["model"] = str(tmp_path / "gone" / "model")  # the model the store names is no longer there
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    index = tmp_path / "index"
+    assert invoke("build", "--features", store, "--out", index).exit_code == 0
+    r = CliRunner().invoke(main, ["query", "--index", str(index), "Obama"])
+    assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), repr(r.exception)
+    assert "pass its new place with --model DIR" in r.output
+    r = invoke("query", "--index", index, "--model", moved, "--k", "2", "Obama")
+    assert r.exit_code == 0 and len(r.output.strip().splitlines()) == 2, r.output
