@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -177,6 +178,15 @@ def make_temp_dir(out: str | os.PathLike, tag: str = "") -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{tag}{os.getpid()}.", suffix=".tmp"))
     follow_umask(tmp, directory=True)
     return tmp
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM raise ``SystemExit(143)`` in the main thread, as Ctrl-C raises KeyboardInterrupt, so that
+    ``finally`` blocks remove a command's temp files instead of the process vanishing mid-write."""
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -23,7 +23,7 @@ import click
 
 from precompute.encoding import EncodeError
 from precompute.schema import InputError
-from precompute.store import StoreError, atomic_write_json, open_store
+from precompute.store import StoreError, atomic_write_json, exit_on_sigterm, open_store
 from retrieval.bench import format_bench, run_bench
 from retrieval.build import BuildConfig, run_build
 from retrieval.candidate_lists import CandidatesConfig, run_candidates
@@ -75,12 +75,16 @@ def _run(fn: Callable[[C], T], cfg: C) -> T:
         return fn(cfg)
     except USER_ERRORS as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:  # a full disk, a read-only filesystem: outputs are written atomically, so none is half done
+        raise click.ClickException(f"{e.filename or getattr(cfg, 'out', '')}: {e.strerror or e}; free space or pass "
+                                   "an --out you can write to (nothing was changed there)") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 def main(verbose: bool) -> None:
     """Indexes, candidates and the nearest-neighbour baseline over a feature store."""
+    exit_on_sigterm()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +161,74 @@ def test_a_moved_model_is_found_with_model_and_the_fingerprint_ignores_the_folde
     assert "pass its new place with --model DIR" in r.output
     r = invoke("query", "--index", index, "--model", moved, "--k", "2", "Obama")
     assert r.exit_code == 0 and len(r.output.strip().splitlines()) == 2, r.output
+
+
+# ------------------------------------------------------------------ temp residue, symlinks, full disk (15.9, 15.10)
+
+SIGTERM_DURING_BUILD = """
+import os, signal, sys, time
+import retrieval.index_files
+from retrieval.cli import main
+real = retrieval.index_files.write_faiss
+def write_then_terminated(index, path):
+    result = real(index, path)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+    return result
+retrieval.index_files.write_faiss = write_then_terminated
+main(sys.argv[1:])
+"""
+
+
+def test_sigterm_during_build_leaves_no_temp_and_stale_temps_are_removed_by_the_next_build(kb_store, tmp_path):  # noqa: F811
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "index"
+    child = subprocess.run([sys.executable, "-c", SIGTERM_DURING_BUILD, "build", "--features", str(kb_store.root),
+                            "--out", str(out)], cwd=root, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(root)})
+    assert child.returncode == 128 + signal.SIGTERM, child.stderr
+    assert not out.exists() and not list(tmp_path.glob(".index.*")), list(tmp_path.iterdir())
+    legacy = tmp_path / ".index.ab12cd34.tmp"  # as a build killed by SIGKILL (or an older xel) left it
+    dead_pid = tmp_path / ".index.999999999.ab12cd34.tmp"
+    for stale in (legacy, dead_pid):
+        stale.mkdir()
+        (stale / "index-en.faiss").write_bytes(b"x" * 1000)
+    assert invoke("build", "--features", kb_store.root, "--out", out).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "h5") == ["index"]
+
+
+def test_build_into_a_symlinked_out_works_and_overwrites(kb_store, tmp_path):  # noqa: F811
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    r = invoke("build", "--features", kb_store.root, "--out", link)
+    assert r.exit_code == 0, r.output
+    r = invoke("build", "--features", kb_store.root, "--out", link, "--overwrite", "--index", "HNSW32")
+    assert r.exit_code == 0, r.output
+    assert link.is_symlink() and load_index(link).manifest["factory"] == "HNSW32"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "h5") == ["link", "real"]
+
+
+def test_a_full_disk_during_build_is_one_message_and_the_old_index_stays(kb_store, tmp_path, monkeypatch):  # noqa: F811
+    import errno
+
+    import retrieval.index_files
+
+    out = tmp_path / "index"
+    assert invoke("build", "--features", kb_store.root, "--out", out).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full(index, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(retrieval.index_files, "write_faiss", full)
+    r = CliRunner().invoke(main, ["build", "--features", str(kb_store.root), "--out", str(out), "--overwrite"])
+    assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), repr(r.exception)
+    assert "No space left on device" in r.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "h5") == ["index"]

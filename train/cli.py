@@ -17,7 +17,7 @@ import click
 
 from precompute.run import PrecomputeError
 from precompute.schema import InputError
-from precompute.store import StoreError
+from precompute.store import StoreError, exit_on_sigterm
 from retrieval.files import CandidatesError
 from retrieval.metrics import format_table
 from train.checkpoint import CheckpointError
@@ -139,6 +139,7 @@ def main(config_file: str | None, verbose: bool, overwrite: bool, **flags: Any) 
     """Train the pointwise ranker (+A adversarial language objective, +P popularity) and evaluate it."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    exit_on_sigterm()
     for name in ("train_lang", "eval_lang", "feature_groups"):
         flags[name] = _langs(flags[name])
     for name in ("hs_sizes", "hc_sizes", "final_sizes"):
