@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -456,12 +456,14 @@ class TextEncoder:
         return pooled.cpu().numpy()
 
     def encode(
-        self, items: Sequence[EncodeItem], stats: EncodeStats | None = None, chunk_size: int = 2048
+        self, items: Sequence[EncodeItem], stats: EncodeStats | None = None, chunk_size: int = 2048,
+        on_batch: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """Span max-pooled float16 features ``[len(items), dim]`` in the order of ``items``.
 
         Items are tokenized in chunks on a background thread (the fast tokenizer releases the GIL), so the
         next chunk is tokenized while the model runs on this one; within a chunk, batches are length-bucketed.
+        ``on_batch(rows)`` is called after each forward batch (progress reporting).
         """
         out = np.zeros((len(items), self.dim), dtype=np.float16)
         starts = list(range(0, len(items), chunk_size))
@@ -479,6 +481,8 @@ class TextEncoder:
                     padded += len(idx) * int(lengths[idx].max())
                     pooled = self.forward([tok.ids[i] for i in idx], [tok.pool_masks[i] for i in idx])
                     out[start + idx] = pooled
+                    if on_batch is not None:
+                        on_batch(len(idx))
                 total.add(EncodeStats(
                     texts=len(tok.ids), tokens=int(lengths.sum()), padded_tokens=padded, windowed=tok.windowed,
                     forward_seconds=time.perf_counter() - t0,

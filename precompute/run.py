@@ -66,6 +66,7 @@ from precompute.worker import (  # noqa: E402
     FAULT_MARKER_ENV,
     ShardTask,
     ShardWorker,
+    read_progress,
     row_hash,
     shard_input_hash,
 )
@@ -84,6 +85,41 @@ CPU_KERNEL_CACHES = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "LRU_CACHE_CAPACIT
 
 class PrecomputeError(RuntimeError):
     """The run cannot start or cannot finish; the message says why and what to do."""
+
+
+class Stopped(BaseException):
+    """SIGTERM (or SIGINT) arrived: unwind, killing the actors, and exit with 128 + the signal's number."""
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM raise :class:`Stopped` in the main thread (a no-op elsewhere, e.g. in a Ray task)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Stopped(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def check_job_paths(cfg: PrecomputeConfig) -> None:
+    """Inside a Ray job (``ray job submit``) the driver runs in the job's copy of ``--working-dir``: a relative
+    ``--model`` or ``--out`` would point into that copy (which lacks the git-ignored models/ and is deleted with
+    the job), not the directory the job was submitted from. Refuse them, saying what to pass instead."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        return
+    relative = [(flag, path) for flag, path in (("--model", cfg.model), ("--out", cfg.out)) if not path.is_absolute()]
+    if relative:
+        shown = ", ".join(f"{flag} {path}" for flag, path in relative)
+        fix = " ".join(f'{flag} "$PWD/{path}"' for flag, path in relative)
+        raise PrecomputeError(
+            f"{shown}: a relative path inside a Ray job resolves against the job's copy of --working-dir "
+            f"({Path.cwd()}), not the directory you submitted from; that copy has no git-ignored models/ and is "
+            f"deleted with the job. Pass absolute paths, e.g. {fix}"
+        )
 
 
 @dataclass(frozen=True)
@@ -286,8 +322,13 @@ def actor_options(cfg: PrecomputeConfig, cpus: float) -> dict[str, Any]:
     }
 
 
+POLL_SECONDS = 0.5  # how often the driver looks at the actors' progress (and lets Ctrl-C / SIGTERM in)
+
+
 def execute(cfg: PrecomputeConfig, encoder: EncoderSettings, tasks: list[ShardTask]) -> list[dict[str, Any]]:
-    """Run ``tasks`` on ``cfg.actors`` Ray actors (a ``ray.util.ActorPool``), a tqdm bar over rows.
+    """Run ``tasks`` on ``cfg.actors`` Ray actors (a ``ray.util.ActorPool``), a tqdm bar over rows that moves per
+    encoded batch (each actor rewrites its shard's progress file, polled here every ``POLL_SECONDS``, which also
+    lets Ctrl-C and SIGTERM in). The actors are killed however this ends.
 
     Each actor is in the pool twice, so that its next shard is already queued at the actor while it encodes one.
     """
@@ -305,20 +346,30 @@ def execute(cfg: PrecomputeConfig, encoder: EncoderSettings, tasks: list[ShardTa
     for task in tasks:
         pool.submit(submit, task)
     results: list[dict[str, Any]] = []
-    tokens = 0
+    tokens = finished_rows = 0
     t0 = time.perf_counter()
+    total = sum(len(t.items) for t in tasks)
+
+    def show_progress(bar: tqdm) -> None:
+        encoding = sum(min(read_progress(t.path), len(t.items)) for t in in_flight.values())
+        bar.update(min(total, finished_rows + encoding) - bar.n)
+
     try:
-        with tqdm(total=sum(len(t.items) for t in tasks), unit="row", desc="encoding", dynamic_ncols=True) as bar:
+        with tqdm(total=total, unit="row", desc="encoding", dynamic_ncols=True) as bar:
             while pool.has_next():
                 try:
-                    result = pool.get_next_unordered()
+                    result = pool.get_next_unordered(timeout=POLL_SECONDS)
+                except TimeoutError:
+                    show_progress(bar)
+                    continue
                 except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
                     raise _shard_failure(e, _failed_task(in_flight)) from e
                 in_flight.pop(next(r for r, t in in_flight.items() if (t.kind, t.index) == (result["kind"],
                                                                                             result["index"])))
                 results.append(result)
                 tokens += result["tokens"]
-                bar.update(result["rows"])
+                finished_rows += result["rows"]
+                show_progress(bar)
                 bar.set_postfix(tokens_per_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f}")
     finally:
         for actor in actors:
@@ -355,6 +406,7 @@ def run(cfg: PrecomputeConfig) -> dict[str, Any]:
     for kind in cfg.kinds:
         if kind not in KINDS:
             raise PrecomputeError(f"--kinds: {kind!r} is not a feature kind; allowed: {','.join(KINDS)}")
+    check_job_paths(cfg)
     inputs = load_inputs(cfg.data)
     kinds = tuple(k for k in cfg.kinds if k != "text" or inputs.text)
     encoder = encoder_settings(cfg)
@@ -374,6 +426,7 @@ def run(cfg: PrecomputeConfig) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     if todo:
         with ray_session(cfg.address):
+            stop_on_sigterm()  # after ray.init, which installs a handler of its own that aborts the driver
             results = execute(cfg, encoder, todo)
     seconds = time.perf_counter() - t0
     remove_stale_temp_files(cfg.out, cfg.kinds)

@@ -91,8 +91,15 @@ def test_run_that_dies_is_resumed_by_the_same_command(tiny_store, tiny_data, tin
     out = tmp_path / "h5"
     monkeypatch.setenv("XEL_FAULT_SHARD", "mc:2:written")  # no marker: the actor dies on every retry
     with pytest.raises(PrecomputeError, match="rerun the same command"):
-        run(_cfg(tiny_data, tiny_model_dir, out, shard_size=3))
+        run(_cfg(tiny_data, tiny_model_dir, out, shard_size=3, actors=2, cpus_per_actor=1))
     assert not (out / "manifest.json").exists()
+    import time
+
+    for _ in range(50):  # the other actor, alive, was killed too: the shared Ray has all its CPUs back (15.14)
+        if ray_session.available_resources().get("CPU") == 2:
+            break
+        time.sleep(0.1)
+    assert ray_session.available_resources().get("CPU") == 2, ray_session.available_resources()
     with pytest.raises(StoreError, match="did not finish"):
         open_store(out)
     monkeypatch.delenv("XEL_FAULT_SHARD")
@@ -234,7 +241,7 @@ def test_bad_input_exits_nonzero_with_a_clear_message_and_writes_nothing(name, r
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was started for input that validation must refuse")
 
-    monkeypatch.setattr(precompute.run, "connect_ray", no_ray)
+    monkeypatch.setattr(precompute.run, "ray_session", no_ray)
     out = tmp_path / "h5"
     result = CliRunner().invoke(main, ["--data", str(data), "--model", str(tiny_model_dir), "--out", str(out)])
     assert result.exit_code != 0
@@ -265,7 +272,7 @@ def test_a_model_that_needs_custom_code_is_refused_up_front(tiny_data, tiny_mode
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was started for a model that must be refused up front")
 
-    monkeypatch.setattr(precompute.run, "connect_ray", no_ray)
+    monkeypatch.setattr(precompute.run, "ray_session", no_ray)
     result = CliRunner().invoke(main, ["--data", str(tiny_data), "--model", str(model), "--out", str(tmp_path / "o")])
     assert result.exit_code != 0 and (result.exception is None or isinstance(result.exception, SystemExit))
     assert "'auto_map'" in result.output and "xel never runs a model's own code" in result.output
@@ -314,3 +321,73 @@ def test_run_by_path_shows_help():
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "precompute/run.py", "--help"], capture_output=True, text=True, cwd=root)
     assert out.returncode == 0 and "--data" in out.stdout
+
+
+def test_the_shard_worker_reports_progress_per_batch(tiny_model_dir, tmp_path, monkeypatch):
+    """Issue 15.3: the bar moves per encoded batch: the actor rewrites a progress file after every forward batch."""
+    from precompute.run import build_items
+    from precompute.schema import load_inputs
+    from precompute.worker import ShardProgress, ShardTask, ShardWorker, progress_path, read_progress
+
+    data = tmp_path / "data"
+    write_jsonl(data / "kb.jsonl", KB)
+    write_jsonl(data / "mentions.jsonl", MENTIONS)
+    items = tuple(build_items(load_inputs(data), "ms"))
+    from precompute.encoding import resolve_encoder
+
+    settings = resolve_encoder(tiny_model_dir, prefix="", dtype="fp32", device="cpu", max_tokens_per_batch=64)
+    worker = ShardWorker(settings, threads=1)
+    shard = tmp_path / "h5" / "ms" / "shard-00000.h5"
+    seen: list[int] = []
+    real = ShardProgress.add
+
+    def add_and_look(self, rows):
+        real(self, rows)
+        seen.append(read_progress(shard))
+
+    monkeypatch.setattr(ShardProgress, "add", add_and_look)
+    worker.run(ShardTask("ms", 0, 0, items, "h", str(shard)))
+    assert len(seen) > 2 and seen == sorted(seen) and seen[-1] == len(items), seen
+    assert not progress_path(shard).exists() and shard.is_file()
+
+
+def test_relative_model_or_out_inside_a_ray_job_is_refused_saying_why(tiny_data, tiny_model_dir, tmp_path,
+                                                                      monkeypatch):
+    """Issue 15.2: inside `ray job submit`, relative paths point into the job's uploaded copy of the repo."""
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["--data", str(tiny_data), "--model", "models/e5", "--out", "h5/"])
+    assert result.exit_code != 0 and (result.exception is None or isinstance(result.exception, SystemExit))
+    assert "--model models/e5, --out h5: a relative path inside a Ray job" in result.output
+    assert 'Pass absolute paths, e.g. --model "$PWD/models/e5" --out "$PWD/h5"' in result.output
+    assert not (tmp_path / "h5").exists()
+
+
+SIGTERM_DURING_ENCODING = """
+import os, signal, sys
+import precompute.run
+from precompute.cli import main
+real = precompute.run.execute
+def terminated(*args):
+    os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` once Ray is up and the actors start
+    return real(*args)
+precompute.run.execute = terminated
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_ends_precompute_with_one_line_and_exit_143(tiny_data, tiny_model_dir, tmp_path):
+    """Issue 15.14: SIGTERM once ended precompute with Ray's abort dump and exit -6; 15.3: and no token warning."""
+    import os
+    import signal
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # as a user runs it: Ray's default
+    child = subprocess.run(
+        [sys.executable, "-c", SIGTERM_DURING_ENCODING, "--data", str(tiny_data), "--model", str(tiny_model_dir),
+         "--out", str(tmp_path / "h5"), "--cpus-per-actor", "1"],
+        cwd=root, capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": str(root)})
+    assert child.returncode == 128 + signal.SIGTERM, child.stderr[-3000:]
+    assert "xel-precompute: stopped by SIGTERM; finished shards are kept" in child.stderr
+    assert "Token authentication is enabled" not in child.stderr and "Aborted" not in child.stderr

@@ -232,3 +232,20 @@ def test_a_full_disk_during_build_is_one_message_and_the_old_index_stays(kb_stor
     assert "No space left on device" in r.output
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "h5") == ["index"]
+
+
+def test_outputs_follow_the_umask(kb_store, tmp_path):  # noqa: F811
+    """Issue 15.14: files were created 0600 and directories 0700 (mkstemp/mkdtemp) whatever the umask."""
+    import stat
+
+    from precompute.store import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        assert invoke("build", "--features", kb_store.root, "--out", tmp_path / "index").exit_code == 0
+        atomic_write_bytes(tmp_path / "f.json", b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "index").stat().st_mode) == 0o755
+    for path in [tmp_path / "f.json", *(tmp_path / "index").iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
