@@ -104,6 +104,9 @@ def run_build(cfg: BuildConfig) -> tuple[EntityIndex, dict[str, dict[str, Any]] 
         raise RetrievalError(f"--out {out}: already holds an index; pass --overwrite to replace it")
     check_writable(out, RetrievalError, beside=True)
     store = open_store(cfg.features)
+    rows = store.count(cfg.kind.split("+")[0])
+    log.info("%s the %r index over %s %r rows of %s into %s", "updating" if cfg.update else "building", cfg.index,
+             f"{rows:,}", cfg.kind, store.root, out)
     for stale in remove_stale_temp_dirs(out):
         log.info("removed %s, left by a build that was killed", stale)
     tmp = make_temp_dir(out)

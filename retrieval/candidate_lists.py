@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from retrieval.files import write_candidates
 from retrieval.index import RetrievalError
 from retrieval.metrics import RECALL_KS, format_recall_table, plot_recall
 from retrieval.search import SearchOptions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ def run_candidates(cfg: CandidatesConfig) -> str:
     out = Path(cfg.out)
     refuse_store_out(out, RetrievalError)
     index, store = cfg.search.open()
+    log.info("writing candidates (k=%d) for %s mentions of %s into %s", cfg.k,
+             f"{store.count('ms'):,}", store.root, out)
     cands = generate_candidates(
         store, index, k=cfg.k, max_prior=cfg.max_prior, train_lang=cfg.train_lang, kb_lang=cfg.search.kb_lang,
         langs=cfg.langs or None,

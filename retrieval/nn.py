@@ -7,6 +7,7 @@ list when the data gives one, else the top-k of its KB from the index (or the li
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from retrieval.files import CandidatesError, read_candidates, write_predictions
 from retrieval.index import RetrievalError
 from retrieval.metrics import Scores, format_table, score_groups
 from retrieval.search import SearchOptions
+
+log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = -1.0
 
@@ -75,6 +78,8 @@ def run_eval(cfg: EvalConfig) -> str:
     out = Path(cfg.out)
     refuse_store_out(out, RetrievalError)
     index, store = cfg.search.open()
+    log.info("evaluating the nn baseline (k=%d) for %s mentions of %s into %s", cfg.k,
+             f"{store.count('ms'):,}", store.root, out)
     cands = generate_candidates(
         store, index, k=cfg.k, max_prior=cfg.max_prior, train_lang=cfg.train_lang, kb_lang=cfg.search.kb_lang,
         langs=cfg.langs or None,

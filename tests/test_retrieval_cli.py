@@ -23,11 +23,13 @@ def invoke(*args: str):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def test_build_candidates_eval_write_their_files(kb_store, tmp_path):  # noqa: F811
+def test_build_candidates_eval_write_their_files(kb_store, tmp_path, caplog):  # noqa: F811
+    caplog.set_level("INFO", logger="retrieval")
     index, out = tmp_path / "index", tmp_path / "out"
     r = invoke("build", "--features", kb_store.root, "--out", index, "--index", "HNSW32")
     assert r.exit_code == 0, r.output
     assert "es: 40 entities" in r.output
+    assert "building the 'HNSW32' index over 100 'es' rows" in caplog.text  # says what it does (15.3)
     assert {p.name for p in index.iterdir()} >= {"manifest.json", "index-en.faiss", "ids-es.json", "config.json"}
     assert load_index(index).manifest["factory"] == "HNSW32"
 
@@ -40,6 +42,7 @@ def test_build_candidates_eval_write_their_files(kb_store, tmp_path):  # noqa: F
     for name in ("recall.txt", "recall.json", "recall.png", "config.json"):
         assert (out / "cands" / name).stat().st_size > 0
     assert "merged" in r.output and "R@100" in r.output
+    assert "writing candidates (k=5) for 70 mentions" in caplog.text
 
     r = invoke("eval", "--index", index, "--features", kb_store.root, "--out", out / "eval", "--k", "10")
     assert r.exit_code == 0, r.output
