@@ -6,7 +6,9 @@ Run locally (a local Ray is started for you)::
 
 or on a cluster, joining it from inside a Ray job::
 
-    ray job submit --working-dir . -- python precompute/run.py --data data/sample --model <dir> --out h5/
+    RAY_AUTH_MODE=disabled ray start --head --dashboard-host 127.0.0.1
+    ray job submit --working-dir . -- python precompute/run.py --data data/sample \
+        --model "$PWD/models/multilingual-e5-small" --out "$PWD/h5/"
 
 Rerunning the same command resumes: complete, valid shards are kept, the rest redone; ``manifest.json`` is
 written last. A different encoder or config into the same ``--out`` is refused.
