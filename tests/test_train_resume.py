@@ -154,6 +154,9 @@ def test_damaged_resume_state_is_refused(store, tmp_path, interrupts) -> None:
     (out / RESUME_TENSORS).write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=rf"{RESUME_TENSORS}: the sha256 .* rerun without --resume"):
         run(cfg.with_(resume=True))
+    import shutil
+
+    shutil.rmtree(out)  # a rerun over an earlier run is written beside it (train.run); this one starts afresh
     interrupts.kill_after["run"] = 2
     with pytest.raises(Killed):
         run(cfg)

@@ -150,7 +150,8 @@ def _check_state_fields(state: dict[str, Any], path: Path, cfg: TrainConfig) -> 
             raise CheckpointError(f"{path}: field {name!r} is {str(value)[:60]!r}; {allowed} is required; {RESTART}")
     epoch, best = state["epoch"], state["best"]
     problems = {
-        "epoch": not 0 <= epoch < cfg.epochs, "history": len(state["history"]) != epoch + 1,
+        # epochs are numbered from 0; the residual scorer's epoch 0 is its untrained state, so up to cfg.epochs
+        "epoch": not 0 <= epoch <= cfg.epochs, "history": len(state["history"]) != epoch + 1,
         "best.epoch": not 0 <= best["epoch"] <= epoch, "best.threshold": not -1.0 <= best["threshold"] <= 1.0,
         "best.key": not math.isfinite(best["key"]),
     }
