@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from precompute.store import replace_dir
+from precompute.store import make_temp_dir, remove_stale_temp_dirs, replace_dir
 
 logger = logging.getLogger(__name__)
 
@@ -684,14 +684,14 @@ def build_encoder(out: Path, force: bool = False, check: bool = True) -> Path:
         raise BuildError(f"--out {out} exists, is not empty and holds no complete build; pass --force to replace it")
     path, version = locate_packed_model()
     t0 = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    for stale in remove_stale_temp_dirs(out):
+        logger.info("removed %s, left by a build that was killed", stale)
+    tmp = make_temp_dir(out)
     try:
         _build_into(tmp, path, version)
         if check:
             checks = self_check(tmp)
             logger.info("self-check: %s", ", ".join(f"{k} {v:.4f}" for k, v in checks.items()))
-        tmp.chmod(0o755)
         replace_dir(tmp, out)
     finally:
         if tmp.exists():

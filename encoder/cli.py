@@ -11,11 +11,13 @@ from pathlib import Path
 import click
 
 from encoder.build import DEFAULT_OUT, SOURCE_LICENSE, SOURCE_MODEL, BuildError, build_encoder, read_marker
+from precompute.store import exit_on_sigterm
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Build and inspect the offline multilingual-e5-small encoder."""
+    exit_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 

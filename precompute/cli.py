@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from precompute.encoding import EncodeError
-from precompute.run import PrecomputeConfig, PrecomputeError, run, summary_table
+from precompute.run import PrecomputeConfig, PrecomputeError, Stopped, run, stop_on_sigterm, summary_table
 from precompute.schema import InputError
 from precompute.store import KINDS
 
@@ -61,8 +63,14 @@ def main(verbose: bool, **flags: Any) -> None:
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     cfg = PrecomputeConfig(**flags)
+    stop_on_sigterm()
     try:
         summary = run(cfg)
     except (InputError, PrecomputeError, EncodeError) as e:
         raise click.ClickException(str(e)) from None
+    except (KeyboardInterrupt, Stopped) as e:
+        signum = e.args[0] if isinstance(e, Stopped) else signal.SIGINT
+        click.echo(f"xel-precompute: stopped by {signal.Signals(signum).name}; finished shards are kept, rerun the "
+                   "same command to resume", err=True)
+        sys.exit(128 + signum)
     click.echo(summary_table(summary))

@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 _OFFSET_POSITION_MODELS = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 ENCODER_MARKER = "xel-encoder.json"
+# what identifies an encoder: its architecture and the sha256 of its files, not the name of its directory
+ENCODER_CONTENT = ("model_type", "hidden_size", "config_sha256", "weights_sha256", "tokenizer_sha256")
 
 
 CPU_TOKEN_BUDGET = 16384
@@ -120,7 +122,11 @@ def encoder_identity(model_dir: str | Path) -> dict[str, Any]:
     tokenizer_file = model_dir / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise EncodeError(f"{model_dir}: no tokenizer.json; a fast tokenizer (with offsets) is required")
-    config = json.loads(config_file.read_text(encoding="utf-8"))
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EncodeError(f"{config_file}: unreadable ({e}); a Hugging Face config.json is required") from None
+    refuse_custom_code(model_dir, config)
     ident = {
         "name": model_dir.resolve().name,
         "model_type": config.get("model_type"),
@@ -129,8 +135,32 @@ def encoder_identity(model_dir: str | Path) -> dict[str, Any]:
         "weights_sha256": file_sha256(weights[0]),
         "tokenizer_sha256": file_sha256(tokenizer_file),
     }
-    ident["fingerprint"] = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+    # by content only: a copied or renamed model directory is the same encoder
+    ident["fingerprint"] = hashlib.sha256(
+        json.dumps({k: ident[k] for k in ENCODER_CONTENT}, sort_keys=True).encode()).hexdigest()
     return ident
+
+
+def same_encoder(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two encoder identities describe the same model files (whatever their directories are called)."""
+    return all(a.get(k) is not None and a.get(k) == b.get(k) for k in ENCODER_CONTENT)
+
+
+def refuse_custom_code(model_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse, before any work, a model whose config or tokenizer config asks for code from its own directory
+    (``auto_map``): xel loads models with ``trust_remote_code`` off and never runs such code."""
+    tok_file = model_dir / "tokenizer_config.json"
+    try:
+        tok_config = json.loads(tok_file.read_text(encoding="utf-8")) if tok_file.is_file() else {}
+    except (OSError, ValueError):
+        tok_config = {}
+    for name, data in (("config.json", config), ("tokenizer_config.json", tok_config)):
+        if isinstance(data, dict) and data.get("auto_map"):
+            raise EncodeError(
+                f"{model_dir / name}: 'auto_map' {data['auto_map']!r} asks for custom Python code shipped with the "
+                "model; xel never runs a model's own code (trust_remote_code stays off). Use a model whose "
+                "architecture transformers itself provides (BERT, XLM-R, ...)"
+            )
 
 
 def default_prefix(model_dir: str | Path) -> str:
@@ -176,13 +206,21 @@ class EncoderSettings:
                       device: str = "auto") -> EncoderSettings:
         """The settings a store was built with, to run its encoder again here (``device``); refuses a model
         directory whose content differs from the one the store was built with."""
+        given = model_dir is not None
         model_dir = Path(model_dir or manifest["model"])
-        identity = encoder_identity(model_dir)
-        if identity["fingerprint"] != manifest["encoder"]["fingerprint"]:
+        try:
+            identity = encoder_identity(model_dir)
+        except EncodeError as e:
+            if given:
+                raise
+            raise EncodeError(f"{e}. The store was built with the model at {model_dir}; if it was moved or copied, "
+                              "pass its new place with --model DIR") from None
+        if not same_encoder(identity, manifest["encoder"]):
             raise EncodeError(
-                f"{model_dir}: encoder fingerprint {identity['fingerprint'][:12]} differs from the store's "
-                f"{manifest['encoder']['fingerprint'][:12]}; use the model the store was built with"
+                f"{model_dir}: its files (config, weights, tokenizer sha256) differ from those of the encoder the "
+                f"store was built with ({manifest['encoder'].get('name')}); pass that model with --model DIR"
             )
+        identity = {**identity, "fingerprint": manifest["encoder"]["fingerprint"]}
         return cls(model=str(model_dir), identity=identity, dtype=manifest["dtype"], device=_device_kind(device),
                    layer=manifest["layer"], max_length=manifest["max_length"], prefix=manifest["prefix"])
 
@@ -418,12 +456,14 @@ class TextEncoder:
         return pooled.cpu().numpy()
 
     def encode(
-        self, items: Sequence[EncodeItem], stats: EncodeStats | None = None, chunk_size: int = 2048
+        self, items: Sequence[EncodeItem], stats: EncodeStats | None = None, chunk_size: int = 2048,
+        on_batch: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """Span max-pooled float16 features ``[len(items), dim]`` in the order of ``items``.
 
         Items are tokenized in chunks on a background thread (the fast tokenizer releases the GIL), so the
         next chunk is tokenized while the model runs on this one; within a chunk, batches are length-bucketed.
+        ``on_batch(rows)`` is called after each forward batch (progress reporting).
         """
         out = np.zeros((len(items), self.dim), dtype=np.float16)
         starts = list(range(0, len(items), chunk_size))
@@ -441,6 +481,8 @@ class TextEncoder:
                     padded += len(idx) * int(lengths[idx].max())
                     pooled = self.forward([tok.ids[i] for i in idx], [tok.pool_masks[i] for i in idx])
                     out[start + idx] = pooled
+                    if on_batch is not None:
+                        on_batch(len(idx))
                 total.add(EncodeStats(
                     texts=len(tok.ids), tokens=int(lengths.sum()), padded_tokens=padded, windowed=tok.windowed,
                     forward_seconds=time.perf_counter() - t0,

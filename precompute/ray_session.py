@@ -25,14 +25,21 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def ray_session(address: str | None = None) -> Iterator[None]:
     """Connect to Ray for the duration of the block (see the module docstring); shut down only a Ray it started."""
     started = False
-    if not ray.is_initialized():
-        if address is None and not os.environ.get("RAY_ADDRESS"):
-            path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-            ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, include_dashboard=False,
-                     logging_level=logging.WARNING)
-            started = True
-        else:
-            ray.init(address=address, logging_level=logging.WARNING)
+    # A local Ray turns token authentication on by default and says so on every run; it stays on, unsaid.
+    quiet = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        if not ray.is_initialized():
+            if address is None and not os.environ.get("RAY_ADDRESS"):
+                path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+                ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, include_dashboard=False,
+                         logging_level=logging.WARNING)
+                started = True
+            else:
+                ray.init(address=address, logging_level=logging.WARNING)
+    finally:
+        quiet.setLevel(level)
     try:
         yield
     finally:

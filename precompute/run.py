@@ -6,7 +6,9 @@ Run locally (a local Ray is started for you)::
 
 or on a cluster, joining it from inside a Ray job::
 
-    ray job submit --working-dir . -- python precompute/run.py --data data/sample --model <dir> --out h5/
+    RAY_AUTH_MODE=disabled ray start --head --dashboard-host 127.0.0.1
+    ray job submit --working-dir . -- python precompute/run.py --data data/sample \
+        --model "$PWD/models/multilingual-e5-small" --out "$PWD/h5/"
 
 Rerunning the same command resumes: complete, valid shards are kept, the rest redone; ``manifest.json`` is
 written last. A different encoder or config into the same ``--out`` is refused.
@@ -44,6 +46,7 @@ from precompute.encoding import (  # noqa: E402
     entity_item,
     mention_item,
     resolve_encoder,
+    same_encoder,
 )
 from precompute.ray_session import ray_session  # noqa: E402
 from precompute.schema import InputError, Inputs, load_inputs  # noqa: E402
@@ -65,6 +68,7 @@ from precompute.worker import (  # noqa: E402
     FAULT_MARKER_ENV,
     ShardTask,
     ShardWorker,
+    read_progress,
     row_hash,
     shard_input_hash,
 )
@@ -83,6 +87,41 @@ CPU_KERNEL_CACHES = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "LRU_CACHE_CAPACIT
 
 class PrecomputeError(RuntimeError):
     """The run cannot start or cannot finish; the message says why and what to do."""
+
+
+class Stopped(BaseException):
+    """SIGTERM (or SIGINT) arrived: unwind, killing the actors, and exit with 128 + the signal's number."""
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM raise :class:`Stopped` in the main thread (a no-op elsewhere, e.g. in a Ray task)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Stopped(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def check_job_paths(cfg: PrecomputeConfig) -> None:
+    """Inside a Ray job (``ray job submit``) the driver runs in the job's copy of ``--working-dir``: a relative
+    ``--model`` or ``--out`` would point into that copy (which lacks the git-ignored models/ and is deleted with
+    the job), not the directory the job was submitted from. Refuse them, saying what to pass instead."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        return
+    relative = [(flag, path) for flag, path in (("--model", cfg.model), ("--out", cfg.out)) if not path.is_absolute()]
+    if relative:
+        shown = ", ".join(f"{flag} {path}" for flag, path in relative)
+        fix = " ".join(f'{flag} "$PWD/{path}"' for flag, path in relative)
+        raise PrecomputeError(
+            f"{shown}: a relative path inside a Ray job resolves against the job's copy of --working-dir "
+            f"({Path.cwd()}), not the directory you submitted from; that copy has no git-ignored models/ and is "
+            f"deleted with the job. Pass absolute paths, e.g. {fix}"
+        )
 
 
 @dataclass(frozen=True)
@@ -139,6 +178,19 @@ def run_settings(cfg: PrecomputeConfig, encoder: EncoderSettings) -> dict[str, A
     }
 
 
+def adopt_store_identity(out: Path, encoder: dict[str, Any]) -> dict[str, Any]:
+    """``encoder`` with the fingerprint the store in ``out`` recorded for the same model files. Stores written before
+    fingerprints were by content only recorded one that included the model directory's name; their shards and
+    indexes stay valid for the same files in any directory."""
+    try:
+        previous = json.loads((out / RUN_CONFIG).read_text(encoding="utf-8")).get("encoder")
+    except (OSError, ValueError, AttributeError):
+        return encoder
+    if isinstance(previous, dict) and same_encoder(previous, encoder) and isinstance(previous.get("fingerprint"), str):
+        return {**encoder, "fingerprint": previous["fingerprint"]}
+    return encoder
+
+
 def prepare_out_dir(out: Path, run_config: dict[str, Any]) -> None:
     """Refuse an --out that holds something else or a store made with other settings; else claim it."""
     if out.exists() and not out.is_dir():
@@ -150,7 +202,7 @@ def prepare_out_dir(out: Path, run_config: dict[str, Any]) -> None:
                 f"--out {out}: directory is not empty and holds no xel store ({RUN_CONFIG} missing); "
                 "choose an empty or new directory"
             )
-        previous = json.loads(config_file.read_text(encoding="utf-8"))["settings"]
+        previous = _previous_settings(config_file)
         diff = {k: (previous.get(k), run_config["settings"][k]) for k in GUARDED
                 if previous.get(k) != run_config["settings"][k]}
         if diff:
@@ -159,6 +211,27 @@ def prepare_out_dir(out: Path, run_config: dict[str, Any]) -> None:
                 f"--out {out}: holds a store made with other settings ({shown}). Use another --out, or delete it"
             )
     atomic_write_json(config_file, run_config)
+
+
+def _previous_settings(config_file: Path) -> dict[str, Any]:
+    """The settings an earlier xel-precompute recorded in ``config_file``; one message with the fix when that file
+    is not what xel-precompute wrote (another command wrote into the store, or it was edited)."""
+    try:
+        previous = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        previous = e
+    if not isinstance(previous, dict) or not isinstance(previous.get("settings"), dict):
+        if isinstance(previous, Exception):
+            found = f"unreadable ({previous})"
+        else:
+            keys = sorted(previous)[:6] if isinstance(previous, dict) else type(previous).__name__
+            found = f"without the 'settings' xel-precompute writes (keys: {keys})"
+        raise PrecomputeError(
+            f"--out {config_file.parent}: {config_file.name} is {found}, so the store's settings are unknown (was "
+            f"another command's output written into the store?). Restore it, or delete {config_file.parent} "
+            "(or use another --out) and rerun to encode from scratch"
+        )
+    return previous["settings"]
 
 
 def write_input_copies(out: Path, inputs: Inputs) -> None:
@@ -251,8 +324,13 @@ def actor_options(cfg: PrecomputeConfig, cpus: float) -> dict[str, Any]:
     }
 
 
+POLL_SECONDS = 0.5  # how often the driver looks at the actors' progress (and lets Ctrl-C / SIGTERM in)
+
+
 def execute(cfg: PrecomputeConfig, encoder: EncoderSettings, tasks: list[ShardTask]) -> list[dict[str, Any]]:
-    """Run ``tasks`` on ``cfg.actors`` Ray actors (a ``ray.util.ActorPool``), a tqdm bar over rows.
+    """Run ``tasks`` on ``cfg.actors`` Ray actors (a ``ray.util.ActorPool``), a tqdm bar over rows that moves per
+    encoded batch (each actor rewrites its shard's progress file, polled here every ``POLL_SECONDS``, which also
+    lets Ctrl-C and SIGTERM in). The actors are killed however this ends.
 
     Each actor is in the pool twice, so that its next shard is already queued at the actor while it encodes one.
     """
@@ -270,20 +348,30 @@ def execute(cfg: PrecomputeConfig, encoder: EncoderSettings, tasks: list[ShardTa
     for task in tasks:
         pool.submit(submit, task)
     results: list[dict[str, Any]] = []
-    tokens = 0
+    tokens = finished_rows = 0
     t0 = time.perf_counter()
+    total = sum(len(t.items) for t in tasks)
+
+    def show_progress(bar: tqdm) -> None:
+        encoding = sum(min(read_progress(t.path), len(t.items)) for t in in_flight.values())
+        bar.update(min(total, finished_rows + encoding) - bar.n)
+
     try:
-        with tqdm(total=sum(len(t.items) for t in tasks), unit="row", desc="encoding", dynamic_ncols=True) as bar:
+        with tqdm(total=total, unit="row", desc="encoding", dynamic_ncols=True) as bar:
             while pool.has_next():
                 try:
-                    result = pool.get_next_unordered()
+                    result = pool.get_next_unordered(timeout=POLL_SECONDS)
+                except TimeoutError:
+                    show_progress(bar)
+                    continue
                 except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
                     raise _shard_failure(e, _failed_task(in_flight)) from e
                 in_flight.pop(next(r for r, t in in_flight.items() if (t.kind, t.index) == (result["kind"],
                                                                                             result["index"])))
                 results.append(result)
                 tokens += result["tokens"]
-                bar.update(result["rows"])
+                finished_rows += result["rows"]
+                show_progress(bar)
                 bar.set_postfix(tokens_per_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f}")
     finally:
         for actor in actors:
@@ -320,9 +408,11 @@ def run(cfg: PrecomputeConfig) -> dict[str, Any]:
     for kind in cfg.kinds:
         if kind not in KINDS:
             raise PrecomputeError(f"--kinds: {kind!r} is not a feature kind; allowed: {','.join(KINDS)}")
+    check_job_paths(cfg)
     inputs = load_inputs(cfg.data)
     kinds = tuple(k for k in cfg.kinds if k != "text" or inputs.text)
     encoder = encoder_settings(cfg)
+    encoder = dataclasses.replace(encoder, identity=adopt_store_identity(cfg.out, encoder.identity))
     cfg = dataclasses.replace(cfg, kinds=kinds, dtype=encoder.dtype)
     settings = run_settings(cfg, encoder)
     input_hashes = {name: file_sha256(path) for name, path in inputs.files.items()}
@@ -338,6 +428,7 @@ def run(cfg: PrecomputeConfig) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     if todo:
         with ray_session(cfg.address):
+            stop_on_sigterm()  # after ray.init, which installs a handler of its own that aborts the driver
             results = execute(cfg, encoder, todo)
     seconds = time.perf_counter() - t0
     remove_stale_temp_files(cfg.out, cfg.kinds)
@@ -408,10 +499,13 @@ def summary_table(summary: dict[str, Any]) -> str:
     by_lang = Counter(r["lang"] for r in mentions)
     nil = Counter(r["lang"] for r in mentions if r["gold"] is None)
     kb_langs = Counter(r["lang"] for r in store.records("kb"))
-    lines.append(f"{'lang':<6}{'mentions':>9}{'NIL rate':>10}{'KB size':>9}")
+    lines.append(f"{'lang':<6}{'mentions':>9}{'NIL rate':>10}  KB")
+    only_kb = f"links to the {next(iter(kb_langs))} KB" if len(kb_langs) == 1 else \
+        f"has no KB of its own (KBs: {', '.join(sorted(kb_langs))}; xel-nn --kb-lang picks one)"
     for lang in sorted(set(by_lang) | set(kb_langs)):
-        rate = nil[lang] / by_lang[lang] if by_lang[lang] else 0.0
-        lines.append(f"{lang:<6}{by_lang[lang]:>9}{rate:>10.3f}{kb_langs[lang]:>9}")
+        rate = f"{nil[lang] / by_lang[lang]:>10.3f}" if by_lang[lang] else f"{'-':>10}"
+        kb = f"{kb_langs[lang]:,} entities" if kb_langs[lang] else only_kb
+        lines.append(f"{lang:<6}{by_lang[lang]:>9}{rate}  {kb}")
     lines.append(
         f"wrote {summary['encoded_shards']} shards ({summary['encoded_rows']:,} rows encoded, "
         f"{summary['reused_rows']:,} reused from the store), kept {summary['kept_shards']}; "

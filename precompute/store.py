@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -37,10 +39,66 @@ MANIFEST = "manifest.json"
 RUN_CONFIG = "config.json"
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype(encoding="utf-8")
+# A language code read from a store or an index becomes part of file names (index-<lang>.faiss): two lower-case
+# letters (ISO 639-1), nothing else, so that no value can name a path outside the directory.
+LANG_CODE = re.compile(r"[a-z]{2}")
+SHARD_PATH = re.compile(r"(ms|mc|es|ec|text)/shard-\d{5}\.h5")
 
 
 class StoreError(RuntimeError):
     """A store on disk is missing, incomplete, corrupted, or does not match what was asked of it."""
+
+
+def check_lang_code(value: object, where: str, error: type[Exception] = StoreError) -> str:
+    """``value`` if it is a two-letter lower-case language code, else ``error`` naming ``where``."""
+    if not isinstance(value, str) or not LANG_CODE.fullmatch(value):
+        raise error(f"{where}: language {str(value)[:80]!r} is not an ISO 639-1 code (two lower-case letters); "
+                    "the store or index was not written by xel, or was changed after")
+    return value
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (0600) or a directory made by ``mkdtemp`` (0700) the mode a plain
+    ``open``/``mkdir`` would have given it under the current umask (0644 / 0755 under umask 022)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def store_root_of(path: str | os.PathLike) -> Path | None:
+    """The feature store that ``path`` is, or lies inside, or None. A store directory holds ``manifest.json``
+    with ``kinds`` (finished) or ``config.json`` with ``settings`` (written first by xel-precompute)."""
+    path = Path(os.path.abspath(path))
+    for folder in (path, *path.parents):
+        for name, key in ((MANIFEST, "kinds"), (RUN_CONFIG, "settings")):
+            marker = folder / name
+            if marker.is_file():
+                try:
+                    if key in json.loads(marker.read_text(encoding="utf-8")):
+                        return folder
+                except (OSError, ValueError):
+                    continue
+    return None
+
+
+def refuse_store_out(out: str | os.PathLike, error: type[Exception] = ValueError) -> None:
+    """Only xel-precompute writes into a feature store: refuse an ``--out`` that is a store or lies inside one."""
+    root = store_root_of(out)
+    if root is not None:
+        inside = "is" if Path(os.path.abspath(out)) == root else f"lies inside {root}, which is"
+        raise error(f"--out {out}: {inside} a feature store (xel-precompute); only xel-precompute writes into a store. "
+                    "Use a directory of its own, e.g. --out runs/cands/")
 
 
 def shard_path(root: str | os.PathLike, kind: str, index: int) -> Path:
@@ -74,6 +132,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        follow_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -99,6 +158,7 @@ def check_out_dir(out: str | os.PathLike, marker: str, what: str, error: type[Ex
     """An output directory must be new, empty, or hold ``marker`` (it is ``what``, written by this command
     before); anything else raises ``error`` naming what it holds. Returns whether ``marker`` is there."""
     out = Path(out)
+    refuse_store_out(out, error)
     if not out.exists():
         return False
     if not out.is_dir():
@@ -110,12 +170,87 @@ def check_out_dir(out: str | os.PathLike, marker: str, what: str, error: type[Ex
     return marker in names
 
 
+def make_temp_dir(out: str | os.PathLike, tag: str = "") -> Path:
+    """A new directory beside ``out`` named ``.{name}.{tag}{pid}.XXXXXXXX.tmp`` (the pid lets a later run tell a
+    stale one from one in use, see :func:`remove_stale_temp_dirs`), with the mode the umask gives a directory."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.{tag}{os.getpid()}.", suffix=".tmp"))
+    follow_umask(tmp, directory=True)
+    return tmp
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM raise ``SystemExit(143)`` in the main thread, as Ctrl-C raises KeyboardInterrupt, so that
+    ``finally`` blocks remove a command's temp files instead of the process vanishing mid-write."""
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_dirs(out: str | os.PathLike) -> list[Path]:
+    """Delete the temp directories that a killed run left beside ``out`` (:func:`make_temp_dir`'s names whose
+    process is gone, and the pid-less names older xel versions used); returns what was removed."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:old\.)?(?:(\d+)\.)?[A-Za-z0-9_]{{8}}\.tmp")
+    removed = []
+    for path in out.parent.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match is None or path.is_symlink() or not path.is_dir():
+            continue
+        if match.group(1) is not None and _pid_alive(int(match.group(1))):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def resolve_out(out: str | os.PathLike, error: type[Exception] = ValueError) -> Path:
+    """``out`` with a symbolic link followed (the directory is written where the link points, as xel-precompute
+    does); a link to nothing is refused."""
+    out = Path(out)
+    if out.is_symlink():
+        target = Path(os.path.realpath(out))
+        if not target.exists():
+            raise error(f"--out {out}: is a symbolic link to {target}, which does not exist; create that directory "
+                        "or pass another --out")
+        return target
+    return out
+
+
+def check_writable(out: str | os.PathLike, error: type[Exception] = ValueError, beside: bool = False) -> None:
+    """Refuse, before any work, an ``--out`` whose nearest existing directory (with ``beside``: the directory
+    that holds it, where a temp directory is made) the user cannot write to."""
+    out = Path(os.path.abspath(out))
+    probe = out.parent if beside or not out.exists() else out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise error(f"--out {out}: {probe} is not writable (permissions or a read-only filesystem); "
+                    "pass an --out you can write to")
+
+
 def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
     """Move the finished directory ``tmp`` to ``out`` (a sibling), replacing whatever ``out`` held: the old one
-    is set aside first and removed after the swap, so ``out`` is never half old, half new."""
+    is set aside first and removed after the swap, so ``out`` is never half old, half new. ``out`` must not be a
+    symbolic link (pass it through :func:`resolve_out`)."""
     tmp, out = Path(tmp), Path(out)
     if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old.", suffix=".tmp"))
+        old = make_temp_dir(out, "old.")
+        os.rmdir(old)  # its name, free for the rename
         os.replace(out, old)
         os.replace(tmp, out)
         shutil.rmtree(old)
@@ -223,6 +358,8 @@ def read_shard(path: str | os.PathLike, verify: bool = True) -> Shard:
     for key in ("kind", "start", "rows", "input_hash", "checksum"):
         if key not in attrs:
             raise StoreError(f"{path}: shard attribute {key!r} is missing; rerun xel-precompute to rewrite it")
+    for lang in set(langs):
+        check_lang_code(lang, f"{path}: dataset 'lang'")
     shard = Shard(
         path=path, kind=str(attrs["kind"]), start=int(attrs["start"]), ids=ids, langs=langs,
         features=features, input_hash=str(attrs["input_hash"]), checksum=str(attrs["checksum"]),
@@ -321,9 +458,12 @@ class Store:
             try:
                 with h5py.File(path, "r") as f:
                     ids.extend(s.decode("utf-8") for s in f["ids"][...])
-                    langs.extend(s.decode("utf-8") for s in f["lang"][...])
-            except (OSError, KeyError) as e:
+                    shard_langs = [s.decode("utf-8") for s in f["lang"][...]]
+            except (OSError, KeyError, ValueError) as e:
                 raise StoreError(f"{path}: unreadable or truncated ({e}); rerun xel-precompute") from e
+            for lang in set(shard_langs):
+                check_lang_code(lang, f"{path}: dataset 'lang'")
+            langs.extend(shard_langs)
         return ids, langs
 
     def read_rows(self, kind: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -386,8 +526,8 @@ def open_store(path: str | os.PathLike) -> Store:
         raise StoreError(f"{root}: no such store directory; build one with xel-precompute --out {root}")
     if not manifest_path.is_file():
         raise StoreError(
-            f"{manifest_path}: missing; the precompute run into {root} did not finish. "
-            "Rerun the same xel-precompute command to resume it"
+            f"{manifest_path}: missing; the precompute run into {root} did not finish, or is still running. "
+            "When no xel-precompute is writing into it, rerun the same xel-precompute command to resume it"
         )
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -404,6 +544,10 @@ def open_store(path: str | os.PathLike) -> Store:
         if kind not in KINDS:
             raise StoreError(f"{manifest_path}: unknown kind {kind!r}; allowed: {list(KINDS)}")
         for entry in info["shards"]:
+            if not isinstance(entry.get("path"), str) or not SHARD_PATH.fullmatch(entry["path"]) \
+                    or not entry["path"].startswith(f"{kind}/"):
+                raise StoreError(f"{manifest_path}: shard path {str(entry.get('path'))[:80]!r} of kind {kind!r}; "
+                                 f"'{kind}/shard-NNNNN.h5' is required; rerun xel-precompute")
             shard_file = root / entry["path"]
             if not shard_file.is_file():
                 raise StoreError(f"{shard_file}: listed in manifest.json but missing; rerun xel-precompute")

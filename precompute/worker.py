@@ -84,6 +84,41 @@ def maybe_inject_fault(task: ShardTask, where: str) -> None:
     os._exit(17)
 
 
+def progress_path(shard: str | os.PathLike) -> Path:
+    """Where the actor writing ``shard`` says how many of its rows are done (a ``.tmp`` name: the store's clean-up
+    removes one a killed actor left)."""
+    shard = Path(shard)
+    return shard.with_name(f".{shard.name}.progress.tmp")
+
+
+def read_progress(shard: str | os.PathLike) -> int:
+    """Rows of ``shard`` done so far by the actor writing it (0 when it has not reported yet)."""
+    try:
+        return int(progress_path(shard).read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+class ShardProgress:
+    """Rows done in one shard, rewritten after every forward batch to :func:`progress_path`, which the driver polls
+    to move its bar while the shard is encoded (a file, because features and progress travel by file)."""
+
+    def __init__(self, path: Path, done: int = 0):
+        self.path, self.done = path, 0
+        self.add(done)
+
+    def add(self, rows: int) -> None:
+        self.done += rows
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(str(self.done))
+        except OSError as e:  # progress is a courtesy; the shard itself is what counts
+            log.debug("cannot report progress to %s: %s", self.path, e)
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 class ShardWorker:
     """Holds one encoder; :meth:`run` encodes a shard and writes it."""
 
@@ -96,8 +131,9 @@ class ShardWorker:
         stats = EncodeStats()
         features = np.zeros((len(task.items), self.encoder.dim), dtype=np.float16)
         todo = self._copy_reused(task, features)
+        progress = ShardProgress(progress_path(task.path), len(task.items) - len(todo))
         if todo:
-            features[todo] = self.encoder.encode([task.items[i] for i in todo], stats)
+            features[todo] = self.encoder.encode([task.items[i] for i in todo], stats, on_batch=progress.add)
         maybe_inject_fault(task, "encoded")
         maybe_inject_fault(task, "writing")
         checksum = write_shard(
@@ -106,6 +142,7 @@ class ShardWorker:
             row_hashes=task.row_hashes or None,
         )
         maybe_inject_fault(task, "written")
+        progress.close()
         return {
             "kind": task.kind, "index": task.index, "rows": len(task.items), "checksum": checksum,
             "encoded_rows": len(todo), "reused_rows": len(task.items) - len(todo),

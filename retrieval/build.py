@@ -3,21 +3,33 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from precompute.store import Store, atomic_write_json, check_out_dir, open_store, replace_dir
+from precompute.store import (
+    Store,
+    atomic_write_json,
+    check_out_dir,
+    check_writable,
+    make_temp_dir,
+    open_store,
+    remove_stale_temp_dirs,
+    replace_dir,
+    resolve_out,
+)
 from retrieval.factory import trained_index
 from retrieval.index import FEATURE_KINDS, EntityIndex, LangIndex, RetrievalError
 from retrieval.index_files import INDEX_FORMAT_VERSION, INDEX_MANIFEST, load_index, save_index
 from retrieval.update import update_index
 from retrieval.vectors import iter_unit_chunks, row_digests, unit_rows
+
+log = logging.getLogger(__name__)
 
 
 def build_index(
@@ -75,8 +87,9 @@ class BuildConfig:
 
 def run_build(cfg: BuildConfig) -> tuple[EntityIndex, dict[str, dict[str, Any]] | None]:
     """Build (or with ``update``, update) into a temp directory beside ``--out`` and move it into place: a failed
-    build leaves nothing. Returns the index and, for an update, what was done per KB language."""
-    out = Path(cfg.out)
+    build leaves nothing (a killed one leaves a temp directory that the next build removes). A symlinked
+    ``--out`` is built where it points. Returns the index and, for an update, what was done per KB language."""
+    out = resolve_out(cfg.out, RetrievalError)
     if cfg.update and cfg.overwrite:
         raise RetrievalError("--update and --overwrite: pick one (--update edits the index in --out, "
                              "--overwrite builds a new one)")
@@ -89,9 +102,14 @@ def run_build(cfg: BuildConfig) -> tuple[EntityIndex, dict[str, dict[str, Any]] 
                 f"command asks {cfg.index!r} over {cfg.kind!r}; drop --index/--kind, or rebuild with --overwrite")
     elif check_out_dir(out, INDEX_MANIFEST, "an xel index", RetrievalError) and not cfg.overwrite:
         raise RetrievalError(f"--out {out}: already holds an index; pass --overwrite to replace it")
+    check_writable(out, RetrievalError, beside=True)
     store = open_store(cfg.features)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    rows = store.count(cfg.kind.split("+")[0])
+    log.info("%s the %r index over %s %r rows of %s into %s", "updating" if cfg.update else "building", cfg.index,
+             f"{rows:,}", cfg.kind, store.root, out)
+    for stale in remove_stale_temp_dirs(out):
+        log.info("removed %s, left by a build that was killed", stale)
+    tmp = make_temp_dir(out)
     report = None
     try:
         if old is not None:

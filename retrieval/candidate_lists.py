@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from precompute.store import atomic_write_bytes, atomic_write_json
+from precompute.store import atomic_write_bytes, atomic_write_json, refuse_store_out
 from retrieval.candidates import CandidateSet, generate_candidates
 from retrieval.files import write_candidates
+from retrieval.index import RetrievalError
 from retrieval.metrics import RECALL_KS, format_recall_table, plot_recall
 from retrieval.search import SearchOptions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,10 @@ def write_recall(out: Path, candidate_set: CandidateSet) -> str:
 def run_candidates(cfg: CandidatesConfig) -> str:
     """Write ``candidates.jsonl``, the recall@k table and ``config.json`` to ``cfg.out``; returns the table."""
     out = Path(cfg.out)
+    refuse_store_out(out, RetrievalError)
     index, store = cfg.search.open()
+    log.info("writing candidates (k=%d) for %s mentions of %s into %s", cfg.k,
+             f"{store.count('ms'):,}", store.root, out)
     cands = generate_candidates(
         store, index, k=cfg.k, max_prior=cfg.max_prior, train_lang=cfg.train_lang, kb_lang=cfg.search.kb_lang,
         langs=cfg.langs or None,

@@ -21,8 +21,9 @@ from typing import Any, TypeVar
 
 import click
 
+from precompute.encoding import EncodeError
 from precompute.schema import InputError
-from precompute.store import StoreError, atomic_write_json, open_store
+from precompute.store import StoreError, atomic_write_json, exit_on_sigterm, open_store
 from retrieval.bench import format_bench, run_bench
 from retrieval.build import BuildConfig, run_build
 from retrieval.candidate_lists import CandidatesConfig, run_candidates
@@ -35,7 +36,7 @@ from retrieval.search import SearchOptions
 
 log = logging.getLogger(__name__)
 
-USER_ERRORS = (StoreError, RetrievalError, CandidatesError, InputError)
+USER_ERRORS = (StoreError, RetrievalError, CandidatesError, InputError, EncodeError)
 T = TypeVar("T")
 C = TypeVar("C")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -57,6 +58,12 @@ def _search_options(f: F) -> F:
     return f
 
 
+_model_option = click.option(
+    "--model", type=click.Path(file_okay=False), default=None,
+    help="the store's encoder in another place (a copied or moved model directory; its files must be the same) "
+    "[default: the path in the store manifest]")
+
+
 def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
     if value is not None and value < 1:
         raise click.BadParameter(f"{value}; must be >= 1")
@@ -68,12 +75,16 @@ def _run(fn: Callable[[C], T], cfg: C) -> T:
         return fn(cfg)
     except USER_ERRORS as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:  # a full disk, a read-only filesystem: outputs are written atomically, so none is half done
+        raise click.ClickException(f"{e.filename or getattr(cfg, 'out', '')}: {e.strerror or e}; free space or pass "
+                                   "an --out you can write to (nothing was changed there)") from None
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 def main(verbose: bool) -> None:
     """Indexes, candidates and the nearest-neighbour baseline over a feature store."""
+    exit_on_sigterm()
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -159,13 +170,14 @@ def eval_(index_dir: str, features: str | None, kb_lang: str | None, search_para
 @click.option("--context", default=QueryConfig.context,
               help="a sentence containing the query; it is encoded as a span in it")
 @click.option("--k", default=QueryConfig.k, show_default=True, callback=_positive, help="entities to print")
+@_model_option
 @click.argument("text")
 def query(index_dir: str, features: str | None, kb_lang: str | None, search_params: str | None, device: str,
-          lang: str, context: str | None, k: int, text: str) -> None:
+          lang: str, context: str | None, k: int, model: str | None, text: str) -> None:
     """Encode TEXT with the store's encoder and print the top-k entities."""
     search = SearchOptions(index=index_dir, features=features, kb_lang=kb_lang, search_params=search_params,
                            device=device)
-    cfg = QueryConfig(search=search, query=text, lang=lang, context=context, k=k)
+    cfg = QueryConfig(search=search, query=text, lang=lang, context=context, k=k, model=model)
     for rank, hit in enumerate(_run(run_query, cfg), start=1):
         click.echo(f"{rank:>3}  {hit['score']:.4f}  {hit['id']}  {hit['name']}")
 
@@ -177,12 +189,13 @@ def query(index_dir: str, features: str | None, kb_lang: str | None, search_para
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSONL results")
 @click.option("--lang", default=BatchConfig.lang, show_default=True, help="language of queries that name none")
 @click.option("--k", default=BatchConfig.k, show_default=True, callback=_positive, help="entities per query")
+@_model_option
 def batch(index_dir: str, features: str | None, kb_lang: str | None, search_params: str | None, device: str,
-          input_path: str, out: str, lang: str, k: int) -> None:
+          input_path: str, out: str, lang: str, k: int, model: str | None) -> None:
     """Search many queries from a JSONL file; write one JSONL line of results per query."""
     search = SearchOptions(index=index_dir, features=features, kb_lang=kb_lang, search_params=search_params,
                            device=device)
-    n = _run(run_batch, BatchConfig(search=search, input=input_path, output=out, lang=lang, k=k))
+    n = _run(run_batch, BatchConfig(search=search, input=input_path, output=out, lang=lang, k=k, model=model))
     click.echo(f"{n} queries -> {out}")
 
 

@@ -56,17 +56,18 @@ def read_candidates(path: str | os.PathLike) -> dict[str, list[Candidate]]:
 
 
 def write_predictions(
-    path: str | os.PathLike, rows: Iterable[tuple[str, str | None, float, list[tuple[str, float]]]]
+    path: str | os.PathLike, rows: Iterable[tuple[str, str | None, float, list[tuple[str, float]]]],
+    names: dict[str, str] | None = None,
 ) -> None:
-    """Rows are ``(mention id, predicted kb id or None, score, [(kb id, score), ...])``."""
-    lines = [
-        json.dumps(
-            {"id": mid, "pred": pred, "score": round(float(score), 6),
-             "candidates": [[k, round(float(s), 6)] for k, s in cands]},
-            ensure_ascii=False,
-        )
-        for mid, pred, score, cands in rows
-    ]
+    """Rows are ``(mention id, predicted kb id or None, score, [(kb id, score), ...])``. With ``names`` (KB id ->
+    name) each line also says ``"name"``: the predicted entity's name, null for NIL (as ``xel-nn batch`` does)."""
+    lines = []
+    for mid, pred, score, cands in rows:
+        record = {"id": mid, "pred": pred, "score": round(float(score), 6),
+                  "candidates": [[k, round(float(s), 6)] for k, s in cands]}
+        if names is not None:
+            record["name"] = names.get(pred) if pred is not None else None
+        lines.append(json.dumps(record, ensure_ascii=False))
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8") if lines else b"")
 
 

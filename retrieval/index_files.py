@@ -12,15 +12,23 @@ from typing import Any
 
 import faiss
 
-from precompute.store import Store, atomic_path, atomic_write_bytes, atomic_write_json, file_sha256, open_store
+from precompute.store import (
+    Store,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_lang_code,
+    file_sha256,
+    open_store,
+)
 from retrieval.index import EntityIndex, LangIndex, RetrievalError
 from retrieval.vectors import ids_digest
 
 log = logging.getLogger(__name__)
 
 INDEX_MANIFEST = "manifest.json"
-INDEX_FORMAT_VERSION = 3  # 3 adds per-row digests (updates); 2 per-file sha256; 1 (no checksums) loads with a warning
-READABLE_INDEX_VERSIONS = (1, 2, INDEX_FORMAT_VERSION)
+INDEX_FORMAT_VERSION = 3  # 3 adds per-row digests (updates); 2 per-file sha256; 1 (no checksums) is refused
+READABLE_INDEX_VERSIONS = (2, INDEX_FORMAT_VERSION)
 
 
 def save_index(result: EntityIndex, store: Store, out: Path) -> None:
@@ -79,12 +87,20 @@ def load_index(path: str | os.PathLike, store: Store | None = None, mmap: bool =
         if key not in manifest:
             raise RetrievalError(f"{manifest_path}: field {key!r} is missing; rebuild the index")
     if manifest["format_version"] not in READABLE_INDEX_VERSIONS:
-        raise RetrievalError(f"{manifest_path}: format_version {manifest['format_version']!r}, "
+        why = " (it records no file checksums, so its files cannot be verified)" \
+            if manifest["format_version"] == 1 else ""
+        raise RetrievalError(f"{manifest_path}: format_version {manifest['format_version']!r}{why}, "
                              f"this xel reads {list(READABLE_INDEX_VERSIONS)}; {_rebuild_hint(root, manifest)}")
-    if manifest["format_version"] == 1:
-        log.warning("%s: format_version 1 records no file checksums, so corruption cannot be detected; %s",
-                    manifest_path, _rebuild_hint(root, manifest))
-    elif manifest["format_version"] == 2:  # its files are checksummed (verified below), its rows have no digests
+    if not isinstance(manifest["langs"], dict):
+        raise RetrievalError(f"{manifest_path}: field 'langs' is not an object; {_rebuild_hint(root, manifest)}")
+    for lang, info in manifest["langs"].items():
+        check_lang_code(lang, f"{manifest_path}: field 'langs'", RetrievalError)
+        missing = [k for k in ("rows", "index_file_sha256", "ids_file_sha256") if not isinstance(info, dict)
+                   or k not in info]
+        if missing:
+            raise RetrievalError(f"{manifest_path}: KB {lang!r} lacks {missing} (every file's sha256 is required); "
+                                 f"{_rebuild_hint(root, manifest)}")
+    if manifest["format_version"] == 2:  # its files are checksummed (verified below), its rows have no digests
         log.warning("%s: format_version 2 records no row digests, so xel-nn build --update rebuilds each KB instead "
                     "of editing it; %s", manifest_path, _rebuild_hint(root, manifest))
     result = EntityIndex(root, manifest)
@@ -141,13 +157,12 @@ def _verify_file(path: Path, sha256: str | None, root: Path, manifest: dict[str,
     """Refuse ``path`` when missing or when its sha256 (streamed) differs from the manifest's."""
     if not path.is_file():
         raise RetrievalError(f"{path}: listed in {root / INDEX_MANIFEST} but missing; {_rebuild_hint(root, manifest)}")
-    if manifest["format_version"] >= 2:
-        got = file_sha256(path)
-        if got != sha256:
-            raise RetrievalError(
-                f"{path}: sha256 {got[:12]}... differs from {str(sha256)[:12]}... recorded in {root / INDEX_MANIFEST} "
-                f"(the file is truncated, corrupted or was changed after the build); {_rebuild_hint(root, manifest)}"
-            )
+    got = file_sha256(path)  # every readable format records a sha256 per file (load_index checks that it does)
+    if got != sha256:
+        raise RetrievalError(
+            f"{path}: sha256 {got[:12]}... differs from {str(sha256)[:12]}... recorded in {root / INDEX_MANIFEST} "
+            f"(the file is truncated, corrupted or was changed after the build); {_rebuild_hint(root, manifest)}"
+        )
 
 
 def open_index_and_store(index_path: str | os.PathLike, store_path: str | os.PathLike | None = None

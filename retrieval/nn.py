@@ -7,18 +7,22 @@ list when the data gives one, else the top-k of its KB from the index (or the li
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from precompute.store import atomic_write_bytes, atomic_write_json
+from precompute.store import atomic_write_bytes, atomic_write_json, refuse_store_out
 from retrieval.candidate_lists import write_recall
 from retrieval.candidates import generate_candidates
 from retrieval.files import CandidatesError, read_candidates, write_predictions
+from retrieval.index import RetrievalError
 from retrieval.metrics import Scores, format_table, score_groups
 from retrieval.search import SearchOptions
+
+log = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = -1.0
 
@@ -72,7 +76,10 @@ def run_eval(cfg: EvalConfig) -> str:
     """Score the nn baseline: ``metrics.txt``/``.json``, ``predictions.jsonl``, the recall@k table and ``config.json``
     in ``cfg.out``; returns the metrics and recall tables as text."""
     out = Path(cfg.out)
+    refuse_store_out(out, RetrievalError)
     index, store = cfg.search.open()
+    log.info("evaluating the nn baseline (k=%d) for %s mentions of %s into %s", cfg.k,
+             f"{store.count('ms'):,}", store.root, out)
     cands = generate_candidates(
         store, index, k=cfg.k, max_prior=cfg.max_prior, train_lang=cfg.train_lang, kb_lang=cfg.search.kb_lang,
         langs=cfg.langs or None,
@@ -91,8 +98,9 @@ def run_eval(cfg: EvalConfig) -> str:
     cands.data.prefetch(kb for ids in lists for kb in ids)  # one batch of row reads for every candidate
     preds = [nn_link(cands.data.vectors[i], ids, cands.data.entity, cfg.threshold) for i, ids in enumerate(lists)]
     out.mkdir(parents=True, exist_ok=True)  # only once every input has been read and checked
+    names = {str(r["id"]): str(r["name"]) for r in store.records("kb")}
     write_predictions(out / "predictions.jsonl", ((m.id, p.pred, p.score, p.candidates)
-                                                  for m, p in zip(cands.mentions, preds)))
+                                                  for m, p in zip(cands.mentions, preds)), names=names)
     scores = nn_scores([m.gold for m in cands.mentions], preds, [m.lang for m in cands.mentions],
                        [m.type for m in cands.mentions])
     metrics = format_table(scores, f"nn baseline (threshold {cfg.threshold})")

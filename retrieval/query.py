@@ -18,7 +18,7 @@ import numpy as np
 
 from precompute.encoding import TextEncoder, mention_item
 from precompute.schema import iter_records
-from precompute.store import Store, atomic_write_bytes
+from precompute.store import Store, atomic_write_bytes, refuse_store_out
 from retrieval.index import EntityIndex, RetrievalError
 from retrieval.search import SearchOptions
 from retrieval.vectors import l2_normalise
@@ -46,16 +46,17 @@ def query_span(query: Query) -> tuple[str, int, int]:
     return query.context, start, start + len(query.text)
 
 
-def encode_queries(store: Store, queries: Sequence[Query]) -> np.ndarray:
-    """Unit float32 ``ms`` vectors of ``queries``, encoded exactly as precompute encoded the store's mentions."""
-    encoder = TextEncoder.from_manifest(store.manifest)
+def encode_queries(store: Store, queries: Sequence[Query], model_dir: str | None = None) -> np.ndarray:
+    """Unit float32 ``ms`` vectors of ``queries``, encoded exactly as precompute encoded the store's mentions (with
+    the model the store names, or ``model_dir``: the same files in another place)."""
+    encoder = TextEncoder.from_manifest(store.manifest, model_dir)
     items = [mention_item(q.id or f"query-{i}", q.lang, *query_span(q)) for i, q in enumerate(queries)]
     return l2_normalise(np.asarray(encoder.encode(items), dtype=np.float32))
 
 
 def search_queries(
     index: EntityIndex, store: Store, queries: Sequence[Query], k: int, kb_lang: str | None = None,
-    vectors: np.ndarray | None = None,
+    vectors: np.ndarray | None = None, model_dir: str | None = None,
 ) -> list[list[dict]]:
     """Per query, the top-``k`` entities as ``{"id", "name", "score"}``, best first."""
     if index.kind != "es":
@@ -64,7 +65,7 @@ def search_queries(
             "(build one with xel-nn build --kind es)"
         )
     if vectors is None:
-        vectors = encode_queries(store, queries)
+        vectors = encode_queries(store, queries, model_dir)
     names = {r["id"]: r["name"] for r in store.records("kb")}
     _, hits = index.search_kbs(vectors, [q.lang for q in queries], k, kb_lang)
     return [[{"id": kb, "name": names.get(kb), "score": round(s, 6)} for kb, s in row] for row in hits]
@@ -77,6 +78,7 @@ class QueryConfig:
     lang: str = "en"
     context: str | None = None
     k: int = 10
+    model: str | None = None  # the store's encoder in another place (same files)
 
 
 @dataclass(frozen=True)
@@ -86,16 +88,19 @@ class BatchConfig:
     output: str
     lang: str = "en"
     k: int = 10
+    model: str | None = None
 
 
 def run_query(cfg: QueryConfig) -> list[dict[str, Any]]:
     """The top-``k`` entities of one query, best first."""
     index, store = cfg.search.open()
-    return search_queries(index, store, [Query(cfg.query, cfg.lang, cfg.context)], cfg.k, cfg.search.kb_lang)[0]
+    return search_queries(index, store, [Query(cfg.query, cfg.lang, cfg.context)], cfg.k, cfg.search.kb_lang,
+                          model_dir=cfg.model)[0]
 
 
 def run_batch(cfg: BatchConfig) -> int:
     """Search every query of ``cfg.input``; write one JSONL line of results per query; returns the count."""
+    refuse_store_out(cfg.output, RetrievalError)
     queries = []
     for lineno, row in iter_records(Path(cfg.input)):
         if not isinstance(row.get("query"), str):
@@ -104,7 +109,7 @@ def run_batch(cfg: BatchConfig) -> int:
         queries.append(Query(row["query"], row.get("lang") or cfg.lang, row.get("context"),
                              str(row["id"]) if row.get("id") is not None else None))
     index, store = cfg.search.open()
-    results = search_queries(index, store, queries, cfg.k, cfg.search.kb_lang) if queries else []
+    results = search_queries(index, store, queries, cfg.k, cfg.search.kb_lang, model_dir=cfg.model) if queries else []
     lines = [json.dumps({"id": q.id, "query": q.text, "lang": q.lang, "results": r}, ensure_ascii=False)
              for q, r in zip(queries, results)]
     atomic_write_bytes(cfg.output, ("\n".join(lines) + "\n").encode() if lines else b"")

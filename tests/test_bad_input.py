@@ -53,6 +53,30 @@ def index(tmp: Path, name: str = "index", features: str = "h5") -> Path:
     return out
 
 
+def precomputed_store(tmp: Path) -> Path:
+    """A store with the config.json xel-precompute writes first (the fakes write only the manifest)."""
+    root = store(tmp)
+    (root / "config.json").write_text(json.dumps({"settings": {"encoder": "fake"}, "encoder": {}, "config": {}}))
+    return root
+
+
+def evil_lang_store(tmp: Path) -> Path:
+    """A store whose KB language is a path: index-<lang>.faiss would be written outside the index directory."""
+    from tests.fakes import make_store
+
+    root = tmp / "h5-evil"
+    evil = "x/../../../elsewhere/pwned"
+    make_store(root, {"es": (["Q1", "Q2"], np.eye(2, 8), [evil, evil])},
+               kb=[{"id": q, "name": q, "description": None, "lang": evil, "links": None} for q in ("Q1", "Q2")])
+    return root
+
+
+def dangling_link(tmp: Path, name: str) -> Path:
+    link = tmp / name
+    link.symlink_to(tmp / "nowhere" / name)
+    return link
+
+
 def other_encoder_store(tmp: Path) -> Path:
     return store(tmp, "h5-other", encoder={"name": "another-encoder"})
 
@@ -101,6 +125,12 @@ CASES = [
     Case("unfinished-store", nn_cli.main,
          lambda t: nn("build", "--features", unfinished_store(t), "--out", t / "o"),
          "did not finish", "o"),
+    Case("store-lang-is-a-path", nn_cli.main,
+         lambda t: nn("build", "--features", evil_lang_store(t), "--out", t / "o"),
+         "language 'x/../../../elsewhere/pwned' is not an ISO 639-1 code", "o"),
+    Case("index-out-dangling-symlink", nn_cli.main,
+         lambda t: nn("build", "--features", store(t), "--out", dangling_link(t, "o")),
+         "is a symbolic link to", "o"),
     Case("features-not-a-directory", nn_cli.main,
          lambda t: nn("build", "--features", t / "nowhere", "--out", t / "o"),
          "no such store directory", "o"),
@@ -135,10 +165,33 @@ CASES = [
          lambda t: nn("batch", "--index", index(t), "--in", write(t, "q.jsonl", b'{"text": "Moscow"}\n'),
                       "--out", t / "o.jsonl"),
          'record 1: expected {"query": str', "o.jsonl"),
+    Case("batch-huge-integer", nn_cli.main,
+         lambda t: nn("batch", "--index", index(t), "--in", write(t, "q.jsonl", b'{"query": "x", "id": ' + b"9" * 5000
+                                                                   + b"}\n"), "--out", t / "o.jsonl"),
+         "q.jsonl:1: invalid JSON (Exceeds the limit", "o.jsonl"),
     Case("bad-search-params", nn_cli.main,
          lambda t: nn("eval", "--index", index(t), "--out", t / "o", "--search-params", "efSearch"),
          "efSearch", "o"),
+    Case("candidates-out-is-the-store", nn_cli.main,
+         lambda t: nn("candidates", "--features", precomputed_store(t), "--index", index(t), "--out", t / "h5"),
+         "is a feature store (xel-precompute); only xel-precompute writes into a store", "h5"),
+    Case("eval-out-inside-the-store", nn_cli.main,
+         lambda t: nn("eval", "--index", index(t), "--out", precomputed_store(t) / "nn"),
+         "lies inside", "h5"),
+    Case("build-out-is-the-store", nn_cli.main,
+         lambda t: nn("build", "--features", store(t), "--out", store(t)),
+         "only xel-precompute writes into a store", "h5"),
+    Case("batch-out-inside-the-store", nn_cli.main,
+         lambda t: nn("batch", "--index", index(t), "--in", write(t, "q.jsonl", b'{"query": "Q1"}\n'),
+                      "--out", precomputed_store(t) / "results.jsonl"),
+         "only xel-precompute writes into a store", "h5"),
     # xel-train
+    Case("train-out-is-the-store", train_cli.main,
+         lambda t: nn("--features", precomputed_store(t), "--out", t / "h5", "--epochs", "1"),
+         "only xel-precompute writes into a store", "h5"),
+    Case("train-out-dangling-symlink", train_cli.main,
+         lambda t: nn("--features", store(t), "--out", dangling_link(t, "o"), "--epochs", "1"),
+         "is a symbolic link to", "o"),
     Case("train-eval-store-from-another-encoder", train_cli.main,
          lambda t: nn("--features", store(t), "--eval-features", other_encoder_store(t), "--out", t / "o",
                       "--epochs", "1"),
@@ -203,6 +256,7 @@ def test_bad_input_exits_nonzero_names_the_problem_and_leaves_nothing(case, tmp_
     assert case.message in result.output, result.output
     assert snapshot(out) == before, f"{case.name}: {out} changed: {before} -> {snapshot(out)}"
     assert not list(tmp_path.rglob("*.tmp")), "a temp file was left behind"
+    assert not list(tmp_path.parent.parent.rglob("pwned*")), "a file was written outside --out"
 
 
 def test_fake_stores_differ_only_where_the_cases_say(tmp_path):

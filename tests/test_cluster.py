@@ -287,3 +287,88 @@ def test_submit_local_stops_the_job_and_its_head_when_terminated(tiny_data, tiny
     assert proc.returncode == 143, log[-4000:]
     assert "xel: stopping job" in log
     _assert_head_gone(log, out)
+
+
+# --- the README's `ray job submit` line, verbatim -------------------------------------------------------------
+
+
+def _readme_block(start: str) -> list[str]:
+    """The lines of the README's bash block whose first line starts with ``start``."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for block in re.findall(r"```bash\n(.*?)```", readme, re.DOTALL):
+        lines = block.strip().splitlines()
+        if lines[0].startswith(start):
+            return lines
+    raise AssertionError(f"no README bash block starts with {start!r}")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_readme_ray_job_submit_line_runs_verbatim(tiny_model_dir, tmp_path):
+    """Issue 15.2: the README's head and `ray job submit` lines, as written, against a head started as it says.
+
+    The job runs from a copy of the repo's code with the tiny model at models/multilingual-e5-small and tiny data
+    at data/sample; the head gets private ports and a temp dir (the README's defaults may be taken on a shared
+    machine), so the submit line finds it through RAY_ADDRESS, as the README says."""
+    import shutil
+    import signal
+
+    from tests.conftest import write_jsonl
+
+    head_line, submit_line, stop_line = _readme_block("RAY_AUTH_MODE=disabled ray start --head")
+    assert submit_line.startswith("ray job submit --working-dir . -- python precompute/run.py")
+    assert stop_line == "ray stop"
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "precompute", repo / "precompute", ignore=shutil.ignore_patterns("__pycache__"))
+    write_jsonl(repo / "data" / "sample" / "kb.jsonl", KB)
+    write_jsonl(repo / "data" / "sample" / "mentions.jsonl", MENTIONS)
+    write_jsonl(repo / "data" / "sample" / "text.jsonl", TEXT)
+    (repo / "models").mkdir()
+    (repo / "models" / "multilingual-e5-small").symlink_to(tiny_model_dir)
+    (repo / ".gitignore").write_text("/models/\n/h5/\n")
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # a new shell: no RAY_AUTH_MODE
+    env.update(HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    import tempfile
+
+    temp_dir, dashboard = Path(tempfile.mkdtemp(prefix="xel-ray.", dir="/tmp")), _free_port()  # short: socket paths
+    private = (f" --block --temp-dir {temp_dir} --port {_free_port()} --dashboard-port {dashboard}"
+               f" --dashboard-agent-listen-port {_free_port()} --ray-client-server-port {_free_port()}"
+               " --num-cpus 2 --disable-usage-stats")
+    log = open(tmp_path / "head.log", "wb")
+    head = subprocess.Popen(["bash", "-c", f"{head_line}{private}"], cwd=repo, env=env, start_new_session=True,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        address = f"http://127.0.0.1:{dashboard}"
+        for _ in range(120):
+            assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
+            try:
+                import urllib.request
+
+                urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        job = subprocess.run(["bash", "-c", submit_line], cwd=repo, env={**env, "RAY_ADDRESS": address},
+                             capture_output=True, text=True, timeout=600)
+        assert job.returncode == 0, (job.stdout + job.stderr)[-4000:]
+        assert "succeeded" in job.stdout + job.stderr
+        manifest = json.loads((repo / "h5" / "manifest.json").read_text())
+        assert manifest["kinds"]["ms"]["rows"] == len(MENTIONS)
+    finally:  # stop exactly this head: every process of the session it was started in
+        for line in _live_processes(head.pid, "\0never\0"):
+            try:
+                os.kill(int(line.split()[0]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        head.wait(timeout=30)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -104,13 +104,32 @@ def test_corrupted_index_file_is_named_with_the_rebuild_command(index_dir, name,
         load_index(index_dir)
 
 
-def test_index_without_checksums_loads_with_a_warning(index_dir, caplog) -> None:
+@pytest.mark.parametrize("version", [1, 0, "3"])
+def test_an_index_whose_format_version_was_rewritten_is_refused_not_trusted_less(index_dir, version) -> None:
+    """Issue 15.12: format_version rewritten to 1 used to skip the checksums (with only a warning)."""
+    _flip_byte(index_dir / "index-en.faiss", 60)
     manifest = json.loads((index_dir / INDEX_MANIFEST).read_text())
-    manifest["format_version"] = 1
+    manifest["format_version"] = version
     (index_dir / INDEX_MANIFEST).write_text(json.dumps(manifest))
-    with caplog.at_level(logging.WARNING, logger="retrieval.index_files"):
-        assert load_index(index_dir).langs["en"].index.ntotal == 20
-    assert "no file checksums" in caplog.text and "rerun xel-nn build" in caplog.text
+    with pytest.raises(RetrievalError, match=r"format_version .* this xel reads \[2, 3\]; rerun xel-nn build"):
+        load_index(index_dir)
+
+
+def test_an_index_claiming_format_2_is_still_checksummed(index_dir) -> None:
+    _flip_byte(index_dir / "index-en.faiss", 60)
+    manifest = json.loads((index_dir / INDEX_MANIFEST).read_text())
+    manifest["format_version"] = 2
+    (index_dir / INDEX_MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(RetrievalError, match="index-en.faiss: sha256"):
+        load_index(index_dir)
+
+
+def test_an_index_whose_language_is_a_path_is_refused(index_dir) -> None:
+    manifest = json.loads((index_dir / INDEX_MANIFEST).read_text())
+    manifest["langs"]["../../x"] = manifest["langs"].pop("en")
+    (index_dir / INDEX_MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(RetrievalError, match="language '../../x' is not an ISO 639-1 code"):
+        load_index(index_dir)
 
 
 # ------------------------------------------------------------------------------------------ (c) feature stores

@@ -91,8 +91,15 @@ def test_run_that_dies_is_resumed_by_the_same_command(tiny_store, tiny_data, tin
     out = tmp_path / "h5"
     monkeypatch.setenv("XEL_FAULT_SHARD", "mc:2:written")  # no marker: the actor dies on every retry
     with pytest.raises(PrecomputeError, match="rerun the same command"):
-        run(_cfg(tiny_data, tiny_model_dir, out, shard_size=3))
+        run(_cfg(tiny_data, tiny_model_dir, out, shard_size=3, actors=2, cpus_per_actor=1))
     assert not (out / "manifest.json").exists()
+    import time
+
+    for _ in range(50):  # the other actor, alive, was killed too: the shared Ray has all its CPUs back (15.14)
+        if ray_session.available_resources().get("CPU") == 2:
+            break
+        time.sleep(0.1)
+    assert ray_session.available_resources().get("CPU") == 2, ray_session.available_resources()
     with pytest.raises(StoreError, match="did not finish"):
         open_store(out)
     monkeypatch.delenv("XEL_FAULT_SHARD")
@@ -145,6 +152,8 @@ def test_cli_writes_a_store_and_prints_a_summary(tiny_data, tiny_model_dir, tmp_
                                        "--dtype", "fp32", "--shard-size", "4"])
     assert result.exit_code == 0, result.output
     assert "ms" in result.output and "NIL rate" in result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines() if line[:2] in ("en", "de", "ru")}
+    assert rows["de"].endswith("links to the en KB") and rows["en"].endswith("5 entities"), result.output
     assert open_store(out).count("ms") == len(MENTIONS)
 
 
@@ -153,12 +162,26 @@ def test_cli_help_explains():
     assert result.exit_code == 0 and "--max-tokens-per-batch" in result.output and "resumable" in result.output
 
 
-def _bad(mention_patch=None, kb=None, raw_mentions=None):
+def _bad(mention_patch=None, kb=None, raw_mentions=None, files=None):
+    """(kb records or raw bytes, mention records or raw bytes, {extra file name: bytes, or None for a directory})."""
     mentions = [dict(m) for m in MENTIONS]
     if mention_patch:
         mentions[0].update(mention_patch)
         mentions[0] = {k: v for k, v in mentions[0].items() if v != "<drop>"}
-    return (KB if kb is None else kb), raw_mentions if raw_mentions is not None else mentions
+    return (KB if kb is None else kb), raw_mentions if raw_mentions is not None else mentions, files or {}
+
+
+def _ascii_jsonl(records: list[dict]) -> bytes:
+    """JSONL with every non-ASCII character escaped, so that a lone surrogate ("\\ud800") can be written."""
+    return "".join(json.dumps(r, ensure_ascii=True) + "\n" for r in records).encode("ascii")
+
+
+def _patched(patch: dict, records=MENTIONS) -> list[dict]:
+    return [{**records[0], **patch}, *records[1:]]
+
+
+# a sentence whose only character at [4, 5) is a combining acute accent (e + U+0301 = é)
+_COMBINING = "Cafe\u0301 Obama visited Moscow."
 
 
 BAD_INPUTS = [
@@ -177,22 +200,52 @@ BAD_INPUTS = [
     ("unknown-language", _bad({"lang": "english"}), "field 'lang' is 'english'; an ISO 639-1 code"),
     ("bad-type", _bad({"type": "PERSON"}), "field 'type' is 'PERSON'; one of PER, ORG, GPE, LOC, FAC"),
     ("empty-kb", _bad(kb=[]), "the KB is empty"),
+    ("lone-surrogate-in-sentence", _bad(raw_mentions=_ascii_jsonl(_patched({"sentence": "Obama\ud800 visited"}))),
+     "mentions.jsonl:1: field 'sentence' holds a lone surrogate"),
+    ("lone-surrogate-in-id", _bad(raw_mentions=_ascii_jsonl(_patched({"id": "m\udc00"}))),
+     "mentions.jsonl:1: field 'id' holds a lone surrogate"),
+    ("lone-surrogate-in-kb-name", _bad(kb=_ascii_jsonl(_patched({"name": "Obama\ud800"}, KB))),
+     "kb.jsonl:1: field 'name' holds a lone surrogate"),
+    ("huge-integer", _bad(raw_mentions=b'{"id": "m1", "lang": "en", "sentence": "Obama", "start": ' + b"7" * 5000
+                          + b', "end": 5}\n'), "mentions.jsonl:1: invalid JSON (Exceeds the limit"),
+    ("nul-in-id", _bad({"id": "m\x001"}), "mentions.jsonl:1: field 'id' holds a NUL character"),
+    ("span-of-a-combining-mark", _bad({"sentence": _COMBINING, "context": _COMBINING, "start": 4, "end": 5}),
+     "mentions.jsonl:1: field 'start/end' covers '\u0301', which holds no word"),
+    ("span-of-a-zero-width-space", _bad({"sentence": "Barack\u200bObama", "context": None, "start": 6, "end": 7}),
+     "mentions.jsonl:1: field 'start/end' covers '\\u200b', which holds no word"),
+    ("span-of-a-soft-hyphen", _bad({"sentence": "Barack Oba\u00adma", "context": None, "start": 10, "end": 11}),
+     "mentions.jsonl:1: field 'start/end' covers '\\xad', which holds no word"),
+    ("kb-name-of-invisible-characters", _bad(kb=_patched({"name": "\u200b\u00ad"}, KB)),
+     "kb.jsonl:1: field 'name' is '\\u200b\\xad', which holds no word"),
+    ("text-jsonl-is-a-directory", _bad(files={"text.jsonl": None}), "text.jsonl: is a directory; a JSONL file"),
+    ("sentence-over-the-length-limit", _bad({"sentence": "Obama " * 20_000, "context": None}),
+     "field 'sentence' is 120,000 characters long; at most 100,000 are allowed"),
 ]
 
 
 @pytest.mark.parametrize("name,records,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
 def test_bad_input_exits_nonzero_with_a_clear_message_and_writes_nothing(name, records, message, tiny_model_dir,
-                                                                        tmp_path):
-    kb, mentions = records
+                                                                        tmp_path, monkeypatch):
+    kb, mentions, files = records
     data = tmp_path / "data"
-    write_jsonl(data / "kb.jsonl", kb)
-    if isinstance(mentions, bytes):
-        (data / "mentions.jsonl").write_bytes(mentions)
-    else:
-        write_jsonl(data / "mentions.jsonl", mentions)
+    for file_name, content in (("kb.jsonl", kb), ("mentions.jsonl", mentions)):
+        if isinstance(content, bytes):
+            data.mkdir(exist_ok=True)
+            (data / file_name).write_bytes(content)
+        else:
+            write_jsonl(data / file_name, content)
+    for file_name, content in files.items():
+        (data / file_name).mkdir() if content is None else (data / file_name).write_bytes(content)
+    import precompute.run
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started for input that validation must refuse")
+
+    monkeypatch.setattr(precompute.run, "ray_session", no_ray)
     out = tmp_path / "h5"
     result = CliRunner().invoke(main, ["--data", str(data), "--model", str(tiny_model_dir), "--out", str(out)])
     assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert message in result.output, result.output
     assert not out.exists()
 
@@ -204,6 +257,28 @@ def test_model_dir_that_is_not_a_model(tiny_data, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_model_that_needs_custom_code_is_refused_up_front(tiny_data, tiny_model_dir, tmp_path, monkeypatch):
+    """Issue 15.13: an auto_map model once died in the actors after 40 s with a misleading trust_remote_code hint."""
+    import shutil
+
+    import precompute.run
+
+    model = tmp_path / "custom"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_custom.CustomModel"}
+    (model / "config.json").write_text(json.dumps(config))
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started for a model that must be refused up front")
+
+    monkeypatch.setattr(precompute.run, "ray_session", no_ray)
+    result = CliRunner().invoke(main, ["--data", str(tiny_data), "--model", str(model), "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0 and (result.exception is None or isinstance(result.exception, SystemExit))
+    assert "'auto_map'" in result.output and "xel never runs a model's own code" in result.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_out_dir_holding_something_else_is_refused(tiny_data, tiny_model_dir, tmp_path):
     out = tmp_path / "o"
     out.mkdir()
@@ -211,6 +286,23 @@ def test_out_dir_holding_something_else_is_refused(tiny_data, tiny_model_dir, tm
     result = CliRunner().invoke(main, ["--data", str(tiny_data), "--model", str(tiny_model_dir), "--out", str(out)])
     assert result.exit_code != 0 and "holds no xel store" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("config", [b'{"search": {"index": "index/"}, "out": "h5/", "k": 30}\n', b"{not json"])
+def test_a_store_whose_config_another_command_overwrote_is_reported_in_one_message(config, tiny_data, tiny_model_dir,
+                                                                                   tmp_path):
+    """Issue 15.1: `xel-nn candidates --out h5/` once overwrote h5/config.json; the next precompute died with
+    KeyError: 'settings'."""
+    out = tmp_path / "h5"
+    out.mkdir()
+    (out / "config.json").write_bytes(config)
+    (out / "es").mkdir()
+    result = CliRunner().invoke(main, ["--data", str(tiny_data), "--model", str(tiny_model_dir), "--out", str(out)])
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "config.json is" in result.output and "so the store's settings are unknown" in result.output
+    assert f"delete {out}" in result.output
+    assert (out / "config.json").read_bytes() == config
 
 
 def test_bad_kinds_flag():
@@ -229,3 +321,73 @@ def test_run_by_path_shows_help():
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "precompute/run.py", "--help"], capture_output=True, text=True, cwd=root)
     assert out.returncode == 0 and "--data" in out.stdout
+
+
+def test_the_shard_worker_reports_progress_per_batch(tiny_model_dir, tmp_path, monkeypatch):
+    """Issue 15.3: the bar moves per encoded batch: the actor rewrites a progress file after every forward batch."""
+    from precompute.run import build_items
+    from precompute.schema import load_inputs
+    from precompute.worker import ShardProgress, ShardTask, ShardWorker, progress_path, read_progress
+
+    data = tmp_path / "data"
+    write_jsonl(data / "kb.jsonl", KB)
+    write_jsonl(data / "mentions.jsonl", MENTIONS)
+    items = tuple(build_items(load_inputs(data), "ms"))
+    from precompute.encoding import resolve_encoder
+
+    settings = resolve_encoder(tiny_model_dir, prefix="", dtype="fp32", device="cpu", max_tokens_per_batch=64)
+    worker = ShardWorker(settings, threads=1)
+    shard = tmp_path / "h5" / "ms" / "shard-00000.h5"
+    seen: list[int] = []
+    real = ShardProgress.add
+
+    def add_and_look(self, rows):
+        real(self, rows)
+        seen.append(read_progress(shard))
+
+    monkeypatch.setattr(ShardProgress, "add", add_and_look)
+    worker.run(ShardTask("ms", 0, 0, items, "h", str(shard)))
+    assert len(seen) > 2 and seen == sorted(seen) and seen[-1] == len(items), seen
+    assert not progress_path(shard).exists() and shard.is_file()
+
+
+def test_relative_model_or_out_inside_a_ray_job_is_refused_saying_why(tiny_data, tiny_model_dir, tmp_path,
+                                                                      monkeypatch):
+    """Issue 15.2: inside `ray job submit`, relative paths point into the job's uploaded copy of the repo."""
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["--data", str(tiny_data), "--model", "models/e5", "--out", "h5/"])
+    assert result.exit_code != 0 and (result.exception is None or isinstance(result.exception, SystemExit))
+    assert "--model models/e5, --out h5: a relative path inside a Ray job" in result.output
+    assert 'Pass absolute paths, e.g. --model "$PWD/models/e5" --out "$PWD/h5"' in result.output
+    assert not (tmp_path / "h5").exists()
+
+
+SIGTERM_DURING_ENCODING = """
+import os, signal, sys
+import precompute.run
+from precompute.cli import main
+real = precompute.run.execute
+def terminated(*args):
+    os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` once Ray is up and the actors start
+    return real(*args)
+precompute.run.execute = terminated
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_ends_precompute_with_one_line_and_exit_143(tiny_data, tiny_model_dir, tmp_path):
+    """Issue 15.14: SIGTERM once ended precompute with Ray's abort dump and exit -6; 15.3: and no token warning."""
+    import os
+    import signal
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # as a user runs it: Ray's default
+    child = subprocess.run(
+        [sys.executable, "-c", SIGTERM_DURING_ENCODING, "--data", str(tiny_data), "--model", str(tiny_model_dir),
+         "--out", str(tmp_path / "h5"), "--cpus-per-actor", "1"],
+        cwd=root, capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": str(root)})
+    assert child.returncode == 128 + signal.SIGTERM, child.stderr[-3000:]
+    assert "xel-precompute: stopped by SIGTERM; finished shards are kept" in child.stderr
+    assert "Token authentication is enabled" not in child.stderr and "Aborted" not in child.stderr

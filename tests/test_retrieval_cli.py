@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,11 +23,13 @@ def invoke(*args: str):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def test_build_candidates_eval_write_their_files(kb_store, tmp_path):  # noqa: F811
+def test_build_candidates_eval_write_their_files(kb_store, tmp_path, caplog):  # noqa: F811
+    caplog.set_level("INFO", logger="retrieval")
     index, out = tmp_path / "index", tmp_path / "out"
     r = invoke("build", "--features", kb_store.root, "--out", index, "--index", "HNSW32")
     assert r.exit_code == 0, r.output
     assert "es: 40 entities" in r.output
+    assert "building the 'HNSW32' index over 100 'es' rows" in caplog.text  # says what it does (15.3)
     assert {p.name for p in index.iterdir()} >= {"manifest.json", "index-en.faiss", "ids-es.json", "config.json"}
     assert load_index(index).manifest["factory"] == "HNSW32"
 
@@ -38,11 +42,14 @@ def test_build_candidates_eval_write_their_files(kb_store, tmp_path):  # noqa: F
     for name in ("recall.txt", "recall.json", "recall.png", "config.json"):
         assert (out / "cands" / name).stat().st_size > 0
     assert "merged" in r.output and "R@100" in r.output
+    assert "writing candidates (k=5) for 70 mentions" in caplog.text
 
     r = invoke("eval", "--index", index, "--features", kb_store.root, "--out", out / "eval", "--k", "10")
     assert r.exit_code == 0, r.output
     preds = read_predictions(out / "eval" / "predictions.jsonl")
-    assert len(preds) == 70 and set(preds[0]) == {"id", "pred", "score", "candidates"}
+    assert len(preds) == 70 and set(preds[0]) == {"id", "pred", "score", "candidates", "name"}
+    names = {r["id"]: r["name"] for r in kb_store.records("kb")}
+    assert all(p["name"] == names[p["pred"]] for p in preds if p["pred"] is not None)
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert metrics["lang:es"]["n"] == 20 and metrics["lang:es"]["r"] == 1.0  # es mentions sit near their gold
     assert metrics["lang:es"]["micro"] == 0.8  # the 4 NIL mentions are linked (threshold -1: never NIL)
@@ -120,3 +127,128 @@ def test_query_and_batch_commands(tiny_store, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert [row["id"] for row in rows] == ["a", None] and all(len(row["results"]) == 2 for row in rows)
     assert set(rows[0]["results"][0]) == {"id", "name", "score"}
+
+
+def test_every_command_accepts_h() -> None:
+    from encoder.cli import main as encoder_main
+    from precompute.run import main as precompute_main
+    from retrieval.cli import main as nn_main
+    from train.cli import experiment as experiment_main
+    from train.cli import main as train_main
+
+    for command, argv in ((nn_main, ["-h"]), (nn_main, ["build", "-h"]), (nn_main, ["query", "-h"]),
+                          (encoder_main, ["-h"]), (encoder_main, ["build", "-h"]), (train_main, ["-h"]),
+                          (precompute_main, ["-h"]), (experiment_main, ["-h"])):
+        result = CliRunner().invoke(command, argv)
+        assert result.exit_code == 0 and "Usage:" in result.output, (command.name, argv, result.output)
+
+
+def test_a_moved_model_is_found_with_model_and_the_fingerprint_ignores_the_folder_name(tiny_store, tmp_path):
+    """Issue 15.13: identity by content: a copied or renamed model directory is the same encoder."""
+    import shutil
+
+    from precompute.encoding import encoder_identity
+
+    store = tmp_path / "h5"
+    shutil.copytree(tiny_store, store)
+    manifest = json.loads((store / "manifest.json").read_text())
+    moved = tmp_path / "renamed-model"
+    shutil.copytree(manifest["model"], moved)
+    assert encoder_identity(moved)["fingerprint"] == encoder_identity(manifest["model"])["fingerprint"]
+    manifest["model"] = str(tmp_path / "gone" / "model")  # the model the store names is no longer there
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    index = tmp_path / "index"
+    assert invoke("build", "--features", store, "--out", index).exit_code == 0
+    r = CliRunner().invoke(main, ["query", "--index", str(index), "Obama"])
+    assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), repr(r.exception)
+    assert "pass its new place with --model DIR" in r.output
+    r = invoke("query", "--index", index, "--model", moved, "--k", "2", "Obama")
+    assert r.exit_code == 0 and len(r.output.strip().splitlines()) == 2, r.output
+
+
+# ------------------------------------------------------------------ temp residue, symlinks, full disk (15.9, 15.10)
+
+SIGTERM_DURING_BUILD = """
+import os, signal, sys, time
+import retrieval.index_files
+from retrieval.cli import main
+real = retrieval.index_files.write_faiss
+def write_then_terminated(index, path):
+    result = real(index, path)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+    return result
+retrieval.index_files.write_faiss = write_then_terminated
+main(sys.argv[1:])
+"""
+
+
+def test_sigterm_during_build_leaves_no_temp_and_stale_temps_are_removed_by_the_next_build(kb_store, tmp_path):  # noqa: F811
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "index"
+    child = subprocess.run([sys.executable, "-c", SIGTERM_DURING_BUILD, "build", "--features", str(kb_store.root),
+                            "--out", str(out)], cwd=root, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(root)})
+    assert child.returncode == 128 + signal.SIGTERM, child.stderr
+    assert not out.exists() and not list(tmp_path.glob(".index.*")), list(tmp_path.iterdir())
+    legacy = tmp_path / ".index.ab12cd34.tmp"  # as a build killed by SIGKILL (or an older xel) left it
+    dead_pid = tmp_path / ".index.999999999.ab12cd34.tmp"
+    for stale in (legacy, dead_pid):
+        stale.mkdir()
+        (stale / "index-en.faiss").write_bytes(b"x" * 1000)
+    assert invoke("build", "--features", kb_store.root, "--out", out).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "h5") == ["index"]
+
+
+def test_build_into_a_symlinked_out_works_and_overwrites(kb_store, tmp_path):  # noqa: F811
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    r = invoke("build", "--features", kb_store.root, "--out", link)
+    assert r.exit_code == 0, r.output
+    r = invoke("build", "--features", kb_store.root, "--out", link, "--overwrite", "--index", "HNSW32")
+    assert r.exit_code == 0, r.output
+    assert link.is_symlink() and load_index(link).manifest["factory"] == "HNSW32"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "h5") == ["link", "real"]
+
+
+def test_a_full_disk_during_build_is_one_message_and_the_old_index_stays(kb_store, tmp_path, monkeypatch):  # noqa: F811
+    import errno
+
+    import retrieval.index_files
+
+    out = tmp_path / "index"
+    assert invoke("build", "--features", kb_store.root, "--out", out).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full(index, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(retrieval.index_files, "write_faiss", full)
+    r = CliRunner().invoke(main, ["build", "--features", str(kb_store.root), "--out", str(out), "--overwrite"])
+    assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), repr(r.exception)
+    assert "No space left on device" in r.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "h5") == ["index"]
+
+
+def test_outputs_follow_the_umask(kb_store, tmp_path):  # noqa: F811
+    """Issue 15.14: files were created 0600 and directories 0700 (mkstemp/mkdtemp) whatever the umask."""
+    import stat
+
+    from precompute.store import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        assert invoke("build", "--features", kb_store.root, "--out", tmp_path / "index").exit_code == 0
+        atomic_write_bytes(tmp_path / "f.json", b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "index").stat().st_mode) == 0o755
+    for path in [tmp_path / "f.json", *(tmp_path / "index").iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

@@ -154,6 +154,9 @@ def test_damaged_resume_state_is_refused(store, tmp_path, interrupts) -> None:
     (out / RESUME_TENSORS).write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=rf"{RESUME_TENSORS}: the sha256 .* rerun without --resume"):
         run(cfg.with_(resume=True))
+    import shutil
+
+    shutil.rmtree(out)  # a rerun over an earlier run is written beside it (train.run); this one starts afresh
     interrupts.kill_after["run"] = 2
     with pytest.raises(Killed):
         run(cfg)
@@ -176,3 +179,65 @@ def test_sigkilled_cli_run_resumes_to_the_same_result(store, tmp_path) -> None:
     resumed = CliRunner().invoke(main, [*flags, "--out", str(killed), "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert_same_run(tmp_path / "whole", killed)
+
+
+def _tamper_tensors(out: Path, change) -> None:
+    """Change resume.safetensors with ``change(tensors)`` and record the new tensors' sha256 where a careful forger
+    would: in the file's metadata and in resume.json, so that only a check of the content can tell."""
+    from train.checkpoint import read_tensors, write_tensors
+
+    tensors, meta = read_tensors(out / RESUME_TENSORS)
+    change(tensors)
+    meta.pop("tensors_sha256")
+    digest = write_tensors(out / RESUME_TENSORS, tensors, meta)
+    state = json.loads((out / RESUME_STATE).read_text())
+    state["tensors_sha256"] = digest
+    (out / RESUME_STATE).write_text(json.dumps(state))
+
+
+def _tamper_state(out: Path, change) -> None:
+    state = json.loads((out / RESUME_STATE).read_text())
+    change(state)
+    (out / RESUME_STATE).write_text(json.dumps(state))
+
+
+def _nan_weights(tensors) -> None:
+    name = next(k for k in sorted(tensors) if k.startswith("model.") and tensors[k].is_floating_point())
+    tensors[name] = tensors[name].clone().fill_(float("nan"))
+
+
+def _wrong_optimizer_shape(tensors) -> None:
+    name = next(k for k in sorted(tensors) if k.startswith("optimizer.") and k.endswith(".exp_avg"))
+    tensors[name] = tensors[name].reshape(-1)[:1].clone()
+
+
+TAMPERED = [
+    ("nan-weights", lambda out: _tamper_tensors(out, _nan_weights), "holds NaN or infinite values"),
+    ("nan-best-weights", lambda out: _tamper_tensors(out, lambda t: t.update(
+        {k: v.clone().fill_(float("inf")) for k, v in t.items() if k.startswith("best.") and v.is_floating_point()})),
+     "holds NaN or infinite values"),
+    ("optimizer-state-shape", lambda out: _tamper_tensors(out, _wrong_optimizer_shape), "has shape"),
+    ("no-rng-tensor", lambda out: _tamper_tensors(out, lambda t: t.pop("rng.trainer")), "'rng.trainer' is missing"),
+    ("no-best", lambda out: _tamper_state(out, lambda s: s.pop("best")), "field 'best' is missing"),
+    ("no-config", lambda out: _tamper_state(out, lambda s: s.pop("config")), "field 'config' is missing"),
+    ("no-rng-field-best-epoch", lambda out: _tamper_state(out, lambda s: s["best"].pop("epoch")),
+     "field 'best.epoch' is missing"),
+    ("best-epoch-out-of-range", lambda out: _tamper_state(out, lambda s: s["best"].update(epoch=7)),
+     "field 'best.epoch' is 7"),
+]
+
+
+@pytest.mark.parametrize("name,tamper,message", TAMPERED, ids=[t[0] for t in TAMPERED])
+def test_a_forged_resume_state_is_refused_in_one_message(name, tamper, message, store, tmp_path, interrupts) -> None:
+    """Issue 15.12: a resume state with its hashes recomputed is still checked: keys, shapes and finiteness."""
+    out = tmp_path / "run"
+    cfg = TrainConfig(features=str(store), out=str(out), **{**SETTINGS, "epochs": 3})
+    interrupts.kill_after["run"] = 1
+    with pytest.raises(Killed):
+        run(cfg)
+    tamper(out)
+    result = CliRunner().invoke(main, ["--config", str(out / "config.json"), "--resume"])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert message in result.output and "rerun without --resume" in result.output, result.output
+    assert not (out / "metrics.json").exists()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 
 from tests.train_fixtures import synthetic_store
-from train.config import TrainConfig
+from train.config import ConfigError, TrainConfig
 from train.data import load_kb, load_mentions
 from train.fit import fit
 from train.prepare import Prepared, prepare
@@ -88,3 +89,121 @@ def test_seeds_report_mean_and_std_and_search_picks_by_dev(tmp_path) -> None:
     assert summary["config"]["lr"] == best["lr"]
     saved = json.loads((out / "search.json").read_text())
     assert [t["dev_f1"] for t in saved] == [t["dev_f1"] for t in summary["search"]]
+
+
+# --------------------------------------------------------------------------- a run directory holds one run (15.8)
+
+
+def _files(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+class Killed(BaseException):
+    """Stands in for a SIGKILL in the middle of writing a run's outputs."""
+
+
+def test_a_different_config_into_a_finished_run_is_refused_and_overwrite_replaces_it(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from train.cli import main
+
+    store = synthetic_store(tmp_path / "s", langs={"en": 60})
+    out = tmp_path / "run"
+    flags = ["--features", str(store), "--out", str(out), "--hs-sizes", "32", "--hc-sizes", "32", "--final-sizes", "16",
+             "--threads", "1", "--no-plots"]
+    assert CliRunner().invoke(main, [*flags, "--epochs", "1"]).exit_code == 0
+    before = _files(out)
+    epochs_before = len(json.loads((out / "metrics.json").read_text())["epochs"])
+    result = CliRunner().invoke(main, [*flags, "--epochs", "2"])
+    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "holds a run with another config (epochs: 1 -> 2)" in result.output and "--overwrite" in result.output
+    assert _files(out) == before
+    result = CliRunner().invoke(main, [*flags, "--epochs", "2", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+    assert len(json.loads((out / "metrics.json").read_text())["epochs"]) == epochs_before + 1
+    assert not list(tmp_path.glob(".run.*.tmp"))
+
+
+def test_a_rerun_killed_while_writing_leaves_the_old_run_whole(tmp_path, monkeypatch) -> None:
+    import train.run
+
+    store = synthetic_store(tmp_path / "s", langs={"en": 60})
+    cfg = TrainConfig(features=str(store), out=str(tmp_path / "run"), epochs=2, **FAST)
+    run(cfg)
+    before = _files(tmp_path / "run")
+    real = train.run.write_fit
+
+    def write_then_die(result, test, out, *args):
+        (out / "metrics.json").write_text("{}")  # half of the new outputs written
+        raise Killed
+
+    monkeypatch.setattr(train.run, "write_fit", write_then_die)
+    with pytest.raises(ConfigError, match="holds a run with another config"):
+        run(cfg.with_(seed=1))
+    with pytest.raises(Killed):
+        run(cfg)  # the same config reruns ...
+    with pytest.raises(Killed):
+        run(cfg.with_(seed=1), overwrite=True)  # ... and so does another one with overwrite
+    assert _files(tmp_path / "run") == before
+    monkeypatch.setattr(train.run, "write_fit", real)
+    run(cfg)  # and the next run removes what the killed one left beside it
+    assert not list(tmp_path.glob(".run.*.tmp"))
+
+
+def test_xel_train_help_shows_the_defaults_and_accepts_h() -> None:
+    from click.testing import CliRunner
+
+    from train.cli import main
+
+    result = CliRunner().invoke(main, ["-h"])
+    assert result.exit_code == 0, result.output
+    import re
+
+    defaults = TrainConfig(features="x")
+    for flag, value in (("--lr", defaults.lr), ("--epochs", defaults.epochs), ("--batch-size", defaults.batch_size),
+                        ("--dropout", defaults.dropout), ("--negatives", defaults.negatives),
+                        ("--margin", defaults.margin), ("--seed", defaults.seed)):
+        entry = re.search(rf"^  {flag} [A-Z]+(.*?)(?=^  -)", result.output, re.MULTILINE | re.DOTALL)
+        assert entry and f"[default: {value}]" in " ".join(entry.group(1).split()), (flag, result.output)
+    text = " ".join(result.output.split())
+    assert "--features DIRECTORY training store (xel-precompute --out) [required" in text
+
+
+def test_a_full_disk_is_one_message_and_the_earlier_run_stays(tmp_path, monkeypatch) -> None:
+    import errno
+
+    from click.testing import CliRunner
+
+    import train.run
+    from train.cli import main
+
+    store = synthetic_store(tmp_path / "s", langs={"en": 60})
+    out = tmp_path / "run"
+    flags = ["--features", str(store), "--out", str(out), "--epochs", "1", "--hs-sizes", "32", "--hc-sizes", "32",
+             "--final-sizes", "16", "--threads", "1", "--no-plots"]
+    assert CliRunner().invoke(main, flags).exit_code == 0
+    before = _files(out)
+
+    def full(result, test, run_dir, *args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run_dir / "model.safetensors"))
+
+    monkeypatch.setattr(train.run, "write_fit", full)
+    result = CliRunner().invoke(main, flags)
+    assert result.exit_code == 1 and (result.exception is None or isinstance(result.exception, SystemExit))
+    assert "model.safetensors: No space left on device" in result.output
+    assert _files(out) == before and not list(tmp_path.glob(".run.*.tmp"))
+
+
+def test_plots_name_the_setting_and_seed_and_say_that_prf_pools_languages(tmp_path, monkeypatch) -> None:
+    import matplotlib.axes
+
+    titles: list[str] = []
+    real = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, text, *a, **k: (titles.append(text),
+                                                                                    real(ax, text, *a, **k))[1])
+    store = synthetic_store(tmp_path / "s", langs={"en": 60, "de": 20})
+    run(TrainConfig(features=str(store), out=str(tmp_path / "run"), epochs=1, adversarial=True, seed=3,
+                    **{**FAST, "plots": True}))
+    assert len(titles) == 3 and all(t.startswith("train en+A, seed 3: ") for t in titles), titles
+    assert "all evaluated mentions pooled (de, en)" in titles[1]

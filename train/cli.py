@@ -9,6 +9,7 @@ parse into one :class:`~train.experiment.ExperimentConfig` for :func:`train.expe
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,12 @@ import click
 
 from precompute.run import PrecomputeError
 from precompute.schema import InputError
-from precompute.store import StoreError
+from precompute.store import StoreError, exit_on_sigterm
 from retrieval.files import CandidatesError
 from retrieval.metrics import format_table
 from train.checkpoint import CheckpointError
 from train.config import (
     ADV_MODES,
-    DEFAULT_FEATURE_GROUPS,
     FEATURE_GROUPS,
     LOSSES,
     NIL_SCORES,
@@ -51,71 +51,95 @@ def _sizes(value: str | None, flag: str) -> tuple[int, ...] | None:
         raise click.BadParameter(f"{value!r}: expected comma-separated layer sizes, e.g. 512,256", param_hint=flag)
 
 
-@click.command(context_settings={"show_default": True})
-@click.option("--features", type=click.Path(file_okay=False), help="training store (xel-precompute --out)")
+def _shown(name: str) -> str:
+    """The default of TrainConfig field ``name`` as ``--help`` shows it (flags default to None, so that a --config
+    file's value is kept when the flag is not given)."""
+    field = next(f for f in fields(TrainConfig) if f.name == name)
+    value = field.default
+    if isinstance(value, tuple):
+        return ",".join(str(x) for x in value) if value else "all"
+    return "off" if value is False else "on" if value is True else str(value)
+
+
+def option(*decls: str, name: str | None = None, **kwargs: Any):
+    """A click option whose ``--help`` shows the TrainConfig default of the field it sets."""
+    field = name or decls[-1].lstrip("-").split("/")[0].replace("-", "_")
+    shown = f"[default: {_shown(field)}]"
+    kwargs["help"] = f"{kwargs['help']}  {shown}" if kwargs.get("help") else shown
+    return click.option(*decls, **kwargs)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--features", type=click.Path(file_okay=False),
+              help="training store (xel-precompute --out)  [required unless --config names it]")
 @click.option("--out", type=click.Path(file_okay=False), help="run directory  [default: runs/train]")
+@click.option("--overwrite", is_flag=True,
+              help="replace a finished run in --out that has another config (it is kept until the new one is complete)")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
               help="JSON config (a previous run's config.json); flags override it")
-@click.option("--eval-features", type=click.Path(file_okay=False), help="evaluation store (default: --features)")
-@click.option("--candidates", type=click.Path(dir_okay=False), help="default: <features>/candidates.jsonl")
-@click.option("--eval-candidates", type=click.Path(dir_okay=False), help="default: <eval-features>/candidates.jsonl")
-@click.option("--train-lang", help="comma-separated training languages (default: en if present, else all)")
-@click.option("--eval-lang", help="comma-separated evaluation languages (default: all of the eval store)")
-@click.option("--scorer", type=click.Choice(SCORERS),
-              help="residual (default): cos(ms, es) + a learned correction that starts at zero (= nn); "
-                   "paper: the paper's ranker as published")
-@click.option("--feature-groups",
-              help=f"residual scorer inputs, comma-separated subset of {','.join(FEATURE_GROUPS)} "
-                   f"(default: {','.join(DEFAULT_FEATURE_GROUPS)})")
+@click.option("--eval-features", type=click.Path(file_okay=False), help="evaluation store  [default: --features]")
+@click.option("--candidates", type=click.Path(dir_okay=False),
+              help="candidates.jsonl from xel-nn candidates  [default: <features>/candidates.jsonl, else the "
+              "mentions' own candidates]")
+@click.option("--eval-candidates", type=click.Path(dir_okay=False), help="[default: <eval-features>/candidates.jsonl]")
+@click.option("--train-lang", help="comma-separated training languages  [default: en if present, else all]")
+@click.option("--eval-lang", help="comma-separated evaluation languages  [default: all of the eval store]")
+@option("--scorer", type=click.Choice(SCORERS),
+        help="residual: cos(ms, es) + a learned correction that starts at zero (= nn); "
+             "paper: the paper's ranker as published")
+@option("--feature-groups", help=f"residual scorer inputs, comma-separated subset of {','.join(FEATURE_GROUPS)}")
 @click.option("--loss", type=click.Choice(LOSSES),
               help="hinge against the best of --negatives (paper's default) or listwise softmax over all "
                    "candidates (residual's default)")
-@click.option("--temperature", type=float, help="softmax loss temperature (default 0.05)")
-@click.option("--weight-decay", type=float, help="Adam weight decay (default 0)")
-@click.option("--hs-sizes", help="hs layer sizes, e.g. 512,256 (default 256)")
-@click.option("--hc-sizes", help="hc layer sizes (default 256)")
-@click.option("--final-sizes", help="final MLP layer sizes (default 128,64)")
-@click.option("--dropout", type=float)
-@click.option("--lr", type=float)
-@click.option("--epochs", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--negatives", type=int, help="random negatives per mention in the hinge loss")
-@click.option("--margin", type=float, help="hinge margin epsilon")
-@click.option("--max-candidates", type=int, help="keep the first K candidates of each mention")
-@click.option("--adversarial/--no-adversarial", default=None, help="+A: the adversarial language classifier")
-@click.option("--adv-mode", type=click.Choice(ADV_MODES),
-              help="+A objective: alternating (Algorithm 1, default), grl (gradient reversal), uniform (push the "
-                   "language posterior to uniform)")
-@click.option("--shared-size", type=int, help="width of the shared layer hs0 (+A)")
-@click.option("--lambda", "lambda_adv", type=float, help="weight of the language loss (paper: 0.25 TAC, 0.01 Wiki)")
-@click.option("--adv-steps", type=int, help="adversarial steps per epoch (y)")
-@click.option("--adv-epochs", type=int, help="stop the adversarial step after N epochs")
-@click.option("--adv-batch-size", type=int)
-@click.option("--popularity/--no-popularity", default=None, help="+P: KB cross-link popularity")
-@click.option("--popularity-missing", type=click.Choice(POPULARITY_MISSING), help="entries with links: null")
-@click.option("--popularity-source", type=click.Choice(POPULARITY_SOURCES),
-              help="+P counts: the KB's links (default) or gold links among the training mentions")
-@click.option("--nil-threshold", type=float, help="NIL when every candidate scores below it (default -1)")
-@click.option("--tune-nil/--no-tune-nil", default=None, help="pick the NIL threshold on dev")
+@option("--temperature", type=float, help="softmax loss temperature")
+@option("--weight-decay", type=float, help="Adam weight decay")
+@option("--hs-sizes", help="hs layer sizes, e.g. 512,256")
+@option("--hc-sizes", help="hc layer sizes")
+@option("--final-sizes", help="final MLP layer sizes")
+@option("--dropout", type=float)
+@option("--lr", type=float)
+@option("--epochs", type=int)
+@option("--batch-size", type=int)
+@option("--negatives", type=int, help="random negatives per mention in the hinge loss")
+@option("--margin", type=float, help="hinge margin epsilon")
+@option("--max-candidates", type=int, help="keep the first K candidates of each mention")
+@option("--adversarial/--no-adversarial", default=None, help="+A: the adversarial language classifier")
+@option("--adv-mode", type=click.Choice(ADV_MODES),
+        help="+A objective: alternating (Algorithm 1), grl (gradient reversal), uniform (push the "
+             "language posterior to uniform)")
+@option("--shared-size", type=int, help="width of the shared layer hs0 (+A)")
+@option("--lambda", "lambda_adv", name="lambda_adv", type=float,
+        help="weight of the language loss (paper: 0.25 TAC, 0.01 Wiki)")
+@option("--adv-steps", type=int, help="adversarial steps per epoch (y)")
+@click.option("--adv-epochs", type=int, help="stop the adversarial step after N epochs  [default: never]")
+@option("--adv-batch-size", type=int)
+@option("--popularity/--no-popularity", default=None, help="+P: KB cross-link popularity")
+@option("--popularity-missing", type=click.Choice(POPULARITY_MISSING), help="entries with links: null")
+@option("--popularity-source", type=click.Choice(POPULARITY_SOURCES),
+        help="+P counts: the KB's links or gold links among the training mentions")
+@option("--nil-threshold", type=float, help="NIL when every candidate scores below it")
+@option("--tune-nil/--no-tune-nil", default=None, help="pick the NIL threshold on dev")
 @click.option("--nil-score", type=click.Choice(NIL_SCORES),
               help="compare the NIL threshold with the best score (model; paper's default) or with cos(ms, es) of "
                    "the best candidate (cosine; residual's default)")
-@click.option("--dev-fraction", type=float, help="held-out training mentions for epoch selection (default 0.1)")
-@click.option("--test-fraction", type=float, help="held-out test share of a language both trained and evaluated")
-@click.option("--equalize/--no-equalize", default=None, help="downsample training languages to the smallest")
-@click.option("--train-size", type=int, help="downsample each training language to N mentions")
-@click.option("--seed", type=int)
-@click.option("--seeds", type=int, help="train seeds seed..seed+N-1 and report mean and std")
-@click.option("--search", type=int, help="random search over Table 3 with N trials (Ray tasks when Ray is up)")
-@click.option("--threads", type=int, help="torch CPU threads (0: all available cores)")
-@click.option("--plots/--no-plots", default=None)
-@click.option("--resume/--no-resume", default=None,
-              help="continue each seed after the last epoch saved in --out (same config required)")
+@option("--dev-fraction", type=float, help="held-out training mentions for epoch selection")
+@option("--test-fraction", type=float, help="held-out test share of a language both trained and evaluated")
+@option("--equalize/--no-equalize", default=None, help="downsample training languages to the smallest")
+@click.option("--train-size", type=int, help="downsample each training language to N mentions  [default: all]")
+@option("--seed", type=int)
+@option("--seeds", type=int, help="train seeds seed..seed+N-1 and report mean and std")
+@option("--search", type=int, help="random search over Table 3 with N trials (Ray tasks when Ray is up)")
+@option("--threads", type=int, help="torch CPU threads (0: all available cores, at most 16)")
+@option("--plots/--no-plots", default=None)
+@option("--resume/--no-resume", default=None,
+        help="continue each seed after the last epoch saved in --out (same config required)")
+
 @click.option("-v", "--verbose", is_flag=True)
-def main(config_file: str | None, verbose: bool, **flags: Any) -> None:
+def main(config_file: str | None, verbose: bool, overwrite: bool, **flags: Any) -> None:
     """Train the pointwise ranker (+A adversarial language objective, +P popularity) and evaluate it."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    exit_on_sigterm()
     for name in ("train_lang", "eval_lang", "feature_groups"):
         flags[name] = _langs(flags[name])
     for name in ("hs_sizes", "hc_sizes", "final_sizes"):
@@ -127,9 +151,13 @@ def main(config_file: str | None, verbose: bool, **flags: Any) -> None:
             raise click.UsageError("--features is required (or a --config with 'features')")
         values.setdefault("out", "runs/train")
         cfg = TrainConfig.from_dict(values)
-        summary = run(cfg)
+        summary = run(cfg, overwrite=overwrite)
     except (ConfigError, DataError, StoreError, CandidatesError, CheckpointError) as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:  # a full disk, a read-only filesystem: the run directory keeps its earlier state
+        where = e.filename or values.get("out")
+        raise click.ClickException(f"{where}: {e.strerror or e}; free space or pass an --out you can write to "
+                                   "(an earlier run there is left as it was)") from None
     title = f"test at the chosen epoch {summary['best_epoch']}, NIL threshold {summary['nil_threshold']}"
     if cfg.seeds > 1:
         title += f" (mean of {cfg.seeds} seeds)"

@@ -150,7 +150,7 @@ def finished_run(cfg: TrainConfig) -> dict[str, Any] | None:
 
 def _train_one(train_cfg: TrainConfig) -> dict[str, Any]:
     logging.getLogger("train").setLevel(logging.WARNING)
-    summary = run_train(train_cfg)
+    summary = run_train(train_cfg, overwrite=True)  # the experiment owns its run directories
     out = Path(train_cfg.out)
     atomic_write_json(out / "inputs.json", run_inputs(train_cfg))
     atomic_write_json(out / "summary.json", summary)

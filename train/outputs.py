@@ -26,13 +26,13 @@ def run_metrics(result: FitResult) -> dict[str, Any]:
             "epochs": result.history}
 
 
-def write_fit(result: FitResult, test: Mentions, out: Path, plots: bool) -> None:
+def write_fit(result: FitResult, test: Mentions, out: Path, plots: bool, title: str = "") -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "metrics.json", run_metrics(result))
     write_predictions(out / "predictions.jsonl", prediction_rows(result.test_ranked, test, result.nil_threshold))
     save_checkpoint(result.model, out / CHECKPOINT)
     if plots:
-        plot_run(result.history, result.test, out)
+        plot_run(result.history, result.test, out, title or f"seed {result.seed}")
 
 
 def mean_std(results: list[dict[str, dict[str, float]]]) -> tuple[dict[str, dict[str, float]], dict]:

@@ -11,7 +11,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_run(history: list[dict[str, Any]], test: dict[str, dict[str, float]], out: Path) -> list[Path]:
+def plot_run(
+    history: list[dict[str, Any]], test: dict[str, dict[str, float]], out: Path, title: str = ""
+) -> list[Path]:
+    """``loss.png``, ``prf.png`` and ``languages.png`` in ``out``; ``title`` (the run's setting and seed) heads each."""
+    head = f"{title}: " if title else ""
+    evaluated = ", ".join(sorted(k.split(":", 1)[1] for k in test if k.startswith("lang:")))
     epochs = [h["epoch"] for h in history]
     paths = [out / "loss.png", out / "prf.png", out / "languages.png"]
 
@@ -21,6 +26,7 @@ def plot_run(history: list[dict[str, Any]], test: dict[str, dict[str, float]], o
             ax.plot(epochs, [h[key] for h in history], marker="o", label=key)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
+    ax.set_title(f"{head}training loss", fontsize="medium")
     ax.legend()
     fig.tight_layout()
     fig.savefig(paths[0], dpi=100)
@@ -33,6 +39,8 @@ def plot_run(history: list[dict[str, Any]], test: dict[str, dict[str, float]], o
                 ax.plot(epochs, [h[split]["all"][metric] for h in history], style, label=f"{split} {metric}")
     ax.set_xlabel("epoch")
     ax.set_ylim(0, 1)
+    ax.set_title(f"{head}P/R/F1 of all evaluated mentions pooled ({evaluated}); per language: languages.png",
+                 fontsize="small", wrap=True)
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(paths[1], dpi=100)
@@ -45,7 +53,7 @@ def plot_run(history: list[dict[str, Any]], test: dict[str, dict[str, float]], o
         ax.bar([i + j * width for i in range(len(langs))], [test[g][metric] for g in langs], width, label=metric)
     ax.set_xticks([i + 1.5 * width for i in range(len(langs))], [g.split(":", 1)[1] for g in langs])
     ax.set_ylim(0, 1)
-    ax.set_title("test, chosen epoch")
+    ax.set_title(f"{head}test, chosen epoch", fontsize="medium")
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(paths[2], dpi=100)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,10 @@ def load_resume_state(run_dir: Path, trainer: Trainer, cfg: TrainConfig, seed: i
         state = json.loads(state_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{state_path}: not valid JSON ({e}); {RESTART}") from None
-    if state.get("format") != RESUME_FORMAT:
-        raise CheckpointError(f"{state_path}: format {state.get('format')!r}, this xel reads {RESUME_FORMAT!r}")
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{state_path}: format {found!r}, this xel reads {RESUME_FORMAT!r}; {RESTART}")
+    _check_state_fields(state, state_path, cfg)
     differences = config_differences(state["config"], cfg.to_dict())
     if differences:
         raise ConfigError(f"--resume: {state_path} was written by a run with another config ({'; '.join(differences)}"
@@ -107,18 +110,80 @@ def load_resume_state(run_dir: Path, trainer: Trainer, cfg: TrainConfig, seed: i
         raise CheckpointError(f"{tensors_path} (epoch {meta.get('epoch')}) and {state_path} (epoch {state['epoch']})"
                               f" do not belong together: the run was killed between writing them; {RESTART}")
     where = str(tensors_path)
+    _check_tensors(tensors, trainer, where)
     load_state_dict_strict(trainer.model, _section(tensors, "model."), where)
     best_state = _section(tensors, "best.")
     check_state_fits(trainer.model.state_dict(), best_state, where)
     for name, optimizer in trainer.optimizers().items():
         _load_optimizer(optimizer, _section(tensors, f"{name}."), where, name)
-    trainer.generator.set_state(tensors["rng.trainer"])
-    torch.set_rng_state(tensors["rng.torch"])
+    try:
+        trainer.generator.set_state(tensors["rng.trainer"])
+        torch.set_rng_state(tensors["rng.torch"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{where}: an RNG state is not one torch can restore ({e}); {RESTART}") from None
     best = state["best"]
     log.info("%s: resuming seed %d after epoch %d (best so far: epoch %d)", run_dir, seed, state["epoch"],
              best["epoch"])
     return ResumePoint(state["epoch"], Best(best["key"], best["epoch"], best["threshold"], best_state),
                        state["history"])
+
+
+# resume.json: field -> what it must be
+_STATE_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "epoch": (int, "an epoch number >= 0"), "seed": (int, "an integer"), "config": (dict, "the run's config"),
+    "best": (dict, "{key, epoch, threshold}"), "history": (list, "one entry per finished epoch"),
+    "tensors_sha256": (str, "the sha256 of resume.safetensors' tensors"),
+    "best.key": ((int, float), "a number"), "best.epoch": (int, "a finished epoch"),
+    "best.threshold": ((int, float), "a NIL threshold in [-1, 1]"),
+}
+
+
+def _check_state_fields(state: dict[str, Any], path: Path, cfg: TrainConfig) -> None:
+    """Every field of resume.json present, of its type and in range; else one ``CheckpointError`` naming it."""
+    for name, (kind, allowed) in _STATE_FIELDS.items():
+        container, _, key = name.rpartition(".")
+        holder = state.get(container) if container else state
+        if not isinstance(holder, dict) or key not in holder:
+            raise CheckpointError(f"{path}: field {name!r} is missing ({allowed}); {RESTART}")
+        value = holder[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise CheckpointError(f"{path}: field {name!r} is {str(value)[:60]!r}; {allowed} is required; {RESTART}")
+    epoch, best = state["epoch"], state["best"]
+    problems = {
+        # epochs are numbered from 0; the residual scorer's epoch 0 is its untrained state, so up to cfg.epochs
+        "epoch": not 0 <= epoch <= cfg.epochs, "history": len(state["history"]) != epoch + 1,
+        "best.epoch": not 0 <= best["epoch"] <= epoch, "best.threshold": not -1.0 <= best["threshold"] <= 1.0,
+        "best.key": not math.isfinite(best["key"]),
+    }
+    for name, bad in problems.items():
+        if bad:
+            container, _, key = name.rpartition(".")
+            value = (state[container] if container else state)[key]
+            shown = f"{len(value)} entries" if isinstance(value, list) else repr(value)
+            raise CheckpointError(f"{path}: field {name!r} is {shown}, which does not fit epoch {epoch} of a "
+                                  f"{cfg.epochs}-epoch run; {RESTART}")
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], trainer: Trainer, where: str) -> None:
+    """The RNG states present, every floating tensor finite, every optimizer state tensor shaped as its parameter."""
+    for key in ("rng.trainer", "rng.torch"):
+        if key not in tensors:
+            raise CheckpointError(f"{where}: tensor {key!r} is missing; {RESTART}")
+        if tensors[key].dtype != torch.uint8:
+            raise CheckpointError(f"{where}: tensor {key!r} is {tensors[key].dtype}, an RNG state is uint8; {RESTART}")
+    for key, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{where}: tensor {key!r} holds NaN or infinite values; {RESTART}")
+    for name, optimizer in trainer.optimizers().items():
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for key, value in _section(tensors, f"{name}.").items():
+            param, _, field = key.partition(".")
+            if not param.isdigit() or int(param) >= len(params):
+                raise CheckpointError(f"{where}: {name} state {key!r} names no parameter of this model; {RESTART}")
+            want = () if field == "step" else tuple(params[int(param)].shape)
+            if tuple(value.shape) != want:
+                raise CheckpointError(f"{where}: {name} state {key!r} has shape {tuple(value.shape)}, its parameter "
+                                      f"needs {want}; {RESTART}")
 
 
 def _section(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
