@@ -146,3 +146,61 @@ def test_check_item_accepts_sentence_or_text_and_defaults():
         check_item({"sentence": "a", "text": "a", "start": 0, "end": 1}, "items[0]", "item-0")
     with pytest.raises(LinkError, match=r"items\[3\]: field 'start/end' covers ' '"):
         check_item({"text": "a b", "start": 1, "end": 2}, "items[3]", "item-3")
+
+
+@pytest.fixture(scope="module")
+def service(trained_run):
+    from fastapi.testclient import TestClient
+
+    from link.serve import create_app
+
+    linker = Linker.load(trained_run)
+    with TestClient(create_app(linker, max_items=4, name=str(trained_run))) as client:
+        yield client, linker
+
+
+MOSKAU = {"text": "Wir waren in Moskau im Urlaub.", "start": 13, "end": 19, "lang": "de"}
+
+
+def test_serve_health_and_page(service):
+    client, _ = service
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok" and health.json()["kb_entries"] == 10
+    page = client.get("/")
+    assert page.status_code == 200 and "<textarea" in page.text and '"de"' in page.text and "/link" in page.text
+
+
+def test_serve_links_like_the_linker_and_batches_concurrent_requests(service):
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, linker = service
+    items = [MOSKAU, {"id": "x", "sentence": "Tokyo", "start": 0, "end": 5}]
+    want = [x.to_json() for x in linker.link(items, k=2)]
+    resp = client.post("/link", json={"items": items, "k": 2})
+    assert resp.status_code == 200, resp.text
+    got = resp.json()["links"]
+    assert [g["id"] for g in got] == ["item-0", "x"]
+    assert [g["pred"] for g in got] == [w["pred"] for w in want]
+    assert [[c[0] for c in g["candidates"]] for g in got] == [[c[0] for c in w["candidates"]] for w in want]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: client.post("/link", json={"items": items, "k": 2}), range(16)))
+    assert all(a.status_code == 200 for a in answers)
+    assert all([g["pred"] for g in a.json()["links"]] == [w["pred"] for w in want] for a in answers)
+
+
+@pytest.mark.parametrize("body, status, problem", [
+    (b"{not json", 400, "not JSON"),
+    ([MOSKAU], 422, "must be a JSON object"),
+    ({"items": []}, 422, "a non-empty list"),
+    ({"items": [MOSKAU], "colour": 1}, 422, "'colour' is unknown"),
+    ({"items": [{**MOSKAU, "text": ""}]}, 422, "items[0]: field 'text' is ''"),
+    ({"items": [MOSKAU, {**MOSKAU, "end": 99}]}, 422, "items[1]: field 'start/end' is [13, 99)"),
+    ({"items": [{**MOSKAU, "lang": "xx"}]}, 422, "items[0]: field 'lang' is 'xx'"),
+    ({"items": [MOSKAU] * 5}, 413, "at most 4 per request"),
+    ({"items": [MOSKAU], "k": 0}, 422, "'k' is 0"),
+])
+def test_serve_refuses_bad_requests_with_a_clear_4xx(service, body, status, problem):
+    client, _ = service
+    resp = client.post("/link", content=body) if isinstance(body, bytes) else client.post("/link", json=body)
+    assert resp.status_code == status, resp.text
+    assert problem in resp.json()["detail"]
