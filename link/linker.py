@@ -151,6 +151,20 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
         raise LinkError(f"{path}: not JSON ({e})") from None
 
 
+def resolve_run_path(value: str, run_dir: Path, field: str) -> str:
+    """A path of a run's ``config.json``: as written when it exists from here; a relative one (``xel-experiment``
+    writes them relative to where it ran) is otherwise looked up under each ancestor of the run directory."""
+    path = Path(value)
+    if path.is_absolute() or path.exists():
+        return value
+    for ancestor in run_dir.resolve().parents:
+        if (ancestor / path).exists():
+            log.info("%s/config.json: %s %s resolved to %s", run_dir, field, value, ancestor / path)
+            return str(ancestor / path)
+    raise LinkError(f"{run_dir}/config.json: {field} {value!r} exists neither from {Path.cwd()} nor under any "
+                    "parent of the run directory; run from the directory the run was trained in")
+
+
 def candidate_settings(candidates_file: Path) -> dict[str, Any]:
     """``k``, ``max_prior``, ``train_lang`` and ``kb_lang`` of the ``xel-nn candidates`` run that wrote
     ``candidates_file`` (its ``config.json``)."""
@@ -184,6 +198,9 @@ class Linker:
         cfg = TrainConfig.from_dict(_read_json(run / "config.json", "the run's config is required"))
         if not cfg.candidates:
             raise LinkError(f"{run}/config.json: no 'candidates' file; the linker needs the run's candidate settings")
+        cfg = cfg.with_(**{name: resolve_run_path(getattr(cfg, name), run, name)
+                           for name in ("features", "candidates", "eval_features", "eval_candidates")
+                           if getattr(cfg, name)})
         index_dir = Path(index_dir) if index_dir is not None else Path(cfg.features).parent / "index"
         if not (index_dir / "manifest.json").is_file():
             raise LinkError(f"{index_dir}: no FAISS index (manifest.json); pass the index of {cfg.features} "
