@@ -204,3 +204,15 @@ def test_serve_refuses_bad_requests_with_a_clear_4xx(service, body, status, prob
     resp = client.post("/link", content=body) if isinstance(body, bytes) else client.post("/link", json=body)
     assert resp.status_code == status, resp.text
     assert problem in resp.json()["detail"]
+
+
+def test_relative_run_paths_resolve_under_the_run_directorys_parents(tmp_path, monkeypatch):
+    from link.linker import resolve_run_path
+
+    run = tmp_path / "runs" / "sample" / "train" / "en" / "seed-0"
+    run.mkdir(parents=True)
+    (tmp_path / "runs" / "sample" / "h5").mkdir()
+    monkeypatch.chdir(run)
+    assert resolve_run_path("runs/sample/h5", run, "features") == str(tmp_path / "runs" / "sample" / "h5")
+    with pytest.raises(LinkError, match="features 'runs/other/h5' exists neither"):
+        resolve_run_path("runs/other/h5", run, "features")
