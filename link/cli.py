@@ -9,6 +9,7 @@ import click
 
 from link.batch import LinkConfig, run
 from link.linker import LinkError
+from precompute.encoding import EncodeError
 from precompute.schema import InputError
 from precompute.store import StoreError
 from retrieval.index import RetrievalError
@@ -16,6 +17,9 @@ from retrieval.metrics import format_table
 from train.checkpoint import CheckpointError
 from train.config import ConfigError
 from train.data import DataError
+
+# what a run directory, an index or an input file can be refused with; each message names the file and field
+ERRORS = (LinkError, InputError, EncodeError, StoreError, RetrievalError, CheckpointError, ConfigError, DataError)
 
 
 @click.command(context_settings={"show_default": True})
@@ -38,7 +42,7 @@ def main(verbose: bool, **flags) -> None:
     cfg = LinkConfig(**flags)
     try:
         summary = run(cfg)
-    except (LinkError, InputError, StoreError, RetrievalError, CheckpointError, ConfigError, DataError) as e:
+    except ERRORS as e:
         raise click.ClickException(str(e)) from None
     if summary["metrics"] is not None:
         click.echo(format_table(summary["metrics"], title=f"metrics over the mentions of {cfg.input} with a gold"))

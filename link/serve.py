@@ -36,6 +36,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from link.linker import Item, Link, Linker, LinkError, check_item
 from link.page import PAGE
+from precompute.encoding import EncodeError
 from precompute.schema import ISO_639_1
 
 log = logging.getLogger(__name__)
@@ -102,10 +103,14 @@ class Batcher:
         try:
             links = self.linker.link([it for j in jobs for it in j.items], k=max(j.k for j in jobs),
                                      threshold=threshold)
-        except Exception as e:  # handed to the requests, which answer 500 with its message
-            log.exception("linking a batch of %d requests failed", len(jobs))
-            for j in jobs:
-                j.future.set_exception(e)
+        except Exception as e:  # handed to the requests: 422 for an item the encoder refuses, else 500
+            if len(jobs) > 1:  # one request's bad item must not fail the others batched with it
+                for j in jobs:
+                    self._run([j], threshold)
+                return
+            if not isinstance(e, EncodeError):
+                log.exception("linking a batch of %d items failed", len(jobs[0].items))
+            jobs[0].future.set_exception(e)
             return
         start = 0
         for j in jobs:
@@ -187,6 +192,8 @@ def create_app(linker: Linker, *, max_items: int = MAX_ITEMS, batch_wait_ms: flo
             return JSONResponse({"detail": e.message}, status_code=e.status)
         try:
             links = await asyncio.wrap_future(batcher.submit(items, k, threshold))
+        except EncodeError as e:
+            return JSONResponse({"detail": str(e)}, status_code=422)
         except Exception as e:
             return JSONResponse({"detail": f"linking failed: {e}"}, status_code=500)
         return JSONResponse({"links": [x.to_json() for x in links]})
@@ -210,15 +217,12 @@ def main(model: str, index: str | None, threshold: float | None, host: str, port
     """Serve the trained run --model: POST /link, GET /health, and a page at GET /."""
     import uvicorn
 
-    from precompute.store import StoreError
-    from train.checkpoint import CheckpointError
-    from train.config import ConfigError
-    from train.data import DataError
+    from link.cli import ERRORS
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         linker = Linker.load(model, index_dir=index, threshold=threshold)
-    except (LinkError, StoreError, CheckpointError, ConfigError, DataError) as e:
+    except ERRORS as e:
         raise click.ClickException(str(e)) from None
     uvicorn.run(create_app(linker, max_items=max_items, batch_wait_ms=batch_wait_ms, name=model), host=host,
                 port=port)
