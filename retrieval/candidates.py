@@ -198,13 +198,6 @@ def load_mention_vectors(store, index, langs: Sequence[str] | None = None) -> Me
                           store, index.kind)
 
 
-def dense_search(
-    data: MentionVectors, index, k: int, kb_lang: str | None = None
-) -> tuple[list[str], list[list[tuple[str, float]]]]:
-    """Per mention: its KB language and the top-``k`` ``(kb id, cosine)`` from that KB's index."""
-    return index.search_kbs(data.vectors, [m.lang for m in data.mentions], k, kb_lang)
-
-
 @dataclass
 class CandidateSet:
     data: MentionVectors
@@ -227,33 +220,70 @@ class CandidateSet:
         return recall_table(per_source, [m.gold for m in self.mentions], [m.lang for m in self.mentions], ks)
 
 
+class CandidateGenerator:
+    """The prior, name-match, dense and n-gram sources over one index's KB, built once and asked for any mentions:
+    ``xel-nn candidates`` asks it for a store's mentions, :class:`link.linker.Linker` for new ones. Each KB scope's
+    name matcher and n-gram index is built on first use and kept."""
+
+    def __init__(
+        self, index, kb_records: Sequence[dict], prior: AliasPrior, *, k: int = 30, max_prior: int = 10,
+        kb_lang: str | None = None, dense_k: int = max(RECALL_KS), max_ngram: int = 10,
+    ):
+        self.index, self.kb_records, self.prior = index, list(kb_records), prior
+        self.k, self.max_prior, self.kb_lang, self.dense_k, self.max_ngram = k, max_prior, kb_lang, dense_k, max_ngram
+        self._scopes: dict[str, tuple[NameMatcher, frozenset[str], NgramIndex]] = {}
+
+    def scope(self, scope: str) -> tuple[NameMatcher, frozenset[str], NgramIndex]:
+        """Name matcher, KB ids and n-gram index of the KB entries a scope of ``index.kb_lang_for`` covers."""
+        if scope not in self._scopes:
+            entries = [r for r in self.kb_records if r["lang"] in self.index.scope_langs(scope)]
+            self._scopes[scope] = (NameMatcher(entries), frozenset(r["id"] for r in entries),
+                                   NgramIndex([r["id"] for r in entries], [r["name"] for r in entries]))
+        return self._scopes[scope]
+
+    def sources(
+        self, mentions: Sequence[MentionRef], vectors: np.ndarray
+    ) -> tuple[list[list[tuple[str, float]]], list[list[tuple[str, float]]], list[list[tuple[str, float]]]]:
+        """Per mention (with its unit query vector): its prior, dense and n-gram candidates, each best first."""
+        depth = max(self.k, self.dense_k)
+        kb_langs, dense = self.index.search_kbs(vectors, [m.lang for m in mentions], depth, self.kb_lang)
+        ngram: list[list[tuple[str, float]]] = [[] for _ in mentions]
+        for scope in sorted(set(kb_langs)):
+            rows = [i for i, kl in enumerate(kb_langs) if kl == scope]
+            for i, hits in zip(rows, self.scope(scope)[2].search([mentions[i].surface for i in rows], depth)):
+                ngram[i] = hits
+        priors = []
+        for m, scope in zip(mentions, kb_langs):
+            names, kb_ids, _ = self.scope(scope)
+            priors.append(prior_candidates(m, self.prior, names, kb_ids))
+        return priors, dense, ngram
+
+    def merged(self, prior: Sequence[tuple[str, float]], dense: Sequence[tuple[str, float]],
+               ngram: Sequence[tuple[str, float]]) -> list[Candidate]:
+        return merge(prior, dense, self.k, self.max_prior, ngram, self.max_ngram)
+
+
 def generate_candidates(
     store, index, *, k: int = 30, max_prior: int = 10, train_lang: str = "en", kb_lang: str | None = None,
     langs: Sequence[str] | None = None, dense_k: int = max(RECALL_KS), max_ngram: int = 10,
 ) -> CandidateSet:
     """Prior, dense and merged candidates for every mention of ``store`` (see the module docstring)."""
     data = load_mention_vectors(store, index, langs)
-    prior = AliasPrior([MentionRef.from_record(r) for r in store.records("mentions")], train_lang)
-    kb_records = store.records("kb")
-    kb_langs, dense = dense_search(data, index, max(k, dense_k), kb_lang)
-    scope_records = {scope: [r for r in kb_records if r["lang"] in index.scope_langs(scope)] for scope in set(kb_langs)}
-    matchers = {scope: NameMatcher(records) for scope, records in scope_records.items()}
-    kb_ids = {scope: frozenset(r["id"] for r in records) for scope, records in scope_records.items()}
+    generator = candidate_generator(store, index, k=k, max_prior=max_prior, train_lang=train_lang, kb_lang=kb_lang,
+                                    dense_k=dense_k, max_ngram=max_ngram)
     data.prefetch(kb for m in data.mentions if m.given is not None for kb in m.given)
-    ngram: list[list[tuple[str, float]]] = [[] for _ in data.mentions]
-    for scope in sorted(set(kb_langs)):
-        rows = [i for i, kl in enumerate(kb_langs) if kl == scope]
-        entries = scope_records[scope]
-        found = NgramIndex([r["id"] for r in entries], [r["name"] for r in entries]).search(
-            [data.mentions[i].surface for i in rows], max(k, dense_k))
-        for i, hits in zip(rows, found):
-            ngram[i] = hits
-    priors, merged = [], []
+    priors, dense, ngram = generator.sources(data.mentions, data.vectors)
+    merged = []
     for i, m in enumerate(data.mentions):
-        p = prior_candidates(m, prior, matchers[kb_langs[i]], kb_ids[kb_langs[i]])
-        priors.append(p)
         if m.given is not None:
             merged.append(given_candidates(m.given, data.vectors[i], {kb: data.entity(kb) for kb in m.given}))
         else:
-            merged.append(merge(p, dense[i], k, max_prior, ngram[i], max_ngram))
+            merged.append(generator.merged(priors[i], dense[i], ngram[i]))
     return CandidateSet(data, priors, dense, ngram, merged)
+
+
+def candidate_generator(store, index, *, train_lang: str = "en", **settings: Any) -> CandidateGenerator:
+    """A :class:`CandidateGenerator` over ``store``'s KB whose alias prior counts the store's ``train_lang``
+    training mentions; ``settings`` are its keyword arguments (``k``, ``max_prior``, ...)."""
+    prior = AliasPrior([MentionRef.from_record(r) for r in store.records("mentions")], train_lang)
+    return CandidateGenerator(index, store.records("kb"), prior, **settings)

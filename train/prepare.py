@@ -40,7 +40,20 @@ def _pick(asked: tuple[str, ...], present: list[str], flag: str, store: Store) -
     return tuple(asked)
 
 
-def prepare(cfg: TrainConfig) -> Prepared:
+@dataclass(frozen=True)
+class Loaded:
+    """The stores of a :class:`TrainConfig` and their splits, before the residual scorer's pair features."""
+
+    train_store: Store
+    eval_store: Store
+    splits: Splits
+    train_langs: tuple[str, ...]
+    eval_langs: tuple[str, ...]
+
+
+def load_splits(cfg: TrainConfig) -> Loaded:
+    """Open the stores, load the KB and mentions, split them, and count +P from mentions when asked: what a
+    training run and a :class:`link.linker.Linker` of it share."""
     train_store = open_store(cfg.features)
     same = cfg.eval_features is None or Path(cfg.eval_features).resolve() == Path(cfg.features).resolve()
     eval_store = train_store if same else open_store(cfg.eval_features)
@@ -67,6 +80,13 @@ def prepare(cfg: TrainConfig) -> Prepared:
     )
     if cfg.popularity and cfg.popularity_source == "mentions":
         splits = with_mention_popularity(splits)
+    return Loaded(train_store, eval_store, splits, train_langs, eval_langs)
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
+    loaded = load_splits(cfg)
+    train_store, eval_store, splits = loaded.train_store, loaded.eval_store, loaded.splits
+    train_langs, eval_langs = loaded.train_langs, loaded.eval_langs
     if cfg.scorer == "residual":
         splits = with_pair_features(splits, cfg)
     l2_langs = tuple(x for x in eval_langs if x not in train_langs)
@@ -105,9 +125,14 @@ def with_mention_popularity(splits: Splits) -> Splits:
                   test=_with_kb(splits.test, test_kb))
 
 
+def pair_groups(cfg: TrainConfig) -> list[str]:
+    """The :mod:`train.pairs` groups the residual scorer of ``cfg`` reads, in its order."""
+    return [g for g in cfg.feature_groups if g in PAIR_GROUPS] + (["popularity"] if cfg.popularity else [])
+
+
 def with_pair_features(splits: Splits, cfg: TrainConfig) -> Splits:
     """The residual scorer's pair features (:mod:`train.pairs`) for every split, the prior from train only."""
-    groups = [g for g in cfg.feature_groups if g in PAIR_GROUPS] + (["popularity"] if cfg.popularity else [])
+    groups = pair_groups(cfg)
     prior = training_prior(splits.train)
 
     def add(m: Mentions | None, own_link_out: bool = False) -> Mentions | None:

@@ -1,0 +1,50 @@
+"""``xel-link``: link a JSONL file of mentions with a trained run, e.g.
+``xel-link --model runs/sample/train/en+A/seed-0 --in mentions.jsonl --out links.jsonl``."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from link.batch import LinkConfig, run
+from link.linker import LinkError
+from precompute.encoding import EncodeError
+from precompute.schema import InputError
+from precompute.store import StoreError
+from retrieval.index import RetrievalError
+from retrieval.metrics import format_table
+from train.checkpoint import CheckpointError
+from train.config import ConfigError
+from train.data import DataError
+
+# what a run directory, an index or an input file can be refused with; each message names the file and field
+ERRORS = (LinkError, InputError, EncodeError, StoreError, RetrievalError, CheckpointError, ConfigError, DataError)
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--model", required=True, type=click.Path(file_okay=False, exists=True),
+              help="a trained run directory (config.json, model.safetensors, metrics.json)")
+@click.option("--in", "input", required=True, type=click.Path(dir_okay=False),
+              help="JSONL, one mention a line: {id?, text or sentence, start, end, lang?, context?, gold?}")
+@click.option("--out", "output", required=True, type=click.Path(dir_okay=False), help="the Links file to write")
+@click.option("--k", type=click.IntRange(min=1), default=10, help="candidates kept per mention")
+@click.option("--threshold", type=float, default=None, help="NIL threshold  [default: the run's tuned one]")
+@click.option("--index", type=click.Path(file_okay=False), default=None,
+              help="FAISS index of the run's store  [default: <run root>/index, as xel-experiment lays it out]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, help="mentions encoded and scored at once")
+@click.option("--progress/--no-progress", default=True, help="a progress bar with mentions/s")
+@click.option("-v", "--verbose", is_flag=True)
+def main(verbose: bool, **flags) -> None:
+    """Link every mention of --in with the trained run --model; print metrics when the input has gold links."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    cfg = LinkConfig(**flags)
+    try:
+        summary = run(cfg)
+    except ERRORS as e:
+        raise click.ClickException(str(e)) from None
+    if summary["metrics"] is not None:
+        click.echo(format_table(summary["metrics"], title=f"metrics over the mentions of {cfg.input} with a gold"))
+    click.echo(f"linked {summary['mentions']} mentions ({summary['linked']} to an entity, the rest NIL) in "
+               f"{summary['seconds']:.1f} s; wrote {cfg.output}")

@@ -1,0 +1,299 @@
+"""Link new mentions with a trained run: :class:`Linker` (``xel-link``, ``xel-serve`` and the Python API).
+
+``Linker.load(run_dir)`` reads the run's ``config.json``, ``model.safetensors`` and tuned NIL threshold
+(``metrics.json``); the config names the training store (``features``) and the candidates file, from which the
+encoder (the store manifest), the KB, the FAISS index (``<run root>/index`` as ``xel-experiment`` lays it out, or
+``index_dir=``) and the candidate settings (the ``config.json`` beside the candidates file) are found and checked.
+
+Each item goes through the code paths of the rest of xel, none re-implemented here: the store's own encoder
+(:class:`precompute.encoding.TextEncoder`, ``ms`` and ``mc`` items as precompute builds them), the candidate
+sources of ``xel-nn candidates`` (:class:`retrieval.candidates.CandidateGenerator`), the trainer's splits and alias
+prior for the pair features (:func:`train.prepare.load_splits`, :func:`train.pairs.pair_features`), its scoring,
+tie-breaking and NIL rule (:func:`train.evaluate.rank`, :func:`train.evaluate.predict`).
+``Linker.nn(index_dir)`` is the same API with no model: cos(ms, es) over the same candidates (the nn baseline).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from precompute.encoding import TextEncoder, context_item, mention_item
+from precompute.schema import ISO_639_1
+from precompute.store import Store, StoreError
+from retrieval.candidates import CandidateGenerator, MentionRef, candidate_generator
+from retrieval.files import CANDIDATE_SOURCES
+from retrieval.index import EntityIndex
+from retrieval.index_files import open_index_and_store
+from retrieval.vectors import unit_concat
+from train.checkpoint import load_checkpoint
+from train.config import TrainConfig
+from train.data import KB, Mentions, load_kb
+from train.evaluate import nn_scores, pick_best, predict, rank, with_cosine_nil_score
+from train.model import Ranker
+from train.outputs import CHECKPOINT
+from train.pairs import pair_features, training_prior
+from train.prepare import load_splits, pair_groups
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LANG = "en"
+ITEM_FIELDS = ("id", "text", "sentence", "start", "end", "lang", "context", "gold", "type")
+
+
+class LinkError(ValueError):
+    """An item, run directory or index cannot be used; the message names it, the field and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One mention to link: ``sentence[start:end]`` in language ``lang``; ``context`` defaults to the sentence."""
+
+    id: str
+    sentence: str
+    start: int
+    end: int
+    lang: str = DEFAULT_LANG
+    context: str | None = None
+    gold: str | None = None  # only for metrics (xel-link); never seen by the linker
+    type: str | None = None
+
+    @property
+    def surface(self) -> str:
+        return self.sentence[self.start:self.end]
+
+
+def check_item(record: Any, where: str, default_id: str) -> Item:
+    """An :class:`Item` from ``{id?, text or sentence, start, end, lang?, context?, gold?}``; a bad field raises
+    :class:`LinkError` naming ``where`` (``file:line`` or ``items[i]``), the field and what is allowed."""
+    def fail(field: str, problem: str) -> LinkError:
+        return LinkError(f"{where}: field {field!r} {problem}")
+
+    if not isinstance(record, dict):
+        raise LinkError(f"{where}: expected a JSON object {{text, start, end, lang?, id?, context?}}, got {record!r}")
+    unknown = sorted(set(record) - set(ITEM_FIELDS))
+    if unknown:
+        raise fail(unknown[0], f"is unknown; allowed fields: {', '.join(ITEM_FIELDS)}")
+    if ("text" in record) == ("sentence" in record):
+        raise fail("text", "is missing (or given together with 'sentence'); exactly one of 'text' or 'sentence' "
+                           "(the sentence holding the mention) is required")
+    key = "text" if "text" in record else "sentence"
+    sentence = record[key]
+    if not isinstance(sentence, str) or not sentence.strip():
+        raise fail(key, f"is {sentence!r}; a non-empty string is required")
+    for name in ("start", "end"):
+        value = record.get(name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail(name, f"is {value!r}; an integer character offset into {key!r} is required")
+    start, end = record["start"], record["end"]
+    if not 0 <= start < end <= len(sentence):
+        raise fail("start/end", f"is [{start}, {end}); a non-empty span 0 <= start < end <= {len(sentence)} "
+                                "(character offsets) is required")
+    if not sentence[start:end].strip():
+        raise fail("start/end", f"covers {sentence[start:end]!r}, which holds no word; the span must cover text")
+    lang = record.get("lang", DEFAULT_LANG)
+    if lang not in ISO_639_1:
+        raise fail("lang", f"is {lang!r}; an ISO 639-1 code (en, de, ru, ...) is required")
+    ident = record.get("id", default_id)
+    if not isinstance(ident, str | int) or isinstance(ident, bool) or not str(ident).strip():
+        raise fail("id", f"is {ident!r}; a non-empty string is required")
+    context = record.get("context")
+    if context is not None and (not isinstance(context, str) or not context.strip()):
+        raise fail("context", f"is {context!r}; a non-empty string or null is required")
+    gold = record.get("gold")
+    if gold is not None and not isinstance(gold, str):
+        raise fail("gold", f"is {gold!r}; a KB id string or null (NIL) is required")
+    mtype = record.get("type")
+    if mtype is not None and not isinstance(mtype, str):
+        raise fail("type", f"is {mtype!r}; a string (PER, ORG, ...) or null is required")
+    return Item(str(ident), sentence, start, end, lang, context, gold, mtype)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: str
+    name: str
+    score: float
+    source: str  # retrieval.files.CANDIDATE_SOURCES: prior, dense, ngram
+
+
+@dataclass(frozen=True)
+class Link:
+    """A linked item: the ``k`` best candidates by the linker's score, best first, and the prediction (a KB id,
+    or None for NIL: no candidate, or the NIL score below the threshold)."""
+
+    id: str
+    pred: str | None
+    name: str | None
+    score: float
+    candidates: list[Candidate]
+
+    def to_json(self) -> dict[str, Any]:
+        """A line of the Links file: the predictions contract with entity names, and each candidate's source."""
+        return {"id": self.id, "pred": self.pred, "name": self.name, "score": round(self.score, 6),
+                "candidates": [[c.id, round(c.score, 6), c.name] for c in self.candidates],
+                "sources": [c.source for c in self.candidates]}
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise LinkError(f"{path}: no such file; {what}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise LinkError(f"{path}: not JSON ({e})") from None
+
+
+def resolve_run_path(value: str, run_dir: Path, field: str) -> str:
+    """A path of a run's ``config.json``: as written when it exists from here; a relative one (``xel-experiment``
+    writes them relative to where it ran) is otherwise looked up under each ancestor of the run directory."""
+    path = Path(value)
+    if path.is_absolute() or path.exists():
+        return value
+    for ancestor in run_dir.resolve().parents:
+        if (ancestor / path).exists():
+            log.info("%s/config.json: %s %s resolved to %s", run_dir, field, value, ancestor / path)
+            return str(ancestor / path)
+    raise LinkError(f"{run_dir}/config.json: {field} {value!r} exists neither from {Path.cwd()} nor under any "
+                    "parent of the run directory; run from the directory the run was trained in")
+
+
+def candidate_settings(candidates_file: Path) -> dict[str, Any]:
+    """``k``, ``max_prior``, ``train_lang`` and ``kb_lang`` of the ``xel-nn candidates`` run that wrote
+    ``candidates_file`` (its ``config.json``)."""
+    cfg = _read_json(candidates_file.parent / "config.json",
+                     f"the config.json that xel-nn candidates writes beside {candidates_file.name}")
+    return {"k": cfg["k"], "max_prior": cfg["max_prior"], "train_lang": cfg["train_lang"],
+            "kb_lang": cfg["search"].get("kb_lang")}
+
+
+class Linker:
+    """See the module docstring. Not thread-safe: one :meth:`link` at a time (``xel-serve`` serialises them)."""
+
+    def __init__(
+        self, *, store: Store, index: EntityIndex, encoder: TextEncoder, kb: KB, generator: CandidateGenerator,
+        model: Ranker | None, pair_prior: Any, groups: Sequence[str], max_candidates: int, nil_score: str,
+        threshold: float,
+    ):
+        self.store, self.index, self.encoder, self.kb, self.generator = store, index, encoder, kb, generator
+        self.model, self.pair_prior, self.groups = model, pair_prior, list(groups)
+        self.max_candidates, self.nil_score, self.threshold = max_candidates, nil_score, threshold
+
+    @classmethod
+    def load(cls, run_dir: str | Path, index_dir: str | Path | None = None, threshold: float | None = None,
+             device: str = "auto") -> Linker:
+        """The linker of a trained run directory (one seed's: ``config.json``, ``model.safetensors``)."""
+        run = Path(run_dir)
+        if not (run / CHECKPOINT).is_file():
+            seeds = sorted(p.name for p in run.glob("seed-*") if (p / CHECKPOINT).is_file())
+            hint = f"; pick one seed's directory: {', '.join(str(run / s) for s in seeds)}" if seeds else ""
+            raise LinkError(f"{run}: no {CHECKPOINT}; --model is a run directory of xel-train{hint}")
+        cfg = TrainConfig.from_dict(_read_json(run / "config.json", "the run's config is required"))
+        if not cfg.candidates:
+            raise LinkError(f"{run}/config.json: no 'candidates' file; the linker needs the run's candidate settings")
+        cfg = cfg.with_(**{name: resolve_run_path(getattr(cfg, name), run, name)
+                           for name in ("features", "candidates", "eval_features", "eval_candidates")
+                           if getattr(cfg, name)})
+        index_dir = Path(index_dir) if index_dir is not None else Path(cfg.features).parent / "index"
+        if not (index_dir / "manifest.json").is_file():
+            raise LinkError(f"{index_dir}: no FAISS index (manifest.json); pass the index of {cfg.features} "
+                            "(xel-nn build --features ...) as --index")
+        index, store = open_index_and_store(index_dir, cfg.features)  # refuses another encoder signature
+        metrics_path = run / "metrics.json"
+        tuned = _read_json(metrics_path, "").get("nil_threshold") if metrics_path.is_file() else None
+        loaded = load_splits(cfg)
+        train = loaded.splits.train
+        generator = candidate_generator(store, index, **candidate_settings(Path(cfg.candidates)))
+        model = load_checkpoint(run / CHECKPOINT)
+        residual = cfg.scorer == "residual"
+        log.info("linker %s: %s scorer, %d KB entries, NIL threshold %s", run, cfg.scorer, len(train.kb.ids),
+                 threshold if threshold is not None else tuned)
+        return cls(
+            store=store, index=index, encoder=TextEncoder.from_manifest(store.manifest, device=device),
+            kb=train.kb, generator=generator, model=model,
+            pair_prior=training_prior(train) if residual else None, groups=pair_groups(cfg) if residual else [],
+            max_candidates=cfg.max_candidates, nil_score=cfg.nil_score_name,
+            threshold=threshold if threshold is not None else tuned if tuned is not None else cfg.nil_threshold,
+        )
+
+    @classmethod
+    def nn(cls, index_dir: str | Path, features: str | Path | None = None, threshold: float = -1.0,
+           k: int = 30, max_prior: int = 10, train_lang: str = "en", max_candidates: int = 50,
+           device: str = "auto") -> Linker:
+        """The nn baseline with the same API: cos(ms, es) over ``xel-nn candidates``' candidates, NIL below
+        ``threshold``."""
+        index, store = open_index_and_store(index_dir, features)
+        generator = candidate_generator(store, index, k=k, max_prior=max_prior, train_lang=train_lang)
+        return cls(store=store, index=index, encoder=TextEncoder.from_manifest(store.manifest, device=device),
+                   kb=load_kb(store, popularity=False, popularity_missing="error"), generator=generator,
+                   model=None, pair_prior=None, groups=[], max_candidates=max_candidates, nil_score="cosine",
+                   threshold=threshold)
+
+    def items(self, records: Sequence[Any]) -> list[Item]:
+        return [r if isinstance(r, Item) else check_item(r, f"items[{i}]", f"item-{i}")
+                for i, r in enumerate(records)]
+
+    def mentions(self, items: Sequence[Item]) -> Mentions:
+        """The items as the trainer's :class:`Mentions`: encoded, with their candidates and pair features."""
+        ms = self.encoder.encode([mention_item(it.id, it.lang, it.sentence, it.start, it.end) for it in items])
+        mc = self.encoder.encode([context_item(it.id, it.lang, it.context or it.sentence, it.sentence, it.start,
+                                               it.end) for it in items])
+        vectors = unit_concat([{"ms": ms, "mc": mc}[part] for part in self.index.query_kind.split("+")])
+        refs = [MentionRef(id=it.id, lang=it.lang, surface=it.surface, gold=None, given=None) for it in items]
+        priors, dense, ngram = self.generator.sources(refs, vectors)
+        lists = [self.generator.merged(p, d, g)[: self.max_candidates] for p, d, g in zip(priors, dense, ngram)]
+        kb = self.kb
+        unknown = [c for row in lists for c, _, _ in row if c not in kb.index]
+        if unknown:
+            raise StoreError(f"{self.index.root}: candidate {unknown[0]!r} is not in {self.store.root}'s KB; "
+                             "rebuild the index from this store")
+        m, k = len(items), max(1, max((len(row) for row in lists), default=1))
+        cand = np.zeros((m, k), dtype=np.int64)
+        mask = np.zeros((m, k), dtype=bool)
+        source = np.zeros((m, k), dtype=np.int8)
+        for i, row in enumerate(lists):
+            cand[i, : len(row)] = [kb.index[c] for c, _, _ in row]
+            mask[i, : len(row)] = True
+            source[i, : len(row)] = [CANDIDATE_SOURCES.index(src) for _, _, src in row]
+        none = torch.full((m,), -1, dtype=torch.long)
+        mentions = Mentions(
+            kb=kb, ids=[it.id for it in items], langs=[it.lang for it in items], types=[None] * m,
+            golds=[None] * m, ms=torch.from_numpy(ms.astype(np.float32)), mc=torch.from_numpy(mc.astype(np.float32)),
+            cand=torch.from_numpy(cand), cand_mask=torch.from_numpy(mask), gold_pos=none, gold_kb=none.clone(),
+            surfaces=[it.surface for it in items], cand_source=torch.from_numpy(source),
+        )
+        if self.pair_prior is not None:
+            mentions = replace(mentions, pair=pair_features(mentions, self.pair_prior, self.groups))
+        return mentions
+
+    def link(self, records: Sequence[Any], k: int = 10, threshold: float | None = None) -> list[Link]:
+        """Link ``records`` (dicts as in :func:`check_item`, or :class:`Item`); each :class:`Link` holds the top
+        ``k`` candidates."""
+        items = self.items(records)
+        if not items:
+            return []
+        mentions = self.mentions(items)
+        if self.model is None:
+            ranked = with_cosine_nil_score(pick_best(nn_scores(mentions), mentions), mentions)
+        else:
+            ranked = rank(self.model, mentions, nil_score=self.nil_score)
+        preds = predict(ranked, mentions, self.threshold if threshold is None else threshold)
+        scores, cands, masks = ranked.scores.tolist(), mentions.cand.tolist(), mentions.cand_mask.tolist()
+        sources = mentions.cand_source.tolist()
+        links = []
+        for i, it in enumerate(items):
+            row = sorted(((s, c, src) for s, c, src, ok in zip(scores[i], cands[i], sources[i], masks[i]) if ok),
+                         key=lambda x: -x[0])
+            top = [Candidate(self.kb.ids[c], self.kb.names[c], float(s), CANDIDATE_SOURCES[src])
+                   for s, c, src in row[:k]]
+            pred = preds[i]
+            links.append(Link(it.id, pred, self.kb.names[self.kb.index[pred]] if pred is not None else None,
+                              float(row[0][0]) if row else -1.0, top))
+        return links

@@ -1,0 +1,218 @@
+"""The Linker, ``xel-link`` and ``xel-serve`` on a run trained end to end with the tiny model: linking a run's test
+mentions reproduces the trainer's evaluation (predictions, scores, candidate order); bad input is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from link.cli import main as link_main
+from link.linker import Linker, LinkError, check_item
+from precompute.run import PrecomputeConfig
+from precompute.run import run as run_precompute
+from precompute.store import open_store
+from retrieval.build import BuildConfig, run_build
+from retrieval.candidate_lists import CandidatesConfig, run_candidates
+from retrieval.files import read_predictions
+from retrieval.search import SearchOptions
+from tests.conftest import write_jsonl
+from train.config import TrainConfig
+from train.run import run as run_train
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+CITIES = ["Paris", "Berlin", "Moscow", "London", "Tokyo", "Madrid", "Rome", "Vienna", "Prague", "Oslo"]
+GERMAN = ["Paris", "Berlin", "Moskau", "London", "Tokio", "Madrid", "Rom", "Wien", "Prag", "Oslo"]
+
+
+def _data(root: Path) -> Path:
+    kb = [{"id": f"Q{i}", "name": c, "description": f"{c} is a capital city", "lang": "en", "links": None}
+          for i, c in enumerate(CITIES)]
+    mentions = []
+    for rep in range(6):
+        for i, c in enumerate(CITIES):
+            s = f"Last year we visited {c} with friends."
+            mentions.append({"id": f"en{rep}-{i}", "lang": "en", "sentence": s, "start": 21, "end": 21 + len(c),
+                             "context": s, "gold": f"Q{i}" if i < 8 else None, "type": "GPE"})
+    for i, g in enumerate(GERMAN):
+        s = f"Wir waren in {g} im Urlaub."
+        mentions.append({"id": f"de-{i}", "lang": "de", "sentence": s, "start": 13, "end": 13 + len(g),
+                         "context": s, "gold": f"Q{i}", "type": "GPE"})
+    write_jsonl(root / "kb.jsonl", kb)
+    write_jsonl(root / "mentions.jsonl", mentions)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_model_dir, ray_session) -> Path:
+    """``<root>/h5``, ``<root>/index``, ``<root>/candidates`` and a residual run ``<root>/train/en``, as
+    xel-experiment lays them out."""
+    root = tmp_path_factory.mktemp("link")
+    data = _data(root / "data")
+    run_precompute(PrecomputeConfig(data=data, model=tiny_model_dir, out=root / "h5", dtype="fp32"))
+    run_build(BuildConfig(features=str(root / "h5"), out=str(root / "index")))
+    run_candidates(CandidatesConfig(search=SearchOptions(index=str(root / "index"), features=str(root / "h5")),
+                                    out=str(root / "candidates"), k=5))
+    out = root / "train" / "en"
+    run_train(TrainConfig(features=str(root / "h5"), candidates=str(root / "candidates" / "candidates.jsonl"),
+                          out=str(out), train_lang=("en",), epochs=3, tune_nil=True, plots=False, progress=False,
+                          threads=1))
+    return out
+
+
+def _test_records(run: Path) -> tuple[list[dict], dict[str, dict]]:
+    cfg = json.loads((run / "config.json").read_text())
+    by_id = {r["id"]: r for r in open_store(cfg["features"]).records("mentions")}
+    preds = {p["id"]: p for p in read_predictions(run / "predictions.jsonl")}
+    items = [{k: by_id[m][k] for k in ("id", "sentence", "start", "end", "lang", "context")} for m in preds]
+    return items, preds
+
+
+def test_link_reproduces_the_trainers_evaluation(trained_run):
+    items, preds = _test_records(trained_run)
+    assert {it["lang"] for it in items} == {"en", "de"}
+    links = Linker.load(trained_run).link(items, k=100)
+    assert [x.id for x in links] == list(preds)
+    for link in links:
+        want = preds[link.id]
+        assert link.pred == want["pred"], link.id
+        assert link.score == pytest.approx(want["score"], abs=1e-5)
+        assert [c.id for c in link.candidates] == [c[0] for c in want["candidates"]]
+        assert [c.score for c in link.candidates] == pytest.approx([c[1] for c in want["candidates"]], abs=1e-5)
+        assert {c.source for c in link.candidates} <= {"prior", "dense", "ngram"}
+        if link.pred is not None:
+            assert link.name == CITIES[int(link.pred[1:])]
+
+
+def test_nn_linker_predicts_the_best_cosine(trained_run):
+    linker = Linker.nn(trained_run.parent.parent / "index")
+    links = linker.link([{"text": "Wir waren in Moskau im Urlaub.", "start": 13, "end": 19, "lang": "de"},
+                         {"text": "Tokyo", "start": 0, "end": 5}], k=3)
+    for link in links:
+        assert link.pred == link.candidates[0].id and link.score == link.candidates[0].score
+        assert [c.score for c in link.candidates] == sorted((c.score for c in link.candidates), reverse=True)
+    assert [x.id for x in links] == ["item-0", "item-1"]
+
+
+def test_xel_link_cli_writes_the_links_file_and_metrics(trained_run, tmp_path):
+    items, preds = _test_records(trained_run)
+    cfg = json.loads((trained_run / "config.json").read_text())
+    golds = {r["id"]: r["gold"] for r in open_store(cfg["features"]).records("mentions")}
+    src = write_jsonl(tmp_path / "in.jsonl", [{**it, "gold": golds[it["id"]]} for it in items])
+    out = tmp_path / "links.jsonl"
+    result = CliRunner().invoke(link_main, ["--model", str(trained_run), "--in", str(src), "--out", str(out),
+                                            "--k", "3", "--no-progress", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert "lang:de" in result.output and f"linked {len(items)} mentions" in result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == list(preds)
+    for r in rows:
+        assert r["pred"] == preds[r["id"]]["pred"] and len(r["candidates"]) <= 3
+        assert len(r["sources"]) == len(r["candidates"])
+        assert all(len(c) == 3 and c[2] == CITIES[int(c[0][1:])] for c in r["candidates"])
+        assert r["name"] == (None if r["pred"] is None else CITIES[int(r["pred"][1:])])
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('{"text": "Rome", "start": 0, "end": 9}', "in.jsonl:2: field 'start/end'"),
+    ('{"text": "Rome", "start": 0}', "in.jsonl:2: field 'end'"),
+    ('{"start": 0, "end": 4}', "in.jsonl:2: field 'text'"),
+    ('{"text": "Rome", "start": 0, "end": 4, "lang": "xx"}', "in.jsonl:2: field 'lang'"),
+    ('{"text": "Rome", "start": 0, "end": 4, "colour": 1}', "in.jsonl:2: field 'colour'"),
+    ('{"id": "a", "text": "Rome", "start": 0, "end": 4}', "in.jsonl:2: field 'id' is 'a', a duplicate of line 1"),
+    ('{"text": "Rome",', "in.jsonl:2: invalid JSON"),
+])
+def test_xel_link_cli_names_the_bad_line_and_field(trained_run, tmp_path, line, problem):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": "a", "text": "Rome", "start": 0, "end": 4}\n' + line + "\n")
+    result = CliRunner().invoke(link_main, ["--model", str(trained_run), "--in", str(src),
+                                            "--out", str(tmp_path / "o.jsonl")])
+    assert result.exit_code == 1 and problem in result.output, result.output
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_load_refuses_a_directory_without_a_model(tmp_path):
+    with pytest.raises(LinkError, match="no model.safetensors"):
+        Linker.load(tmp_path)
+
+
+def test_check_item_accepts_sentence_or_text_and_defaults():
+    item = check_item({"sentence": "in Rom", "start": 3, "end": 6}, "items[0]", "item-0")
+    assert (item.id, item.lang, item.surface, item.context) == ("item-0", "en", "Rom", None)
+    with pytest.raises(LinkError, match="exactly one of 'text' or 'sentence'"):
+        check_item({"sentence": "a", "text": "a", "start": 0, "end": 1}, "items[0]", "item-0")
+    with pytest.raises(LinkError, match=r"items\[3\]: field 'start/end' covers ' '"):
+        check_item({"text": "a b", "start": 1, "end": 2}, "items[3]", "item-3")
+
+
+@pytest.fixture(scope="module")
+def service(trained_run):
+    from fastapi.testclient import TestClient
+
+    from link.serve import create_app
+
+    linker = Linker.load(trained_run)
+    with TestClient(create_app(linker, max_items=4, name=str(trained_run))) as client:
+        yield client, linker
+
+
+MOSKAU = {"text": "Wir waren in Moskau im Urlaub.", "start": 13, "end": 19, "lang": "de"}
+
+
+def test_serve_health_and_page(service):
+    client, _ = service
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok" and health.json()["kb_entries"] == 10
+    page = client.get("/")
+    assert page.status_code == 200 and "<textarea" in page.text and '"de"' in page.text and "/link" in page.text
+
+
+def test_serve_links_like_the_linker_and_batches_concurrent_requests(service):
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, linker = service
+    items = [MOSKAU, {"id": "x", "sentence": "Tokyo", "start": 0, "end": 5}]
+    want = [x.to_json() for x in linker.link(items, k=2)]
+    resp = client.post("/link", json={"items": items, "k": 2})
+    assert resp.status_code == 200, resp.text
+    got = resp.json()["links"]
+    assert [g["id"] for g in got] == ["item-0", "x"]
+    assert [g["pred"] for g in got] == [w["pred"] for w in want]
+    assert [[c[0] for c in g["candidates"]] for g in got] == [[c[0] for c in w["candidates"]] for w in want]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: client.post("/link", json={"items": items, "k": 2}), range(16)))
+    assert all(a.status_code == 200 for a in answers)
+    assert all([g["pred"] for g in a.json()["links"]] == [w["pred"] for w in want] for a in answers)
+
+
+@pytest.mark.parametrize("body, status, problem", [
+    (b"{not json", 400, "not JSON"),
+    ([MOSKAU], 422, "must be a JSON object"),
+    ({"items": []}, 422, "a non-empty list"),
+    ({"items": [MOSKAU], "colour": 1}, 422, "'colour' is unknown"),
+    ({"items": [{**MOSKAU, "text": ""}]}, 422, "items[0]: field 'text' is ''"),
+    ({"items": [MOSKAU, {**MOSKAU, "end": 99}]}, 422, "items[1]: field 'start/end' is [13, 99)"),
+    ({"items": [{**MOSKAU, "lang": "xx"}]}, 422, "items[0]: field 'lang' is 'xx'"),
+    ({"items": [MOSKAU] * 5}, 413, "at most 4 per request"),
+    ({"items": [MOSKAU], "k": 0}, 422, "'k' is 0"),
+])
+def test_serve_refuses_bad_requests_with_a_clear_4xx(service, body, status, problem):
+    client, _ = service
+    resp = client.post("/link", content=body) if isinstance(body, bytes) else client.post("/link", json=body)
+    assert resp.status_code == status, resp.text
+    assert problem in resp.json()["detail"]
+
+
+def test_relative_run_paths_resolve_under_the_run_directorys_parents(tmp_path, monkeypatch):
+    from link.linker import resolve_run_path
+
+    run = tmp_path / "runs" / "sample" / "train" / "en" / "seed-0"
+    run.mkdir(parents=True)
+    (tmp_path / "runs" / "sample" / "h5").mkdir()
+    monkeypatch.chdir(run)
+    assert resolve_run_path("runs/sample/h5", run, "features") == str(tmp_path / "runs" / "sample" / "h5")
+    with pytest.raises(LinkError, match="features 'runs/other/h5' exists neither"):
+        resolve_run_path("runs/other/h5", run, "features")
