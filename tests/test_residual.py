@@ -195,3 +195,12 @@ def test_mention_popularity_leaves_a_training_mentions_own_link_out(tmp_path) ->
         gold_col = int(train.gold_pos[i])
         # a gold linked by this training mention only is "never linked" in this mention's own features
         assert float(flag[i, gold_col]) == float(counts[train.golds[i]] == 1)
+
+
+def test_ties_are_broken_the_same_way_whatever_the_batch() -> None:
+    data = _mentions(m=30, e=15, k=5)
+    data = Mentions(**{**data.__dict__, "kb": KB(**{**data.kb.__dict__, "ec": torch.ones(15, DIM)})})
+    flat = torch.zeros(30, 5)  # every candidate tied, every description alike: only the id-keyed noise decides
+    whole = pick_best(flat, data).best_pos
+    part = pick_best(flat[7:19], data.take(list(range(7, 19)))).best_pos
+    assert torch.equal(whole[7:19], part) and len(set(whole.tolist())) > 1

@@ -11,6 +11,7 @@ threshold is tuned on, and it carries over. Metrics come from :mod:`retrieval.me
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -54,18 +55,32 @@ def context_cosines(mentions: Mentions) -> torch.Tensor:
     return torch.einsum("md,mkd->mk", mc, ec[mentions.cand])
 
 
+def tie_noise(mention_id: str, kb_id: str) -> float:
+    """A fixed pseudo-random number in [0, 1) for a (mention, entity) pair: the last tie-breaker. It depends on
+    the two ids only, never on the batch or the set a mention is scored in, so the trainer's evaluation and
+    ``xel-link`` pick the same entity."""
+    digest = hashlib.blake2b(f"{mention_id}\x00{kb_id}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 def pick_best(scores: torch.Tensor, mentions: Mentions) -> Ranked:
     """Best candidate per mention from ``[M, K]`` scores (-inf where padded). Ties (same-name KB entries have
     identical name vectors) go to the candidate whose description is closest to the mention's context
-    (cos(mc, ec)), then at random (seeded), never by candidate order: a collapsed model that scores every
+    (cos(mc, ec)), then by :func:`tie_noise`, never by candidate order: a collapsed model that scores every
     candidate alike would otherwise inherit the retrieval ranking and look like a good linker."""
     scores = scores.masked_fill(~mentions.cand_mask, float("-inf"))
     best = scores.max(dim=1).values
     tied = (scores == best[:, None]) & mentions.cand_mask
-    noise = torch.rand(scores.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    keys = (2.0 + context_cosines(mentions).double() + 1e-9 * noise).masked_fill(~tied, -1.0)
-    best_pos = keys.argmax(dim=1)
     several = tied.sum(dim=1) > 1
+    best_pos = tied.double().argmax(dim=1)
+    rows = torch.nonzero(several).flatten().tolist()
+    if rows:
+        context = context_cosines(mentions.take(rows)).double()
+        for j, i in enumerate(rows):
+            cols = torch.nonzero(tied[i]).flatten().tolist()
+            keys = [(float(context[j, c]), tie_noise(mentions.ids[i], mentions.kb.ids[int(mentions.cand[i, c])]))
+                    for c in cols]
+            best_pos[i] = cols[max(range(len(cols)), key=keys.__getitem__)]
     return Ranked(scores, best, best_pos, float(several.float().mean()) if len(scores) else 0.0, several)
 
 
