@@ -22,7 +22,7 @@ from train.data import DataError
 ERRORS = (LinkError, InputError, EncodeError, StoreError, RetrievalError, CheckpointError, ConfigError, DataError)
 
 
-@click.command(context_settings={"show_default": True})
+@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option("--model", required=True, type=click.Path(file_okay=False, exists=True),
               help="a trained run directory (config.json, model.safetensors, metrics.json)")
 @click.option("--in", "input", required=True, type=click.Path(dir_okay=False),

@@ -201,7 +201,7 @@ def create_app(linker: Linker, *, max_items: int = MAX_ITEMS, batch_wait_ms: flo
     return app
 
 
-@click.command(context_settings={"show_default": True})
+@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option("--model", required=True, type=click.Path(file_okay=False, exists=True),
               help="a trained run directory (config.json, model.safetensors, metrics.json)")
 @click.option("--index", type=click.Path(file_okay=False), default=None,
