@@ -191,7 +191,8 @@ def _floats(value: str) -> tuple[float, ...]:
 @click.option("--lambdas", default=",".join(f"{x:g}" for x in ExperimentConfig.lambdas), show_default=True,
               help="+A weights to choose from on English dev (paper: 0.01 Wiki, 0.25 TAC).")
 @click.option("--paper/--no-paper", default=True, show_default=True, help="Also train the paper's scorer.")
-@click.option("--ablation", is_flag=True, help="Also train the residual scorer with each default feature group removed and each other one added.")
+@click.option("--ablation", is_flag=True,
+              help="Also train the residual scorer with each default feature group removed and each other one added.")
 @click.option("--nil-threshold", type=float, default=None,
               help="Fixed NIL threshold for every row (paper: -1, never NIL). Default: tuned on English dev.")
 @click.option("--k", type=click.IntRange(min=1), default=30, show_default=True, help="Dense candidates per mention.")
