@@ -131,7 +131,7 @@ def test_query_and_batch_commands(tiny_store, tmp_path):
 
 def test_every_command_accepts_h() -> None:
     from encoder.cli import main as encoder_main
-    from precompute.run import main as precompute_main
+    from precompute.cli import main as precompute_main
     from retrieval.cli import main as nn_main
     from train.cli import experiment as experiment_main
     from train.cli import main as train_main
