@@ -9,33 +9,11 @@ from click.testing import CliRunner
 
 from retrieval.files import read_predictions
 from retrieval.metrics import score
-from tests.conftest import write_jsonl
+from tests.train_fixtures import capital_cities
 from train.cli import experiment as main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-CITIES = ["Paris", "Berlin", "Moscow", "London", "Tokyo", "Madrid", "Rome", "Vienna", "Prague", "Oslo"]
-GERMAN = {"Paris": "Paris", "Berlin": "Berlin", "Moscow": "Moskau", "London": "London", "Tokyo": "Tokio",
-          "Madrid": "Madrid", "Rome": "Rom", "Vienna": "Wien", "Prague": "Prag", "Oslo": "Oslo"}
-
-
-def _data(root):
-    kb = [{"id": f"Q{i}", "name": c, "description": f"{c} is a capital city", "lang": "en", "links": None}
-          for i, c in enumerate(CITIES)]
-    mentions = []
-    for rep in range(6):
-        for i, c in enumerate(CITIES):
-            s = f"Last year we visited {c} with friends."
-            mentions.append({"id": f"en{rep}-{i}", "lang": "en", "sentence": s, "start": 21, "end": 21 + len(c),
-                             "context": s, "gold": f"Q{i}" if i < 8 else None, "type": "GPE"})
-    for i, c in enumerate(CITIES):
-        g = GERMAN[c]
-        s = f"Wir waren in {g} im Urlaub."
-        mentions.append({"id": f"de-{i}", "lang": "de", "sentence": s, "start": 13, "end": 13 + len(g),
-                         "context": s, "gold": f"Q{i}", "type": "GPE"})
-    write_jsonl(root / "kb.jsonl", kb)
-    write_jsonl(root / "mentions.jsonl", mentions)
-    return root
 
 
 def _f1(golds: dict, preds: list[dict], lang_of: dict, lang: str) -> float:
@@ -44,7 +22,7 @@ def _f1(golds: dict, preds: list[dict], lang_of: dict, lang: str) -> float:
 
 
 def test_experiment_runs_every_stage_and_resumes(tiny_model_dir, tmp_path, ray_session):
-    data = _data(tmp_path / "data")
+    data = capital_cities(tmp_path / "data")
     out = tmp_path / "run"
     flags = ["--data", str(data), "--out", str(out), "--model", str(tiny_model_dir), "--seeds", "2", "--epochs", "2",
              "--k", "5", "--adv-modes", "grl,uniform", "--lambdas", "0.1"]

@@ -19,31 +19,13 @@ from retrieval.candidate_lists import CandidatesConfig, run_candidates
 from retrieval.files import read_predictions
 from retrieval.search import SearchOptions
 from tests.conftest import write_jsonl
+from tests.train_fixtures import CAPITALS, capital_cities
 from train.config import TrainConfig
 from train.run import run as run_train
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-CITIES = ["Paris", "Berlin", "Moscow", "London", "Tokyo", "Madrid", "Rome", "Vienna", "Prague", "Oslo"]
-GERMAN = ["Paris", "Berlin", "Moskau", "London", "Tokio", "Madrid", "Rom", "Wien", "Prag", "Oslo"]
-
-
-def _data(root: Path) -> Path:
-    kb = [{"id": f"Q{i}", "name": c, "description": f"{c} is a capital city", "lang": "en", "links": None}
-          for i, c in enumerate(CITIES)]
-    mentions = []
-    for rep in range(6):
-        for i, c in enumerate(CITIES):
-            s = f"Last year we visited {c} with friends."
-            mentions.append({"id": f"en{rep}-{i}", "lang": "en", "sentence": s, "start": 21, "end": 21 + len(c),
-                             "context": s, "gold": f"Q{i}" if i < 8 else None, "type": "GPE"})
-    for i, g in enumerate(GERMAN):
-        s = f"Wir waren in {g} im Urlaub."
-        mentions.append({"id": f"de-{i}", "lang": "de", "sentence": s, "start": 13, "end": 13 + len(g),
-                         "context": s, "gold": f"Q{i}", "type": "GPE"})
-    write_jsonl(root / "kb.jsonl", kb)
-    write_jsonl(root / "mentions.jsonl", mentions)
-    return root
+CITIES = CAPITALS
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +33,7 @@ def trained_run(tmp_path_factory, tiny_model_dir, ray_session) -> Path:
     """``<root>/h5``, ``<root>/index``, ``<root>/candidates`` and a residual run ``<root>/train/en``, as
     xel-experiment lays them out."""
     root = tmp_path_factory.mktemp("link")
-    data = _data(root / "data")
+    data = capital_cities(root / "data")
     run_precompute(PrecomputeConfig(data=data, model=tiny_model_dir, out=root / "h5", dtype="fp32"))
     run_build(BuildConfig(features=str(root / "h5"), out=str(root / "index")))
     run_candidates(CandidatesConfig(search=SearchOptions(index=str(root / "index"), features=str(root / "h5")),

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.files import write_candidates
+from tests.conftest import write_jsonl
 from tests.fakes import make_store
 
 
@@ -50,4 +51,27 @@ def synthetic_store(
         text_records = [{"id": t, "lang": x, "text": "t"} for t, x in zip(tids, tlangs)]
     make_store(root, features, kb=kb, mentions=mentions, text=text_records, encoder=encoder)
     write_candidates(root / "candidates.jsonl", cands)
+    return root
+
+
+CAPITALS = ["Paris", "Berlin", "Moscow", "London", "Tokyo", "Madrid", "Rome", "Vienna", "Prague", "Oslo"]
+GERMAN_CAPITALS = ["Paris", "Berlin", "Moskau", "London", "Tokio", "Madrid", "Rom", "Wien", "Prag", "Oslo"]
+
+
+def capital_cities(root: Path) -> Path:
+    """Ten capitals: 60 English mentions (two NIL cities) and 10 German ones, spelled the German way."""
+    kb = [{"id": f"Q{i}", "name": c, "description": f"{c} is a capital city", "lang": "en", "links": None}
+          for i, c in enumerate(CAPITALS)]
+    mentions = []
+    for rep in range(6):
+        for i, c in enumerate(CAPITALS):
+            s = f"Last year we visited {c} with friends."
+            mentions.append({"id": f"en{rep}-{i}", "lang": "en", "sentence": s, "start": 21, "end": 21 + len(c),
+                             "context": s, "gold": f"Q{i}" if i < 8 else None, "type": "GPE"})
+    for i, g in enumerate(GERMAN_CAPITALS):
+        s = f"Wir waren in {g} im Urlaub."
+        mentions.append({"id": f"de-{i}", "lang": "de", "sentence": s, "start": 13, "end": 13 + len(g),
+                         "context": s, "gold": f"Q{i}", "type": "GPE"})
+    write_jsonl(root / "kb.jsonl", kb)
+    write_jsonl(root / "mentions.jsonl", mentions)
     return root

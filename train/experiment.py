@@ -21,7 +21,6 @@ the candidates and every finished training run whose config and inputs are uncha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -38,7 +37,7 @@ from precompute.ray_session import ray_session
 from precompute.run import PrecomputeConfig, summary_table
 from precompute.run import run as run_precompute
 from precompute.schema import load_inputs
-from precompute.store import atomic_write_bytes, atomic_write_json, open_store
+from precompute.store import atomic_write_bytes, atomic_write_json, file_sha256, open_store
 from retrieval.build import BuildConfig, run_build
 from retrieval.candidate_lists import CandidatesConfig, run_candidates
 from retrieval.metrics import __doc__ as METRIC_DEFINITIONS
@@ -57,7 +56,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "en+P": {"popularity": True, "popularity_source": "mentions", "popularity_missing": "median"},
     "en+PA": {"adversarial": True, "popularity": True, "popularity_source": "mentions", "popularity_missing": "median"},
 }
-DEFAULTS = TrainConfig(features="")
 
 
 @dataclass(frozen=True)
@@ -120,21 +118,13 @@ def retrieve(cfg: ExperimentConfig, store_dir: Path, out: Path) -> tuple[Path, s
     return cand_dir / "candidates.jsonl", recall
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def run_inputs(cfg: TrainConfig) -> dict[str, str]:
     """What a finished run depends on besides its config: the stores' manifests and the candidate files."""
     files = {"features": Path(cfg.features) / "manifest.json", "candidates": Path(cfg.candidates)}
     if cfg.eval_features:
         files["eval_features"] = Path(cfg.eval_features) / "manifest.json"
         files["eval_candidates"] = Path(cfg.eval_candidates)
-    return {k: _sha256(v) for k, v in files.items()}
+    return {k: file_sha256(v) for k, v in files.items()}
 
 
 def finished_run(cfg: TrainConfig) -> dict[str, Any] | None:
@@ -193,10 +183,6 @@ def base_config(cfg: ExperimentConfig, stores: dict[str, Path], targets: list[st
         epochs=cfg.epochs, tune_nil=tune, nil_threshold=-1.0 if tune else cfg.nil_threshold, threads=1,
         progress=False, **extra,
     )
-
-
-def _mean(summaries: list[dict[str, Any]], key: str) -> float:
-    return float(np.mean([s[key] for s in summaries]))
 
 
 def grid(cfg: ExperimentConfig, base: TrainConfig) -> dict[str, TrainConfig]:
