@@ -318,3 +318,24 @@ def test_the_page_in_a_real_browser_links_a_mention_selected_with_the_mouse(trai
         assert "is NIL" in verdict
     else:
         assert f'"Moskau" is {want.name} ({want.pred})' in verdict
+
+
+def test_serve_load_bench_runs_against_a_real_server(trained_run, tmp_path):
+    """bench/serve.py end to end on a small load: a real xel-serve process, every request answered."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_serve", Path(__file__).parent.parent / "bench" / "serve.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    items, _ = _test_records(trained_run)
+    src = write_jsonl(tmp_path / "m.jsonl", items)
+    out = tmp_path / "serve.json"
+    result = CliRunner().invoke(bench.main, ["--model", str(trained_run), "--mentions", str(src), "--lang", "de",
+                                             "--requests", "40", "--clients", "4", "--baseline", "5",
+                                             "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["load"]["errors"] == 0 and report["load"]["requests"] == 40
+    assert 0 < report["load"]["p50_ms"] <= report["load"]["p99_ms"] <= report["load"]["max_ms"]
+    assert report["server_rss_mb_before"] > 0 and report["ratio"] > 0
+    assert "| xel-serve, 4 clients |" in result.output
