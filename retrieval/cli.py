@@ -29,6 +29,7 @@ from retrieval.bench import bench_frontier, format_bench, run_bench
 from retrieval.build import BuildConfig, run_build
 from retrieval.candidate_lists import CandidatesConfig, run_candidates
 from retrieval.devices import SEARCH_DEVICES
+from retrieval.factory import INDEX_PRESETS
 from retrieval.files import CandidatesError
 from retrieval.index import FEATURE_KINDS, RetrievalError
 from retrieval.nn import EvalConfig, run_eval
@@ -94,7 +95,8 @@ def main(verbose: bool) -> None:
 @click.option("--features", required=True, type=click.Path(file_okay=False), help="store from xel-precompute")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="index directory to write")
 @click.option("--index", "factory", default=BuildConfig.index, show_default=True,
-              help="FAISS factory string (Flat, HNSW32, ...)")
+              help=f"FAISS factory string (Flat, HNSW32, ...) or a preset: {', '.join(INDEX_PRESETS)} (README: index "
+              "types)")
 @click.option("--kind", type=click.Choice(list(FEATURE_KINDS)), default=BuildConfig.kind, show_default=True,
               help="entity features to index")
 @click.option("--seed", default=BuildConfig.seed, show_default=True,
@@ -211,7 +213,8 @@ def batch(index_dir: str, features: str | None, kb_lang: str | None, search_para
 @click.option("--queries", default=1000, show_default=True, callback=_positive, help="queries to search")
 @click.option("--k", default=10, show_default=True, callback=_positive)
 @click.option("--train-rows", type=int, default=None, callback=_positive, help="IVF/PQ training sample size")
-@click.option("--out", "out_json", type=click.Path(dir_okay=False), default=None, help="also write the rows as JSON")
+@click.option("--out", "out_json", type=click.Path(dir_okay=False), default=None,
+              help="also write the rows and the frontier as JSON")
 def bench(features: str, factories: tuple[str, ...], kind: str, queries: int, k: int, train_rows: int | None,
           out_json: str | None) -> None:
     """Recall@k against exact search, size, build time and latency of each index type on this store's KB, and the
