@@ -201,7 +201,7 @@ def format_rows(rows: list[dict]) -> str:
 
 def format_report(report: dict) -> str:
     parts = [format_rows(report["results"])]
-    for threads, rows in report["frontier"].items():
+    for threads, rows in sorted(report["frontier"].items(), key=lambda item: -int(item[0])):
         parts.append(f"\nrecall@10 / batch ms-per-query frontier at {threads} thread(s): no other row has as high a "
                      "recall at no more ms/query")
         parts.append(format_rows(rows))
