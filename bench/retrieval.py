@@ -187,15 +187,15 @@ def run(cfg: BenchConfig) -> dict:
     return report
 
 
-COLUMNS = (("factory", 30), ("search", 26), ("threads", 8), ("build_s", 8), ("bytes", 14), ("added_rss_mb", 13),
-           ("ms_per_query_batch", 19), ("cpu_ms_per_query_batch", 23), ("ms_per_query_single", 20),
-           ("recall_at_10", 13))
+COLUMNS = (("factory", 29), ("search", 26), ("threads", 7), ("build_s", 7), ("bytes", 13), ("added_rss_mb", 12),
+           ("ms_per_query_batch", 18), ("cpu_ms_per_query_batch", 22), ("ms_per_query_single", 19),
+           ("recall_at_10", 12))
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = ["".join(f"{c:>{w}}" for c, w in COLUMNS)]
+    lines = [" ".join(f"{c:>{w}}" for c, w in COLUMNS)]
     for r in rows:
-        lines.append("".join(f"{(r[c] if r[c] != '' else '-')!s:>{w}}" for c, w in COLUMNS))
+        lines.append(" ".join(f"{(r[c] if r[c] != '' else '-')!s:>{w}}" for c, w in COLUMNS))
     return "\n".join(lines)
 
 
