@@ -12,12 +12,13 @@ renormalised. The exact top-10 is a brute-force matmul over the entity table (``
 
 Each ``--index`` is ``"FACTORY|search params"`` (a FAISS factory string or a preset name of
 :data:`retrieval.factory.INDEX_PRESETS`, built through :func:`retrieval.factory.build_lang_index`); a factory named
-more than once is built once and searched with each parameter set. Timings: ``batch`` is wall time of all queries
+more than once is built once and searched with each parameter set, in order (a parameter a set does not name
+keeps the value the one before it set). Timings: ``batch`` is wall time of all queries
 in one ``search`` call divided by their number (throughput); ``single`` is the mean wall time of
 ``--latency-queries`` one-query calls (latency); ``cpu`` is the process CPU time of the batch per query, which on a
 machine shared with other work says what the search itself cost (FAISS's OpenMP threads wait passively here, so
-no spinning is counted): ``cpu / threads`` is the batch figure an idle machine would approach. ``index MB`` is the
-serialised size; ``+RSS MB`` the process's resident memory after the build minus before it. Run it as a module
+no spinning is counted): ``cpu / threads`` is the batch figure an idle machine would approach. ``bytes`` is the
+serialised index; ``added_rss_mb`` the process's resident memory after the build minus before it. Run it as a module
 from the repository root (``bench/retrieval.py`` shares its name with the ``retrieval`` package). Writes
 ``bench/results/retrieval.json``.
 """
