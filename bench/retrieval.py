@@ -12,12 +12,13 @@ renormalised. The exact top-10 is a brute-force matmul over the entity table (``
 
 Each ``--index`` is ``"FACTORY|search params"`` (a FAISS factory string or a preset name of
 :data:`retrieval.factory.INDEX_PRESETS`, built through :func:`retrieval.factory.build_lang_index`); a factory named
-more than once is built once and searched with each parameter set. Timings: ``batch`` is wall time of all queries
+more than once is built once and searched with each parameter set, in order (a parameter a set does not name
+keeps the value the one before it set). Timings: ``batch`` is wall time of all queries
 in one ``search`` call divided by their number (throughput); ``single`` is the mean wall time of
 ``--latency-queries`` one-query calls (latency); ``cpu`` is the process CPU time of the batch per query, which on a
 machine shared with other work says what the search itself cost (FAISS's OpenMP threads wait passively here, so
-no spinning is counted): ``cpu / threads`` is the batch figure an idle machine would approach. ``index MB`` is the
-serialised size; ``+RSS MB`` the process's resident memory after the build minus before it. Run it as a module
+no spinning is counted): ``cpu / threads`` is the batch figure an idle machine would approach. ``bytes`` is the
+serialised index; ``added_rss_mb`` the process's resident memory after the build minus before it. Run it as a module
 from the repository root (``bench/retrieval.py`` shares its name with the ``retrieval`` package). Writes
 ``bench/results/retrieval.json``.
 """
@@ -187,21 +188,21 @@ def run(cfg: BenchConfig) -> dict:
     return report
 
 
-COLUMNS = (("factory", 30), ("search", 26), ("threads", 8), ("build_s", 8), ("bytes", 14), ("added_rss_mb", 13),
-           ("ms_per_query_batch", 19), ("cpu_ms_per_query_batch", 23), ("ms_per_query_single", 20),
-           ("recall_at_10", 13))
+COLUMNS = (("factory", 29), ("search", 26), ("threads", 7), ("build_s", 7), ("bytes", 13), ("added_rss_mb", 12),
+           ("ms_per_query_batch", 18), ("cpu_ms_per_query_batch", 22), ("ms_per_query_single", 19),
+           ("recall_at_10", 12))
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = ["".join(f"{c:>{w}}" for c, w in COLUMNS)]
+    lines = [" ".join(f"{c:>{w}}" for c, w in COLUMNS)]
     for r in rows:
-        lines.append("".join(f"{(r[c] if r[c] != '' else '-')!s:>{w}}" for c, w in COLUMNS))
+        lines.append(" ".join(f"{(r[c] if r[c] != '' else '-')!s:>{w}}" for c, w in COLUMNS))
     return "\n".join(lines)
 
 
 def format_report(report: dict) -> str:
     parts = [format_rows(report["results"])]
-    for threads, rows in report["frontier"].items():
+    for threads, rows in sorted(report["frontier"].items(), key=lambda item: -int(item[0])):
         parts.append(f"\nrecall@10 / batch ms-per-query frontier at {threads} thread(s): no other row has as high a "
                      "recall at no more ms/query")
         parts.append(format_rows(rows))
