@@ -38,7 +38,6 @@ from precompute.ray_session import ray_session  # noqa: E402
 from precompute.run import PrecomputeConfig, actor_options  # noqa: E402
 from precompute.worker import ShardTask, ShardWorker  # noqa: E402
 
-
 RAY_DEFAULT_NICENESS = 15  # Ray's worker_niceness, which xel's local Ray sets to 0 (precompute.ray_session)
 
 
