@@ -39,6 +39,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 from ray.util import ActorPool  # noqa: E402
+from ray.util.queue import Queue  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from precompute.encoding import (  # noqa: E402
@@ -70,7 +71,6 @@ from precompute.worker import (  # noqa: E402
     ShardTask,
     ShardWorker,
     build_items,
-    read_progress,
     row_digest,
     row_hash,
     shard_input_hash,
@@ -368,11 +368,51 @@ def actor_options(cfg: PrecomputeConfig, cpus: float) -> dict[str, Any]:
 POLL_SECONDS = 0.5  # how often the driver looks at the actors' progress (and lets Ctrl-C / SIGTERM in)
 
 
+class Progress:
+    """The tqdm bar over rows: rows of finished shards plus, for each shard in flight, the latest count its actor
+    reported after a forward batch; tokens/s exact for finished shards, and for the rows of shards in flight
+    estimated at the tokens per encoded row seen so far (the encoder reports rows per batch, not tokens)."""
+
+    def __init__(self, bar: tqdm, total: int):
+        self.bar, self.total = bar, total
+        self.in_flight: dict[tuple[str, int], int] = {}
+        self.rows = self.tokens = self.encoded = 0
+        self.t0 = time.perf_counter()
+
+    def started(self, task: ShardTask) -> None:
+        self.in_flight[(task.kind, task.index)] = 0
+
+    def event(self, kind: str, index: int, rows: int) -> None:
+        """An actor's report: ``rows`` of shard ``kind:index`` done (a retried shard counts from 0 again)."""
+        if (kind, index) in self.in_flight:
+            self.in_flight[(kind, index)] = rows
+
+    def finished(self, result: dict[str, Any]) -> None:
+        self.in_flight.pop((result["kind"], result["index"]), None)
+        self.rows += result["rows"]
+        self.tokens += result["tokens"]
+        self.encoded += result["encoded_rows"]
+
+    def show(self) -> None:
+        encoding = sum(self.in_flight.values())
+        self.bar.update(min(self.total, self.rows + encoding) - self.bar.n)
+        per_row = self.tokens / self.encoded if self.encoded else 0.0
+        seconds = max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix(tokens_per_s=f"{(self.tokens + encoding * per_row) / seconds:,.0f}", refresh=False)
+
+
+def drain(queue: Queue) -> list[tuple[str, int, int]]:
+    """Every progress report waiting in ``queue`` (the driver is its only reader)."""
+    waiting = queue.size()
+    return queue.get_nowait_batch(waiting) if waiting else []
+
+
 def execute(cfg: PrecomputeConfig, encoder: EncoderSettings, tasks: list[ShardTask],
             reuse: Reuse | None = None) -> list[dict[str, Any]]:
-    """Run ``tasks`` on ``cfg.actors`` Ray actors (a ``ray.util.ActorPool``), a tqdm bar over rows that moves per
-    encoded batch (each actor rewrites its shard's progress file, polled here every ``POLL_SECONDS``, which also
-    lets Ctrl-C and SIGTERM in). The actors are killed however this ends.
+    """Run ``tasks`` on ``cfg.actors`` Ray actors (a ``ray.util.ActorPool``) with a tqdm bar over rows that moves
+    per encoded batch: every actor puts ``(kind, index, rows done)`` into one ``ray.util.queue.Queue`` after each
+    forward batch, which the driver drains every ``POLL_SECONDS`` (also letting Ctrl-C and SIGTERM in) and before
+    it books a finished shard. The actors and the queue are killed however this ends.
 
     Each actor is in the pool twice, so that its next shard is already queued at the actor while it encodes one.
     A task gets its reusable rows (``reuse``) only when an actor takes it, so the driver holds them for the
@@ -380,47 +420,43 @@ def execute(cfg: PrecomputeConfig, encoder: EncoderSettings, tasks: list[ShardTa
     """
     cpus = _actor_cpus(cfg)
     actor_cls = ray.remote(ShardWorker).options(**actor_options(cfg, cpus))
-    actors = [actor_cls.remote(encoder, max(1, int(cpus))) for _ in range(cfg.actors)]
+    queue = Queue(actor_options={"num_cpus": 0})  # takes no CPU from the encoders
+    actors = [actor_cls.remote(encoder, max(1, int(cpus)), queue) for _ in range(cfg.actors)]
     pool = ActorPool([actor for actor in actors for _ in range(2)])
     in_flight: dict[ray.ObjectRef, ShardTask] = {}
-
-    def submit(actor: Any, task: ShardTask) -> ray.ObjectRef:
-        task = reuse.attach(task) if reuse is not None else task
-        ref = actor.run.remote(task)
-        in_flight[ref] = task
-        return ref
-
-    for task in tasks:
-        pool.submit(submit, task)
     results: list[dict[str, Any]] = []
-    tokens = finished_rows = 0
-    t0 = time.perf_counter()
-    total = sum(t.rows for t in tasks)
-
-    def show_progress(bar: tqdm) -> None:
-        encoding = sum(min(read_progress(t.path), t.rows) for t in in_flight.values())
-        bar.update(min(total, finished_rows + encoding) - bar.n)
-
     try:
-        with tqdm(total=total, unit="row", desc="encoding", dynamic_ncols=True) as bar:
+        with tqdm(total=sum(t.rows for t in tasks), unit="row", desc="encoding", dynamic_ncols=True) as bar:
+            progress = Progress(bar, bar.total)
+
+            def submit(actor: Any, task: ShardTask) -> ray.ObjectRef:
+                task = reuse.attach(task) if reuse is not None else task
+                ref = actor.run.remote(task)
+                in_flight[ref] = task
+                progress.started(task)
+                return ref
+
+            for task in tasks:
+                pool.submit(submit, task)
             while pool.has_next():
                 try:
                     result = pool.get_next_unordered(timeout=POLL_SECONDS)
                 except TimeoutError:
-                    show_progress(bar)
-                    continue
+                    result = None
                 except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
                     raise _shard_failure(e, _failed_task(in_flight)) from e
-                in_flight.pop(next(r for r, t in in_flight.items() if (t.kind, t.index) == (result["kind"],
-                                                                                            result["index"])))
-                results.append(result)
-                tokens += result["tokens"]
-                finished_rows += result["rows"]
-                show_progress(bar)
-                bar.set_postfix(tokens_per_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f}")
+                for event in drain(queue):
+                    progress.event(*event)
+                if result is not None:
+                    in_flight.pop(next(r for r, t in in_flight.items()
+                                       if (t.kind, t.index) == (result["kind"], result["index"])))
+                    results.append(result)
+                    progress.finished(result)
+                progress.show()
     finally:
         for actor in actors:
             ray.kill(actor)
+        queue.shutdown(force=True)
     return results
 
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -138,46 +138,27 @@ def maybe_inject_fault(task: ShardTask, where: str) -> None:
     os._exit(17)
 
 
-def progress_path(shard: str | os.PathLike) -> Path:
-    """Where the actor writing ``shard`` says how many of its rows are done (a ``.tmp`` name: the store's clean-up
-    removes one a killed actor left)."""
-    shard = Path(shard)
-    return shard.with_name(f".{shard.name}.progress.tmp")
+class ProgressSink(Protocol):
+    """Where a worker reports progress: ``ray.util.queue.Queue`` under Ray, a ``queue.Queue`` in-process."""
 
-
-def read_progress(shard: str | os.PathLike) -> int:
-    """Rows of ``shard`` done so far by the actor writing it (0 when it has not reported yet)."""
-    try:
-        return int(progress_path(shard).read_text() or 0)
-    except (OSError, ValueError):
-        return 0
-
-
-class ShardProgress:
-    """Rows done in one shard, rewritten after every forward batch to :func:`progress_path`, which the driver polls
-    to move its bar while the shard is encoded (a file, because features and progress travel by file)."""
-
-    def __init__(self, path: Path, done: int = 0):
-        self.path, self.done = path, 0
-        self.add(done)
-
-    def add(self, rows: int) -> None:
-        self.done += rows
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(str(self.done))
-        except OSError as e:  # progress is a courtesy; the shard itself is what counts
-            log.debug("cannot report progress to %s: %s", self.path, e)
-
-    def close(self) -> None:
-        self.path.unlink(missing_ok=True)
+    def put_nowait(self, item: Any) -> None: ...
 
 
 class ShardWorker:
-    """Holds one encoder; :meth:`run` encodes a shard and writes it."""
+    """Holds one encoder; :meth:`run` encodes a shard and writes it. With ``progress``, it puts
+    ``(kind, index, rows done)`` there after every forward batch of a shard (and once at its start)."""
 
-    def __init__(self, settings: EncoderSettings, threads: int | None = None):
+    def __init__(self, settings: EncoderSettings, threads: int | None = None, progress: ProgressSink | None = None):
         self.encoder = TextEncoder.load(settings, threads)
+        self.progress = progress
+
+    def _report(self, task: ShardTask, rows: int) -> None:
+        if self.progress is None:
+            return
+        try:
+            self.progress.put_nowait((task.kind, task.index, rows))
+        except Exception as e:  # progress is a courtesy (a full or dead queue); the shard itself is what counts
+            log.debug("cannot report progress of shard %s:%d: %s", task.kind, task.index, e)
 
     def run(self, task: ShardTask) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -187,9 +168,16 @@ class ShardWorker:
         stats = EncodeStats()
         features = np.zeros((len(items), self.encoder.dim), dtype=np.float16)
         todo = self._copy_reused(task, row_hashes, features)
-        progress = ShardProgress(progress_path(task.path), len(items) - len(todo))
+        done = len(items) - len(todo)
+        self._report(task, done)
+
+        def on_batch(rows: int) -> None:
+            nonlocal done
+            done += rows
+            self._report(task, done)
+
         if todo:
-            features[todo] = self.encoder.encode([items[i] for i in todo], stats, on_batch=progress.add)
+            features[todo] = self.encoder.encode([items[i] for i in todo], stats, on_batch=on_batch)
         maybe_inject_fault(task, "encoded")
         maybe_inject_fault(task, "writing")
         checksum = write_shard(
@@ -197,7 +185,6 @@ class ShardWorker:
             langs=[it.lang for it in items], features=features, input_hash=task.input_hash, row_hashes=row_hashes,
         )
         maybe_inject_fault(task, "written")
-        progress.close()
         return {
             "kind": task.kind, "index": task.index, "rows": len(items), "checksum": checksum,
             "encoded_rows": len(todo), "reused_rows": len(items) - len(todo),

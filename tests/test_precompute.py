@@ -323,34 +323,6 @@ def test_run_by_path_shows_help():
     assert out.returncode == 0 and "--data" in out.stdout
 
 
-def test_the_shard_worker_reports_progress_per_batch(tiny_model_dir, tmp_path, monkeypatch):
-    """Issue 15.3: the bar moves per encoded batch: the actor rewrites a progress file after every forward batch."""
-    from precompute.encoding import resolve_encoder
-    from precompute.run import PrecomputeConfig, plan_tasks, run_settings
-    from precompute.schema import scan_inputs
-    from precompute.worker import ShardProgress, ShardWorker, progress_path, read_progress
-
-    data = tmp_path / "data"
-    write_jsonl(data / "kb.jsonl", KB)
-    write_jsonl(data / "mentions.jsonl", MENTIONS)
-    settings = resolve_encoder(tiny_model_dir, prefix="", dtype="fp32", device="cpu", max_tokens_per_batch=64)
-    cfg = PrecomputeConfig(data=data, model=tiny_model_dir, out=tmp_path / "h5", kinds=("ms",))
-    task = plan_tasks(cfg, scan_inputs(data), run_settings(cfg, settings)).tasks["ms"][0]
-    worker = ShardWorker(settings, threads=1)
-    shard = Path(task.path)
-    seen: list[int] = []
-    real = ShardProgress.add
-
-    def add_and_look(self, rows):
-        real(self, rows)
-        seen.append(read_progress(shard))
-
-    monkeypatch.setattr(ShardProgress, "add", add_and_look)
-    worker.run(task)
-    assert len(seen) > 2 and seen == sorted(seen) and seen[-1] == task.rows == len(MENTIONS), seen
-    assert not progress_path(shard).exists() and shard.is_file()
-
-
 def test_relative_model_or_out_inside_a_ray_job_is_refused_saying_why(tiny_data, tiny_model_dir, tmp_path,
                                                                       monkeypatch):
     """Issue 15.2: inside `ray job submit`, relative paths point into the job's uploaded copy of the repo."""
