@@ -273,7 +273,7 @@ def write_records(root: str | os.PathLike, name: str, records: Sequence[dict[str
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
 
 
-STORE_DTYPES = ("bf16", "fp32")  # the dtype the encoder ran in (the features themselves are always float16)
+STORE_DTYPES = ("bf16", "fp32", "int8")  # the dtype the encoder ran in (the features themselves are always float16)
 
 
 def write_manifest(
