@@ -66,13 +66,13 @@ def model_path(model_dir: str | Path, fingerprint: str, dtype: str) -> Path:
     except OSError as e:
         raise OnnxBackendError(f"{folder}: cannot create the ONNX cache ({e}); set {CACHE_ENV} to a writable "
                                "directory") from None
+    fp32 = model_path(model_dir, fingerprint, "fp32") if dtype == "int8" else None  # int8 is quantised from it
     with FileLock(str(folder / ".lock")):
         if not target.is_file():  # another process may have built it while this one waited for the lock
-            if dtype == "fp32":
-                _build(folder / "fp32", lambda tmp: export_fp32(model_dir, tmp / MODEL_FILE))
+            if fp32 is None:
+                _build(target.parent, lambda tmp: export_fp32(model_dir, tmp / MODEL_FILE))
             else:
-                fp32 = model_path(model_dir, fingerprint, "fp32")
-                _build(folder / "int8", lambda tmp: quantize_int8(fp32, tmp / MODEL_FILE))
+                _build(target.parent, lambda tmp: quantize_int8(fp32, tmp / MODEL_FILE))
     return target
 
 
