@@ -49,6 +49,7 @@ from precompute.encoding import (  # noqa: E402
     same_encoder,
 )
 from precompute.onnx_backend import CACHE_ENV as ONNX_CACHE_ENV  # noqa: E402
+from precompute.onnx_backend import QUANTIZE as ONNX_QUANTIZE  # noqa: E402
 from precompute.ray_session import ray_session  # noqa: E402
 from precompute.schema import InputError, Inputs, load_inputs  # noqa: E402
 from precompute.store import (  # noqa: E402
@@ -181,6 +182,7 @@ def run_settings(cfg: PrecomputeConfig, encoder: EncoderSettings) -> dict[str, A
         "max_tokens_per_batch": cfg.max_tokens_per_batch,
         # only a non-torch backend is named, so that torch stores written before backends existed keep their hashes
         **({"backend": encoder.backend} if encoder.backend != "torch" else {}),
+        **({"quantization": dict(ONNX_QUANTIZE)} if encoder.dtype == "int8" else {}),  # its recipe, in every row hash
     }
 
 

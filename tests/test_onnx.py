@@ -77,8 +77,14 @@ def test_int8_runs_and_agrees_with_torch(tiny_model_dir, in_cache):
     path = onnx_backend.model_path(tiny_model_dir, settings.identity["fingerprint"], "int8")
     import onnx
 
-    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    nodes = onnx.load(str(path)).graph.node
+    ops = {node.op_type for node in nodes}
     assert "DynamicQuantizeLinear" in ops and ({"MatMulInteger", "DynamicQuantizeMatMul"} & ops)
+    # the feed-forward down-projections stay fp32 (QUANTIZE["fp32_nodes"])
+    kept = onnx_backend.ffn_down_projections(onnx_backend.model_path(tiny_model_dir, settings.identity["fingerprint"],
+                                                                     "fp32"))
+    assert len(kept) == 2  # one per layer of the tiny model
+    assert {n.name for n in nodes if n.op_type == "MatMul"} >= set(kept)
 
 
 def test_the_cache_is_built_once_even_by_racing_actors(tiny_model_dir, tmp_path, monkeypatch):
