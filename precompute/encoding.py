@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from precompute.onnx_backend import OnnxEncoder, gate_passed, model_path
+from precompute.onnx_backend import QUANTIZE, OnnxEncoder, gate_passed, model_path
 from precompute.store import file_sha256
 
 log = logging.getLogger(__name__)
@@ -226,6 +226,10 @@ class EncoderSettings:
             )
         identity = {**identity, "fingerprint": manifest["encoder"]["fingerprint"]}
         backend = manifest.get("backend", "torch")  # stores written before backends existed ran torch
+        recipe = manifest.get("settings", {}).get("quantization")
+        if manifest["dtype"] == "int8" and recipe != QUANTIZE:
+            raise EncodeError(f"the store was encoded in int8 quantised as {recipe}, this xel quantises as {QUANTIZE}; "
+                              "queries would not encode as the store did. Rerun xel-precompute into a new --out")
         return cls(model=str(model_dir), identity=identity, dtype=manifest["dtype"],
                    device="cpu" if backend == "onnx" else _device_kind(device), layer=manifest["layer"],
                    max_length=manifest["max_length"], prefix=manifest["prefix"], backend=backend)

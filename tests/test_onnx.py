@@ -192,6 +192,9 @@ def test_int8_store_records_its_backend_and_refuses_fp32_appends(tiny_data, tiny
     wanted = [mention_item(m["id"], m["lang"], m["sentence"], m["start"], m["end"]) for m in MENTIONS]
     assert [it.id for it in wanted] == ids
     np.testing.assert_array_equal(query.encode(wanted), features)
+    changed = {**store.manifest, "settings": {**store.manifest["settings"], "quantization": {"per_channel": False}}}
+    with pytest.raises(EncodeError, match="queries would not encode as the store did"):
+        TextEncoder.from_manifest(changed, device="cpu")
     for dtype, backend, refused in (("fp32", None, "dtype: store has 'int8', this run asks 'fp32'"),
                                     ("fp32", "onnx", "dtype: store has 'int8', this run asks 'fp32'"),
                                     ("auto", None, "this run asks")):
