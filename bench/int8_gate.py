@@ -9,7 +9,8 @@ stores), then for each store builds the FAISS index and the candidate lists and 
 
 * the cosine of every ``ms`` and ``es`` row (mean and minimum; gate: both >= 0.99);
 * dense recall@10 of the candidate lists, all mentions and per language (gate: within 0.01);
-* nn F1 and the ranker's F1 per language (gate: within 0.01).
+* nn F1 and the ranker's F1 per language (gate: within 0.01, either way, as the issue states it; "all" is shown,
+  not gated).
 
 Writes ``bench/results/int8_gate.json``, prints the table, and records the verdict for this encoder in its ONNX cache
 (``int8-gate.json``), which ``--dtype auto`` reads on a CPU with VNNI. ``--reduce-range`` quantises with 7-bit weights
@@ -108,7 +109,7 @@ def main(data: Path, model: Path, out: Path, ranker: bool, reduce_range: bool, j
           for name in ("nn", "ranker") if name in fp32}
     checks = [min(c.mean(), c.min()) >= GATE["cosine"] for c in cos.values()]
     checks += [abs(b - a) <= GATE["recall"] for a, b in recall.values()]
-    checks += [abs(b - a) <= GATE["f1"] for rows in f1.values() for a, b in rows.values()]
+    checks += [abs(b - a) <= GATE["f1"] for rows in f1.values() for g, (a, b) in rows.items() if g != "all"]
     passed = all(checks)
     fingerprint = encoder_identity(model)["fingerprint"]
     result = {
