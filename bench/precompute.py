@@ -10,8 +10,9 @@ tokens/s of
   warm) in this process, once per backend and dtype: torch fp32, torch bf16 autocast, onnx fp32, onnx int8
   (ONNX Runtime; the export and quantisation are cached before the timing, and the cosine of each variant's rows
   to torch fp32's is reported);
-* ``ray``: the same worker as a warm Ray actor (items in through the object store, the shard written by the
-  actor), in the dtype ``--dtype auto`` picks here, checked to write the same shard checksum as in-process;
+* ``ray``: the same worker as a warm Ray actor (the task a byte range of a mentions file the actor reads, the
+  shard written by the actor), in the dtype ``--dtype auto`` picks here, checked to write the same shard checksum
+  as in-process;
 * ``end to end``: ``xel-precompute`` itself (``precompute.run.run``: a new local Ray, the actor, the store, the
   manifest) on the same texts as ``mc`` rows, once per torch fp32, onnx fp32 and onnx int8;
 
@@ -41,6 +42,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from precompute.encoding import (  # noqa: E402
+    EncodeItem,
+    EncoderSettings,
     TextEncoder,
     cpu_has_native_bf16,
     cpu_has_vnni,
@@ -49,8 +52,9 @@ from precompute.encoding import (  # noqa: E402
     resolve_encoder,
 )
 from precompute.ray_session import ray_session  # noqa: E402
-from precompute.run import PrecomputeConfig, actor_options  # noqa: E402
+from precompute.run import PrecomputeConfig, actor_options, plan_tasks, run_settings  # noqa: E402
 from precompute.run import run as run_precompute  # noqa: E402
+from precompute.schema import scan_inputs  # noqa: E402
 from precompute.store import read_shard  # noqa: E402
 from precompute.worker import ShardTask, ShardWorker  # noqa: E402
 
@@ -66,6 +70,24 @@ def sample_rows(n: int) -> list[dict]:
 
 def sample_items(rows: list[dict]) -> list:
     return [mention_item(r["id"], r["lang"], r["context"], *_span_in_context(r)) for r in rows]
+
+
+def write_data(items: list[EncodeItem], data: Path) -> Path:
+    """The items as a mentions file whose ``ms`` rows encode exactly them (the sentence is the text, the span the
+    item's pooled span), and a one-entity KB: what the shard tasks read by byte range."""
+    data.mkdir(parents=True, exist_ok=True)
+    with open(data / "mentions.jsonl", "w", encoding="utf-8") as f:
+        for it in items:
+            f.write(json.dumps({"id": it.id, "lang": it.lang, "sentence": it.text, "start": it.pool[0],
+                                "end": it.pool[1], "context": None, "gold": None}, ensure_ascii=False) + "\n")
+    (data / "kb.jsonl").write_text('{"id": "Q1", "name": "Moscow", "description": null, "lang": "en"}\n')
+    return data
+
+
+def plan_shards(data: Path, model: Path, out: Path, settings: EncoderSettings, shard_size: int) -> list[ShardTask]:
+    """The ``ms`` shard tasks of ``data`` with ``shard_size`` rows each, as xel-precompute plans them."""
+    cfg = PrecomputeConfig(data=data, model=model, out=out, kinds=("ms",), shard_size=shard_size, dtype=settings.dtype)
+    return plan_tasks(cfg, scan_inputs(data, shard_size), run_settings(cfg, settings)).tasks["ms"]
 
 
 def _span_in_context(r: dict) -> tuple[int, int]:
@@ -153,8 +175,11 @@ def bench_model(name: str, model_dir: Path, items: list, peaks: dict[str, float]
     naive = naive_tokens_per_s(fp32, items, budget_s=60)
     del fp32
 
-    def task(tag: str, chunk: list) -> ShardTask:
-        return ShardTask("ms", 0, 0, tuple(chunk), "bench", str(out_dir / name / tag / "ms" / "shard-00000.h5"))
+    data = write_data(items, out_dir / name / "data")
+
+    def task(tag: str, rows: int, variant: EncoderSettings = settings) -> ShardTask:
+        """The first ``rows`` texts as one shard task, planned as xel-precompute plans it (a byte range)."""
+        return plan_shards(data, model_dir, out_dir / name / tag, variant, rows)[0]
 
     config = json.loads((model_dir / "config.json").read_text())
     in_process: dict[str, dict] = {}
@@ -165,8 +190,8 @@ def bench_model(name: str, model_dir: Path, items: list, peaks: dict[str, float]
         t0 = time.perf_counter()
         worker = ShardWorker(variant, threads)  # an onnx variant exports and quantises here, once (cached)
         load_s = time.perf_counter() - t0
-        worker.run(task(f"warm-{key}", items[:16]))
-        timed = task(key, items)
+        worker.run(task(f"warm-{key}", 16, variant))
+        timed = task(key, len(items), variant)
         t0 = time.perf_counter()
         results[key] = {**worker.run(timed), "path": timed.path}
         seconds = time.perf_counter() - t0
@@ -192,10 +217,10 @@ def bench_model(name: str, model_dir: Path, items: list, peaks: dict[str, float]
     options = actor_options(cfg, threads)
     t0 = time.perf_counter()
     actor = ray.remote(ShardWorker).options(**options).remote(settings, threads)
-    ray.get(actor.run.remote(task("warm-ray", items[:16])))
+    ray.get(actor.run.remote(task("warm-ray", 16, settings)))
     actor_start_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    remote = ray.get(actor.run.remote(task("ray", items)))
+    remote = ray.get(actor.run.remote(task("ray", len(items), settings)))
     ray_s = time.perf_counter() - t0
     ray.kill(actor)
     assert remote["tokens"] == tokens and remote["checksum"] == local["checksum"], "Ray and in-process differ"

@@ -240,11 +240,21 @@ class Linker:
         return [r if isinstance(r, Item) else check_item(r, f"items[{i}]", f"item-{i}")
                 for i, r in enumerate(records)]
 
-    def mentions(self, items: Sequence[Item]) -> Mentions:
-        """The items as the trainer's :class:`Mentions`: encoded, with their candidates and pair features."""
+    def encode(self, items: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
+        """``(ms, mc)`` float16 of the items, encoded in this process exactly as precompute encodes mentions."""
         ms = self.encoder.encode([mention_item(it.id, it.lang, it.sentence, it.start, it.end) for it in items])
         mc = self.encoder.encode([context_item(it.id, it.lang, it.context or it.sentence, it.sentence, it.start,
                                                it.end) for it in items])
+        return ms, mc
+
+    def mentions(self, items: Sequence[Item], encoded: tuple[np.ndarray, np.ndarray] | None = None) -> Mentions:
+        """The items as the trainer's :class:`Mentions`: encoded (or their ``(ms, mc)`` rows as given, e.g. read
+        from a store precompute wrote), with their candidates and pair features."""
+        if encoded is None:
+            encoded = self.encode(items)
+        ms, mc = encoded
+        if len(ms) != len(items) or len(mc) != len(items):
+            raise ValueError(f"{len(items)} items but {len(ms)} ms and {len(mc)} mc rows")
         vectors = unit_concat([{"ms": ms, "mc": mc}[part] for part in self.index.query_kind.split("+")])
         refs = [MentionRef(id=it.id, lang=it.lang, surface=it.surface, gold=None, given=None) for it in items]
         priors, dense, ngram = self.generator.sources(refs, vectors)
@@ -273,13 +283,14 @@ class Linker:
             mentions = replace(mentions, pair=pair_features(mentions, self.pair_prior, self.groups))
         return mentions
 
-    def link(self, records: Sequence[Any], k: int = 10, threshold: float | None = None) -> list[Link]:
+    def link(self, records: Sequence[Any], k: int = 10, threshold: float | None = None,
+             encoded: tuple[np.ndarray, np.ndarray] | None = None) -> list[Link]:
         """Link ``records`` (dicts as in :func:`check_item`, or :class:`Item`); each :class:`Link` holds the top
-        ``k`` candidates."""
+        ``k`` candidates. ``encoded``: their ``(ms, mc)`` rows when already encoded (``xel-link --actors``)."""
         items = self.items(records)
         if not items:
             return []
-        mentions = self.mentions(items)
+        mentions = self.mentions(items, encoded)
         if self.model is None:
             ranked = with_cosine_nil_score(pick_best(nn_scores(mentions), mentions), mentions)
         else:
