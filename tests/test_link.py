@@ -198,3 +198,29 @@ def test_relative_run_paths_resolve_under_the_run_directorys_parents(tmp_path, m
     assert resolve_run_path("runs/sample/h5", run, "features") == str(tmp_path / "runs" / "sample" / "h5")
     with pytest.raises(LinkError, match="features 'runs/other/h5' exists neither"):
         resolve_run_path("runs/other/h5", run, "features")
+
+
+def test_linking_reads_only_the_kb_rows_of_its_candidates(trained_run, monkeypatch):
+    """Neither loading the linker nor linking reads a whole table; a batch reads the es/ec rows of its own
+    candidates, nothing else (a 6M-entity KB stays on disk)."""
+    from precompute.store import Store
+
+    read_rows = Store.read_rows
+    seen: dict[str, set[int]] = {}
+
+    def refuse(self, kind):
+        raise AssertionError(f"Store.load({kind!r}) read a whole [N, D] table")
+
+    def record(self, kind, rows):
+        seen.setdefault(kind, set()).update(int(r) for r in rows)
+        return read_rows(self, kind, rows)
+
+    monkeypatch.setattr(Store, "load", refuse)
+    monkeypatch.setattr(Store, "read_rows", record)
+    linker = Linker.load(trained_run)
+    seen.clear()
+    items, _ = _test_records(trained_run)
+    links = linker.link(items[:3], k=100)
+    ids = linker.kb.ids
+    scored = {ids.index(c.id) for link in links for c in link.candidates}
+    assert seen["es"] == seen["ec"] == scored and len(scored) < len(ids)
