@@ -6,11 +6,11 @@ character overlap). Names and mention strings are transliterated to Latin script
 normalised (:func:`retrieval.names.latin`), then compared by the cosine of scikit-learn's
 TF-IDF vectors of character 2- to 4-grams within word boundaries (``analyzer="char_wb"``, sublinear tf).
 
-Each query scores only the KB names that share one of its rarer n-grams: its n-grams are taken rarest first
-while their posting lists hold at most ``POSTINGS`` names in all, and those names are scored exactly (cosine of
-the full vectors). A common bigram ("an") is in most names of a large KB, so scoring every name that shares
-one would cost queries x KB (10k x 6M). When all of a query's postings fit (any KB of up to ``POSTINGS`` names)
-the result is the exact top-k; beyond, a name that shares only common n-grams with the query is not scored.
+A KB of up to ``POSTINGS`` names is scored whole, a block of queries at a time: the exact top-k. In a larger KB
+a common bigram ("an") is in most names, and scoring every name would cost queries x KB (10k x 6M), so each
+query scores only the names that share one of its rarer n-grams: its n-grams are taken rarest first while their
+posting lists hold at most ``POSTINGS`` names in all, and those names are scored exactly (cosine of the full
+vectors); a name that shares only common n-grams with the query is not scored.
 """
 
 from __future__ import annotations
@@ -44,6 +44,12 @@ class NgramIndex:
         out: list[list[tuple[str, float]]] = []
         for start in range(0, len(queries), BLOCK):
             q = self.vectorizer.transform([latin(t) for t in queries[start : start + BLOCK]]).tocsr()
+            if len(self.ids) <= POSTINGS:  # every posting fits: score every name at once, one block of queries
+                for row in (q @ self.postings).toarray():
+                    top = np.argpartition(-row, k)[:k] if len(row) > k else np.arange(len(row))
+                    top = top[np.lexsort((top, -row[top]))]
+                    out.append([(self.ids[j], float(row[j])) for j in top if row[j] > 0])
+                continue
             for i in range(q.shape[0]):
                 grams = q.indices[q.indptr[i]:q.indptr[i + 1]]
                 if not len(grams):

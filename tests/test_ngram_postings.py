@@ -1,5 +1,5 @@
-"""N-gram candidates score only the names that share a rarer n-gram with the query: the exact top-k while the
-postings fit, exact scores of fewer names beyond (retrieval/ngram.py).
+"""N-gram candidates: the exact top-k while the KB's postings fit; beyond, only the names that share a rarer
+n-gram with the query are scored, each exactly (retrieval/ngram.py).
 
     pytest tests/test_ngram_postings.py
 """
@@ -44,7 +44,7 @@ def test_search_is_exact_while_the_postings_fit():
 def test_beyond_the_budget_only_rarer_ngrams_pick_the_names_scored_exactly(monkeypatch):
     kb = names(300, 0)
     index = NgramIndex([f"Q{i}" for i in range(300)], kb)
-    monkeypatch.setattr(ngram, "POSTINGS", 20)
+    monkeypatch.setattr(ngram, "POSTINGS", 20)  # below the KB size: the pruned path
     queries = names(30, 2)
     got = index.search(queries, 10)
     exact = {q: dict(row) for q, row in zip(queries, brute_force(index, queries, 300))}
