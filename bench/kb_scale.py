@@ -434,5 +434,32 @@ def e2e(entities: int, mentions: int, work: Path, spec: str, shard_size: int, ke
         shutil.rmtree(run_dir)
 
 
+@main.command()
+@click.option("--data", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="a directory with kb.jsonl (e.g. an e2e run's data/)")
+@click.option("--model", type=click.Path(path_type=Path, file_okay=False),
+              default=ROOT / "models" / "multilingual-e5-small", show_default=True)
+@click.option("--rows", default=20_000, show_default=True, help="KB entries to tokenize (the first N)")
+def tokens(data: Path, model: Path, rows: int) -> None:
+    """Mean subwords per ``es`` text (prefix + name) and ``ec`` text (prefix + description, or the name) with
+    ``model``'s tokenizer, special tokens included: what the plan for a GPU cluster counts tokens with."""
+    from itertools import islice
+
+    from transformers import AutoTokenizer
+
+    from precompute.encoding import default_prefix
+    from precompute.store import read_jsonl
+
+    tok = AutoTokenizer.from_pretrained(model)
+    prefix = default_prefix(model)
+    records = list(islice(read_jsonl(data / "kb.jsonl"), rows))
+    counts = {}
+    for kind, texts in (("es", [r["name"] for r in records]),
+                        ("ec", [r.get("description") or r["name"] for r in records])):
+        counts[kind] = float(np.mean([len(x) for x in tok([prefix + t for t in texts])["input_ids"]]))
+    print(json.dumps({"model": str(model), "prefix": prefix, "rows": len(records),
+                      "tokens_per_text": {k: round(v, 2) for k, v in counts.items()}}))
+
+
 if __name__ == "__main__":
     main()
