@@ -1,9 +1,22 @@
-"""Linking against millions of entities in bounded memory: per index configuration, peak RSS while building and
-linking 10k mentions, recall@10 against exact search, and queries/s; extrapolated to 6M entities.
+"""Linking against millions of entities in bounded memory: the whole pipeline at 1M / 3M / 6M entities (``e2e``),
+and per index configuration, peak RSS while building and linking 10k mentions (``run``).
 
-    python bench/kb_scale.py [--entities 2000000] [--queries 10000] [--dim 384] [--work /tmp/xel-kb-scale]
+    python bench/kb_scale.py e2e --entities 1000000 --work /work/scale-data [--no-encode] [--keep]
+    python bench/kb_scale.py run [--entities 2000000] [--queries 10000] [--dim 384] [--work /tmp/xel-kb-scale]
+    python bench/kb_scale.py tokens --data DIR     # subwords per KB text with the real tokenizer
 
-It writes a store of random low-rank entity features (a 48-dim latent projected to ``--dim`` plus noise, fp16,
+``e2e`` writes a synthetic KB of ``--entities`` entries (two-word names from seeded syllables, a short
+description, Zipf-like ``links``) and 10k mentions of random entries (5% NIL), builds the tiny random test
+encoder (``tests/tiny.py``), and runs each step as its own process, in its own session, sampled every 0.5 s
+for each process's peak private memory (``RssAnon``; :class:`bench.soak.Sampler`: the step's own process is
+``driver``, Ray's encoder actors ``actor``, Ray's other processes ``ray``): ``xel-precompute`` through a local
+Ray (``--no-encode``: the store is written directly by :func:`write_store_directly`, for sizes whose encoding
+does not fit the time at hand), ``xel-nn build`` (``--index``, default ``IVF4096,SQ8``, exact re-ranking),
+``xel-nn candidates``, ``xel-nn eval`` and one epoch of ``xel-train``; wall time and the size on disk of each
+step's output. Writes ``bench/results/kb-scale-e2e-<entities>.json`` (``--steps`` reruns some steps of a
+``--keep`` run and keeps the others' figures) and prints a table.
+
+``run`` writes a store of random low-rank entity features (a 48-dim latent projected to ``--dim`` plus noise, fp16,
 the way real encoder features cluster; mentions are entities plus noise), computes the exact top-10 once by
 streaming the store, then runs each configuration in a fresh process (``one``), so that each peak RSS
 (``VmHWM``) is that configuration's alone: the index built shard by shard from the store, loaded as
@@ -341,7 +354,7 @@ def measured_step(name: str, cmd: list[str], out: Path, log_dir: Path, env: dict
 @click.option("--entities", default=1_000_000, show_default=True)
 @click.option("--mentions", default=10_000, show_default=True)
 @click.option("--work", type=click.Path(path_type=Path), default=Path("/tmp/xel-kb-scale-e2e"), show_default=True)
-@click.option("--index", "spec", default="IVF1024,SQ8|nprobe=512", show_default=True,
+@click.option("--index", "spec", default="IVF4096,SQ8|nprobe=64", show_default=True,
               help="factory|search params of the index (README: the best compressed configuration)")
 @click.option("--shard-size", default=65536, show_default=True)
 @click.option("--keep/--no-keep", default=False, help="keep the data, store and index after measuring")
