@@ -8,8 +8,8 @@ tokens/s of
 * ``naive``: one text at a time, fp32, no bucketing (the baseline);
 * ``in-process``: :class:`precompute.worker.ShardWorker` (bf16 autocast, length-bucketed batches) in this process,
   and the same worker in fp32 (``in-process fp32``), which separates what batching gives from what bf16 gives;
-* ``ray``: the same worker as a warm Ray actor (items in through the object store, the shard written by the
-  actor), checked to write the same shard checksum as in-process;
+* ``ray``: the same worker as a warm Ray actor (the task a byte range of a mentions file the actor reads, the
+  shard written by the actor), checked to write the same shard checksum as in-process;
 
 and reports the speed-up over naive, the Ray overhead over in-process, the padding fraction, and the fraction of
 the matmul roofline (the better of the bf16 and fp32 GEMM peaks measured in this run; FLOPs/token from the model
@@ -35,9 +35,18 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from precompute.encoding import TextEncoder, cpu_has_native_bf16, mention_item, resolve_dtype, resolve_encoder  # noqa: E402
+from precompute.encoding import (  # noqa: E402
+    EncodeItem,
+    EncoderSettings,
+    TextEncoder,
+    cpu_has_native_bf16,
+    mention_item,
+    resolve_dtype,
+    resolve_encoder,
+)
 from precompute.ray_session import ray_session  # noqa: E402
-from precompute.run import PrecomputeConfig, actor_options  # noqa: E402
+from precompute.run import PrecomputeConfig, actor_options, plan_tasks, run_settings  # noqa: E402
+from precompute.schema import scan_inputs  # noqa: E402
 from precompute.worker import ShardTask, ShardWorker  # noqa: E402
 
 
@@ -46,6 +55,24 @@ def sample_items(n: int) -> list:
     rng = np.random.default_rng(0)
     picked = [rows[i] for i in rng.choice(len(rows), size=min(n, len(rows)), replace=False)]
     return [mention_item(r["id"], r["lang"], r["context"], *_span_in_context(r)) for r in picked]
+
+
+def write_data(items: list[EncodeItem], data: Path) -> Path:
+    """The items as a mentions file whose ``ms`` rows encode exactly them (the sentence is the text, the span the
+    item's pooled span), and a one-entity KB: what the shard tasks read by byte range."""
+    data.mkdir(parents=True, exist_ok=True)
+    with open(data / "mentions.jsonl", "w", encoding="utf-8") as f:
+        for it in items:
+            f.write(json.dumps({"id": it.id, "lang": it.lang, "sentence": it.text, "start": it.pool[0],
+                                "end": it.pool[1], "context": None, "gold": None}, ensure_ascii=False) + "\n")
+    (data / "kb.jsonl").write_text('{"id": "Q1", "name": "Moscow", "description": null, "lang": "en"}\n')
+    return data
+
+
+def plan_shards(data: Path, model: Path, out: Path, settings: EncoderSettings, shard_size: int) -> list[ShardTask]:
+    """The ``ms`` shard tasks of ``data`` with ``shard_size`` rows each, as xel-precompute plans them."""
+    cfg = PrecomputeConfig(data=data, model=model, out=out, kinds=("ms",), shard_size=shard_size, dtype=settings.dtype)
+    return plan_tasks(cfg, scan_inputs(data, shard_size), run_settings(cfg, settings)).tasks["ms"]
 
 
 def _span_in_context(r: dict) -> tuple[int, int]:
@@ -99,23 +126,26 @@ def bench_model(name: str, model_dir: Path, items: list, peak: float, out_dir: P
     naive = naive_tokens_per_s(fp32, items, budget_s=60)
     del fp32
 
-    def task(tag: str, chunk: list) -> ShardTask:
-        return ShardTask("ms", 0, 0, tuple(chunk), "bench", str(out_dir / name / tag / "ms" / "shard-00000.h5"))
+    data = write_data(items, out_dir / name / "data")
+
+    def task(tag: str, rows: int) -> ShardTask:
+        """The first ``rows`` texts as one shard task, planned as xel-precompute plans it (a byte range)."""
+        return plan_shards(data, model_dir, out_dir / name / tag, settings, rows)[0]
 
     t0 = time.perf_counter()
     worker = ShardWorker(settings, threads)
     load_s = time.perf_counter() - t0
-    worker.run(task("warm", items[:16]))
+    worker.run(task("warm", 16))
     t0 = time.perf_counter()
-    local = worker.run(task("local", items))
+    local = worker.run(task("local", len(items)))
     in_process_s = in_process_bf16_s = time.perf_counter() - t0
     tokens = local["tokens"]
     del worker
     # the same worker in fp32: separates what batching gives from what bf16 gives on this CPU
     worker = ShardWorker(dataclasses.replace(settings, dtype="fp32"), threads)
-    worker.run(task("warm-fp32", items[:16]))
+    worker.run(task("warm-fp32", 16))
     t0 = time.perf_counter()
-    local_fp32 = worker.run(task("local-fp32", items))
+    local_fp32 = worker.run(task("local-fp32", len(items)))
     in_process_fp32_s = time.perf_counter() - t0
     del worker
     if dtype == "fp32":  # the Ray path below runs the default dtype; compare it with the same in-process
@@ -125,10 +155,10 @@ def bench_model(name: str, model_dir: Path, items: list, peak: float, out_dir: P
     options = actor_options(cfg, threads)
     t0 = time.perf_counter()
     actor = ray.remote(ShardWorker).options(**options).remote(settings, threads)
-    ray.get(actor.run.remote(task("warm-ray", items[:16])))
+    ray.get(actor.run.remote(task("warm-ray", 16)))
     actor_start_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    remote = ray.get(actor.run.remote(task("ray", items)))
+    remote = ray.get(actor.run.remote(task("ray", len(items))))
     ray_s = time.perf_counter() - t0
     ray.kill(actor)
     assert remote["tokens"] == tokens and remote["checksum"] == local["checksum"], "Ray and in-process differ"

@@ -30,28 +30,28 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
+from array import array  # noqa: E402
 from collections import Counter  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
+import numpy as np  # noqa: E402
 import ray  # noqa: E402
 from ray.util import ActorPool  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from precompute.encoding import (  # noqa: E402
     EncodeError,
-    EncodeItem,
     EncoderSettings,
-    context_item,
-    entity_item,
-    mention_item,
     resolve_encoder,
     same_encoder,
 )
 from precompute.ray_session import ray_session  # noqa: E402
-from precompute.schema import InputError, Inputs, load_inputs  # noqa: E402
+from precompute.schema import FileIndex, InputError, ScannedInputs, read_records, scan_inputs  # noqa: E402
 from precompute.store import (  # noqa: E402
     KINDS,
+    RECORD_FILES,
     RUN_CONFIG,
     atomic_write_json,
     file_sha256,
@@ -66,9 +66,12 @@ from precompute.store import (  # noqa: E402
 from precompute.worker import (  # noqa: E402
     FAULT_ENV,
     FAULT_MARKER_ENV,
+    SOURCE,
     ShardTask,
     ShardWorker,
+    build_items,
     read_progress,
+    row_digest,
     row_hash,
     shard_input_hash,
 )
@@ -148,21 +151,6 @@ class PrecomputeConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
 
-def build_items(inputs: Inputs, kind: str) -> list[EncodeItem]:
-    """The texts and spans of one feature kind, in input order."""
-    if kind == "ms":
-        return [mention_item(m.id, m.lang, m.sentence, m.start, m.end) for m in inputs.mentions]
-    if kind == "mc":
-        return [context_item(m.id, m.lang, m.context, m.sentence, m.start, m.end) for m in inputs.mentions]
-    if kind == "es":
-        return [entity_item(e.id, e.lang, e.name) for e in inputs.kb]
-    if kind == "ec":  # an entity without a description is described by its name (counted in the manifest)
-        return [entity_item(e.id, e.lang, e.description or e.name) for e in inputs.kb]
-    if kind == "text":
-        return [entity_item(t.id, t.lang, t.text) for t in inputs.text]
-    raise ValueError(f"unknown kind {kind!r}; allowed: {list(KINDS)}")
-
-
 def encoder_settings(cfg: PrecomputeConfig) -> EncoderSettings:
     """The flags' encoder, resolved once for the whole run (the model hashed once), on the actors' device."""
     return resolve_encoder(cfg.model, layer=cfg.layer, max_length=cfg.max_length, prefix=cfg.prefix,
@@ -234,41 +222,88 @@ def _previous_settings(config_file: Path) -> dict[str, Any]:
     return previous["settings"]
 
 
-def write_input_copies(out: Path, inputs: Inputs) -> None:
-    """The validated records the store's features come from, for readers (``Store.records``)."""
-    for name, records in (("kb", inputs.kb), ("mentions", inputs.mentions), ("text", inputs.text)):
-        write_records(out, name, [dataclasses.asdict(r) for r in records])
-
-
-def plan_tasks(cfg: PrecomputeConfig, inputs: Inputs, settings: dict[str, Any]) -> dict[str, list[ShardTask]]:
-    # what a shard holds does not depend on how it was batched
+def settings_fingerprint(settings: dict[str, Any]) -> str:
+    """What a shard holds does not depend on how it was batched: the settings less ``max_tokens_per_batch``."""
     encoded = {k: v for k, v in settings.items() if k != "max_tokens_per_batch"}
-    fingerprint = hashlib.sha256(json.dumps(encoded, sort_keys=True).encode()).hexdigest()
-    plan: dict[str, list[ShardTask]] = {}
-    for kind in cfg.kinds:
-        items = build_items(inputs, kind)
-        tasks = []
-        for index, start in enumerate(range(0, len(items), cfg.shard_size)):
-            chunk = tuple(items[start : start + cfg.shard_size])
-            tasks.append(ShardTask(
-                kind, index, start, chunk, shard_input_hash(fingerprint, kind, chunk),
-                str(shard_path(cfg.out, kind, index)), tuple(row_hash(fingerprint, it) for it in chunk),
-            ))
-        plan[kind] = tasks
-    return plan
+    return hashlib.sha256(json.dumps(encoded, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Plan:
+    """The shards of every kind, and each row's :func:`~precompute.worker.row_digest` (8 bytes a row, the only
+    per-row state the driver keeps: it finds the stored rows a rewritten shard can reuse)."""
+
+    tasks: dict[str, list[ShardTask]]
+    row_digests: dict[str, np.ndarray]
+
+
+def plan_tasks(cfg: PrecomputeConfig, scanned: ScannedInputs, settings: dict[str, Any]) -> Plan:
+    """Plan the shards from the byte ranges :func:`~precompute.schema.scan_inputs` found (``cfg.shard_size``
+    records each), reading one shard's records at a time to hash them, and copy the validated records into the
+    store (``inputs/``, for ``Store.records``) in the same pass. Memory: one shard's records, 8 bytes a row."""
+    fingerprint = settings_fingerprint(settings)
+    tasks: dict[str, list[ShardTask]] = {kind: [] for kind in cfg.kinds}
+    digests = {kind: array("Q") for kind in cfg.kinds}
+    for name in RECORD_FILES:
+        index = scanned.files.get(name)
+        if index is None:
+            write_records(cfg.out, name, [])
+            continue
+        kinds = [kind for kind in cfg.kinds if SOURCE[kind] == name]
+
+        def records(index: FileIndex = index, kinds: list[str] = kinds) -> Iterator[dict[str, Any]]:
+            for shard, (start, rows, begin, end) in enumerate(index.ranges()):
+                first_line = index.starts[shard][1]
+                chunk = read_records(index.path, index.name, begin, end, first_line)
+                for kind in kinds:
+                    items = build_items(chunk, kind)
+                    digests[kind].extend(row_digest(row_hash(fingerprint, it)) for it in items)
+                    tasks[kind].append(ShardTask(
+                        kind, shard, start, rows, str(index.path), begin, end, first_line, fingerprint,
+                        shard_input_hash(fingerprint, kind, items), str(shard_path(cfg.out, kind, shard)),
+                    ))
+                yield from (vars(r) for r in chunk)  # the fields, as dataclasses.asdict gives them
+
+        write_records(cfg.out, name, records())
+    return Plan(tasks, {kind: np.frombuffer(d, dtype=np.uint64).copy() for kind, d in digests.items()})
 
 
 PREV_DIR = ".prev"  # {kind}/.prev/: shards set aside by a run that rewrites them, read for reusable rows
 
 
-def plan_reuse(out: Path, plan: dict[str, list[ShardTask]], todo: list[ShardTask]) -> list[ShardTask]:
+@dataclass
+class Reuse:
+    """Where stored rows with the row digests a rewritten shard needs are: per kind, sorted digests and the
+    (shard file, row) of each. :meth:`attach` gives a task its per-row sources just before it is submitted."""
+
+    row_digests: dict[str, np.ndarray]
+    digests: dict[str, np.ndarray]
+    files: dict[str, list[str]]
+    file_of: dict[str, np.ndarray]
+    row_of: dict[str, np.ndarray]
+
+    def attach(self, task: ShardTask) -> ShardTask:
+        if task.kind not in self.digests or not len(self.digests[task.kind]):
+            return task
+        found = self.digests[task.kind]
+        wanted = self.row_digests[task.kind][task.start : task.start + task.rows]
+        at = np.minimum(np.searchsorted(found, wanted), len(found) - 1)
+        hit = found[at] == wanted
+        if not hit.any():
+            return task
+        files, file_of, row_of = self.files[task.kind], self.file_of[task.kind], self.row_of[task.kind]
+        reuse = tuple((files[file_of[a]], int(row_of[a])) if h else None for a, h in zip(at.tolist(), hit.tolist()))
+        return dataclasses.replace(task, reuse=reuse)
+
+
+def plan_reuse(out: Path, plan: Plan, todo: list[ShardTask]) -> Reuse:
     """Incremental precompute: move the shard files that ``todo`` will overwrite (and those past the plan's end)
-    into ``{kind}/.prev/``, then point every row of a ``todo`` shard at a stored row with the same row hash (in
-    a kept shard or a set-aside one), so that only new or changed rows are encoded. Moving first means no
-    actor ever reads a file that another is rewriting; ``.prev`` is deleted once the manifest is written, and a
-    run killed before that finds it again."""
-    result = []
-    for kind, tasks in plan.items():
+    into ``{kind}/.prev/``, then find, for the rows of the ``todo`` shards, stored rows with the same row digest
+    (in a kept shard or a set-aside one), so that only new or changed rows are encoded (the actor checks the full
+    row hash). Moving first means no actor ever reads a file that another is rewriting; ``.prev`` is deleted once
+    the manifest is written, and a run killed before that finds it again."""
+    reuse = Reuse(plan.row_digests, {}, {}, {}, {})
+    for kind, tasks in plan.tasks.items():
         mine = [t for t in todo if t.kind == kind]
         if not mine:
             continue
@@ -279,16 +314,22 @@ def plan_reuse(out: Path, plan: dict[str, list[ShardTask]], todo: list[ShardTask
             if path.name in rewritten or path.name not in planned:
                 prev.mkdir(parents=True, exist_ok=True)
                 os.replace(path, prev / f"{path.stem}.{uuid.uuid4().hex[:12]}.h5")
-        needed = {h for t in mine for h in t.row_hashes}
-        sources: dict[str, tuple[str, int]] = {}
-        for path in [*sorted(kind_dir.glob("shard-*.h5")), *sorted(prev.glob("*.h5"))]:
-            for row, h in enumerate(read_row_hashes(path)):
-                if h in needed:
-                    sources.setdefault(h, (str(path), row))
-        for task in mine:
-            reuse = tuple(sources.get(h) for h in task.row_hashes)
-            result.append(dataclasses.replace(task, reuse=reuse if any(r is not None for r in reuse) else ()))
-    return result
+        sources = [str(p) for p in [*sorted(kind_dir.glob("shard-*.h5")), *sorted(prev.glob("*.h5"))]]
+        if not sources:
+            continue
+        needed = np.unique(np.concatenate([plan.row_digests[kind][t.start : t.start + t.rows] for t in mine]))
+        digests, file_of, row_of = [], [], []
+        for number, path in enumerate(sources):
+            stored = np.array([row_digest(h) for h in read_row_hashes(path)], dtype=np.uint64)
+            rows = np.flatnonzero(np.isin(stored, needed))
+            digests.append(stored[rows])
+            file_of.append(np.full(len(rows), number, dtype=np.int32))
+            row_of.append(rows.astype(np.int32))
+        # the first source of a digest wins: kept shards before set-aside ones, rows in order
+        found, first = np.unique(np.concatenate(digests), return_index=True)
+        reuse.digests[kind], reuse.files[kind] = found, sources
+        reuse.file_of[kind], reuse.row_of[kind] = np.concatenate(file_of)[first], np.concatenate(row_of)[first]
+    return reuse
 
 
 def drop_set_aside(out: Path, kinds: tuple[str, ...]) -> None:
@@ -327,12 +368,15 @@ def actor_options(cfg: PrecomputeConfig, cpus: float) -> dict[str, Any]:
 POLL_SECONDS = 0.5  # how often the driver looks at the actors' progress (and lets Ctrl-C / SIGTERM in)
 
 
-def execute(cfg: PrecomputeConfig, encoder: EncoderSettings, tasks: list[ShardTask]) -> list[dict[str, Any]]:
+def execute(cfg: PrecomputeConfig, encoder: EncoderSettings, tasks: list[ShardTask],
+            reuse: Reuse | None = None) -> list[dict[str, Any]]:
     """Run ``tasks`` on ``cfg.actors`` Ray actors (a ``ray.util.ActorPool``), a tqdm bar over rows that moves per
     encoded batch (each actor rewrites its shard's progress file, polled here every ``POLL_SECONDS``, which also
     lets Ctrl-C and SIGTERM in). The actors are killed however this ends.
 
     Each actor is in the pool twice, so that its next shard is already queued at the actor while it encodes one.
+    A task gets its reusable rows (``reuse``) only when an actor takes it, so the driver holds them for the
+    shards in flight only.
     """
     cpus = _actor_cpus(cfg)
     actor_cls = ray.remote(ShardWorker).options(**actor_options(cfg, cpus))
@@ -341,6 +385,7 @@ def execute(cfg: PrecomputeConfig, encoder: EncoderSettings, tasks: list[ShardTa
     in_flight: dict[ray.ObjectRef, ShardTask] = {}
 
     def submit(actor: Any, task: ShardTask) -> ray.ObjectRef:
+        task = reuse.attach(task) if reuse is not None else task
         ref = actor.run.remote(task)
         in_flight[ref] = task
         return ref
@@ -350,10 +395,10 @@ def execute(cfg: PrecomputeConfig, encoder: EncoderSettings, tasks: list[ShardTa
     results: list[dict[str, Any]] = []
     tokens = finished_rows = 0
     t0 = time.perf_counter()
-    total = sum(len(t.items) for t in tasks)
+    total = sum(t.rows for t in tasks)
 
     def show_progress(bar: tqdm) -> None:
-        encoding = sum(min(read_progress(t.path), len(t.items)) for t in in_flight.values())
+        encoding = sum(min(read_progress(t.path), t.rows) for t in in_flight.values())
         bar.update(min(total, finished_rows + encoding) - bar.n)
 
     try:
@@ -409,34 +454,33 @@ def run(cfg: PrecomputeConfig) -> dict[str, Any]:
         if kind not in KINDS:
             raise PrecomputeError(f"--kinds: {kind!r} is not a feature kind; allowed: {','.join(KINDS)}")
     check_job_paths(cfg)
-    inputs = load_inputs(cfg.data)
-    kinds = tuple(k for k in cfg.kinds if k != "text" or inputs.text)
+    scanned = scan_inputs(cfg.data, cfg.shard_size)
+    kinds = tuple(k for k in cfg.kinds if k != "text" or ("text" in scanned.files and scanned.files["text"].rows))
     encoder = encoder_settings(cfg)
     encoder = dataclasses.replace(encoder, identity=adopt_store_identity(cfg.out, encoder.identity))
     cfg = dataclasses.replace(cfg, kinds=kinds, dtype=encoder.dtype)
     settings = run_settings(cfg, encoder)
-    input_hashes = {name: file_sha256(path) for name, path in inputs.files.items()}
+    input_hashes = {name: file_sha256(path) for name, path in scanned.paths.items()}
     prepare_out_dir(cfg.out, {"settings": settings, "encoder": encoder.identity, "config": cfg.to_json()})
-    write_input_copies(cfg.out, inputs)
 
-    plan = plan_tasks(cfg, inputs, settings)
-    todo = [t for tasks in plan.values() for t in tasks if not shard_is_complete(t.path, t.input_hash)]
-    skipped = sum(len(tasks) for tasks in plan.values()) - len(todo)
+    plan = plan_tasks(cfg, scanned, settings)
+    todo = [t for tasks in plan.tasks.values() for t in tasks if not shard_is_complete(t.path, t.input_hash)]
+    skipped = sum(len(tasks) for tasks in plan.tasks.values()) - len(todo)
     log.info("%d shards to encode, %d complete shards kept", len(todo), skipped)
-    todo = plan_reuse(cfg.out, plan, todo)
+    reuse = plan_reuse(cfg.out, plan, todo)
     t0 = time.perf_counter()
     results: list[dict[str, Any]] = []
     if todo:
         with ray_session(cfg.address):
             stop_on_sigterm()  # after ray.init, which installs a handler of its own that aborts the driver
-            results = execute(cfg, encoder, todo)
+            results = execute(cfg, encoder, todo, reuse)
     seconds = time.perf_counter() - t0
     remove_stale_temp_files(cfg.out, cfg.kinds)
     rows = {kind: {"encoded": sum(r["encoded_rows"] for r in results if r["kind"] == kind),
                    "reused": sum(r["reused_rows"] for r in results if r["kind"] == kind),
-                   "kept": sum(len(t.items) for t in plan[kind]) - sum(r["rows"] for r in results if r["kind"] == kind)}
-            for kind in plan}
-    manifest = finish_store(cfg, inputs, plan, encoder, settings, input_hashes, rows)
+                   "kept": sum(t.rows for t in plan.tasks[kind]) - sum(r["rows"] for r in results if r["kind"] == kind)}
+            for kind in plan.tasks}
+    manifest = finish_store(cfg, scanned, plan.tasks, encoder, settings, input_hashes, rows)
     drop_set_aside(cfg.out, cfg.kinds)
     tokens = sum(r["tokens"] for r in results)
     padded = sum(r["padded_tokens"] for r in results)
@@ -460,7 +504,7 @@ def remove_stale_temp_files(out: Path, kinds: tuple[str, ...]) -> None:
 
 
 def finish_store(
-    cfg: PrecomputeConfig, inputs: Inputs, plan: dict[str, list[ShardTask]], encoder: EncoderSettings,
+    cfg: PrecomputeConfig, scanned: ScannedInputs, plan: dict[str, list[ShardTask]], encoder: EncoderSettings,
     settings: dict[str, Any], input_hashes: dict[str, str], rows: dict[str, dict[str, int]],
 ) -> dict[str, Any]:
     """Check every planned shard, drop stale ones, and write ``manifest.json`` last."""
@@ -480,7 +524,7 @@ def finish_store(
             path.unlink()
     return write_manifest(
         cfg.out, **encoder.manifest_fields(), dim=dim, shards=shards, inputs=input_hashes, config=cfg.to_json(),
-        ec_from_name=sum(1 for e in inputs.kb if not e.description), settings=settings, last_run_rows=rows,
+        ec_from_name=scanned.files["kb"].no_description, settings=settings, last_run_rows=rows,
     )
 
 
@@ -495,10 +539,12 @@ def summary_table(summary: dict[str, Any]) -> str:
     ]
     for kind, info in m["kinds"].items():
         lines.append(f"{kind:<6}{info['rows']:>9}{len(info['shards']):>8}")
-    mentions = store.records("mentions")
-    by_lang = Counter(r["lang"] for r in mentions)
-    nil = Counter(r["lang"] for r in mentions if r["gold"] is None)
-    kb_langs = Counter(r["lang"] for r in store.records("kb"))
+    by_lang: Counter[str] = Counter()
+    nil: Counter[str] = Counter()
+    for r in store.iter_records("mentions"):
+        by_lang[r["lang"]] += 1
+        nil[r["lang"]] += r["gold"] is None
+    kb_langs = Counter(r["lang"] for r in store.iter_records("kb"))
     lines.append(f"{'lang':<6}{'mentions':>9}{'NIL rate':>10}  KB")
     only_kb = f"links to the {next(iter(kb_langs))} KB" if len(kb_langs) == 1 else \
         f"has no KB of its own (KBs: {', '.join(sorted(kb_langs))}; xel-nn --kb-lang picks one)"

@@ -1,16 +1,23 @@
 """Input schema: load and validate ``kb.jsonl``, ``mentions.jsonl`` and ``text.jsonl`` (see README, "Input schema").
 
-Every record is checked before anything is written. A bad record raises :class:`InputError` whose
-message names the file, the line, the field, the bad value and what is allowed.
+Every record is checked before anything is written, in one streaming pass per file (:func:`scan_inputs`) whose
+memory grows by a few bytes an id, not by the records. A bad record raises :class:`InputError` whose message
+names the file, the line, the field, the bad value and what is allowed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import unicodedata
+from array import array
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 # ISO 639-1 two-letter codes.
 ISO_639_1 = frozenset(
@@ -29,6 +36,7 @@ MAX_TEXT_CHARS = 100_000
 # Spaces (Z*), controls (Cc), format characters (Cf: zero-width space, soft hyphen) and lone combining marks
 # (M*) are dropped or become <unk>, so a span or text of only those holds no word.
 _WORD_CATEGORIES = ("L", "N", "S", "P")
+_UNSTORABLE = re.compile("[\ud800-\udfff\x00]")  # see check_string
 
 
 class InputError(ValueError):
@@ -72,22 +80,36 @@ def has_word(text: str) -> bool:
 def check_string(value: str) -> str | None:
     """What makes ``value`` unusable as stored text, or None: a lone surrogate (not encodable as UTF-8, so it
     cannot be written to the store) or a NUL character (HDF5 strings end at NUL)."""
-    for i, ch in enumerate(value):
-        if "\ud800" <= ch <= "\udfff":
-            return f"holds a lone surrogate {ch!r} at character {i}; text must be valid Unicode"
-        if ch == "\x00":
-            return f"holds a NUL character at character {i}; remove it"
-    return None
+    found = _UNSTORABLE.search(value)
+    if found is None:
+        return None
+    i, ch = found.start(), found.group()
+    if ch == "\x00":
+        return f"holds a NUL character at character {i}; remove it"
+    return f"holds a lone surrogate {ch!r} at character {i}; text must be valid Unicode"
 
 
 def iter_records(path: Path):
     """Yield ``(line_number, record)`` for each non-blank line, rejecting bad encoding and bad JSON."""
+    for lineno, _, record in iter_records_at(path):
+        yield lineno, record
+
+
+def iter_records_at(path: Path, begin: int = 0, end: int | None = None, first_line: int = 1):
+    """Yield ``(line_number, byte_offset, record)`` for each non-blank line whose first byte lies in
+    ``[begin, end)`` (``begin`` must be a line start, ``first_line`` its line number), rejecting bad encoding and
+    bad JSON; the bytes are read in blocks, so memory does not grow with the file."""
     if path.is_dir():
         raise InputError(f"{path}: is a directory; a JSONL file is required")
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+        f.seek(begin)
+        offset = begin
+        for lineno, raw in enumerate(f, start=first_line):
+            if end is not None and offset >= end:
+                return
+            at, offset = offset, offset + len(raw)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -102,7 +124,7 @@ def iter_records(path: Path):
                 raise InputError(f"{path}:{lineno}: invalid JSON ({e})") from None
             if not isinstance(record, dict):
                 raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            yield lineno, record
+            yield lineno, at, record
 
 
 class _Checker:
@@ -161,85 +183,217 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
-def _check_unique(path: Path, lineno: int, ident: str, seen: dict[str, int]) -> None:
-    if ident in seen:
-        raise InputError(f"{path}:{lineno}: field 'id' is {ident!r}, a duplicate of line {seen[ident]}; must be unique")
-    seen[ident] = lineno
+def parse_kb_entry(path: Path, lineno: int, record: dict[str, Any], kb_ids: Container[str] | None = None) -> KBEntry:
+    c = _Checker(path, lineno, record)
+    ident = c.text("id")
+    links = c.integer("links", optional=True)
+    if links is not None and links < 0:
+        raise c.fail("links", f"is {links}; a count >= 0 or null is required")
+    return KBEntry(ident, c.text("name", words=True), c.text("description", optional=True, words=True), c.lang(), links)
 
 
-def load_kb(path: str | Path) -> list[KBEntry]:
-    path = Path(path)
-    entries: list[KBEntry] = []
-    seen: dict[str, int] = {}
-    for lineno, record in iter_records(path):
-        c = _Checker(path, lineno, record)
-        ident = c.text("id")
-        links = c.integer("links", optional=True)
-        if links is not None and links < 0:
-            raise c.fail("links", f"is {links}; a count >= 0 or null is required")
-        entry = KBEntry(ident, c.text("name", words=True), c.text("description", optional=True, words=True), c.lang(),
-                        links)
-        _check_unique(path, lineno, ident, seen)
-        entries.append(entry)
-    if not entries:
-        raise InputError(f"{path}: the KB is empty; at least one entity is required")
-    return entries
-
-
-def load_mentions(path: str | Path, kb_ids: set[str] | frozenset[str]) -> list[Mention]:
-    path = Path(path)
-    mentions: list[Mention] = []
-    seen: dict[str, int] = {}
-    for lineno, record in iter_records(path):
-        c = _Checker(path, lineno, record)
-        ident = c.text("id")
-        lang = c.lang()
-        sentence = c.text("sentence", words=True)
-        start, end = c.integer("start"), c.integer("end")
-        if not 0 <= start < end <= len(sentence):
-            raise c.fail(
-                "start/end", f"is [{start}, {end}); a non-empty span 0 <= start < end <= {len(sentence)} "
-                "(character offsets into 'sentence') is required",
-            )
-        if not sentence[start:end].strip() or not has_word(sentence[start:end]):
-            raise c.fail("start/end", f"covers {sentence[start:end]!r}, which holds no word (only spaces, invisible "
-                         "or combining characters); the span must cover text")
-        context = c.text("context", optional=True, words=True)
-        gold = c.text("gold", optional=True)
-        if gold is not None and gold not in kb_ids:
-            raise c.fail("gold", f"is {gold!r}, which is not an id in the KB; a KB id or null (NIL) is required")
-        candidates = record.get("candidates")
-        if candidates is not None:
-            if not isinstance(candidates, list) or not all(isinstance(x, str) for x in candidates):
-                raise c.fail("candidates", f"is {_short(candidates)}; a list of KB id strings or null is required")
-            missing = [x for x in candidates if x not in kb_ids]
-            if missing:
-                raise c.fail("candidates", f"holds {missing[0]!r}, which is not an id in the KB")
-            candidates = tuple(candidates)
-        mtype = record.get("type")
-        if mtype is not None and mtype not in MENTION_TYPES:
-            raise c.fail("type", f"is {mtype!r}; one of {', '.join(MENTION_TYPES)} or null is required")
-        _check_unique(path, lineno, ident, seen)
-        mentions.append(
-            Mention(ident, lang, sentence, start, end, context if context is not None else sentence, gold,
-                    candidates, mtype)
+def parse_mention(path: Path, lineno: int, record: dict[str, Any], kb_ids: Container[str] | None = None) -> Mention:
+    """One mention record; with ``kb_ids``, its gold and candidates must be in the KB (else that is not checked)."""
+    c = _Checker(path, lineno, record)
+    ident = c.text("id")
+    lang = c.lang()
+    sentence = c.text("sentence", words=True)
+    start, end = c.integer("start"), c.integer("end")
+    if not 0 <= start < end <= len(sentence):
+        raise c.fail(
+            "start/end", f"is [{start}, {end}); a non-empty span 0 <= start < end <= {len(sentence)} "
+            "(character offsets into 'sentence') is required",
         )
-    if not mentions:
-        raise InputError(f"{path}: no mentions; at least one is required")
-    return mentions
+    if not sentence[start:end].strip() or not has_word(sentence[start:end]):
+        raise c.fail("start/end", f"covers {sentence[start:end]!r}, which holds no word (only spaces, invisible "
+                     "or combining characters); the span must cover text")
+    context = c.text("context", optional=True, words=True)
+    gold = c.text("gold", optional=True)
+    if gold is not None and kb_ids is not None and gold not in kb_ids:
+        raise c.fail("gold", f"is {gold!r}, which is not an id in the KB; a KB id or null (NIL) is required")
+    candidates = record.get("candidates")
+    if candidates is not None:
+        if not isinstance(candidates, list) or not all(isinstance(x, str) for x in candidates):
+            raise c.fail("candidates", f"is {_short(candidates)}; a list of KB id strings or null is required")
+        missing = [x for x in candidates if x not in kb_ids] if kb_ids is not None else []
+        if missing:
+            raise c.fail("candidates", f"holds {missing[0]!r}, which is not an id in the KB")
+        candidates = tuple(candidates)
+    mtype = record.get("type")
+    if mtype is not None and mtype not in MENTION_TYPES:
+        raise c.fail("type", f"is {mtype!r}; one of {', '.join(MENTION_TYPES)} or null is required")
+    return Mention(ident, lang, sentence, start, end, context if context is not None else sentence, gold,
+                   candidates, mtype)
 
 
-def load_text(path: str | Path) -> list[Text]:
-    path = Path(path)
-    texts: list[Text] = []
-    seen: dict[str, int] = {}
-    for lineno, record in iter_records(path):
-        c = _Checker(path, lineno, record)
-        ident = c.text("id")
-        text = Text(ident, c.lang(), c.text("text", words=True))
-        _check_unique(path, lineno, ident, seen)
-        texts.append(text)
-    return texts
+def parse_text(path: Path, lineno: int, record: dict[str, Any], kb_ids: Container[str] | None = None) -> Text:
+    c = _Checker(path, lineno, record)
+    ident = c.text("id")
+    return Text(ident, c.lang(), c.text("text", words=True))
+
+
+Record = KBEntry | Mention | Text
+PARSERS: dict[str, Callable[..., Record]] = {"kb": parse_kb_entry, "mentions": parse_mention, "text": parse_text}
+FILES = {"kb": "kb.jsonl", "mentions": "mentions.jsonl", "text": "text.jsonl"}
+
+
+def id_digest(ident: str) -> int:
+    """An id's 8-byte digest (blake2b), as an unsigned integer."""
+    return int.from_bytes(hashlib.blake2b(ident.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+class IdDigests:
+    """The ids of one input file held as 8-byte digests with their line numbers (12 bytes an id, not the ids):
+    enough to find duplicates, exactly (ids whose digests collide are read again from the file and compared).
+    With ``keep_ids`` the ids' UTF-8 bytes are kept too, packed in one buffer, so that after :meth:`freeze`
+    ``id in digests`` is an exact membership test (the KB: a mention's gold and candidates must be in it)."""
+
+    def __init__(self, path: Path, keep_ids: bool = False):
+        self.path = path
+        self._digests = array("Q")
+        self._lines = array("I")
+        self._ids: bytearray | None = bytearray() if keep_ids else None
+        self._ends = array("Q")
+        self._sorted: np.ndarray | None = None
+        self._order: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def add(self, ident: str, lineno: int) -> None:
+        self._digests.append(id_digest(ident))
+        self._lines.append(lineno)
+        if self._ids is not None:
+            self._ids += ident.encode("utf-8")
+            self._ends.append(len(self._ids))
+
+    def duplicate(self) -> InputError | None:
+        """The error for the first line (in file order) whose id an earlier line already has, or None."""
+        digests = np.frombuffer(self._digests, dtype=np.uint64) if len(self) else np.zeros(0, np.uint64)
+        order = np.argsort(digests, kind="stable")
+        same = np.flatnonzero(digests[order][1:] == digests[order][:-1])
+        if not len(same):
+            return None
+        lines = np.frombuffer(self._lines, dtype=np.uint32)
+        suspects = set(lines[np.concatenate([order[same], order[same + 1]])].tolist())
+        first: dict[str, int] = {}
+        last = max(suspects)
+        for lineno, _, record in iter_records_at(self.path):  # colliding digests: compare the ids themselves
+            if lineno in suspects:
+                ident = record["id"]
+                if ident in first:
+                    return InputError(f"{self.path}:{lineno}: field 'id' is {ident!r}, a duplicate of line "
+                                      f"{first[ident]}; must be unique")
+                first[ident] = lineno
+            if lineno >= last:
+                break
+        return None
+
+    def freeze(self) -> IdDigests:
+        """Sort the digests for membership tests; no ids can be added after."""
+        digests = np.frombuffer(self._digests, dtype=np.uint64)
+        order = np.argsort(digests, kind="stable")
+        self._sorted, self._order = digests[order], order.astype(np.uint32)
+        del digests
+        self._digests, self._lines = array("Q"), array("I")  # the sorted copy replaces them
+        return self
+
+    def __contains__(self, ident: object) -> bool:
+        if self._sorted is None or self._ids is None or self._order is None:
+            raise TypeError("membership needs IdDigests(keep_ids=True) and freeze()")
+        if not isinstance(ident, str):
+            return False
+        key = np.uint64(id_digest(ident))
+        lo, hi = np.searchsorted(self._sorted, key, "left"), np.searchsorted(self._sorted, key, "right")
+        wanted = ident.encode("utf-8")
+        for i in self._order[lo:hi].tolist():
+            if self._ids[(self._ends[i - 1] if i else 0) : self._ends[i]] == wanted:
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class FileIndex:
+    """One validated input file: its record count and, for every ``every``-th record, where it starts (byte
+    offset, line number), so that a reader can take any run of ``every`` records by byte range."""
+
+    name: str
+    path: Path
+    rows: int
+    every: int
+    starts: tuple[tuple[int, int], ...]
+    size: int
+    no_description: int = 0  # KB entries without a description
+
+    def ranges(self) -> list[tuple[int, int, int, int]]:
+        """``(first row, rows, begin byte, end byte)`` of each run of ``every`` records, with the first line in
+        ``starts``."""
+        bounds = [offset for offset, _ in self.starts[1:]] + [self.size]
+        return [(i * self.every, min(self.every, self.rows - i * self.every), begin, end)
+                for i, ((begin, _), end) in enumerate(zip(self.starts, bounds))]
+
+
+def scan_file(name: str, path: Path, every: int, kb_ids: IdDigests | None = None,
+              keep_ids: bool = False) -> tuple[FileIndex, IdDigests]:
+    """Validate every record of one input file in one streaming pass (ids unique, a mention's gold and
+    candidates in ``kb_ids``); the first bad line, in file order, raises :class:`InputError`."""
+    parse = PARSERS[name]
+    ids = IdDigests(path, keep_ids=keep_ids)
+    starts: list[tuple[int, int]] = []
+    no_description = 0
+    size = path.stat().st_size if path.is_file() else 0
+    try:
+        for lineno, offset, record in iter_records_at(path):
+            parsed = parse(path, lineno, record, kb_ids)
+            if len(ids) % every == 0:
+                starts.append((offset, lineno))
+            ids.add(parsed.id, lineno)
+            no_description += isinstance(parsed, KBEntry) and parsed.description is None
+    except InputError as e:
+        raise ids.duplicate() or e from None  # a duplicate on an earlier line is the first error
+    error = ids.duplicate()
+    if error is not None:
+        raise error
+    return FileIndex(name, path, len(ids), every, tuple(starts), size, no_description), ids
+
+
+def read_records(path: Path, name: str, begin: int = 0, end: int | None = None, first_line: int = 1) -> list[Record]:
+    """The records of ``name``'s file whose lines start in ``[begin, end)``, parsed (the KB membership of golds
+    and candidates is not checked again: :func:`scan_inputs` did)."""
+    parse = PARSERS[name]
+    return [parse(path, lineno, record) for lineno, _, record in iter_records_at(path, begin, end, first_line)]
+
+
+@dataclass(frozen=True)
+class ScannedInputs:
+    """Validated input files (``kb``, ``mentions``, optional ``text``), indexed for reading by byte range."""
+
+    files: dict[str, FileIndex]
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        return {name: index.path for name, index in self.files.items()}
+
+
+def scan_inputs(data_dir: str | Path, every: int = 4096) -> ScannedInputs:
+    """Validate a data directory in one streaming pass per file, with memory that grows by ~12 bytes an id
+    (~12 more plus the id's bytes for the KB), not by the records: ``kb.jsonl`` and ``mentions.jsonl`` required,
+    ``text.jsonl`` optional."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise InputError(f"{data_dir}: no such data directory; it must hold kb.jsonl and mentions.jsonl")
+    kb, kb_ids = scan_file("kb", data_dir / FILES["kb"], every, keep_ids=True)
+    if not kb.rows:
+        raise InputError(f"{kb.path}: the KB is empty; at least one entity is required")
+    mentions, _ = scan_file("mentions", data_dir / FILES["mentions"], every, kb_ids=kb_ids.freeze())
+    del kb_ids
+    if not mentions.rows:
+        raise InputError(f"{mentions.path}: no mentions; at least one is required")
+    files = {"kb": kb, "mentions": mentions}
+    text_path = data_dir / FILES["text"]
+    if text_path.exists() or text_path.is_symlink():
+        files["text"] = scan_file("text", text_path, every)[0]
+    return ScannedInputs(files)
 
 
 @dataclass(frozen=True)
@@ -251,15 +405,7 @@ class Inputs:
 
 
 def load_inputs(data_dir: str | Path) -> Inputs:
-    """Load and validate a data directory: ``kb.jsonl`` and ``mentions.jsonl`` required, ``text.jsonl`` optional."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise InputError(f"{data_dir}: no such data directory; it must hold kb.jsonl and mentions.jsonl")
-    files = {"kb": data_dir / "kb.jsonl", "mentions": data_dir / "mentions.jsonl"}
-    kb = load_kb(files["kb"])
-    mentions = load_mentions(files["mentions"], frozenset(e.id for e in kb))
-    text: list[Text] = []
-    if (data_dir / "text.jsonl").exists() or (data_dir / "text.jsonl").is_symlink():
-        files["text"] = data_dir / "text.jsonl"
-        text = load_text(files["text"])
-    return Inputs(kb, mentions, text, files)
+    """Load and validate a whole data directory into memory (small inputs; ``xel-precompute`` streams them)."""
+    scanned = scan_inputs(data_dir)
+    records = {name: read_records(index.path, name) for name, index in scanned.files.items()}
+    return Inputs(records["kb"], records["mentions"], records.get("text", []), scanned.paths)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ import re
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,15 +262,19 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode())
 
 
-def write_records(root: str | os.PathLike, name: str, records: Sequence[dict[str, Any]]) -> None:
+def write_records(root: str | os.PathLike, name: str, records: Iterable[dict[str, Any]]) -> int:
     """The one writer of ``inputs/{name}.jsonl``, the input records a store's features come from (read back by
-    :meth:`Store.records`); no records, no file."""
+    :meth:`Store.records`), written as ``records`` yields them (any number in bounded memory); no records, no
+    file. Returns how many were written."""
     path = Path(root) / "inputs" / RECORD_FILES[name]
-    if not records:
+    written = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            written += 1
+    if not written:
         path.unlink(missing_ok=True)
-        return
-    lines = [json.dumps(r, ensure_ascii=False) for r in records]
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return written
 
 
 STORE_DTYPES = ("bf16", "fp32")  # the dtype the encoder ran in (the features themselves are always float16)
@@ -494,12 +498,15 @@ class Store:
 
     def records(self, name: str) -> list[dict[str, Any]]:
         """The validated input records ``name`` (``mentions``, ``kb`` or ``text``) the store was built from."""
+        return list(self.iter_records(name))
+
+    def iter_records(self, name: str) -> Iterator[dict[str, Any]]:
+        """:meth:`records`, one at a time (bounded memory)."""
         if name not in RECORD_FILES:
             raise ValueError(f"unknown record file {name!r}; allowed: {sorted(RECORD_FILES)}")
         path = self.root / "inputs" / RECORD_FILES[name]
-        if not path.is_file():
-            return []
-        return list(read_jsonl(path))
+        if path.is_file():
+            yield from read_jsonl(path)
 
     def check_same_encoder(self, other: Store) -> None:
         """Refuse to combine two stores built with different encoders or pooling."""

@@ -1,7 +1,9 @@
-"""One unit of precompute work: encode one shard's items and write ``{kind}/shard-{i:05d}.h5`` atomically.
+"""One unit of precompute work: read one shard's records from its input file by byte range, encode them and
+write ``{kind}/shard-{i:05d}.h5`` atomically.
 
 :class:`ShardWorker` is a plain class, callable in-process (tests, benchmarks); ``precompute.run`` wraps it
-as a Ray actor, one per ``--actors``, each with its own tokenizer and model.
+as a Ray actor, one per ``--actors``, each with its own tokenizer and model. The driver ships only the task (a
+byte range and hashes), never the records.
 """
 
 from __future__ import annotations
@@ -18,8 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from precompute.encoding import EncodeItem, EncoderSettings, EncodeStats, TextEncoder
-from precompute.store import StoreError, read_shard, write_shard
+from precompute.encoding import (
+    EncodeItem,
+    EncoderSettings,
+    EncodeStats,
+    TextEncoder,
+    context_item,
+    entity_item,
+    mention_item,
+)
+from precompute.schema import InputError, KBEntry, Mention, Record, Text, read_records
+from precompute.store import KINDS, StoreError, read_shard, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +39,53 @@ FAULT_POINTS = ("start", "encoded", "writing", "written")  # where: before encod
 FAULT_MARKER_ENV = "XEL_FAULT_MARKER"  # a file created when the fault fires, so the retry succeeds
 
 
+SOURCE = {"ms": "mentions", "mc": "mentions", "es": "kb", "ec": "kb", "text": "text"}  # each kind's input file
+
+
 @dataclass(frozen=True)
 class ShardTask:
+    """Shard ``index`` of ``kind``: rows ``start`` to ``start + rows`` of the kind, the records whose lines start
+    in bytes ``[begin, end)`` of the input file ``source`` (``first_line`` the line at ``begin``)."""
+
     kind: str
     index: int
     start: int
-    items: tuple[EncodeItem, ...]
+    rows: int
+    source: str
+    begin: int
+    end: int
+    first_line: int
+    fingerprint: str  # of the settings that change what is encoded (row_hash, shard_input_hash)
     input_hash: str
     path: str
-    row_hashes: tuple[str, ...] = ()  # one per item (row_hash); written into the shard
-    reuse: tuple[tuple[str, int] | None, ...] = ()  # per item: (shard file, row) holding its features, or None
+    reuse: tuple[tuple[str, int] | None, ...] = ()  # per row: (shard file, row) holding its features, or None
+
+
+def build_items(records: list[Record], kind: str) -> list[EncodeItem]:
+    """The texts and spans of one feature kind, in input order (``records`` from the kind's input file)."""
+    if kind == "ms":
+        return [mention_item(m.id, m.lang, m.sentence, m.start, m.end) for m in records if isinstance(m, Mention)]
+    if kind == "mc":
+        return [context_item(m.id, m.lang, m.context, m.sentence, m.start, m.end)
+                for m in records if isinstance(m, Mention)]
+    if kind == "es":
+        return [entity_item(e.id, e.lang, e.name) for e in records if isinstance(e, KBEntry)]
+    if kind == "ec":  # an entity without a description is described by its name (counted in the manifest)
+        return [entity_item(e.id, e.lang, e.description or e.name) for e in records if isinstance(e, KBEntry)]
+    if kind == "text":
+        return [entity_item(t.id, t.lang, t.text) for t in records if isinstance(t, Text)]
+    raise ValueError(f"unknown kind {kind!r}; allowed: {list(KINDS)}")
+
+
+def task_items(task: ShardTask) -> tuple[EncodeItem, ...]:
+    """The items of ``task``, read from its input file by byte range; refused when the file changed since the
+    driver planned the shard (the items' hash must be the task's)."""
+    records = read_records(Path(task.source), SOURCE[task.kind], task.begin, task.end, task.first_line)
+    items = tuple(build_items(records, task.kind))
+    if len(items) != task.rows or shard_input_hash(task.fingerprint, task.kind, items) != task.input_hash:
+        raise InputError(f"{task.source}: lines from {task.first_line} (shard {task.kind}:{task.index}) changed "
+                         "since xel-precompute read the file; do not edit inputs during a run, rerun to resume")
+    return items
 
 
 def row_hash(settings_fingerprint: str, item: EncodeItem) -> str:
@@ -47,7 +95,13 @@ def row_hash(settings_fingerprint: str, item: EncodeItem) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def shard_input_hash(settings_fingerprint: str, kind: str, items: tuple[EncodeItem, ...]) -> str:
+def row_digest(row_hash_hex: str) -> int:
+    """A row hash's first 8 bytes as an unsigned integer: what the driver keeps per row to find reusable rows
+    (a digest match is checked against the full row hash before a row is reused)."""
+    return int(row_hash_hex[:16], 16)
+
+
+def shard_input_hash(settings_fingerprint: str, kind: str, items: tuple[EncodeItem, ...] | list[EncodeItem]) -> str:
     """Hash of exactly what a shard encodes: encoder settings, kind, and each item's id, text and spans."""
     h = hashlib.sha256(f"{settings_fingerprint}\x1e{kind}".encode())
     for it in items:
@@ -128,34 +182,35 @@ class ShardWorker:
     def run(self, task: ShardTask) -> dict[str, Any]:
         t0 = time.perf_counter()
         maybe_inject_fault(task, "start")
+        items = task_items(task)
+        row_hashes = tuple(row_hash(task.fingerprint, it) for it in items)
         stats = EncodeStats()
-        features = np.zeros((len(task.items), self.encoder.dim), dtype=np.float16)
-        todo = self._copy_reused(task, features)
-        progress = ShardProgress(progress_path(task.path), len(task.items) - len(todo))
+        features = np.zeros((len(items), self.encoder.dim), dtype=np.float16)
+        todo = self._copy_reused(task, row_hashes, features)
+        progress = ShardProgress(progress_path(task.path), len(items) - len(todo))
         if todo:
-            features[todo] = self.encoder.encode([task.items[i] for i in todo], stats, on_batch=progress.add)
+            features[todo] = self.encoder.encode([items[i] for i in todo], stats, on_batch=progress.add)
         maybe_inject_fault(task, "encoded")
         maybe_inject_fault(task, "writing")
         checksum = write_shard(
-            task.path, kind=task.kind, start=task.start, ids=[it.id for it in task.items],
-            langs=[it.lang for it in task.items], features=features, input_hash=task.input_hash,
-            row_hashes=task.row_hashes or None,
+            task.path, kind=task.kind, start=task.start, ids=[it.id for it in items],
+            langs=[it.lang for it in items], features=features, input_hash=task.input_hash, row_hashes=row_hashes,
         )
         maybe_inject_fault(task, "written")
         progress.close()
         return {
-            "kind": task.kind, "index": task.index, "rows": len(task.items), "checksum": checksum,
-            "encoded_rows": len(todo), "reused_rows": len(task.items) - len(todo),
+            "kind": task.kind, "index": task.index, "rows": len(items), "checksum": checksum,
+            "encoded_rows": len(todo), "reused_rows": len(items) - len(todo),
             "tokens": stats.tokens, "padded_tokens": stats.padded_tokens, "windowed": stats.windowed,
             "forward_seconds": stats.forward_seconds, "seconds": time.perf_counter() - t0,
         }
 
     @staticmethod
-    def _copy_reused(task: ShardTask, features: np.ndarray) -> list[int]:
+    def _copy_reused(task: ShardTask, row_hashes: tuple[str, ...], features: np.ndarray) -> list[int]:
         """Fill ``features`` with the rows ``task.reuse`` points at, each source shard read once and its checksum
         verified, each row's hash checked; return the rows still to encode (a source that fails is encoded)."""
         if not task.reuse:
-            return list(range(len(task.items)))
+            return list(range(len(row_hashes)))
         by_source: dict[str, list[tuple[int, int]]] = {}
         todo = []
         for i, source in enumerate(task.reuse):
@@ -172,7 +227,7 @@ class ShardWorker:
                 continue
             for i, row in rows:
                 if shard.row_hashes is not None and row < len(shard.row_hashes) \
-                        and shard.row_hashes[row] == task.row_hashes[i]:
+                        and shard.row_hashes[row] == row_hashes[i]:
                     features[i] = shard.features[row]
                 else:
                     todo.append(i)

@@ -325,19 +325,19 @@ def test_run_by_path_shows_help():
 
 def test_the_shard_worker_reports_progress_per_batch(tiny_model_dir, tmp_path, monkeypatch):
     """Issue 15.3: the bar moves per encoded batch: the actor rewrites a progress file after every forward batch."""
-    from precompute.run import build_items
-    from precompute.schema import load_inputs
-    from precompute.worker import ShardProgress, ShardTask, ShardWorker, progress_path, read_progress
+    from precompute.encoding import resolve_encoder
+    from precompute.run import PrecomputeConfig, plan_tasks, run_settings
+    from precompute.schema import scan_inputs
+    from precompute.worker import ShardProgress, ShardWorker, progress_path, read_progress
 
     data = tmp_path / "data"
     write_jsonl(data / "kb.jsonl", KB)
     write_jsonl(data / "mentions.jsonl", MENTIONS)
-    items = tuple(build_items(load_inputs(data), "ms"))
-    from precompute.encoding import resolve_encoder
-
     settings = resolve_encoder(tiny_model_dir, prefix="", dtype="fp32", device="cpu", max_tokens_per_batch=64)
+    cfg = PrecomputeConfig(data=data, model=tiny_model_dir, out=tmp_path / "h5", kinds=("ms",))
+    task = plan_tasks(cfg, scan_inputs(data), run_settings(cfg, settings)).tasks["ms"][0]
     worker = ShardWorker(settings, threads=1)
-    shard = tmp_path / "h5" / "ms" / "shard-00000.h5"
+    shard = Path(task.path)
     seen: list[int] = []
     real = ShardProgress.add
 
@@ -346,8 +346,8 @@ def test_the_shard_worker_reports_progress_per_batch(tiny_model_dir, tmp_path, m
         seen.append(read_progress(shard))
 
     monkeypatch.setattr(ShardProgress, "add", add_and_look)
-    worker.run(ShardTask("ms", 0, 0, items, "h", str(shard)))
-    assert len(seen) > 2 and seen == sorted(seen) and seen[-1] == len(items), seen
+    worker.run(task)
+    assert len(seen) > 2 and seen == sorted(seen) and seen[-1] == task.rows == len(MENTIONS), seen
     assert not progress_path(shard).exists() and shard.is_file()
 
 
