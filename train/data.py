@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from precompute.store import ENTITY_KINDS, RECORD_FILES, Store, StoreError, read_jsonl
+from precompute.store import ENTITY_KINDS, RECORD_FILES, Store, StoreError
 from retrieval.files import CANDIDATE_SOURCES, read_candidates
 from retrieval.splits import document_of
 
@@ -189,7 +189,7 @@ def load_kb(store: Store, ids: Collection[str] | None = None, *, popularity: boo
         raise DataError(f"{path}: missing or empty; the store has no KB to link to")
     wanted = None if ids is None else set(ids)
     records, links, positions = [], [], []
-    for i, r in enumerate(read_jsonl(path)):
+    for i, r in enumerate(store.iter_records("kb")):
         links.append(r.get("links"))
         if wanted is None or r["id"] in wanted:
             records.append(r)
