@@ -327,27 +327,41 @@ def write_result(out_json: Path, entities: int, mentions: int, spec: str, shard_
     return result
 
 
-def measured_step(name: str, cmd: list[str], out: Path, log_dir: Path, env: dict[str, str]) -> dict[str, Any]:
+def measured_step(name: str, cmd: list[str], out: Path, log_dir: Path, env: dict[str, str],
+                  stop_after: float | None = None) -> dict[str, Any]:
     """Run ``cmd`` in its own session; peak RSS per process of the session (:class:`bench.soak.Sampler`), wall
-    time, and the size of ``out`` afterwards. A failure stops the run with the tail of its log."""
+    time, and the size of ``out`` afterwards. A failure stops the run with the tail of its log. With
+    ``stop_after`` seconds the step is stopped then (SIGTERM to its session) and reported as ``stopped``, with
+    the shards it finished."""
+    import signal
+
     from bench.soak import Sampler
 
     log_path = log_dir / f"{name}.log"
     t0 = time.perf_counter()
+    stopped = False
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         sampler = Sampler(proc.pid, interval=0.5)
         sampler.start()
-        code = proc.wait()
+        try:
+            code = proc.wait(timeout=stop_after)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            code, stopped = proc.wait(), True
     sampler.stop.set()
     sampler.join()
     seconds = time.perf_counter() - t0
-    if code != 0:
+    if code != 0 and not stopped:
         raise SystemExit(f"{name} failed ({code}); {log_path}:\n{log_path.read_text()[-3000:]}")
     peaks = sampler.peaks_mb()
-    return {"step": name, "seconds": round(seconds, 1), "disk_mb": round(dir_mb(out), 1),
-            "peak_mb": {k: round(v, 1) for k, v in sorted(peaks.items())}}
+    row = {"step": name, "seconds": round(seconds, 1), "disk_mb": round(dir_mb(out), 1),
+           "peak_mb": {k: round(v, 1) for k, v in sorted(peaks.items())}}
+    if stopped:
+        row["stopped"] = {"after_s": stop_after,
+                          "shards_done": {k.name: len(list(k.glob("shard-*.h5"))) for k in out.glob("[em][sc]")}}
+    return row
 
 
 @main.command()
@@ -364,13 +378,15 @@ def measured_step(name: str, cmd: list[str], out: Path, log_dir: Path, env: dict
               help="CPU threads per process (actors: --cpus-per-actor); 1 avoids the collapse of OpenMP thread "
                    "teams on an oversubscribed machine")
 @click.option("--actors", default=2, show_default=True, help="xel-precompute encoder actors")
+@click.option("--stop-after", type=float, default=None,
+              help="stop the precompute step after this many seconds and report what it did (the peaks so far)")
 @click.option("--encode/--no-encode", default=True, show_default=True,
               help="--no-encode: the precompute step writes the store directly (write_store_directly), for sizes "
                    "whose encoding does not fit the time at hand; every later step is the same")
 @click.option("--out", "out_json", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="[default: bench/results/kb-scale-e2e-<entities>.json]")
 def e2e(entities: int, mentions: int, work: Path, spec: str, shard_size: int, keep: bool, steps: str,
-        threads: int, actors: int, encode: bool, out_json: Path | None) -> None:
+        threads: int, actors: int, stop_after: float | None, encode: bool, out_json: Path | None) -> None:
     """The whole pipeline on a synthetic KB, each step a fresh process measured from outside: data, the tiny
     model through xel-precompute (local Ray), xel-nn build, candidates and eval, one epoch of xel-train."""
     import shutil
@@ -430,7 +446,8 @@ def e2e(entities: int, mentions: int, work: Path, spec: str, shard_size: int, ke
             print(json.dumps(results["precompute"]), flush=True)
         for name, cmd, out in plan:
             if name in wanted:
-                results[name] = measured_step(name, [str(c) for c in cmd], out, logs, env)
+                results[name] = measured_step(name, [str(c) for c in cmd], out, logs, env,
+                                              stop_after if name == "precompute" else None)
                 print(json.dumps(results[name]), flush=True)
                 write_result(out_json, entities, mentions, spec, shard_size, data, results)
     finally:
