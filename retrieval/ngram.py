@@ -24,7 +24,7 @@ from retrieval.names import latin
 
 NGRAM_RANGE = (2, 4)
 BLOCK = 512
-POSTINGS = 100_000
+POSTINGS = 10_000
 
 
 class NgramIndex:
