@@ -339,3 +339,29 @@ def test_serve_load_bench_runs_against_a_real_server(trained_run, tmp_path):
     assert 0 < report["load"]["p50_ms"] <= report["load"]["p99_ms"] <= report["load"]["max_ms"]
     assert report["server_rss_mb_before"] > 0 and report["ratio"] > 0
     assert "| xel-serve, 4 clients |" in result.output
+
+
+def test_linking_reads_only_the_kb_rows_of_its_candidates(trained_run, monkeypatch):
+    """Neither loading the linker nor linking reads a whole table; a batch reads the es/ec rows of its own
+    candidates, nothing else (a 6M-entity KB stays on disk)."""
+    from precompute.store import Store
+
+    read_rows = Store.read_rows
+    seen: dict[str, set[int]] = {}
+
+    def refuse(self, kind):
+        raise AssertionError(f"Store.load({kind!r}) read a whole [N, D] table")
+
+    def record(self, kind, rows):
+        seen.setdefault(kind, set()).update(int(r) for r in rows)
+        return read_rows(self, kind, rows)
+
+    monkeypatch.setattr(Store, "load", refuse)
+    monkeypatch.setattr(Store, "read_rows", record)
+    linker = Linker.load(trained_run)
+    seen.clear()
+    items, _ = _test_records(trained_run)
+    links = linker.link(items[:3], k=100)
+    ids = linker.kb.ids
+    scored = {ids.index(c.id) for link in links for c in link.candidates}
+    assert seen["es"] == seen["ec"] == scored and len(scored) < len(ids)
