@@ -112,8 +112,8 @@ def encode_with_actors(cfg: LinkConfig, linker: Linker, items: list[Item], work:
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
     # precompute needs a KB file; the store keeps only ms and mc, so one entity of the run's KB stands for it
-    kb = linker.kb
-    write_jsonl(data / "kb.jsonl", [{"id": kb.ids[0], "name": kb.names[0], "lang": kb.langs[0]}])
+    first = linker.kb.records[0]
+    write_jsonl(data / "kb.jsonl", [{"id": first["id"], "name": first["name"], "lang": first["lang"]}])
     write_jsonl(data / "mentions.jsonl", ({"id": it.id, "lang": it.lang, "sentence": it.sentence, "start": it.start,
                                            "end": it.end, "context": it.context} for it in items))
     manifest = linker.store.manifest

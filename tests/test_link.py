@@ -121,7 +121,8 @@ def test_xel_link_with_precompute_actors_writes_what_the_in_process_path_writes(
 
     monkeypatch.setattr(Linker, "link", crash_once)
     crashed = CliRunner().invoke(link_main, [*common, "--out", str(ray_out), "--actors", "1"])
-    assert crashed.exit_code != 0 and not ray_out.exists()
+    assert getattr(crash_once, "done", False), crashed.output  # it stopped where the test crashed it
+    assert crashed.exit_code != 0 and not ray_out.exists(), crashed.output
     work = tmp_path / ".ray.jsonl.xel-link"
     shards = sorted((work / "store").rglob("*.h5"))
     assert shards, "the crashed run's store should be kept for the rerun"
