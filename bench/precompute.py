@@ -1,20 +1,25 @@
 """Benchmark the precompute hot path against its baselines, all in one run on the same texts.
 
-    python bench/precompute.py [--model models/multilingual-e5-small] [--texts 512] [--skip-base]
+    python bench/precompute.py [--model models/multilingual-e5-small] [--texts 1024] [--skip-base] [--skip-bf16]
 
 For each encoder (the real one, and a random XLM-R-base-shaped model: hidden 768, 12 layers) it measures
 tokens/s of
 
 * ``naive``: one text at a time, fp32, no bucketing (the baseline);
-* ``in-process``: :class:`precompute.worker.ShardWorker` (bf16 autocast, length-bucketed batches) in this process,
-  and the same worker in fp32 (``in-process fp32``), which separates what batching gives from what bf16 gives;
+* ``in-process`` (the worker's steady state): :class:`precompute.worker.ShardWorker` (length-bucketed batches,
+  warm) in this process, once per backend and dtype: torch fp32, torch bf16 autocast, onnx fp32, onnx int8
+  (ONNX Runtime; the export and quantisation are cached before the timing, and the cosine of each variant's rows
+  to torch fp32's is reported);
 * ``ray``: the same worker as a warm Ray actor (the task a byte range of a mentions file the actor reads, the
-  shard written by the actor), checked to write the same shard checksum as in-process;
+  shard written by the actor), in the dtype ``--dtype auto`` picks here, checked to write the same shard checksum
+  as in-process;
+* ``end to end``: ``xel-precompute`` itself (``precompute.run.run``: a new local Ray, the actor, the store, the
+  manifest) on the same texts as ``mc`` rows, once per torch fp32, onnx fp32 and onnx int8;
 
-and reports the speed-up over naive, the Ray overhead over in-process, the padding fraction, and the fraction of
-the matmul roofline (the better of the bf16 and fp32 GEMM peaks measured in this run; FLOPs/token from the model
-config). The ``ray`` path runs the dtype ``xel-precompute`` picks by default on this machine (``--dtype auto``).
-Writes ``bench/results/precompute.json`` and prints a table.
+and reports the speed-ups over naive, the Ray overhead over in-process, the padding fraction, and each variant's
+fraction of its own GEMM peak (fp32 and bf16 with torch, fp32 and int8 with ONNX Runtime, all measured in this run
+on a 2048 x 1024 x 4096 product; FLOPs/token from the model config). Writes ``bench/results/precompute.json`` and
+prints the tables.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -40,21 +46,30 @@ from precompute.encoding import (  # noqa: E402
     EncoderSettings,
     TextEncoder,
     cpu_has_native_bf16,
+    cpu_has_vnni,
     mention_item,
     resolve_dtype,
     resolve_encoder,
 )
 from precompute.ray_session import ray_session  # noqa: E402
 from precompute.run import PrecomputeConfig, actor_options, plan_tasks, run_settings  # noqa: E402
+from precompute.run import run as run_precompute  # noqa: E402
 from precompute.schema import scan_inputs  # noqa: E402
+from precompute.store import read_shard  # noqa: E402
 from precompute.worker import ShardTask, ShardWorker  # noqa: E402
 
+VARIANTS = (("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx", "int8"))  # in-process steady state
+END_TO_END = (("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"))
 
-def sample_items(n: int) -> list:
+
+def sample_rows(n: int) -> list[dict]:
     rows = [json.loads(line) for line in open(ROOT / "data/sample/mentions.jsonl", encoding="utf-8")]
     rng = np.random.default_rng(0)
-    picked = [rows[i] for i in rng.choice(len(rows), size=min(n, len(rows)), replace=False)]
-    return [mention_item(r["id"], r["lang"], r["context"], *_span_in_context(r)) for r in picked]
+    return [rows[i] for i in rng.choice(len(rows), size=min(n, len(rows)), replace=False)]
+
+
+def sample_items(rows: list[dict]) -> list:
+    return [mention_item(r["id"], r["lang"], r["context"], *_span_in_context(r)) for r in rows]
 
 
 def write_data(items: list[EncodeItem], data: Path) -> Path:
@@ -94,6 +109,39 @@ def matmul_peak(dtype: torch.dtype = torch.bfloat16, seconds: float = 3.0) -> fl
     return best
 
 
+def ort_matmul_peak(dtype: str, seconds: float = 3.0, threads: int | None = None) -> float:
+    """Best operations/s of the same GEMM in ONNX Runtime: ``MatMul`` (fp32) or ``MatMulInteger`` (uint8 x int8, the
+    kernel a dynamically quantised model runs), one node with the weight as an initializer."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    m, k, n = 2048, 1024, 4096
+    rng = np.random.default_rng(0)
+    if dtype == "int8":
+        a = rng.integers(0, 255, (m, k), dtype=np.uint8)
+        weight = numpy_helper.from_array(rng.integers(-127, 127, (k, n), dtype=np.int8), "b")
+        node = helper.make_node("MatMulInteger", ["a", "b"], ["y"])
+        a_type, y_type = TensorProto.UINT8, TensorProto.INT32
+    else:
+        a = rng.standard_normal((m, k), dtype=np.float32)
+        weight = numpy_helper.from_array(rng.standard_normal((k, n), dtype=np.float32), "b")
+        node = helper.make_node("MatMul", ["a", "b"], ["y"])
+        a_type, y_type = TensorProto.FLOAT, TensorProto.FLOAT
+    graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("a", a_type, [m, k])],
+                              [helper.make_tensor_value_info("y", y_type, [m, n])], initializer=[weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        session.run(None, {"a": a})
+        best = max(best, 2 * m * k * n / (time.perf_counter() - t0))
+    return best
+
+
 def flops_per_token(config: dict, seq_len: float) -> float:
     """Forward FLOPs per token: 2 x non-embedding weights + attention scores and mixing."""
     h, layers, ffn = config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"]
@@ -115,69 +163,95 @@ def naive_tokens_per_s(enc: TextEncoder, items: list, budget_s: float) -> float:
     return tokens / (time.perf_counter() - t0)
 
 
-def bench_model(name: str, model_dir: Path, items: list, peak: float, out_dir: Path) -> dict:
-    """Naive loop, then the shard worker in this process, then the same worker as a warm Ray actor."""
+def bench_model(name: str, model_dir: Path, items: list, peaks: dict[str, float], out_dir: Path,
+                variants: tuple[tuple[str, str], ...]) -> dict:
+    """Naive loop, then the shard worker in this process per backend and dtype, then the worker as a warm Ray actor."""
     import ray
 
     dtype = resolve_dtype("auto", on_gpu=False)  # what xel-precompute runs on this machine by default
-    settings = resolve_encoder(model_dir, prefix="", dtype="bf16", device="cpu", max_tokens_per_batch=16384)
+    settings = resolve_encoder(model_dir, prefix="", dtype="fp32", device="cpu", max_tokens_per_batch=16384)
     threads = torch.get_num_threads()
-    fp32 = TextEncoder.load(dataclasses.replace(settings, dtype="fp32", max_tokens_per_batch=None), threads)
+    fp32 = TextEncoder.load(dataclasses.replace(settings, max_tokens_per_batch=None), threads)
     naive = naive_tokens_per_s(fp32, items, budget_s=60)
     del fp32
 
     data = write_data(items, out_dir / name / "data")
 
-    def task(tag: str, rows: int) -> ShardTask:
+    def task(tag: str, rows: int, variant: EncoderSettings = settings) -> ShardTask:
         """The first ``rows`` texts as one shard task, planned as xel-precompute plans it (a byte range)."""
-        return plan_shards(data, model_dir, out_dir / name / tag, settings, rows)[0]
+        return plan_shards(data, model_dir, out_dir / name / tag, variant, rows)[0]
 
-    t0 = time.perf_counter()
-    worker = ShardWorker(settings, threads)
-    load_s = time.perf_counter() - t0
-    worker.run(task("warm", 16))
-    t0 = time.perf_counter()
-    local = worker.run(task("local", len(items)))
-    in_process_s = in_process_bf16_s = time.perf_counter() - t0
-    tokens = local["tokens"]
-    del worker
-    # the same worker in fp32: separates what batching gives from what bf16 gives on this CPU
-    worker = ShardWorker(dataclasses.replace(settings, dtype="fp32"), threads)
-    worker.run(task("warm-fp32", 16))
-    t0 = time.perf_counter()
-    local_fp32 = worker.run(task("local-fp32", len(items)))
-    in_process_fp32_s = time.perf_counter() - t0
-    del worker
-    if dtype == "fp32":  # the Ray path below runs the default dtype; compare it with the same in-process
-        local, in_process_s, settings = local_fp32, in_process_fp32_s, dataclasses.replace(settings, dtype="fp32")
+    config = json.loads((model_dir / "config.json").read_text())
+    in_process: dict[str, dict] = {}
+    results: dict[str, dict] = {}
+    for backend, variant_dtype in variants:
+        key = f"{backend}-{variant_dtype}"
+        variant = dataclasses.replace(settings, backend=backend, dtype=variant_dtype)
+        t0 = time.perf_counter()
+        worker = ShardWorker(variant, threads)  # an onnx variant exports and quantises here, once (cached)
+        load_s = time.perf_counter() - t0
+        worker.run(task(f"warm-{key}", 16, variant))
+        timed = task(key, len(items), variant)
+        t0 = time.perf_counter()
+        results[key] = {**worker.run(timed), "path": timed.path}
+        seconds = time.perf_counter() - t0
+        del worker
+        tokens = results[key]["tokens"]
+        fpt = flops_per_token(config, tokens / len(items))
+        forward = tokens / results[key]["forward_seconds"]
+        peak_key = {"torch": {"fp32": "torch_fp32", "bf16": "torch_bf16"},
+                    "onnx": {"fp32": "ort_fp32", "int8": "ort_int8"}}[backend][variant_dtype]
+        in_process[key] = {"tokens_per_s": tokens / seconds, "forward_tokens_per_s": forward,
+                           "speedup_vs_naive": tokens / seconds / naive, "load_s": load_s,
+                           "roofline_fraction": forward * fpt / peaks[peak_key], "peak": peak_key}
+    reference = read_shard(results["torch-fp32"]["path"]).features.astype(np.float64)
+    for key, r in results.items():
+        got = read_shard(r["path"]).features.astype(np.float64)
+        cos = (got * reference).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
+        in_process[key].update(cos_vs_torch_fp32_mean=float(cos.mean()), cos_vs_torch_fp32_min=float(cos.min()))
+    local, tokens = results[f"torch-{dtype}"], results["torch-fp32"]["tokens"]
+    in_process_s = tokens / in_process[f"torch-{dtype}"]["tokens_per_s"]
+    settings = dataclasses.replace(settings, dtype=dtype)
 
     cfg = PrecomputeConfig(data=ROOT, model=model_dir, out=out_dir / name, actors=1, cpus_per_actor=threads)
     options = actor_options(cfg, threads)
     t0 = time.perf_counter()
     actor = ray.remote(ShardWorker).options(**options).remote(settings, threads)
-    ray.get(actor.run.remote(task("warm-ray", 16)))
+    ray.get(actor.run.remote(task("warm-ray", 16, settings)))
     actor_start_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    remote = ray.get(actor.run.remote(task("ray", len(items))))
+    remote = ray.get(actor.run.remote(task("ray", len(items), settings)))
     ray_s = time.perf_counter() - t0
     ray.kill(actor)
     assert remote["tokens"] == tokens and remote["checksum"] == local["checksum"], "Ray and in-process differ"
 
     seq = tokens / len(items)
-    config = json.loads((model_dir / "config.json").read_text())
-    fpt = flops_per_token(config, seq)
-    forward = tokens / local["forward_seconds"]
     return {
         "model": name, "texts": len(items), "tokens": tokens, "mean_tokens_per_text": seq,
-        "naive_tokens_per_s": naive, "in_process_tokens_per_s": tokens / in_process_s,
-        "default_dtype": dtype, "in_process_fp32_tokens_per_s": tokens / in_process_fp32_s,
-        "in_process_bf16_tokens_per_s": tokens / in_process_bf16_s,
-        "bf16_over_fp32": in_process_fp32_s / in_process_bf16_s,
-        "ray_tokens_per_s": tokens / ray_s, "forward_tokens_per_s": forward,
-        "speedup_vs_naive": (tokens / ray_s) / naive, "ray_overhead": ray_s / in_process_s - 1,
-        "padding_fraction": 1 - tokens / local["padded_tokens"], "flops_per_token": fpt,
-        "roofline_fraction": forward * fpt / peak, "model_load_s": load_s, "actor_start_s": actor_start_s,
+        "naive_tokens_per_s": naive, "default_dtype": dtype, "in_process": in_process,
+        "ray_tokens_per_s": tokens / ray_s, "ray_speedup_vs_naive": (tokens / ray_s) / naive,
+        "ray_overhead": ray_s / in_process_s - 1, "padding_fraction": 1 - tokens / local["padded_tokens"],
+        "flops_per_token": flops_per_token(config, seq), "actor_start_s": actor_start_s,
     }
+
+
+def end_to_end(model_dir: Path, rows: list[dict], out_dir: Path, naive: float) -> dict[str, dict]:
+    """``xel-precompute`` itself on the benchmark's texts (``mc`` rows: the same contexts, windowed around the same
+    mentions), a fresh local Ray each time: from ``run()`` to the manifest, Ray's start included."""
+    data = out_dir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "data/sample/kb.jsonl", data / "kb.jsonl")
+    (data / "mentions.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    result = {}
+    for backend, dtype in END_TO_END:
+        t0 = time.perf_counter()
+        summary = run_precompute(PrecomputeConfig(data=data, model=model_dir, out=out_dir / f"{backend}-{dtype}",
+                                                  kinds=("mc",), dtype=dtype, backend=backend))
+        seconds = time.perf_counter() - t0
+        result[f"{backend}-{dtype}"] = {"seconds": seconds, "tokens": summary["tokens"],
+                                        "tokens_per_s": summary["tokens"] / seconds,
+                                        "speedup_vs_naive": summary["tokens"] / seconds / naive}
+    return result
 
 
 def make_base_model(path: Path, tokenizer_dir: Path) -> Path:
@@ -197,37 +271,53 @@ def make_base_model(path: Path, tokenizer_dir: Path) -> Path:
               show_default=True, help="The real encoder (xel-encoder build).")
 @click.option("--texts", default=1024, show_default=True, help="Mention contexts from data/sample to encode.")
 @click.option("--skip-base", is_flag=True, help="Skip the XLM-R-base-shaped random model.")
+@click.option("--skip-bf16", is_flag=True, help="Skip torch bf16 autocast in-process (slower than fp32 without AMX).")
 @click.option("--out", type=click.Path(path_type=Path), default=ROOT / "bench/results/precompute.json")
-def main(model: Path, texts: int, skip_base: bool, out: Path) -> None:
+def main(model: Path, texts: int, skip_base: bool, skip_bf16: bool, out: Path) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    items = sample_items(texts)
-    peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
-    peak = max(peaks.values())  # the roofline: the machine's best matmul rate in either dtype
+    rows_in = sample_rows(texts)
+    items = sample_items(rows_in)
+    variants = tuple(v for v in VARIANTS if not (skip_bf16 and v == ("torch", "bf16")))
+    peaks = {"torch_fp32": matmul_peak(torch.float32), "ort_fp32": ort_matmul_peak("fp32"),
+             "ort_int8": ort_matmul_peak("int8")}
+    if not skip_bf16:
+        peaks["torch_bf16"] = matmul_peak(torch.bfloat16)
     rows = []
-    with ray_session(), tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        rows.append(bench_model("multilingual-e5-small", model, items, peak, tmp_path))
+        models = {"multilingual-e5-small": model}
         if not skip_base:
-            base = make_base_model(tmp_path / "xlmr-base-random", model)
-            rows.append(bench_model("xlmr-base-shape-random", base, items, peak, tmp_path))
+            models["xlmr-base-shape-random"] = make_base_model(tmp_path / "xlmr-base-random", model)
+        with ray_session():
+            for name, model_dir in models.items():
+                rows.append(bench_model(name, model_dir, items, peaks, tmp_path, variants))
+        for row, (name, model_dir) in zip(rows, models.items()):  # each run starts its own Ray
+            row["end_to_end"] = end_to_end(model_dir, rows_in, tmp_path / f"e2e-{name}", row["naive_tokens_per_s"])
     result = {
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": platform.processor(),
-                    "amx_bf16": cpu_has_native_bf16()},
-        "matmul_peak_flops": peaks, "roofline_flops": peak, "rows": rows,
+                    "amx_bf16": cpu_has_native_bf16(), "vnni": cpu_has_vnni(), "load_average": os.getloadavg()},
+        "matmul_peak_ops": peaks, "rows": rows,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    cols = [("model", "{:<24}"), ("naive_tokens_per_s", "{:>10,.0f}"), ("in_process_fp32_tokens_per_s", "{:>10,.0f}"),
-            ("in_process_bf16_tokens_per_s", "{:>10,.0f}"), ("bf16_over_fp32", "{:>6.2f}x"), ("default_dtype", "{:>5}"),
-            ("ray_tokens_per_s", "{:>10,.0f}"), ("speedup_vs_naive", "{:>8.2f}x"), ("ray_overhead", "{:>8.1%}"),
-            ("padding_fraction", "{:>8.1%}"), ("roofline_fraction", "{:>8.1%}")]
-    click.echo(f"matmul peak on this machine: bf16 {peaks['bf16'] / 1e9:,.1f}, fp32 {peaks['fp32'] / 1e9:,.1f} "
-               f"GFLOP/s (AMX: {cpu_has_native_bf16()}); roofline = the better; {len(items)} texts")
-    click.echo(" | ".join(["model", "naive tok/s", "in-proc fp32 tok/s", "in-proc bf16 tok/s", "bf16/fp32",
-                           "default", "ray tok/s (default)", "vs naive", "ray overhead",
-                           "padding", "roofline"]))
+    click.echo("GEMM peak (2048 x 1024 x 4096), GOP/s: " + ", ".join(f"{k} {v / 1e9:,.1f}" for k, v in peaks.items())
+               + f"; int8 / fp32 (ONNX Runtime): {peaks['ort_int8'] / peaks['ort_fp32']:.2f}x; VNNI: {cpu_has_vnni()}, "
+               f"AMX: {cpu_has_native_bf16()}; load average {os.getloadavg()[0]:.1f}; {len(items)} texts")
     for r in rows:
-        click.echo(" | ".join(fmt.format(r[c]) for c, fmt in cols))
+        click.echo(f"\n{r['model']}: {r['tokens']:,} tokens ({r['mean_tokens_per_text']:.0f} per text), padding "
+                   f"{r['padding_fraction']:.1%}; naive (one text at a time, torch fp32) "
+                   f"{r['naive_tokens_per_s']:,.0f} tok/s")
+        click.echo(f"{'steady state (in-process)':<27}{'tok/s':>9}{'vs naive':>10}{'roofline':>10}{'cos mean':>10}"
+                   f"{'cos min':>9}")
+        for key, v in r["in_process"].items():
+            click.echo(f"{key:<27}{v['tokens_per_s']:>9,.0f}{v['speedup_vs_naive']:>9.2f}x{v['roofline_fraction']:>10.1%}"
+                       f"{v['cos_vs_torch_fp32_mean']:>10.5f}{v['cos_vs_torch_fp32_min']:>9.5f}")
+        click.echo(f"{'end to end (xel-precompute)':<27}{'tok/s':>9}{'vs naive':>10}{'seconds':>10}")
+        for key, v in r["end_to_end"].items():
+            click.echo(f"{key:<27}{v['tokens_per_s']:>9,.0f}{v['speedup_vs_naive']:>9.2f}x{v['seconds']:>10.1f}")
+        click.echo(f"warm Ray actor ({r['default_dtype']}): {r['ray_tokens_per_s']:,.0f} tok/s, "
+                   f"{r['ray_speedup_vs_naive']:.2f}x naive, Ray overhead {r['ray_overhead']:.1%} over in-process; "
+                   f"actor start {r['actor_start_s']:.1f}s")
     click.echo(f"wrote {out}")
 
 

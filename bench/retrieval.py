@@ -1,169 +1,258 @@
-"""Index benchmark: build time, size, ms/query and recall@10 vs exact for Flat, HNSW and IVF-PQ.
+"""ANN benchmark at 1M entities: per index configuration, build time, size, RSS, recall@10 against exact search and
+ms/query (a batch of queries, and one query at a time) at 2 and 1 threads; prints every row and the
+recall/latency frontier.
 
-    python -m bench.retrieval                              # 1M entities x 100k queries at dim 384
-    python -m bench.retrieval --entities 200000 --queries 2000
+    python -m bench.retrieval --data lowrank                            # 1M entities x 2,000 queries at dim 384
+    python -m bench.retrieval --entities 200000 --index "HNSW32|efSearch=256" --index "HNSW32|efSearch=512"
 
-Entities are random unit vectors at the encoder's dimension (``--data lowrank`` draws them from a
-``latent_dim``-dimensional Gaussian projected to ``dim`` plus small isotropic noise instead, closer to real
-embeddings, whose intrinsic dimension is far below 384); each query is a random entity plus Gaussian noise
-(``--noise``), renormalised, so it has a true nearest neighbour. Exact top-10 comes from the Flat index.
-HNSW is swept over ``--ef-search`` values; the IVF-PQ string is re-ranked exactly (``RFlat``) and swept over
-``--nprobe``. Run it as a module from the repository root (``bench/retrieval.py`` shares its name with the
-``retrieval`` package). Writes ``bench/results/retrieval.json`` and prints a table.
+Entities are unit vectors at the encoder's dimension: ``--data lowrank`` draws them from a ``latent_dim``-dimensional
+Gaussian projected to ``dim`` plus small isotropic noise (closer to real embeddings, whose intrinsic dimension is
+far below 384), ``random`` isotropically. Each query is a random entity plus Gaussian noise (``--noise``),
+renormalised. The exact top-10 is a brute-force matmul over the entity table (``faiss.knn``, no index copy).
+
+Each ``--index`` is ``"FACTORY|search params"`` (a FAISS factory string or a preset name of
+:data:`retrieval.factory.INDEX_PRESETS`, built through :func:`retrieval.factory.build_lang_index`); a factory named
+more than once is built once and searched with each parameter set, in order (a parameter a set does not name
+keeps the value the one before it set). Timings: ``batch`` is wall time of all queries
+in one ``search`` call divided by their number (throughput); ``single`` is the mean wall time of
+``--latency-queries`` one-query calls (latency); ``cpu`` is the process CPU time of the batch per query, which on a
+machine shared with other work says what the search itself cost (FAISS's OpenMP threads wait passively here, so
+no spinning is counted): ``cpu / threads`` is the batch figure an idle machine would approach. ``bytes`` is the
+serialised index; ``added_rss_mb`` the process's resident memory after the build minus before it. Run it as a module
+from the repository root (``bench/retrieval.py`` shares its name with the ``retrieval`` package). Writes
+``bench/results/retrieval.json``.
 """
 
 from __future__ import annotations
 
-import logging
-import platform
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+import os
 
-import click
-import faiss
-import numpy as np
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before FAISS loads OpenMP: CPU time counts work, not spinning
 
-from precompute.store import atomic_write_json
-from retrieval.factory import build_lang_index
-from retrieval.vectors import l2_normalise
+import logging  # noqa: E402
+import platform  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+import faiss  # noqa: E402
+import numpy as np  # noqa: E402
+
+from precompute.store import atomic_write_json  # noqa: E402
+from retrieval.bench import pareto_frontier, parse_spec  # noqa: E402
+from retrieval.factory import build_lang_index  # noqa: E402
+from retrieval.index import RetrievalError  # noqa: E402
 
 log = logging.getLogger("bench.retrieval")
 K = 10
+DEFAULT_INDEXES = (
+    "IVF1024,PQ96x4fs,RFlat|nprobe=256,k_factor_rf=32", "IVF1024,PQ96x4fs,RFlat|nprobe=512,k_factor_rf=32",
+    "PCAR64,PQ64x4fs,RFlat|k_factor_rf=4", "PCAR64,PQ64x4fs,RFlat|k_factor_rf=8",
+    "PCAR64,PQ64x4fs,RFlat|k_factor_rf=16",
+    "PCAR64,IVF1024,PQ64x4fs,RFlat|nprobe=256,k_factor_rf=8", "PCAR64,IVF1024,PQ64x4fs,RFlat|nprobe=384,k_factor_rf=8",
+    "PCAR64,IVF1024,PQ64x4fs,RFlat|nprobe=512,k_factor_rf=8", "PCAR64,IVF1024,PQ64x4fs,RFlat|nprobe=768,k_factor_rf=8",
+    "PCAR64,HNSW32,RFlat|efSearch=256,k_factor_rf=4", "PCAR64,HNSW32,RFlat|efSearch=512,k_factor_rf=4",
+)
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     entities: int = 1_000_000
-    queries: int = 100_000
+    queries: int = 2_000
     dim: int = 384
     data: str = "random"
     latent_dim: int = 48
     noise: float = 0.05
-    hnsw: str = "HNSW32"
-    ef_search: tuple[int, ...] = (32, 64, 128, 256, 512)
-    ivfpq: str = "IVF1024,PQ96x4fs,RFlat"
-    train_rows: int = 30_000
-    nprobe: tuple[int, ...] = (64, 128, 256, 512)
-    k_factor_rf: int = 32
+    indexes: tuple[str, ...] = DEFAULT_INDEXES
+    threads: tuple[int, ...] = (2, 1)
+    train_rows: int = 100_000
     latency_queries: int = 200
     seed: int = 0
     out: str = "bench/results/retrieval.json"
 
 
-def make_data(cfg: BenchConfig) -> tuple[np.ndarray, np.ndarray]:
+def make_data(cfg: BenchConfig, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """``(entities [n, dim], queries [q, dim])``, unit float32, generated ``chunk`` rows at a time so that the peak
+    memory is the table itself plus one chunk."""
     rng = np.random.default_rng(cfg.seed)
-    if cfg.data == "lowrank":
-        projection = rng.standard_normal((cfg.latent_dim, cfg.dim), dtype=np.float32)
-        base = rng.standard_normal((cfg.entities, cfg.latent_dim), dtype=np.float32) @ projection
-        base += 0.1 * np.sqrt(cfg.latent_dim) * rng.standard_normal((cfg.entities, cfg.dim), dtype=np.float32)
-    else:
-        base = rng.standard_normal((cfg.entities, cfg.dim), dtype=np.float32)
-    base = l2_normalise(base)
-    picks = rng.integers(0, cfg.entities, cfg.queries)
-    queries = base[picks] + cfg.noise * rng.standard_normal((cfg.queries, cfg.dim), dtype=np.float32)
-    return base, l2_normalise(queries)
+    projection = rng.standard_normal((cfg.latent_dim, cfg.dim), dtype=np.float32)
+    base = np.empty((cfg.entities, cfg.dim), np.float32)
+    for start in range(0, cfg.entities, chunk):
+        rows = min(chunk, cfg.entities - start)
+        if cfg.data == "lowrank":
+            block = rng.standard_normal((rows, cfg.latent_dim), dtype=np.float32) @ projection
+            block += 0.1 * np.sqrt(cfg.latent_dim) * rng.standard_normal((rows, cfg.dim), dtype=np.float32)
+        else:
+            block = rng.standard_normal((rows, cfg.dim), dtype=np.float32)
+        base[start:start + rows] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    queries = base[rng.integers(0, cfg.entities, cfg.queries)]
+    queries += cfg.noise * rng.standard_normal(queries.shape, dtype=np.float32)
+    return base, queries / np.linalg.norm(queries, axis=1, keepdims=True)
+
+
+def exact_topk(base: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray:
+    """The exact top-``k`` rows by inner product, by brute force."""
+    _, rows = faiss.knn(queries, base, k, metric=faiss.METRIC_INNER_PRODUCT)
+    return rows
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / exact.shape[1] for a, b in zip(found, exact)]))
 
 
-def timed_search(index: faiss.Index, queries: np.ndarray, latency_queries: int) -> tuple[np.ndarray, float, float]:
-    """``(rows, batch ms/query, single-query ms/query)``: all queries in one call, then one at a time."""
-    start = time.perf_counter()
+def rss_mb(field: str = "VmRSS") -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed_search(index: faiss.Index, queries: np.ndarray, latency_queries: int) -> tuple[np.ndarray, dict]:
+    """The batch's top-k rows and its timings: batch wall and CPU ms/query, then single-query wall ms/query."""
+    wall, cpu = time.perf_counter(), time.process_time()
     _, rows = index.search(queries, K)
-    batch_ms = 1000 * (time.perf_counter() - start) / len(queries)
-    start = time.perf_counter()
-    for q in queries[:latency_queries]:
+    batch_ms = 1000 * (time.perf_counter() - wall) / len(queries)
+    cpu_ms = 1000 * (time.process_time() - cpu) / len(queries)
+    single = queries[:latency_queries]
+    wall = time.perf_counter()
+    for q in single:
         index.search(q[None], K)
-    single_ms = 1000 * (time.perf_counter() - start) / min(latency_queries, len(queries))
-    return rows, batch_ms, single_ms
+    single_ms = 1000 * (time.perf_counter() - wall) / len(single)
+    return rows, {"ms_per_query_batch": round(batch_ms, 4), "cpu_ms_per_query_batch": round(cpu_ms, 4),
+                  "ms_per_query_single": round(single_ms, 4)}
 
 
-def measure(name: str, factory: str, base: np.ndarray, queries: np.ndarray, exact: np.ndarray | None,
-            cfg: BenchConfig, sweep: list[tuple[str, str]]) -> tuple[list[dict], np.ndarray]:
+def measure(factory: str, param_sets: list[str], base: np.ndarray, queries: np.ndarray, exact: np.ndarray,
+            cfg: BenchConfig) -> list[dict]:
+    """Build ``factory`` once over ``base``, then search with each parameter set at each thread count."""
+    rss_before = rss_mb()
     start = time.perf_counter()
     index = build_lang_index(base, factory, seed=cfg.seed, train_rows=cfg.train_rows)
     build_s = time.perf_counter() - start
-    size = int(faiss.serialize_index(index).size)
-    log.info("%s built in %.1fs, %d bytes", factory, build_s, size)
-    rows_out, rows = [], None
+    added_mb = rss_mb() - rss_before
+    with tempfile.TemporaryDirectory(prefix="xel-bench-retrieval-") as tmp:
+        faiss.write_index(index, str(Path(tmp) / "index.faiss"))
+        size = (Path(tmp) / "index.faiss").stat().st_size
+    log.info("%s built in %.1f s, %d bytes, +%.0f MB RSS", factory, build_s, size, added_mb)
+    rows = []
     space = faiss.ParameterSpace()
-    for label, params in sweep or [("", "")]:
+    for params in param_sets:
         if params:
-            space.set_index_parameters(index, params)
-        rows, batch_ms, single_ms = timed_search(index, queries, cfg.latency_queries)
-        recall = 1.0 if exact is None else recall_at_k(rows, exact)
-        rows_out.append({
-            "index": name, "factory": factory, "search": label, "build_s": round(build_s, 2), "bytes": size,
-            "ms_per_query_batch": round(batch_ms, 4), "ms_per_query_single": round(single_ms, 4),
-            "recall_at_10": round(recall, 4),
-        })
-        log.info("%s %s: %.3f ms/q batch, %.3f ms/q single, recall@10 %.4f", factory, label, batch_ms, single_ms,
-                 recall)
-    return rows_out, rows
+            try:
+                space.set_index_parameters(index, params)
+            except RuntimeError as e:
+                raise RetrievalError(f"search parameters {params!r} do not apply to {factory!r} ({e})") from None
+        for threads in cfg.threads:
+            faiss.omp_set_num_threads(threads)
+            found, timings = timed_search(index, queries, cfg.latency_queries)
+            rows.append({"factory": factory, "search": params, "threads": threads, "build_s": round(build_s, 2),
+                         "bytes": size, "added_rss_mb": round(added_mb, 1), **timings,
+                         "recall_at_10": round(recall_at_k(found, exact), 4)})
+            log.info("%s %s threads=%d: %s recall@10 %.4f", factory, params or "-", threads, timings,
+                     rows[-1]["recall_at_10"])
+    del index
+    return rows
 
 
-def run(cfg: BenchConfig) -> list[dict]:
+def frontier(results: list[dict], threads: int) -> list[dict]:
+    """The rows at ``threads`` that no other row there beats on both recall@10 and batch ms/query."""
+    return pareto_frontier([r for r in results if r["threads"] == threads], lambda r: r["recall_at_10"],
+                           lambda r: r["ms_per_query_batch"])
+
+
+def run(cfg: BenchConfig) -> dict:
     base, queries = make_data(cfg)
-    results, exact = measure("exact", "Flat", base, queries, None, cfg, [])
-    hnsw, _ = measure("hnsw", cfg.hnsw, base, queries, exact, cfg,
-                      [(f"efSearch={ef}", f"efSearch={ef}") for ef in cfg.ef_search])
-    ivf, _ = measure("ivfpq", cfg.ivfpq, base, queries, exact, cfg,
-                     [(f"nprobe={p},k_factor_rf={cfg.k_factor_rf}", f"nprobe={p},k_factor_rf={cfg.k_factor_rf}")
-                      for p in cfg.nprobe])
-    results += hnsw + ivf
-    atomic_write_json(cfg.out, {
-        "config": asdict(cfg), "machine": {"cpus": faiss.omp_get_max_threads(), "platform": platform.platform(),
-                                           "faiss": faiss.__version__},
-        "results": results,
-    })
-    return results
+    start = time.perf_counter()
+    exact = exact_topk(base, queries)
+    exact_s = time.perf_counter() - start
+    log.info("exact top-%d of %d queries over %d entities: %.1f s", K, len(queries), len(base), exact_s)
+    by_factory: dict[str, list[str]] = {}
+    for spec in cfg.indexes:
+        factory, params = parse_spec(spec)
+        by_factory.setdefault(factory, []).append(params)
+    report = {
+        "config": asdict(cfg),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
+                    "faiss": faiss.__version__},
+        "exact_ms_per_query_batch": round(1000 * exact_s / len(queries), 4),
+        "results": [],
+    }
+    for factory, param_sets in by_factory.items():
+        report["results"] += measure(factory, param_sets, base, queries, exact, cfg)
+        report["frontier"] = {str(t): frontier(report["results"], t) for t in cfg.threads}
+        report["peak_rss_mb"] = round(rss_mb("VmHWM"), 1)
+        report["machine"]["load_average"] = os.getloadavg()
+        atomic_write_json(cfg.out, report)  # after every factory: a long run stopped midway keeps what it measured
+    return report
 
 
-def format_results(results: list[dict]) -> str:
-    cols = ("factory", "search", "build_s", "bytes", "ms_per_query_batch", "ms_per_query_single", "recall_at_10")
-    widths = (20, 26, 9, 13, 19, 20, 13)
-    lines = ["".join(f"{c:>{w}}" for c, w in zip(cols, widths))]
-    for r in results:
-        lines.append("".join(f"{r[c]!s:>{w}}" for c, w in zip(cols, widths)))
+COLUMNS = (("factory", 29), ("search", 26), ("threads", 7), ("build_s", 7), ("bytes", 13), ("added_rss_mb", 12),
+           ("ms_per_query_batch", 18), ("cpu_ms_per_query_batch", 22), ("ms_per_query_single", 19),
+           ("recall_at_10", 12))
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = [" ".join(f"{c:>{w}}" for c, w in COLUMNS)]
+    for r in rows:
+        lines.append(" ".join(f"{(r[c] if r[c] != '' else '-')!s:>{w}}" for c, w in COLUMNS))
     return "\n".join(lines)
+
+
+def format_report(report: dict) -> str:
+    parts = [format_rows(report["results"])]
+    for threads, rows in sorted(report["frontier"].items(), key=lambda item: -int(item[0])):
+        parts.append(f"\nrecall@10 / batch ms-per-query frontier at {threads} thread(s): no other row has as high a "
+                     "recall at no more ms/query")
+        parts.append(format_rows(rows))
+    parts.append(f"\nexact (brute force): {report['exact_ms_per_query_batch']} ms/query batch; "
+                 f"peak RSS {report['peak_rss_mb']:,.0f} MB; load average at the end "
+                 f"{', '.join(f'{x:.1f}' for x in report['machine']['load_average'])}")
+    return "\n".join(parts)
 
 
 def _ints(ctx, param, value: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in value.split(","))
+        values = tuple(int(v) for v in value.split(","))
     except ValueError:
         raise click.BadParameter(f"{value!r}; a comma-separated list of integers is required") from None
+    if any(v < 1 for v in values):
+        raise click.BadParameter(f"{value!r}; every value must be >= 1")
+    return values
 
 
 @click.command()
-@click.option("--entities", default=1_000_000, show_default=True)
-@click.option("--queries", default=100_000, show_default=True)
-@click.option("--dim", default=384, show_default=True, help="multilingual-e5-small's hidden size")
-@click.option("--data", type=click.Choice(["random", "lowrank"]), default="random", show_default=True)
-@click.option("--noise", default=0.05, show_default=True, help="query = entity + noise * N(0, I), renormalised")
-@click.option("--hnsw", default="HNSW32", show_default=True)
-@click.option("--ef-search", default="32,64,128,256,512", show_default=True, callback=_ints)
-@click.option("--ivfpq", default="IVF1024,PQ96x4fs,RFlat", show_default=True)
-@click.option("--nprobe", default="64,128,256,512", show_default=True, callback=_ints)
-@click.option("--train-rows", default=30_000, show_default=True, help="IVF/PQ training sample")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--out", default="bench/results/retrieval.json", show_default=True)
-def main(entities, queries, dim, data, noise, hnsw, ef_search, ivfpq, nprobe, train_rows, seed, out) -> None:
-    """Benchmark Flat vs HNSW vs IVF-PQ (+ exact re-ranking) on random unit vectors."""
+@click.option("--entities", default=BenchConfig.entities, show_default=True)
+@click.option("--queries", default=BenchConfig.queries, show_default=True)
+@click.option("--dim", default=BenchConfig.dim, show_default=True, help="multilingual-e5-small's hidden size")
+@click.option("--data", type=click.Choice(["random", "lowrank"]), default=BenchConfig.data, show_default=True)
+@click.option("--noise", default=BenchConfig.noise, show_default=True,
+              help="query = entity + noise * N(0, I), renormalised")
+@click.option("--index", "indexes", multiple=True, default=DEFAULT_INDEXES, show_default=True,
+              help='"FACTORY|search params" (repeatable): a FAISS factory string or preset name, e.g. '
+              '"PCAR64,PQ64x4fs,RFlat|k_factor_rf=8" or "HNSW32|efSearch=256"')
+@click.option("--threads", default="2,1", show_default=True, callback=_ints, help="FAISS thread counts to time")
+@click.option("--train-rows", default=BenchConfig.train_rows, show_default=True, help="IVF/PQ/PCA training sample")
+@click.option("--latency-queries", default=BenchConfig.latency_queries, show_default=True,
+              help="queries timed one at a time")
+@click.option("--seed", default=BenchConfig.seed, show_default=True)
+@click.option("--out", default=BenchConfig.out, show_default=True)
+def main(entities, queries, dim, data, noise, indexes, threads, train_rows, latency_queries, seed, out) -> None:
+    """Recall@10 vs exact, build time, size and ms/query of FAISS index configurations; the frontier."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for name, value in (("--entities", entities), ("--queries", queries), ("--dim", dim)):
+    for name, value in (("--entities", entities), ("--queries", queries), ("--dim", dim),
+                        ("--latency-queries", latency_queries)):
         if value < 1:
             raise click.BadParameter(f"{value}; must be >= 1", param_hint=name)
-    cfg = BenchConfig(entities=entities, queries=queries, dim=dim, data=data, noise=noise, hnsw=hnsw,
-                      ef_search=ef_search, ivfpq=ivfpq, nprobe=nprobe, train_rows=train_rows, seed=seed,
-                      out=out)
-    results = run(cfg)
-    click.echo(f"{entities} entities x {queries} queries, dim {dim}, {data} data, "
-               f"{faiss.omp_get_max_threads()} threads")
-    click.echo(format_results(results))
+    cfg = BenchConfig(entities=entities, queries=queries, dim=dim, data=data, noise=noise, indexes=tuple(indexes),
+                      threads=threads, train_rows=train_rows, latency_queries=latency_queries, seed=seed, out=out)
+    try:
+        report = run(cfg)
+    except RetrievalError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{entities:,} entities x {queries:,} queries, dim {dim}, {data} data, {os.cpu_count()} CPUs")
+    click.echo(format_report(report))
     click.echo(f"-> {Path(out)}")
 
 

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from link.linker import Item, Linker, LinkError, check_item
+from precompute.run import PrecomputeConfig
+from precompute.run import run as precompute
 from precompute.schema import iter_records
-from precompute.store import atomic_path
+from precompute.store import Store, StoreError, atomic_path, open_store
 from retrieval.metrics import Scores, score_groups
 
 log = logging.getLogger(__name__)
@@ -35,6 +40,8 @@ class LinkConfig:
     index: str | None = None  # None: <run root>/index
     batch_size: int = 256
     progress: bool = True
+    actors: int = 0  # 0: encode in this process; N >= 1: precompute's Ray actors into a temporary store
+    address: str | None = None  # the Ray cluster (None: a local Ray, or the job's own inside ray job submit)
 
 
 def read_items(path: Path) -> tuple[list[Item], list[int]]:
@@ -59,20 +66,29 @@ def read_items(path: Path) -> tuple[list[Item], list[int]]:
 def run(cfg: LinkConfig) -> dict[str, Any]:
     """Link ``cfg.input`` into ``cfg.output``; returns ``{"mentions", "linked", "seconds", "metrics"}`` (metrics per
     group, over the lines with a ``gold`` field, or None)."""
-    if cfg.k < 1 or cfg.batch_size < 1:
-        raise LinkError(f"--k {cfg.k}, --batch-size {cfg.batch_size}: both must be >= 1")
+    if cfg.k < 1 or cfg.batch_size < 1 or cfg.actors < 0:
+        raise LinkError(f"--k {cfg.k}, --batch-size {cfg.batch_size}, --actors {cfg.actors}: --k and --batch-size "
+                        "must be >= 1, --actors >= 0")
     items, rows = read_items(Path(cfg.input))
     linker = Linker.load(cfg.model, index_dir=cfg.index, threshold=cfg.threshold)
     t0 = time.perf_counter()
     preds: list[str | None] = []
+    work = work_dir(cfg.output)
+    encoded = encode_with_actors(cfg, linker, items, work) if cfg.actors else None
     with atomic_path(cfg.output) as tmp, open(tmp, "w", encoding="utf-8") as out, \
             tqdm(total=len(items), unit="mention", desc="linking", disable=not cfg.progress) as bar:
         for start in range(0, len(items), cfg.batch_size):
             batch = items[start : start + cfg.batch_size]
-            for link in linker.link(batch, k=cfg.k):
+            vectors = None
+            if encoded is not None:
+                rows_ = np.arange(start, start + len(batch))
+                vectors = (encoded.read_rows("ms", rows_), encoded.read_rows("mc", rows_))
+            for link in linker.link(batch, k=cfg.k, encoded=vectors):
                 out.write(json.dumps(link.to_json(), ensure_ascii=False) + "\n")
                 preds.append(link.pred)
             bar.update(len(batch))
+    if encoded is not None:
+        shutil.rmtree(work)
     seconds = time.perf_counter() - t0
     metrics: dict[str, Scores] | None = None
     if rows:
@@ -81,3 +97,43 @@ def run(cfg: LinkConfig) -> dict[str, Any]:
     log.info("linked %d mentions in %.1f s", len(items), seconds)
     return {"mentions": len(items), "linked": sum(p is not None for p in preds), "seconds": seconds,
             "metrics": metrics}
+
+
+def work_dir(output: str) -> Path:
+    """Where ``--actors`` keeps its inputs and store while linking into ``output``: beside it, so that it is on the
+    same disk, visible to a cluster's workers when ``--out`` is on shared storage, and found again by a rerun."""
+    out = Path(output)
+    return out.with_name(f".{out.name}.xel-link")
+
+
+def encode_with_actors(cfg: LinkConfig, linker: Linker, items: list[Item], work: Path) -> Store:
+    """The items' ``ms`` and ``mc`` rows, in item order, encoded by precompute's Ray actors into ``work/store``
+    with the settings of the store the run was trained on (checked after)."""
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    # precompute needs a KB file; the store keeps only ms and mc, so one entity of the run's KB stands for it
+    first = linker.kb.records[0]
+    write_jsonl(data / "kb.jsonl", [{"id": first["id"], "name": first["name"], "lang": first["lang"]}])
+    write_jsonl(data / "mentions.jsonl", ({"id": it.id, "lang": it.lang, "sentence": it.sentence, "start": it.start,
+                                           "end": it.end, "context": it.context} for it in items))
+    manifest = linker.store.manifest
+    pcfg = PrecomputeConfig(
+        data=data, model=Path(manifest["model"]), out=work / "store", kinds=("ms", "mc"), layer=manifest["layer"],
+        max_length=manifest["max_length"], prefix=manifest["prefix"], dtype=manifest["dtype"],
+        actors=cfg.actors, address=cfg.address,
+    )
+    log.info("encoding %d mentions with %d precompute actor(s) into %s", len(items), cfg.actors, pcfg.out)
+    precompute(pcfg)
+    store = open_store(pcfg.out)
+    store.check_same_encoder(linker.store)
+    ids, _ = store.load_ids("ms")
+    if ids != [it.id for it in items]:
+        raise StoreError(f"{pcfg.out}: its mention rows are not the items of {cfg.input} in order; delete {work} "
+                         "and rerun")
+    return store
+
+
+def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")

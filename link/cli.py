@@ -33,6 +33,11 @@ ERRORS = (LinkError, InputError, EncodeError, StoreError, RetrievalError, Checkp
 @click.option("--index", type=click.Path(file_okay=False), default=None,
               help="FAISS index of the run's store  [default: <run root>/index, as xel-experiment lays it out]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, help="mentions encoded and scored at once")
+@click.option("--actors", type=click.IntRange(min=0), default=0,
+              help="0: encode in this process; N >= 1: encode with N precompute Ray actors into a temporary store "
+                   "beside --out, then score in batches (large inputs; a cluster through ray job submit)")
+@click.option("--address", default=None,
+              help="Ray cluster address for --actors  [default: a local Ray, or the job's own inside ray job submit]")
 @click.option("--progress/--no-progress", default=True, help="a progress bar with mentions/s")
 @click.option("-v", "--verbose", is_flag=True)
 def main(verbose: bool, **flags) -> None:

@@ -35,12 +35,12 @@ from retrieval.index_files import open_index_and_store
 from retrieval.vectors import unit_concat
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
-from train.data import KB, Mentions, load_kb
+from train.data import KBRows, Mentions, popularity_features
 from train.evaluate import nn_scores, pick_best, predict, rank, with_cosine_nil_score
 from train.model import Ranker
 from train.outputs import CHECKPOINT
 from train.pairs import pair_features, training_prior
-from train.prepare import load_splits, pair_groups
+from train.prepare import Loaded, load_splits, mention_popularity, pair_groups, training_link_counts
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,15 @@ def resolve_run_path(value: str, run_dir: Path, field: str) -> str:
                     "parent of the run directory; run from the directory the run was trained in")
 
 
+def run_popularity(cfg: TrainConfig, loaded: Loaded, kb_records: Sequence[dict]) -> np.ndarray:
+    """+P of every KB entry as the run's training computed it for its own candidates (:mod:`train.prepare`)."""
+    if not cfg.popularity:
+        return np.zeros((len(kb_records), 0), np.float32)
+    if cfg.popularity_source == "mentions":
+        return mention_popularity([str(r["id"]) for r in kb_records], training_link_counts(loaded.splits))
+    return popularity_features([r.get("links") for r in kb_records], cfg.popularity_missing, "kb.jsonl")
+
+
 def candidate_settings(candidates_file: Path) -> dict[str, Any]:
     """``k``, ``max_prior``, ``train_lang`` and ``kb_lang`` of the ``xel-nn candidates`` run that wrote
     ``candidates_file`` (its ``config.json``)."""
@@ -178,7 +187,7 @@ class Linker:
     """See the module docstring. Not thread-safe: one :meth:`link` at a time (``xel-serve`` serialises them)."""
 
     def __init__(
-        self, *, store: Store, index: EntityIndex, encoder: TextEncoder, kb: KB, generator: CandidateGenerator,
+        self, *, store: Store, index: EntityIndex, encoder: TextEncoder, kb: KBRows, generator: CandidateGenerator,
         model: Ranker | None, pair_prior: Any, groups: Sequence[str], max_candidates: int, nil_score: str,
         threshold: float,
     ):
@@ -213,11 +222,12 @@ class Linker:
         generator = candidate_generator(store, index, **candidate_settings(Path(cfg.candidates)))
         model = load_checkpoint(run / CHECKPOINT)
         residual = cfg.scorer == "residual"
-        log.info("linker %s: %s scorer, %d KB entries, NIL threshold %s", run, cfg.scorer, len(train.kb.ids),
+        kb = KBRows(store, generator.kb_records, run_popularity(cfg, loaded, generator.kb_records))
+        log.info("linker %s: %s scorer, %d KB entries, NIL threshold %s", run, cfg.scorer, len(kb.ids),
                  threshold if threshold is not None else tuned)
         return cls(
             store=store, index=index, encoder=TextEncoder.from_manifest(store.manifest, device=device),
-            kb=train.kb, generator=generator, model=model,
+            kb=kb, generator=generator, model=model,
             pair_prior=training_prior(train) if residual else None, groups=pair_groups(cfg) if residual else [],
             max_candidates=cfg.max_candidates, nil_score=cfg.nil_score_name,
             threshold=threshold if threshold is not None else tuned if tuned is not None else cfg.nil_threshold,
@@ -232,7 +242,8 @@ class Linker:
         index, store = open_index_and_store(index_dir, features)
         generator = candidate_generator(store, index, k=k, max_prior=max_prior, train_lang=train_lang)
         return cls(store=store, index=index, encoder=TextEncoder.from_manifest(store.manifest, device=device),
-                   kb=load_kb(store, popularity=False, popularity_missing="error"), generator=generator,
+                   kb=KBRows(store, generator.kb_records, np.zeros((len(generator.kb_records), 0), np.float32)),
+                   generator=generator,
                    model=None, pair_prior=None, groups=[], max_candidates=max_candidates, nil_score="cosine",
                    threshold=threshold)
 
@@ -240,20 +251,30 @@ class Linker:
         return [r if isinstance(r, Item) else check_item(r, f"items[{i}]", f"item-{i}")
                 for i, r in enumerate(records)]
 
-    def mentions(self, items: Sequence[Item]) -> Mentions:
-        """The items as the trainer's :class:`Mentions`: encoded, with their candidates and pair features."""
+    def encode(self, items: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
+        """``(ms, mc)`` float16 of the items, encoded in this process exactly as precompute encodes mentions."""
         ms = self.encoder.encode([mention_item(it.id, it.lang, it.sentence, it.start, it.end) for it in items])
         mc = self.encoder.encode([context_item(it.id, it.lang, it.context or it.sentence, it.sentence, it.start,
                                                it.end) for it in items])
+        return ms, mc
+
+    def mentions(self, items: Sequence[Item], encoded: tuple[np.ndarray, np.ndarray] | None = None) -> Mentions:
+        """The items as the trainer's :class:`Mentions`: encoded (or their ``(ms, mc)`` rows as given, e.g. read
+        from a store precompute wrote), with their candidates and pair features."""
+        if encoded is None:
+            encoded = self.encode(items)
+        ms, mc = encoded
+        if len(ms) != len(items) or len(mc) != len(items):
+            raise ValueError(f"{len(items)} items but {len(ms)} ms and {len(mc)} mc rows")
         vectors = unit_concat([{"ms": ms, "mc": mc}[part] for part in self.index.query_kind.split("+")])
         refs = [MentionRef(id=it.id, lang=it.lang, surface=it.surface, gold=None, given=None) for it in items]
         priors, dense, ngram = self.generator.sources(refs, vectors)
         lists = [self.generator.merged(p, d, g)[: self.max_candidates] for p, d, g in zip(priors, dense, ngram)]
-        kb = self.kb
-        unknown = [c for row in lists for c, _, _ in row if c not in kb.index]
+        unknown = [c for row in lists for c, _, _ in row if c not in self.kb.position]
         if unknown:
             raise StoreError(f"{self.index.root}: candidate {unknown[0]!r} is not in {self.store.root}'s KB; "
                              "rebuild the index from this store")
+        kb = self.kb.kb(c for row in lists for c, _, _ in row)  # the rows this batch scores, read from the store
         m, k = len(items), max(1, max((len(row) for row in lists), default=1))
         cand = np.zeros((m, k), dtype=np.int64)
         mask = np.zeros((m, k), dtype=bool)
@@ -273,13 +294,14 @@ class Linker:
             mentions = replace(mentions, pair=pair_features(mentions, self.pair_prior, self.groups))
         return mentions
 
-    def link(self, records: Sequence[Any], k: int = 10, threshold: float | None = None) -> list[Link]:
+    def link(self, records: Sequence[Any], k: int = 10, threshold: float | None = None,
+             encoded: tuple[np.ndarray, np.ndarray] | None = None) -> list[Link]:
         """Link ``records`` (dicts as in :func:`check_item`, or :class:`Item`); each :class:`Link` holds the top
-        ``k`` candidates."""
+        ``k`` candidates. ``encoded``: their ``(ms, mc)`` rows when already encoded (``xel-link --actors``)."""
         items = self.items(records)
         if not items:
             return []
-        mentions = self.mentions(items)
+        mentions = self.mentions(items, encoded)
         if self.model is None:
             ranked = with_cosine_nil_score(pick_best(nn_scores(mentions), mentions), mentions)
         else:
@@ -291,9 +313,9 @@ class Linker:
         for i, it in enumerate(items):
             row = sorted(((s, c, src) for s, c, src, ok in zip(scores[i], cands[i], sources[i], masks[i]) if ok),
                          key=lambda x: -x[0])
-            top = [Candidate(self.kb.ids[c], self.kb.names[c], float(s), CANDIDATE_SOURCES[src])
-                   for s, c, src in row[:k]]
+            kb = mentions.kb
+            top = [Candidate(kb.ids[c], kb.names[c], float(s), CANDIDATE_SOURCES[src]) for s, c, src in row[:k]]
             pred = preds[i]
-            links.append(Link(it.id, pred, self.kb.names[self.kb.index[pred]] if pred is not None else None,
+            links.append(Link(it.id, pred, kb.names[kb.index[pred]] if pred is not None else None,
                               float(row[0][0]) if row else -1.0, top))
         return links

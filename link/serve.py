@@ -226,3 +226,7 @@ def main(model: str, index: str | None, threshold: float | None, host: str, port
         raise click.ClickException(str(e)) from None
     uvicorn.run(create_app(linker, max_items=max_items, batch_wait_ms=batch_wait_ms, name=model), host=host,
                 port=port)
+
+
+if __name__ == "__main__":
+    main()

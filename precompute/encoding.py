@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from precompute.onnx_backend import QUANTIZE, OnnxEncoder, gate_passed, model_path
 from precompute.store import file_sha256
 
 log = logging.getLogger(__name__)
@@ -189,17 +190,20 @@ class EncoderSettings:
 
     model: str  # the model directory, as given (each Ray node resolves it in its own working directory)
     identity: dict[str, Any]  # encoder_identity(model): name, content hashes, fingerprint; hashed once
-    dtype: str  # "bf16" | "fp32"
+    dtype: str  # "bf16" | "fp32" | "int8"
     device: str  # "cpu" | "cuda"
     layer: int
     max_length: int  # resolved: never above the model's or the tokenizer's limit
     prefix: str
     max_tokens_per_batch: int | None = None  # None: 16,384 on CPU, sized from free memory on GPU
+    backend: str = "torch"  # "torch" | "onnx" (ONNX Runtime, CPU; int8 runs only there)
+    dtype_reason: str = ""  # why --dtype auto chose ``dtype`` (empty when the dtype was given)
 
     def manifest_fields(self) -> dict[str, Any]:
         """What the store manifest records of the encoder (``model`` resolved on the driver)."""
         return {"encoder": self.identity, "model": str(Path(self.model).resolve()), "layer": self.layer,
-                "max_length": self.max_length, "prefix": self.prefix, "dtype": self.dtype, "device": self.device}
+                "max_length": self.max_length, "prefix": self.prefix, "dtype": self.dtype, "device": self.device,
+                "backend": self.backend, **({"dtype_reason": self.dtype_reason} if self.dtype_reason else {})}
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any], model_dir: str | Path | None = None,
@@ -221,30 +225,59 @@ class EncoderSettings:
                 f"store was built with ({manifest['encoder'].get('name')}); pass that model with --model DIR"
             )
         identity = {**identity, "fingerprint": manifest["encoder"]["fingerprint"]}
-        return cls(model=str(model_dir), identity=identity, dtype=manifest["dtype"], device=_device_kind(device),
-                   layer=manifest["layer"], max_length=manifest["max_length"], prefix=manifest["prefix"])
+        backend = manifest.get("backend", "torch")  # stores written before backends existed ran torch
+        recipe = manifest.get("settings", {}).get("quantization")
+        if manifest["dtype"] == "int8" and recipe != QUANTIZE:
+            raise EncodeError(f"the store was encoded in int8 quantised as {recipe}, this xel quantises as {QUANTIZE}; "
+                              "queries would not encode as the store did. Rerun xel-precompute into a new --out")
+        return cls(model=str(model_dir), identity=identity, dtype=manifest["dtype"],
+                   device="cpu" if backend == "onnx" else _device_kind(device), layer=manifest["layer"],
+                   max_length=manifest["max_length"], prefix=manifest["prefix"], backend=backend)
 
 
 def resolve_encoder(
     model: str | Path, *, layer: int = -1, max_length: int | None = None, prefix: str | None = None,
-    dtype: str = "auto", device: str = "auto", max_tokens_per_batch: int | None = None,
+    dtype: str = "auto", device: str = "auto", max_tokens_per_batch: int | None = None, backend: str | None = None,
 ) -> EncoderSettings:
     """Resolve what the flags leave open, once: the model's identity (its files hashed), the prefix (the encoder's
-    own when ``None``), the max length (the model's limit when ``None``), the dtype (``auto``: bf16 on a GPU or an
-    AMX CPU, else fp32) and the device (``auto``: this machine's GPU if any, else the CPU)."""
+    own when ``None``), the max length (the model's limit when ``None``), the device (``auto``: this machine's GPU
+    if any, else the CPU), the dtype (``auto``: :func:`auto_dtype`) and the backend (``None``: onnx for int8,
+    else torch)."""
     identity = encoder_identity(model)
     config = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
     tok_cfg = Path(model) / "tokenizer_config.json"
     tokenizer_limit = json.loads(tok_cfg.read_text(encoding="utf-8")).get("model_max_length") \
         if tok_cfg.is_file() else None
     device = _device_kind(device)
+    reason = ""
+    if dtype == "auto":
+        dtype, reason = auto_dtype(on_gpu=device == "cuda", int8_gate=gate_passed(model, identity["fingerprint"]))
+        if dtype == "int8" and backend == "torch":
+            dtype, reason = "fp32", f"{reason}; but --backend torch runs no int8"
+        log.info("--dtype auto: %s (%s)", dtype, reason)
+    backend = resolve_backend(backend, dtype, device)
     return EncoderSettings(
-        model=str(model), identity=identity, dtype=resolve_dtype(dtype, on_gpu=device == "cuda"), device=device,
+        model=str(model), identity=identity, dtype=dtype, device=device,
         layer=layer, prefix=default_prefix(model) if prefix is None else prefix,
         max_length=max_length_limit(config.get("model_type"), int(config["max_position_embeddings"]),
                                     tokenizer_limit, max_length),
-        max_tokens_per_batch=max_tokens_per_batch,
+        max_tokens_per_batch=max_tokens_per_batch, backend=backend, dtype_reason=reason,
     )
+
+
+def resolve_backend(backend: str | None, dtype: str, device: str) -> str:
+    """``None``: onnx for int8, else torch. Refuses what a backend cannot run: int8 on torch, bf16 on onnx, onnx
+    on a GPU (xel installs ONNX Runtime's CPU build)."""
+    backend = backend or ("onnx" if dtype == "int8" else "torch")
+    allowed = {"torch": ("fp32", "bf16"), "onnx": ("fp32", "int8")}
+    if backend not in allowed:
+        raise EncodeError(f"backend {backend!r} is unknown; allowed: {', '.join(allowed)}")
+    if dtype not in allowed[backend]:
+        raise EncodeError(f"dtype {dtype!r} does not run on backend {backend!r}; allowed there: "
+                          f"{', '.join(allowed[backend])} (int8 runs on --backend onnx, bf16 on --backend torch)")
+    if backend == "onnx" and device != "cpu":
+        raise EncodeError(f"backend onnx runs on the CPU, not on device {device!r}; use --backend torch on a GPU")
+    return backend
 
 
 def _device_kind(requested: str) -> str:
@@ -252,23 +285,51 @@ def _device_kind(requested: str) -> str:
     return pick_device("auto").type if requested == "auto" else requested
 
 
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """True when the CPU multiplies bf16 matrices in hardware at more than fp32 speed (Intel AMX, ``amx_bf16``).
-    With only AVX-512 BF16, autocast's casts cost more than they save: on a 2-core Xeon without AMX the shard
-    worker ran 0.65x as fast in bf16 as in fp32 (e5-small) and 0.61x (XLM-R-base shape); bench/precompute.py."""
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags, from ``cpuinfo`` (the text of ``/proc/cpuinfo``; read here when ``None``)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
         except OSError:
-            return False
-    return any(line.startswith("flags") and "amx_bf16" in line.split() for line in cpuinfo.splitlines())
+            return set()
+    lines = [line.split(":", 1)[-1] for line in cpuinfo.splitlines() if line.startswith("flags")]
+    return {flag for line in lines for flag in line.split()}
 
 
-def resolve_dtype(requested: str, on_gpu: bool, cpuinfo: str | None = None) -> str:
-    """``auto``: bf16 on a GPU or on a CPU with native bf16 matrix units, else fp32 (exact, and faster there)."""
-    if requested != "auto":
-        return requested
-    return "bf16" if on_gpu or cpu_has_native_bf16(cpuinfo) else "fp32"
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU multiplies bf16 matrices in hardware at more than fp32 speed (Intel AMX, ``amx_bf16``).
+    With only AVX-512 BF16, autocast's casts cost more than they save: on a 2-core Xeon without AMX the shard
+    worker ran 0.65x as fast in bf16 as in fp32 (e5-small) and 0.61x (XLM-R-base shape); bench/precompute.py."""
+    return "amx_bf16" in cpu_flags(cpuinfo)
+
+
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni")  # int8 dot products in one instruction (Cascade Lake+, Zen 4+, Alder Lake+)
+
+
+def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
+    """True when the CPU multiplies int8 in hardware (VNNI); without it int8 GEMMs widen to 16 bits first."""
+    return any(flag in cpu_flags(cpuinfo) for flag in VNNI_FLAGS)
+
+
+def auto_dtype(on_gpu: bool, cpuinfo: str | None = None, int8_gate: bool | None = None) -> tuple[str, str]:
+    """What ``--dtype auto`` runs, and why: bf16 on a GPU and on an AMX CPU (measured faster than fp32 there);
+    int8 (ONNX Runtime) on a CPU with VNNI when int8 passed the quality gate for this encoder (``int8_gate``:
+    :func:`precompute.onnx_backend.gate_passed`); else fp32."""
+    if on_gpu:
+        return "bf16", "GPU"
+    if cpu_has_native_bf16(cpuinfo):
+        return "bf16", "CPU with AMX (amx_bf16)"
+    if cpu_has_vnni(cpuinfo):
+        if int8_gate:
+            return "int8", "CPU with VNNI, and int8 passed the quality gate for this encoder"
+        why = "failed" if int8_gate is False else "was not run for"
+        return "fp32", f"CPU with VNNI, but the int8 quality gate {why} this encoder (bench/int8_gate.py)"
+    return "fp32", "CPU without VNNI or AMX"
+
+
+def resolve_dtype(requested: str, on_gpu: bool, cpuinfo: str | None = None, int8_gate: bool | None = None) -> str:
+    """``requested``, or for ``auto`` the choice of :func:`auto_dtype`."""
+    return auto_dtype(on_gpu, cpuinfo, int8_gate)[0] if requested == "auto" else requested
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -288,11 +349,12 @@ class _Tokenized:
 
 
 class TextEncoder:
-    """A frozen Hugging Face encoder that turns :class:`EncodeItem` s into span max-pooled float16 vectors."""
+    """A frozen Hugging Face encoder that turns :class:`EncodeItem` s into span max-pooled float16 vectors; the
+    model is a torch module, or an :class:`~precompute.onnx_backend.OnnxEncoder` (fp32 or int8, on the CPU)."""
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: torch.nn.Module | OnnxEncoder,
         tokenizer: Any,
         *,
         layer: int = -1,
@@ -303,10 +365,10 @@ class TextEncoder:
         max_tokens_per_batch: int | None = None,
         max_batch_rows: int = 256,
     ):
-        if dtype not in ("bf16", "fp32"):
-            raise EncodeError(f"dtype {dtype!r} is not supported; allowed: bf16, fp32")
+        self.backend = "onnx" if isinstance(model, OnnxEncoder) else "torch"
         self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
+        resolve_backend(self.backend, dtype, self.device.type)
+        self.model = model if self.backend == "onnx" else model.eval().to(self.device)
         if dtype == "bf16" and self.device.type == "cuda":
             self.model = self.model.to(torch.bfloat16)
         self.tokenizer = tokenizer
@@ -341,7 +403,7 @@ class TextEncoder:
     def load(cls, settings: EncoderSettings, threads: int | None = None) -> TextEncoder:
         """The encoder ``settings`` describe (already resolved and hashed: nothing is hashed here), on its device."""
         import transformers
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
@@ -350,7 +412,11 @@ class TextEncoder:
         tokenizer = AutoTokenizer.from_pretrained(settings.model)
         if not tokenizer.is_fast:
             raise EncodeError(f"{settings.model}: the tokenizer is not a fast tokenizer; offsets are required")
-        model = AutoModel.from_pretrained(settings.model)
+        if settings.backend == "onnx":
+            path = model_path(settings.model, settings.identity["fingerprint"], settings.dtype)
+            model = OnnxEncoder(path, AutoConfig.from_pretrained(settings.model), threads)
+        else:
+            model = AutoModel.from_pretrained(settings.model)
         return cls(model, tokenizer, layer=settings.layer, max_length=settings.max_length, prefix=settings.prefix,
                    dtype=settings.dtype, device=pick_device(settings.device),
                    max_tokens_per_batch=settings.max_tokens_per_batch)
@@ -443,14 +509,17 @@ class TextEncoder:
             input_ids[row, : len(x)] = x
             attention[row, : len(x)] = 1
             pool[row, : len(m)] = m
-        inputs = {
-            "input_ids": torch.from_numpy(input_ids).to(self.device, non_blocking=True),
-            "attention_mask": torch.from_numpy(attention).to(self.device, non_blocking=True),
-        }
-        want_all = self.layer != -1
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
-            out = self.model(**inputs, output_hidden_states=want_all)
-        hidden = out.hidden_states[self.layer] if want_all else out.last_hidden_state
+        if self.backend == "onnx":
+            hidden = torch.from_numpy(self.model.hidden_state(input_ids, attention, self.layer))
+        else:
+            inputs = {
+                "input_ids": torch.from_numpy(input_ids).to(self.device, non_blocking=True),
+                "attention_mask": torch.from_numpy(attention).to(self.device, non_blocking=True),
+            }
+            want_all = self.layer != -1
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
+                out = self.model(**inputs, output_hidden_states=want_all)
+            hidden = out.hidden_states[self.layer] if want_all else out.last_hidden_state
         pool_t = torch.from_numpy(pool).to(self.device)
         pooled = hidden.float().masked_fill(~pool_t[..., None], float("-inf")).amax(dim=1)
         return pooled.cpu().numpy()

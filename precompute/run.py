@@ -48,6 +48,8 @@ from precompute.encoding import (  # noqa: E402
     resolve_encoder,
     same_encoder,
 )
+from precompute.onnx_backend import CACHE_ENV as ONNX_CACHE_ENV  # noqa: E402
+from precompute.onnx_backend import QUANTIZE as ONNX_QUANTIZE  # noqa: E402
 from precompute.ray_session import ray_session  # noqa: E402
 from precompute.schema import FileIndex, InputError, ScannedInputs, read_records, scan_inputs  # noqa: E402
 from precompute.store import (  # noqa: E402
@@ -78,7 +80,8 @@ from precompute.worker import (  # noqa: E402
 
 log = logging.getLogger("precompute.run")
 # Settings that change what is written; a rerun into the same --out must match them.
-GUARDED = ("encoder", "layer", "max_length", "prefix", "dtype", "shard_size", "kinds")
+GUARDED = ("encoder", "layer", "max_length", "prefix", "dtype", "backend", "shard_size", "kinds")
+UNNAMED = {"backend": "torch"}  # what a setting that run_settings leaves out stands for
 
 
 # oneDNN and ideep cache one compiled kernel per (rows, length) batch shape, 1,024 of each by default. Length-bucketed
@@ -138,7 +141,8 @@ class PrecomputeConfig:
     layer: int = -1
     max_length: int | None = None
     prefix: str | None = None
-    dtype: str = "auto"  # resolved once by resolve_encoder: bf16 on GPU or an AMX CPU, else fp32
+    dtype: str = "auto"  # resolved once by resolve_encoder (encoding.auto_dtype)
+    backend: str | None = None  # torch | onnx; None: onnx for int8, else torch
     max_tokens_per_batch: int | None = None
     shard_size: int = 4096
     actors: int = 1
@@ -154,7 +158,8 @@ class PrecomputeConfig:
 def encoder_settings(cfg: PrecomputeConfig) -> EncoderSettings:
     """The flags' encoder, resolved once for the whole run (the model hashed once), on the actors' device."""
     return resolve_encoder(cfg.model, layer=cfg.layer, max_length=cfg.max_length, prefix=cfg.prefix,
-                           dtype=cfg.dtype, device=actor_device(cfg), max_tokens_per_batch=cfg.max_tokens_per_batch)
+                           dtype=cfg.dtype, device=actor_device(cfg), max_tokens_per_batch=cfg.max_tokens_per_batch,
+                           backend=cfg.backend)
 
 
 def run_settings(cfg: PrecomputeConfig, encoder: EncoderSettings) -> dict[str, Any]:
@@ -163,6 +168,9 @@ def run_settings(cfg: PrecomputeConfig, encoder: EncoderSettings) -> dict[str, A
         "encoder": encoder.identity["fingerprint"], "layer": encoder.layer, "max_length": cfg.max_length,
         "prefix": encoder.prefix, "dtype": encoder.dtype, "shard_size": cfg.shard_size, "kinds": sorted(cfg.kinds),
         "max_tokens_per_batch": cfg.max_tokens_per_batch,
+        # only a non-torch backend is named, so that torch stores written before backends existed keep their hashes
+        **({"backend": encoder.backend} if encoder.backend != "torch" else {}),
+        **({"quantization": dict(ONNX_QUANTIZE)} if encoder.dtype == "int8" else {}),  # its recipe, in every row hash
     }
 
 
@@ -191,8 +199,9 @@ def prepare_out_dir(out: Path, run_config: dict[str, Any]) -> None:
                 "choose an empty or new directory"
             )
         previous = _previous_settings(config_file)
-        diff = {k: (previous.get(k), run_config["settings"][k]) for k in GUARDED
-                if previous.get(k) != run_config["settings"][k]}
+        asked = run_config["settings"]
+        diff = {k: (previous.get(k, UNNAMED.get(k)), asked.get(k, UNNAMED.get(k))) for k in GUARDED
+                if previous.get(k, UNNAMED.get(k)) != asked.get(k, UNNAMED.get(k))}
         if diff:
             shown = "; ".join(f"{k}: store has {a!r}, this run asks {b!r}" for k, (a, b) in diff.items())
             raise PrecomputeError(
@@ -357,7 +366,8 @@ def actor_device(cfg: PrecomputeConfig) -> str:
 def actor_options(cfg: PrecomputeConfig, cpus: float) -> dict[str, Any]:
     """The actors' Ray options; restarts and task retries make a crash recoverable."""
     # the fault-injection test hook travels to the actors' processes (unset in normal runs)
-    env = {k: os.environ[k] for k in (FAULT_ENV, FAULT_MARKER_ENV) if k in os.environ}
+    # and so does the ONNX cache's place (--backend onnx), so that actors and queries find the same files
+    env = {k: os.environ[k] for k in (FAULT_ENV, FAULT_MARKER_ENV, ONNX_CACHE_ENV) if k in os.environ}
     env.update({k: os.environ.get(k, v) for k, v in CPU_KERNEL_CACHES.items()})
     return {
         "num_cpus": cpus, "num_gpus": cfg.gpus_per_actor, "max_restarts": 3, "max_task_retries": 3,
@@ -494,7 +504,7 @@ def run(cfg: PrecomputeConfig) -> dict[str, Any]:
     kinds = tuple(k for k in cfg.kinds if k != "text" or ("text" in scanned.files and scanned.files["text"].rows))
     encoder = encoder_settings(cfg)
     encoder = dataclasses.replace(encoder, identity=adopt_store_identity(cfg.out, encoder.identity))
-    cfg = dataclasses.replace(cfg, kinds=kinds, dtype=encoder.dtype)
+    cfg = dataclasses.replace(cfg, kinds=kinds, dtype=encoder.dtype, backend=encoder.backend)
     settings = run_settings(cfg, encoder)
     input_hashes = {name: file_sha256(path) for name, path in scanned.paths.items()}
     prepare_out_dir(cfg.out, {"settings": settings, "encoder": encoder.identity, "config": cfg.to_json()})
@@ -570,7 +580,8 @@ def summary_table(summary: dict[str, Any]) -> str:
     m = store.manifest
     lines = [
         f"store {summary['out']}: encoder {m['encoder']['name']} ({m['encoder']['fingerprint'][:12]}), dim {m['dim']}, "
-        f"layer {m['layer']}, max length {m['max_length']}, prefix {m['prefix']!r}, {m['dtype']}",
+        f"layer {m['layer']}, max length {m['max_length']}, prefix {m['prefix']!r}, {m['dtype']} on "
+        f"{m.get('backend', 'torch')}" + (f" (--dtype auto: {m['dtype_reason']})" if m.get("dtype_reason") else ""),
         f"{'kind':<6}{'rows':>9}{'shards':>8}",
     ]
     for kind, info in m["kinds"].items():

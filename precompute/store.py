@@ -277,7 +277,7 @@ def write_records(root: str | os.PathLike, name: str, records: Iterable[dict[str
     return written
 
 
-STORE_DTYPES = ("bf16", "fp32")  # the dtype the encoder ran in (the features themselves are always float16)
+STORE_DTYPES = ("bf16", "fp32", "int8")  # the dtype the encoder ran in (the features themselves are always float16)
 
 
 def write_manifest(

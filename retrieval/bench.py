@@ -1,10 +1,12 @@
 """``xel-nn bench``: what each index type costs and loses on a store's own KB, against exact search, in one run.
 
 For every ``--index`` factory string (optionally ``"STRING|params"``, e.g. ``"IVF1024,PQ48|nprobe=64,rerank=4"``)
-it builds the index over the largest KB language (timed), loads it as ``xel-nn`` would (compressed types re-rank
-their shortlist against the store), searches the queries in one batch (timed) and compares the top k with the
-exact top k. The exact answer is computed by streaming the store shard by shard (a brute-force matmul, never the
-whole table in memory). Queries are the store's mention features (``ms`` for an ``es`` index), else entity rows
+it builds the index over the largest KB language (timed; once per factory string, however many parameter sets
+follow it), loads it as ``xel-nn`` would (compressed types re-rank their shortlist against the store), searches the
+queries in one batch (timed) and compares the top k with the exact top k. :func:`pareto_frontier` then keeps the
+rows that no other row beats on both recall and ms/query: the recall/latency frontier, printed as its own table.
+The exact answer is computed by streaming the store shard by shard (a brute-force matmul, never the whole table in
+memory). Queries are the store's mention features (``ms`` for an ``es`` index), else entity rows
 plus noise. Memory is reported as the index's bytes on disk and the process's peak RSS (``VmHWM``) after the
 run, which is cumulative: run one factory per process to compare peaks.
 """
@@ -14,10 +16,12 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import faiss
 import numpy as np
 
 from precompute.store import Store
@@ -28,6 +32,7 @@ from retrieval.vectors import iter_unit_chunks, unit_rows
 
 log = logging.getLogger(__name__)
 RECALL_WARNING = 0.01  # warn when recall@10 falls this far below exact search (whose recall is 1)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,22 @@ class BenchRow:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def pareto_frontier(rows: Sequence[T], recall: Callable[[T], float], cost: Callable[[T], float]) -> list[T]:
+    """The rows no other row dominates (as high a recall at no higher cost, and strictly better in one of the two),
+    cheapest first; of rows equal in both, the first is kept."""
+    frontier: list[T] = []
+    for row in sorted(rows, key=lambda r: (cost(r), -recall(r))):
+        if not frontier or recall(row) > recall(frontier[-1]):
+            frontier.append(row)
+    return frontier
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``"FACTORY|params"`` -> ``(FACTORY, params)``; params may be empty."""
+    factory, _, params = spec.partition("|")
+    return factory.strip(), params.strip()
 
 
 def peak_rss_mb() -> float:
@@ -110,31 +131,46 @@ def run_bench(store: Store, factories: list[str], *, kind: str = "es", queries: 
     truth = exact_topk(store, kind, lang, q, k)
     log.info("exact top-%d of %d queries over %d entities in %.1f s", k, len(q), len(lang_rows),
              time.perf_counter() - t0)
-    rows = []
+    by_factory: dict[str, list[str]] = {}
     for spec in factories:
-        factory, _, params = spec.partition("|")
+        factory, params = parse_spec(spec)
+        by_factory.setdefault(factory, []).append(params)
+    rows = []
+    for factory, param_sets in by_factory.items():
         with tempfile.TemporaryDirectory(prefix="xel-nn-bench-") as tmp:
             t0 = time.perf_counter()
             build_index(store, Path(tmp) / "index", factory=factory, kind=kind, seed=seed, train_rows=train_rows)
             build_s = time.perf_counter() - t0
             size = sum(p.stat().st_size for p in (Path(tmp) / "index").glob(f"index-{lang}.faiss"))
-            index, _ = open_index_and_store(Path(tmp) / "index", store.root)
-            index.set_search_params(params or None)
-            t0 = time.perf_counter()
-            _, got = index.langs[lang].search(q, k)
-            search_s = time.perf_counter() - t0
-        recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got, truth)]))
-        rows.append(BenchRow(factory, params, build_s, size, 1000 * search_s / len(q), len(q) / search_s, recall,
-                             peak_rss_mb()))
+            for params in param_sets:
+                index, _ = open_index_and_store(Path(tmp) / "index", store.root)
+                index.set_search_params(params or None)
+                t0 = time.perf_counter()
+                _, got = index.langs[lang].search(q, k)
+                search_s = time.perf_counter() - t0
+                recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got, truth)]))
+                rows.append(BenchRow(factory, params, build_s, size, 1000 * search_s / len(q), len(q) / search_s,
+                                     recall, peak_rss_mb()))
     return rows, lang
 
 
+def bench_frontier(rows: Sequence[BenchRow]) -> list[BenchRow]:
+    return pareto_frontier(rows, lambda r: r.recall, lambda r: r.ms_per_query)
+
+
 def format_bench(rows: list[BenchRow], k: int) -> str:
+    """The table of all rows, the frontier's table, and a warning per row whose recall falls short."""
+    frontier = bench_frontier(rows)
     lines = [f"{'index':<28} {'params':<22} {'build s':>8} {'MB':>9} {'ms/query':>9} {'queries/s':>10} "
              f"{f'recall@{k}':>10} {'peak RSS MB':>12}"]
     for r in rows:
         lines.append(f"{r.factory:<28} {r.params or '-':<22} {r.build_s:>8.1f} {r.bytes / 2**20:>9.1f} "
                      f"{r.ms_per_query:>9.3f} {r.queries_per_s:>10,.0f} {r.recall:>10.4f} {r.peak_rss_mb:>12,.0f}")
+    lines.append(f"\nrecall@{k} / ms-per-query frontier ({faiss.omp_get_max_threads()} threads, queries in one batch): "
+                 "no other row has as high a recall at no more ms/query")
+    lines.append(f"{'index':<28} {'params':<22} {'ms/query':>9} {f'recall@{k}':>10}")
+    for r in frontier:
+        lines.append(f"{r.factory:<28} {r.params or '-':<22} {r.ms_per_query:>9.3f} {r.recall:>10.4f}")
     for r in rows:
         if r.recall < 1.0 - RECALL_WARNING:
             lines.append(f"WARNING: {r.factory} {r.params}: recall@{k} {r.recall:.4f} is more than "

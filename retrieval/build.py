@@ -27,7 +27,7 @@ from retrieval.factory import trained_index
 from retrieval.index import FEATURE_KINDS, EntityIndex, LangIndex, RetrievalError
 from retrieval.index_files import INDEX_FORMAT_VERSION, INDEX_MANIFEST, load_index, save_index
 from retrieval.update import update_index
-from retrieval.vectors import iter_unit_chunks, row_digests, unit_rows
+from retrieval.vectors import iter_unit_chunks, store_row_digests, unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,14 @@ def build_index(
     for row, lang in enumerate(langs):
         rows_of.setdefault(lang, []).append(row)
     dim = store.dim * len(kind.split("+"))
+    digests = store_row_digests(store, kind)  # None: the store has no row hashes, an update rebuilds
     result = EntityIndex(out, {})
     for lang, rows in sorted(rows_of.items()):
         positions = np.asarray(rows, dtype=np.int64)
         index = trained_index(factory, dim, len(rows), lambda picked, p=positions: unit_rows(store, kind, p[picked]),
                               lang=lang, seed=seed, train_rows=train_rows)
         result.langs[lang] = LangIndex(lang, index, [], [])
+    start = 0
     for chunk_ids, vectors, chunk_langs in iter_unit_chunks(store, kind):
         chunk_langs_arr = np.asarray(chunk_langs)
         for lang in np.unique(chunk_langs_arr):
@@ -64,7 +66,9 @@ def build_index(
             lang_index = result.langs[str(lang)]
             lang_index.index.add(np.ascontiguousarray(vectors[mask]))
             lang_index.ids.extend(i for i, m in zip(chunk_ids, mask) if m)
-            lang_index.digests.extend(row_digests(vectors[mask]))
+            if digests is not None:
+                lang_index.digests.extend(d for d, m in zip(digests[start:start + len(chunk_ids)], mask) if m)
+        start += len(chunk_ids)
     result.manifest = {
         "format_version": INDEX_FORMAT_VERSION, "factory": factory, "kind": kind, "dim": int(dim),
         "encoder_signature": store.encoder_signature(), "seed": seed, "train_rows": train_rows,

@@ -20,14 +20,16 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+import faiss
 
 from precompute.encoding import EncodeError
 from precompute.schema import InputError
 from precompute.store import StoreError, atomic_write_json, exit_on_sigterm, open_store
-from retrieval.bench import format_bench, run_bench
+from retrieval.bench import bench_frontier, format_bench, run_bench
 from retrieval.build import BuildConfig, run_build
 from retrieval.candidate_lists import CandidatesConfig, run_candidates
 from retrieval.devices import SEARCH_DEVICES
+from retrieval.factory import INDEX_PRESETS
 from retrieval.files import CandidatesError
 from retrieval.index import FEATURE_KINDS, RetrievalError
 from retrieval.nn import EvalConfig, run_eval
@@ -93,7 +95,8 @@ def main(verbose: bool) -> None:
 @click.option("--features", required=True, type=click.Path(file_okay=False), help="store from xel-precompute")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="index directory to write")
 @click.option("--index", "factory", default=BuildConfig.index, show_default=True,
-              help="FAISS factory string (Flat, HNSW32, ...)")
+              help=f"FAISS factory string (Flat, HNSW32, ...) or a preset: {', '.join(INDEX_PRESETS)} (README: index "
+              "types)")
 @click.option("--kind", type=click.Choice(list(FEATURE_KINDS)), default=BuildConfig.kind, show_default=True,
               help="entity features to index")
 @click.option("--seed", default=BuildConfig.seed, show_default=True,
@@ -203,22 +206,28 @@ def batch(index_dir: str, features: str | None, kb_lang: str | None, search_para
 @click.option("--features", required=True, type=click.Path(file_okay=False), help="store from xel-precompute")
 @click.option("--index", "factories", multiple=True,
               default=("Flat", "HNSW32|efSearch=128", "IVF1024,PQ48|nprobe=64"), show_default=True,
-              help='factory string, optionally with search parameters: "IVF1024,PQ48|nprobe=64,rerank=4" (repeatable)')
+              help="factory string or preset name, optionally with search parameters: "
+              '"IVF1024,PQ48|nprobe=64,rerank=4" (repeatable; a factory named more than once is built once and '
+              "searched with each parameter set)")
 @click.option("--kind", type=click.Choice(list(FEATURE_KINDS)), default="es", show_default=True)
 @click.option("--queries", default=1000, show_default=True, callback=_positive, help="queries to search")
 @click.option("--k", default=10, show_default=True, callback=_positive)
 @click.option("--train-rows", type=int, default=None, callback=_positive, help="IVF/PQ training sample size")
-@click.option("--out", "out_json", type=click.Path(dir_okay=False), default=None, help="also write the rows as JSON")
+@click.option("--out", "out_json", type=click.Path(dir_okay=False), default=None,
+              help="also write the rows and the frontier as JSON")
 def bench(features: str, factories: tuple[str, ...], kind: str, queries: int, k: int, train_rows: int | None,
           out_json: str | None) -> None:
-    """Recall@k against exact search, size, build time and latency of each index type on this store's KB."""
+    """Recall@k against exact search, size, build time and latency of each index type on this store's KB, and the
+    recall/latency frontier (the rows no other row beats on both)."""
 
     def go(_: None) -> tuple[list[Any], str]:
         return run_bench(open_store(features), list(factories), kind=kind, queries=queries, k=k,
                          train_rows=train_rows)
 
     rows, lang = _run(go, None)
-    click.echo(f"KB {lang!r} of {features}, {queries} queries, k={k}")
+    click.echo(f"KB {lang!r} of {features}, {queries} queries, k={k}, {faiss.omp_get_max_threads()} threads")
     click.echo(format_bench(rows, k))
     if out_json:
-        atomic_write_json(out_json, {"features": features, "lang": lang, "k": k, "rows": [r.as_dict() for r in rows]})
+        atomic_write_json(out_json, {"features": features, "lang": lang, "k": k, "queries": queries,
+                                     "threads": faiss.omp_get_max_threads(), "rows": [r.as_dict() for r in rows],
+                                     "frontier": [r.as_dict() for r in bench_frontier(rows)]})

@@ -1,9 +1,11 @@
-"""An empty FAISS index from a factory string, trained when its type needs it on a seeded sample of the KB."""
+"""An empty FAISS index from a factory string or a preset name, trained when its type needs it on a seeded sample of
+the KB."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -15,38 +17,78 @@ log = logging.getLogger(__name__)
 TRAIN_ROWS_PER_CENTROID = 50
 
 
+@dataclass(frozen=True)
+class IndexPreset:
+    """A named index configuration: a FAISS factory string and the search parameters set on the index when it is
+    made, so they are saved in its file and used by every search (``--search-params`` still overrides them)."""
+
+    factory: str
+    search_params: str
+
+
+INDEX_PRESETS: dict[str, IndexPreset] = {
+    # KBs of about 1M entities (dim >= 64; README "Benchmarks" has the measurements): PCA to 64 dims with a random
+    # rotation, 1,024 inverted lists of which 512 are scanned with 4-bit fast-scan PQ (one code per dimension), the
+    # best 8 x k re-ranked exactly against the float32 vectors the index holds (4 x dim + 32 bytes per entity).
+    "ann-1m": IndexPreset("PCAR64,IVF1024,PQ64x4fs,RFlat", "nprobe=512,k_factor_rf=8"),
+}
+
+
 def training_requirements(index: faiss.Index) -> tuple[int, int]:
     """``(minimum, recommended)`` training rows for an untrained index made by ``faiss.index_factory``.
 
-    The minimum is the largest codebook (IVF ``nlist`` coarse centroids, ``2**nbits`` PQ/SQ centroids); the
-    recommended count is ``TRAIN_ROWS_PER_CENTROID`` rows per centroid of the largest codebook.
+    The minimum is the largest codebook (IVF ``nlist`` coarse centroids, ``2**nbits`` PQ/SQ centroids) or the
+    output dimension of a PCA, whichever is larger; the recommended count is ``TRAIN_ROWS_PER_CENTROID`` rows per
+    centroid of the largest codebook, or per input dimension of a PCA if that is more.
     """
-    centroids = 1
+    if index.is_trained:
+        return 0, 0
+    centroids, pca_in, pca_out = 1, 0, 0
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         centroids = max(centroids, ivf.nlist)
-    for candidate in (index, ivf, getattr(index, "base_index", None)):
-        if candidate is None:
+    for part in (*_wrapped(index), ivf):
+        if part is None:
             continue
-        candidate = faiss.downcast_index(candidate)
-        pq = getattr(candidate, "pq", None)
+        part = faiss.downcast_index(part)
+        pq = getattr(part, "pq", None)
         if pq is not None:
             centroids = max(centroids, pq.ksub)
-    if index.is_trained:
-        return 0, 0
-    return centroids, TRAIN_ROWS_PER_CENTROID * centroids
+        if isinstance(part, faiss.IndexPreTransform):
+            for i in range(part.chain.size()):
+                transform = faiss.downcast_VectorTransform(part.chain.at(i))
+                if isinstance(transform, faiss.PCAMatrix):
+                    pca_in, pca_out = max(pca_in, transform.d_in), max(pca_out, transform.d_out)
+    return max(centroids, pca_out), TRAIN_ROWS_PER_CENTROID * max(centroids, pca_in)
+
+
+def _wrapped(index: faiss.Index) -> list[faiss.Index]:
+    """``index`` and the indexes it wraps (a refine stage's base, a pre-transform's inner index), outermost first."""
+    parts = []
+    while index is not None:
+        index = faiss.downcast_index(index)
+        parts.append(index)
+        index = getattr(index, "base_index", None) or getattr(index, "index", None)
+    return parts
 
 
 def make_index(factory: str, dim: int) -> faiss.Index:
-    """An empty inner-product index from a FAISS factory string; a string FAISS rejects raises ``RetrievalError``."""
+    """An empty inner-product index from a FAISS factory string or a name in :data:`INDEX_PRESETS` (its search
+    parameters set); a string FAISS rejects raises ``RetrievalError``."""
+    preset = INDEX_PRESETS.get(factory)
+    string = preset.factory if preset else factory
     try:
-        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, string, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+        what = f"preset {factory!r} ({string!r})" if preset else f"the factory string {factory!r}"
         raise RetrievalError(
-            f"FAISS rejects the factory string {factory!r} at dim {dim} ({first}); "
-            "use one such as 'Flat', 'HNSW32', 'IVF1024,Flat', 'IVF4096,PQ32' (see the faiss index_factory docs)"
+            f"FAISS rejects {what} at dim {dim} ({first}); use one such as 'Flat', 'HNSW32', 'IVF1024,Flat', "
+            f"'IVF4096,PQ32' (see the faiss index_factory docs) or a preset: {', '.join(INDEX_PRESETS)}"
         ) from None
+    if preset:
+        faiss.ParameterSpace().set_index_parameters(index, preset.search_params)
+    return index
 
 
 def build_lang_index(
@@ -70,8 +112,9 @@ def trained_index(
         minimum, recommended = training_requirements(index)
         if n < minimum:
             raise RetrievalError(
-                f"factory {factory!r} needs at least {minimum} training rows (its largest codebook has {minimum} "
-                f"centroids) but the KB {lang!r} has {n} entities; use a smaller IVF/PQ or 'Flat'/'HNSW32'"
+                f"factory {factory!r} needs at least {minimum} training rows (its largest codebook's centroids or "
+                f"its PCA's output dimensions) but the KB {lang!r} has {n} entities; use a smaller IVF/PQ/PCA or "
+                "'Flat'/'HNSW32'"
             )
         sample_size = min(n, train_rows or recommended)
         if sample_size < recommended:

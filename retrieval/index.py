@@ -1,14 +1,14 @@
 """A loaded FAISS index directory: one index per KB language, searched by unit vectors (``xel-nn build`` writes it).
 
-An index directory holds, per KB language ``L``, ``index-L.faiss`` (the FAISS index), ``ids-L.json`` (row -> KB
-id) and ``digests-L.json`` (row -> digest of its vector, for updates), plus ``manifest.json`` naming the store it
-was built from (path relative to the index directory), the store's encoder signature, the feature kind, the
-factory string, per-language row counts and the sha256 of each file (:mod:`retrieval.index_files` writes,
-loads and verifies them). Cosine similarity is the inner product of L2-normalised float32 vectors
+An index directory holds, per KB language ``L``, ``index-L.faiss`` (the FAISS index), ``ids-L.json`` (row -> KB id)
+and ``digests-L.json`` (row -> the store's hash of what the row encoded, for updates), plus ``manifest.json`` naming
+the store it was built from (path relative to the index directory), the store's encoder signature, the feature kind,
+the factory string, per-language row counts and the sha256 of each file (:mod:`retrieval.index_files` writes, loads
+and verifies them). Cosine similarity is the inner product of L2-normalised float32 vectors
 (:mod:`retrieval.vectors`). The jobs around it, each in its own module: :mod:`retrieval.factory` (make and train a
-FAISS index), :mod:`retrieval.build` (build a directory from a store), :mod:`retrieval.update` (bring one up to date),
-:mod:`retrieval.rerank` (exact re-ranking of compressed types), :mod:`retrieval.devices` (where a search runs).
-"""
+FAISS index), :mod:`retrieval.build` (build a directory from a store), :mod:`retrieval.update` (bring one up to
+date), :mod:`retrieval.rerank` (exact re-ranking of compressed types), :mod:`retrieval.devices` (where a search
+runs). """
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class LangIndex:
     lang: str
     index: faiss.Index
     ids: list[str]
-    digests: list[str] = field(default_factory=list)  # per row, for updates (row_digests); [] before format 3
+    digests: list[str] = field(default_factory=list)  # per row, for updates (store_row_digests); [] before format 4
     searcher: Any = None  # a TorchExactSearcher or a GPU copy, set by ``EntityIndex.to_device``
     reranker: Reranker | None = None  # set by ``EntityIndex.attach_store`` for compressed index types
 

@@ -27,8 +27,8 @@ from retrieval.vectors import ids_digest
 log = logging.getLogger(__name__)
 
 INDEX_MANIFEST = "manifest.json"
-INDEX_FORMAT_VERSION = 3  # 3 adds per-row digests (updates); 2 per-file sha256; 1 (no checksums) is refused
-READABLE_INDEX_VERSIONS = (2, INDEX_FORMAT_VERSION)
+INDEX_FORMAT_VERSION = 4  # 4: row digests are the store's row hashes; 3 digests of vectors; 2 per-file sha256;
+READABLE_INDEX_VERSIONS = (2, 3, INDEX_FORMAT_VERSION)  # 1 (no checksums) is refused
 
 
 def save_index(result: EntityIndex, store: Store, out: Path) -> None:
@@ -100,9 +100,9 @@ def load_index(path: str | os.PathLike, store: Store | None = None, mmap: bool =
         if missing:
             raise RetrievalError(f"{manifest_path}: KB {lang!r} lacks {missing} (every file's sha256 is required); "
                                  f"{_rebuild_hint(root, manifest)}")
-    if manifest["format_version"] == 2:  # its files are checksummed (verified below), its rows have no digests
-        log.warning("%s: format_version 2 records no row digests, so xel-nn build --update rebuilds each KB instead "
-                    "of editing it; %s", manifest_path, _rebuild_hint(root, manifest))
+    if manifest["format_version"] < 4:  # its files are checksummed (verified below), its rows have no row hashes
+        log.warning("%s: format_version %s records no row hashes, so xel-nn build --update rebuilds each KB instead "
+                    "of editing it; %s", manifest_path, manifest["format_version"], _rebuild_hint(root, manifest))
     result = EntityIndex(root, manifest)
     if store is not None:
         result.check_store(store)
@@ -122,7 +122,7 @@ def load_index(path: str | os.PathLike, store: Store | None = None, mmap: bool =
                 f"({info['rows']} rows, dim {manifest['dim']}); rebuild the index"
             )
         digests: list[str] = []
-        if "digests_file_sha256" in info:
+        if "digests_file_sha256" in info and manifest["format_version"] >= 4:
             digests_bytes = _read_verified(root / f"digests-{lang}.json", info["digests_file_sha256"], root, manifest)
             digests = json.loads(digests_bytes.decode("utf-8"))
             if len(digests) != len(ids):

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from precompute.store import Store, StoreError
+from precompute.store import Store, StoreError, read_row_hashes
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -62,7 +62,19 @@ def ids_digest(ids: list[str]) -> str:
     return hashlib.sha256("\x1f".join(ids).encode("utf-8")).hexdigest()
 
 
-def row_digests(vectors: np.ndarray) -> list[str]:
-    """A digest of each indexed vector (its float32 bytes), kept beside the ids so that an update can tell a
-    changed entity from an unchanged one."""
-    return [hashlib.sha256(row.tobytes()).hexdigest()[:16] for row in np.ascontiguousarray(vectors, np.float32)]
+def store_row_digests(store: Store, kind: str) -> list[str] | None:
+    """Per row of ``kind`` (``a+b``: of both kinds), a digest of the store's row hash (a hash of exactly what the
+    row encoded, written by xel-precompute), read without any vector; None when the store's shards carry no
+    row hashes. An update compares these to tell a changed entity from an unchanged one without reading it."""
+    per_kind = []
+    for part in kind.split("+"):
+        hashes: list[str] = []
+        for entry in store.manifest["kinds"][part]["shards"]:
+            shard_hashes = read_row_hashes(store.root / entry["path"])
+            if len(shard_hashes) != entry["rows"]:
+                return None
+            hashes.extend(shard_hashes)
+        per_kind.append(hashes)
+    if len(per_kind) == 1:
+        return [h[:16] for h in per_kind[0]]
+    return [hashlib.sha256("\x1f".join(row).encode("ascii")).hexdigest()[:16] for row in zip(*per_kind)]

@@ -24,7 +24,8 @@ def make_store(
     encoder: dict[str, Any] | None = None,
     shard_size: int = 1000,
 ) -> Path:
-    """Write a finished store at ``root``: ``features[kind] = (ids, float array [N, D], langs)``."""
+    """Write a finished store at ``root``: ``features[kind] = (ids, float array [N, D], langs)``; each row's
+    row hash is a hash of its vector (what it "encoded")."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     kinds: dict[str, list[dict[str, Any]]] = {}
@@ -39,6 +40,7 @@ def make_store(
             checksum = write_shard(
                 path, kind=kind, start=start, ids=ids[start:end], langs=langs[start:end],
                 features=feats[start:end], input_hash="fake",
+                row_hashes=[hashlib.sha256(row.tobytes()).hexdigest() for row in feats[start:end]],
             )
             shards.append({"path": str(path.relative_to(root)), "rows": len(ids[start:end]), "checksum": checksum})
         kinds[kind] = shards

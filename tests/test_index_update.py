@@ -69,7 +69,7 @@ def search_all(index, store, k=10):
 
 @pytest.mark.parametrize("factory,how,params", [
     ("Flat", "in place", None),
-    ("IVF4,Flat", "re-added (training kept)", "nprobe=4"),
+    ("IVF4,Flat", "in place (training kept)", "nprobe=4"),
     ("HNSW32", "rebuilt (HNSW32 cannot delete rows)", "efSearch=256"),
 ])
 def test_after_any_sequence_of_updates_results_equal_a_fresh_index(factory, how, params, tmp_path):

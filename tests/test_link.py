@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from link import batch as link_batch
 from link.cli import main as link_main
 from link.linker import Linker, LinkError, check_item
 from precompute.run import PrecomputeConfig
@@ -96,6 +97,46 @@ def test_xel_link_cli_writes_the_links_file_and_metrics(trained_run, tmp_path):
         assert len(r["sources"]) == len(r["candidates"])
         assert all(len(c) == 3 and c[2] == CITIES[int(c[0][1:])] for c in r["candidates"])
         assert r["name"] == (None if r["pred"] is None else CITIES[int(r["pred"][1:])])
+
+
+def test_xel_link_with_precompute_actors_writes_what_the_in_process_path_writes(trained_run, tmp_path, monkeypatch):
+    """--actors 1: the mentions go through precompute's Ray actors into a store beside --out, are read back in
+    batches and scored; the Links file equals the in-process one, and the work directory is gone after. A crash
+    while scoring keeps the work directory and its finished store, which the rerun reuses."""
+    items, preds = _test_records(trained_run)
+    src = write_jsonl(tmp_path / "in.jsonl", items)
+    local, ray_out = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    common = ["--model", str(trained_run), "--in", str(src), "--no-progress", "--batch-size", "5"]
+    assert CliRunner().invoke(link_main, [*common, "--out", str(local)]).exit_code == 0
+
+    calls = []
+    real_link = Linker.link
+
+    def crash_once(self, records, *args, **kwargs):
+        calls.append(kwargs.get("encoded"))
+        if len(calls) == 2 and len([c for c in calls if c is not None]) == 2 and not hasattr(crash_once, "done"):
+            crash_once.done = True
+            raise KeyboardInterrupt("simulated crash while scoring")
+        return real_link(self, records, *args, **kwargs)
+
+    monkeypatch.setattr(Linker, "link", crash_once)
+    crashed = CliRunner().invoke(link_main, [*common, "--out", str(ray_out), "--actors", "1"])
+    assert getattr(crash_once, "done", False), crashed.output  # it stopped where the test crashed it
+    assert crashed.exit_code != 0 and not ray_out.exists(), crashed.output
+    work = tmp_path / ".ray.jsonl.xel-link"
+    shards = sorted((work / "store").rglob("*.h5"))
+    assert shards, "the crashed run's store should be kept for the rerun"
+    summaries = []
+    real_precompute = link_batch.precompute
+    monkeypatch.setattr(link_batch, "precompute", lambda cfg: summaries.append(real_precompute(cfg)) or summaries[-1])
+    result = CliRunner().invoke(link_main, [*common, "--out", str(ray_out), "--actors", "1"])
+    assert result.exit_code == 0, result.output
+    assert summaries[0]["encoded_shards"] == 0 and summaries[0]["kept_shards"] == len(shards)
+    assert all(calls[i] is not None for i in range(2, len(calls)))  # scored from the store's rows
+    assert not work.exists()
+    assert ray_out.read_text() == local.read_text()
+    assert [json.loads(line)["pred"] for line in ray_out.read_text().splitlines()] == [p["pred"] for p in
+                                                                                     preds.values()]
 
 
 @pytest.mark.parametrize("line, problem", [
@@ -198,3 +239,130 @@ def test_relative_run_paths_resolve_under_the_run_directorys_parents(tmp_path, m
     assert resolve_run_path("runs/sample/h5", run, "features") == str(tmp_path / "runs" / "sample" / "h5")
     with pytest.raises(LinkError, match="features 'runs/other/h5' exists neither"):
         resolve_run_path("runs/other/h5", run, "features")
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package: .ci/run installs it; tests never download a browser
+BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def _browser_or_skip():
+    import os
+    import shutil
+
+    required = os.environ.get("XEL_REQUIRE_BROWSER") == "1"  # .ci/run sets it once chromium is installed
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if required:
+            raise
+        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
+    if not Path(CHROMIUM).is_file() and not shutil.which("chromium"):
+        if required:
+            pytest.fail(f"XEL_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium to run the page in a real browser")
+    return sync_playwright
+
+
+def test_the_page_in_a_real_browser_links_a_mention_selected_with_the_mouse(trained_run, tmp_path):
+    """xel-serve on a real port, Debian's headless Chromium: paste a sentence, select the mention by
+    double-clicking it, pick German, press Link; the verdict and the table show what the Linker returns."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from link.serve import create_app
+
+    sync_playwright = _browser_or_skip()
+    linker = Linker.load(trained_run)
+    item = {"text": "Moskau ist die Hauptstadt.", "start": 0, "end": 6, "lang": "de"}
+    [want] = linker.link([item], k=10)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(linker, name=str(trained_run)), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "xel-serve did not start"
+            time.sleep(0.05)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).is_file() else None,
+                                        args=BROWSER_FLAGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.fill("#text", item["text"])
+            box = page.locator("#text").bounding_box()
+            page.mouse.dblclick(box["x"] + 12, box["y"] + 12)  # on the first word: the browser selects "Moskau"
+            assert page.input_value("#mention") == "Moskau"
+            page.select_option("#lang", "de")
+            page.click("#go")
+            page.wait_for_selector("#results:not([hidden])", timeout=30_000)
+            verdict = page.text_content("#verdict")
+            rows = page.locator("#results tbody tr")
+            cells = [rows.nth(i).locator("td").all_text_contents() for i in range(rows.count())]
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert (tmp_path / "page.png").stat().st_size > 1000
+    assert [c[1] for c in cells] == [c.id for c in want.candidates]
+    assert [c[2] for c in cells] == [c.name for c in want.candidates]
+    assert cells[0][3] == f"{want.candidates[0].score:.4f}"
+    if want.pred is None:
+        assert "is NIL" in verdict
+    else:
+        assert f'"Moskau" is {want.name} ({want.pred})' in verdict
+
+
+def test_serve_load_bench_runs_against_a_real_server(trained_run, tmp_path):
+    """bench/serve.py end to end on a small load: a real xel-serve process, every request answered."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_serve", Path(__file__).parent.parent / "bench" / "serve.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    items, _ = _test_records(trained_run)
+    src = write_jsonl(tmp_path / "m.jsonl", items)
+    out = tmp_path / "serve.json"
+    result = CliRunner().invoke(bench.main, ["--model", str(trained_run), "--mentions", str(src), "--lang", "de",
+                                             "--requests", "40", "--clients", "4", "--baseline", "5",
+                                             "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["load"]["errors"] == 0 and report["load"]["requests"] == 40
+    assert 0 < report["load"]["p50_ms"] <= report["load"]["p99_ms"] <= report["load"]["max_ms"]
+    assert report["server_rss_mb_before"] > 0 and report["ratio"] > 0
+    assert "| xel-serve, 4 clients |" in result.output
+
+
+def test_linking_reads_only_the_kb_rows_of_its_candidates(trained_run, monkeypatch):
+    """Neither loading the linker nor linking reads a whole table; a batch reads the es/ec rows of its own
+    candidates, nothing else (a 6M-entity KB stays on disk)."""
+    from precompute.store import Store
+
+    read_rows = Store.read_rows
+    seen: dict[str, set[int]] = {}
+
+    def refuse(self, kind):
+        raise AssertionError(f"Store.load({kind!r}) read a whole [N, D] table")
+
+    def record(self, kind, rows):
+        seen.setdefault(kind, set()).update(int(r) for r in rows)
+        return read_rows(self, kind, rows)
+
+    monkeypatch.setattr(Store, "load", refuse)
+    monkeypatch.setattr(Store, "read_rows", record)
+    linker = Linker.load(trained_run)
+    seen.clear()
+    items, _ = _test_records(trained_run)
+    links = linker.link(items[:3], k=100)
+    ids = linker.kb.ids
+    scored = {ids.index(c.id) for link in links for c in link.candidates}
+    assert seen["es"] == seen["ec"] == scored and len(scored) < len(ids)

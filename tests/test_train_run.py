@@ -11,7 +11,7 @@ import torch
 
 from tests.train_fixtures import synthetic_store
 from train.config import ConfigError, TrainConfig
-from train.data import load_kb, load_mentions
+from train.data import load_mentions
 from train.fit import fit
 from train.prepare import Prepared, prepare
 from train.run import run
@@ -24,8 +24,7 @@ def test_overfits_a_tiny_set(tmp_path) -> None:
     from precompute.store import open_store
 
     store = open_store(synthetic_store(tmp_path / "s", langs={"en": 24}, nil_rate=0.0))
-    kb = load_kb(store, popularity=False, popularity_missing="error")
-    m = load_mentions(store, kb, langs=(), candidates=None, max_candidates=30)
+    m = load_mentions(store, langs=(), candidates=None, max_candidates=30)
     m.ms.normal_(generator=torch.Generator().manual_seed(1))  # no signal left: only memorising can fit it
     data = Prepared(Splits(train=m, dev=None, test=m), ("en",), ("en",), (), None, store.dim)
     cfg = TrainConfig(features="unused", epochs=150, lr=3e-3, dropout=0.0, negatives=5, **FAST)

@@ -1,8 +1,13 @@
 """Load a feature store into memory for ``xel-train``: KB and mention features as tensors, candidates as [M, K].
 
-Features are read once through :mod:`precompute.store` (float16 on disk, float32 tensors here). Candidate
-lists become a padded index tensor ``cand`` [M, K] into the KB rows plus a boolean ``cand_mask``; the gold's
-position among them is ``gold_pos`` (-1 when the gold is NIL or not among the candidates: such mentions are
+Features are read once through :mod:`precompute.store` (float16 on disk, float32 tensors here), by row: the
+mentions' rows and the KB rows of their candidates and golds (:func:`load_kb`), never a whole table, so training
+against a 6M-entity KB holds what it scores, not the KB. Two things still cover every KB row without holding
+it: +P's median (kb.jsonl is streamed) and the standardization statistics (:class:`Moments`, one shard at a
+time), so the model is the one that every row in memory gave.
+
+Candidate lists become a padded index tensor ``cand`` [M, K] into the KB rows plus a boolean ``cand_mask``; the
+gold's position among them is ``gold_pos`` (-1 when the gold is NIL or not among the candidates: such mentions are
 evaluated but do not enter the loss). The gold is never added to the candidates.
 
 Candidates come from, in order: ``--candidates FILE``; ``<features>/candidates.jsonl`` if present; the
@@ -18,13 +23,14 @@ count was missing and 0.0 otherwise, so the model can tell an imputed count from
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from precompute.store import Store, StoreError
+from precompute.store import ENTITY_KINDS, RECORD_FILES, Store, StoreError
 from retrieval.files import CANDIDATE_SOURCES, read_candidates
 from retrieval.splits import document_of
 
@@ -46,6 +52,7 @@ class KB:
     names: tuple[str, ...] = ()
     links: tuple[int | None, ...] = ()
     link_counts: tuple[int | None, ...] | None = None  # +P counted from training mentions (train.prepare)
+    moments: tuple[Moments, Moments] | None = None  # (es, ec) over every KB row, not only these (load_kb)
 
 
 @dataclass(frozen=True)
@@ -109,33 +116,123 @@ def popularity_features(links: list[int | None], missing: str, where: str) -> np
     return np.stack([value, indicator], axis=1)
 
 
-def _load_kind(store: Store, kind: str, want: list[str], where: str) -> torch.Tensor:
-    ids, feats, _ = store.load(kind)
-    if ids == want:
-        return torch.from_numpy(feats.astype(np.float32))
-    row = {k: i for i, k in enumerate(ids)}
+def kind_rows(store: Store, kind: str, want: Sequence[str], where: str) -> np.ndarray:
+    """The global rows of ``kind`` holding the ids ``want`` (in that order), from the store's ids alone."""
+    ids, _ = store.load_ids(kind)
+    wanted = set(want)
+    row = {k: i for i, k in enumerate(ids) if k in wanted}
     missing = [k for k in want if k not in row]
     if missing:
         raise DataError(f"{store.root}/{kind}: no features for {len(missing)} {where} ids, e.g. {missing[:3]}; "
                         "rerun xel-precompute on these inputs")
-    return torch.from_numpy(feats[[row[k] for k in want]].astype(np.float32))
+    return np.asarray([row[k] for k in want], dtype=np.int64)
 
 
-def load_kb(store: Store, *, popularity: bool, popularity_missing: str) -> KB:
-    records = store.records("kb")
-    if not records:
-        raise DataError(f"{store.root}/inputs/kb.jsonl: missing or empty; the store has no KB to link to")
-    ids = [str(r["id"]) for r in records]
-    es = _load_kind(store, "es", ids, "KB")
-    ec = _load_kind(store, "ec", ids, "KB")
+def read_kind(store: Store, kind: str, want: Sequence[str], where: str) -> torch.Tensor:
+    """float32 ``[len(want), D]``: the features of the ids ``want`` of ``kind``, read row by row (HDF5 partial
+    reads, :meth:`precompute.store.Store.read_rows`, as ``xel-nn`` reads candidates): only these rows enter
+    memory, never the whole table."""
+    return torch.from_numpy(store.read_rows(kind, kind_rows(store, kind, want, where)).astype(np.float32))
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Per-dimension count, sum and sum of squares (float64) of a set of feature rows: the standardization
+    statistics of rows that are not all in memory (every KB row, read shard by shard)."""
+
+    count: int
+    total: np.ndarray
+    squares: np.ndarray
+
+    @classmethod
+    def of(cls, x: torch.Tensor | np.ndarray) -> Moments:
+        x = np.asarray(x, dtype=np.float64)
+        return cls(len(x), x.sum(axis=0), np.square(x).sum(axis=0))
+
+    def __add__(self, other: Moments) -> Moments:
+        return Moments(self.count + other.count, self.total + other.total, self.squares + other.squares)
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 mean and unbiased standard deviation, as ``torch.mean`` and ``torch.std`` of the rows."""
+        mean = self.total / self.count
+        var = (self.squares - self.count * np.square(mean)) / max(self.count - 1, 1)
+        return (torch.from_numpy(mean.astype(np.float32)),
+                torch.from_numpy(np.sqrt(np.maximum(var, 0.0)).astype(np.float32)))
+
+
+def standardization(train: Mentions) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``(mean, std)`` of the name rows (the training mentions' ``ms`` and every KB row's ``es``) and of the
+    context rows (``mc``, ``ec``), for :meth:`train.model.Ranker.set_statistics`; the KB's from its
+    :class:`Moments`, so the KB rows need not be in memory."""
+    kb = train.kb
+    es, ec = kb.moments if kb.moments is not None else (Moments.of(kb.es), Moments.of(kb.ec))
+    return (Moments.of(train.ms) + es).mean_std(), (Moments.of(train.mc) + ec).mean_std()
+
+
+def kind_moments(store: Store, kind: str) -> Moments:
+    """:class:`Moments` of every row of ``kind``, one shard in memory at a time."""
+    dim = store.dim
+    out = Moments(0, np.zeros(dim), np.zeros(dim))
+    for shard in store.iter_shards(kind):
+        out = out + Moments.of(shard.features)
+    return out
+
+
+def load_kb(store: Store, ids: Collection[str] | None = None, *, popularity: bool,
+            popularity_missing: str) -> KB:
+    """The KB entries among ``ids`` (every entry when None; ids not in the KB are left out, for the caller to
+    refuse), in KB order, with their ``es`` and ``ec`` features read by row: a training run asks for its
+    mentions' candidates and golds, so memory holds those rows, not the KB. kb.jsonl is streamed: +P's median
+    counts every entry, and the standardization :class:`Moments` cover every KB row (read a shard at a time)."""
+    path = store.root / "inputs" / RECORD_FILES["kb"]
+    if not path.is_file():
+        raise DataError(f"{path}: missing or empty; the store has no KB to link to")
+    wanted = None if ids is None else set(ids)
+    records, links, positions = [], [], []
+    for i, r in enumerate(store.iter_records("kb")):
+        links.append(r.get("links"))
+        if wanted is None or r["id"] in wanted:
+            records.append(r)
+            positions.append(i)
+    if not links:
+        raise DataError(f"{path}: missing or empty; the store has no KB to link to")
+    kb_ids = [str(r["id"]) for r in records]
     if popularity:
-        pop = torch.from_numpy(popularity_features(
-            [r.get("links") for r in records], popularity_missing, f"{store.root}/inputs/kb.jsonl"))
+        pop = popularity_features(links, popularity_missing, str(path))[np.asarray(positions, dtype=np.int64)]
     else:
-        pop = torch.zeros((len(ids), 0))
+        pop = np.zeros((len(records), 0), dtype=np.float32)
+    rows = {kind: kind_rows(store, kind, kb_ids, "KB") for kind in ENTITY_KINDS}
+    return kb_of_rows(store, records, rows, pop, moments=(kind_moments(store, "es"), kind_moments(store, "ec")))
+
+
+def kb_of_rows(store: Store, records: Sequence[dict], rows: dict[str, np.ndarray], popularity: np.ndarray,
+               moments: tuple[Moments, Moments] | None = None) -> KB:
+    """A :class:`KB` of ``records`` whose ``es``/``ec`` features are the store rows ``rows[kind]`` (read here,
+    nothing else), with ``popularity`` [len(records), P]."""
+    ids = [str(r["id"]) for r in records]
+    es, ec = (torch.from_numpy(store.read_rows(kind, rows[kind]).astype(np.float32)) for kind in ENTITY_KINDS)
     return KB(ids=ids, index={k: i for i, k in enumerate(ids)}, langs=[str(r["lang"]) for r in records],
-              es=es, ec=ec, popularity=pop, names=tuple(str(r["name"]) for r in records),
-              links=tuple(r.get("links") for r in records))
+              es=es, ec=ec, popularity=torch.from_numpy(np.asarray(popularity, dtype=np.float32)),
+              names=tuple(str(r["name"]) for r in records), links=tuple(r.get("links") for r in records),
+              moments=moments)
+
+
+class KBRows:
+    """Any entries of a KB whose records are in memory, by id, for mentions whose candidates are not known in
+    advance (:class:`link.linker.Linker`): the feature rows of every entry are indexed once (ids only), and
+    :meth:`kb` reads the ``es``/``ec`` rows of the entries asked for, nothing else."""
+
+    def __init__(self, store: Store, records: Sequence[dict], popularity: np.ndarray):
+        self.store, self.records, self.popularity = store, records, popularity
+        self.ids = [str(r["id"]) for r in records]
+        self.position = {k: i for i, k in enumerate(self.ids)}
+        self.rows = {kind: kind_rows(store, kind, self.ids, "KB") for kind in ENTITY_KINDS}
+
+    def kb(self, ids: Iterable[str]) -> KB:
+        """The :class:`KB` of ``ids`` (each must be in the KB), in KB order."""
+        pos = np.asarray(sorted({self.position[k] for k in ids}), dtype=np.int64)
+        return kb_of_rows(self.store, [self.records[i] for i in pos],
+                          {kind: rows[pos] for kind, rows in self.rows.items()}, self.popularity[pos])
 
 
 def resolve_candidates(
@@ -158,9 +255,11 @@ def resolve_candidates(
 
 
 def load_mentions(
-    store: Store, kb: KB, *, langs: tuple[str, ...], candidates: str | None, max_candidates: int
+    store: Store, *, langs: tuple[str, ...], candidates: str | None, max_candidates: int,
+    popularity: bool = False, popularity_missing: str = "error",
 ) -> Mentions:
-    """The store's mentions in ``langs`` (all when empty) with their candidates, in input order."""
+    """The store's mentions in ``langs`` (all when empty) with their candidates, in input order, over the KB of
+    their first ``max_candidates`` candidates and golds (:func:`load_kb`: those rows only, not the whole KB)."""
     records = store.records("mentions")
     if not records:
         raise DataError(f"{store.root}/inputs/mentions.jsonl: missing or empty; the store has no mentions")
@@ -176,6 +275,9 @@ def load_mentions(
         log.warning("%d of %d mentions have no entry in %s: they get no candidates and are predicted NIL",
                     without, len(ids), where)
     m, k = len(ids), max(1, min(max_candidates, max((len(cand_map.get(i, [])) for i in ids), default=1)))
+    wanted = {c for i in ids for c, _ in cand_map.get(i, [])[:k]}
+    wanted.update(str(r["gold"]) for r in records if r.get("gold") is not None)
+    kb = load_kb(store, wanted, popularity=popularity, popularity_missing=popularity_missing)
     cand = np.zeros((m, k), dtype=np.int64)
     mask = np.zeros((m, k), dtype=bool)
     gold_pos = np.full(m, -1, dtype=np.int64)
@@ -201,7 +303,7 @@ def load_mentions(
     return Mentions(
         kb=kb, ids=ids, langs=[str(r["lang"]) for r in records], types=[r.get("type") for r in records],
         golds=[r.get("gold") for r in records],
-        ms=_load_kind(store, "ms", ids, "mention"), mc=_load_kind(store, "mc", ids, "mention"),
+        ms=read_kind(store, "ms", ids, "mention"), mc=read_kind(store, "mc", ids, "mention"),
         cand=torch.from_numpy(cand), cand_mask=torch.from_numpy(mask),
         gold_pos=torch.from_numpy(gold_pos), gold_kb=torch.from_numpy(gold_kb),
         docs=[document_of(r) for r in records],

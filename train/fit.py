@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from train.checkpoint import clone_state
 from train.config import TrainConfig
+from train.data import standardization
 from train.evaluate import Ranked, evaluate, rank, tune_threshold
 from train.loop import LoopSettings, Trainer
 from train.model import ModelSpec, Ranker
@@ -66,8 +67,8 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
     ``cfg.resume`` the run continues after the epoch that state holds (see :mod:`train.resume`)."""
     torch.manual_seed(seed)
     model = build_model(model_spec(cfg, data))
-    train, kb = data.splits.train, data.splits.train.kb
-    model.set_standardization(torch.cat([train.ms, kb.es]), torch.cat([train.mc, kb.ec]))
+    train = data.splits.train
+    model.set_statistics(*standardization(train))
     settings = LoopSettings(
         lr=cfg.lr, batch_size=cfg.batch_size, negatives=cfg.negatives, margin=cfg.margin,
         lambda_adv=cfg.lambda_adv, adv_steps=cfg.adv_steps, adv_epochs=cfg.adv_epochs,

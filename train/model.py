@@ -131,10 +131,16 @@ class Ranker(nn.Module):
         lets the MLPs see what differs between a mention and its candidates. The statistics are buffers, so a
         checkpoint carries them and applies them at inference.
         """
-        self.name_mean.copy_(names.mean(dim=0))
-        self.name_std.copy_(names.std(dim=0).clamp_min(1e-6))
-        self.context_mean.copy_(contexts.mean(dim=0))
-        self.context_std.copy_(contexts.std(dim=0).clamp_min(1e-6))
+        self.set_statistics((names.mean(dim=0), names.std(dim=0)), (contexts.mean(dim=0), contexts.std(dim=0)))
+
+    def set_statistics(self, names: tuple[torch.Tensor, torch.Tensor], contexts: tuple[torch.Tensor, torch.Tensor]
+                       ) -> None:
+        """:meth:`set_standardization` from ``(mean, std)`` pairs of rows not all in memory
+        (:func:`train.data.standardization`)."""
+        self.name_mean.copy_(names[0])
+        self.name_std.copy_(names[1].clamp_min(1e-6))
+        self.context_mean.copy_(contexts[0])
+        self.context_std.copy_(contexts[1].clamp_min(1e-6))
 
     def standardize_names(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.name_mean) / self.name_std

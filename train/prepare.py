@@ -7,11 +7,12 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from precompute.store import Store, open_store
 from train.config import TrainConfig
-from train.data import KB, DataError, Mentions, check_stores, load_kb, load_mentions, popularity_features
+from train.data import KB, DataError, Mentions, check_stores, load_mentions, popularity_features
 from train.pairs import PAIR_GROUPS, pair_columns, pair_features, training_prior
 from train.splits import Splits, make_splits
 from train.text import LanguageText, adversarial_text
@@ -52,8 +53,9 @@ class Loaded:
 
 
 def load_splits(cfg: TrainConfig) -> Loaded:
-    """Open the stores, load the KB and mentions, split them, and count +P from mentions when asked: what a
-    training run and a :class:`link.linker.Linker` of it share."""
+    """Open the stores, load the mentions and the KB rows of their candidates and golds (never the whole KB),
+    split them, and count +P from mentions when asked: what a training run and a :class:`link.linker.Linker` of
+    it share."""
     train_store = open_store(cfg.features)
     same = cfg.eval_features is None or Path(cfg.eval_features).resolve() == Path(cfg.features).resolve()
     eval_store = train_store if same else open_store(cfg.eval_features)
@@ -66,14 +68,13 @@ def load_splits(cfg: TrainConfig) -> Loaded:
     log.info("training languages %s, evaluation languages %s", list(train_langs), list(eval_langs))
     kb_args = {"popularity": cfg.popularity and cfg.popularity_source == "links",
                "popularity_missing": cfg.popularity_missing}
-    kb = load_kb(train_store, **kb_args)
     pool_langs = tuple(sorted(set(train_langs) | (set(eval_langs) if same else set())))
-    train_pool = load_mentions(train_store, kb, langs=pool_langs, candidates=cfg.candidates,
-                               max_candidates=cfg.max_candidates)
+    train_pool = load_mentions(train_store, langs=pool_langs, candidates=cfg.candidates,
+                               max_candidates=cfg.max_candidates, **kb_args)
     test_pool = None
     if not same:
-        test_pool = load_mentions(eval_store, load_kb(eval_store, **kb_args), langs=eval_langs,
-                                  candidates=cfg.eval_candidates, max_candidates=cfg.max_candidates)
+        test_pool = load_mentions(eval_store, langs=eval_langs, candidates=cfg.eval_candidates,
+                                  max_candidates=cfg.max_candidates, **kb_args)
     splits = make_splits(
         train_pool, test_pool, train_langs=train_langs, eval_langs=eval_langs, dev_fraction=cfg.dev_fraction,
         test_fraction=cfg.test_fraction, equalize_langs=cfg.equalize, train_size=cfg.train_size, seed=cfg.seed,
@@ -105,18 +106,29 @@ def _with_kb(mentions: Mentions, kb: KB) -> Mentions:
     return replace(mentions, kb=kb)
 
 
+def training_link_counts(splits: Splits) -> Counter[str]:
+    """How often each KB id is the gold of a training-split mention (``--popularity-source mentions``)."""
+    return Counter(g for g in splits.train.golds if g is not None)
+
+
+def mention_popularity(ids: list[str], counts: Counter[str]) -> np.ndarray:
+    """+P of the KB entries ``ids`` from training-mention link counts: ``count / median`` of the entries linked
+    at least once (every such entry is a training gold, so any ``ids`` that hold the golds give the same
+    median), and the missing flag where never linked."""
+    return popularity_features([counts.get(k) for k in ids], "median", "training mentions")
+
+
 def with_mention_popularity(splits: Splits) -> Splits:
     """+P from gold links among the training split's mentions (``--popularity-source mentions``): each KB entry
     gets ``count / median`` of the entries linked at least once, and the missing flag where it was never linked.
     A training mention's own link is left out of its own pair features (:func:`train.pairs.pair_features`):
     without that, every training gold looks popular by construction, and the residual scorer learned "linked
     once = gold" (on the sample every seed then fell back to epoch 0)."""
-    counts = Counter(g for g in splits.train.golds if g is not None)
+    counts = training_link_counts(splits)
 
     def kb_of(m: Mentions) -> KB:
-        links = [counts.get(k) for k in m.kb.ids]
-        pop = torch.from_numpy(popularity_features(links, "median", "training mentions"))
-        return replace(m.kb, popularity=pop, link_counts=tuple(links))
+        return replace(m.kb, popularity=torch.from_numpy(mention_popularity(m.kb.ids, counts)),
+                       link_counts=tuple(counts.get(k) for k in m.kb.ids))
 
     train_kb = kb_of(splits.train)
     test_kb = train_kb if splits.test.kb is splits.train.kb else kb_of(splits.test)

@@ -1,0 +1,193 @@
+"""Loopback load test of ``xel-serve``: N requests from C concurrent clients, against linking the same mentions
+one at a time in-process (the baseline, measured in the same run).
+
+    python bench/serve.py --model runs/sample/train/en/seed-0 [--requests 2000] [--clients 8] [--lang de]
+
+Starts ``xel-serve`` as its own process on a free loopback port, waits for ``GET /health``, warms it up, then
+``--clients`` threads (each its own ``httpx.Client``) send ``--requests`` ``POST /link`` requests of one mention
+each, taken in turn from ``--mentions`` (default: the sample's ``--lang`` mentions). Reported: requests/s, latency
+p50/p90/p99/max, errors (any status but 200, or an exception), the server's resident memory (VmRSS, from /proc)
+after start-up and after the load, and the baseline: the same run's ``Linker.link`` of one mention per call in
+this process over ``--baseline`` mentions, in mentions/s, with the ratio service/baseline. Writes
+``bench/results/serve.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ITEM_KEYS = ("id", "sentence", "start", "end", "lang", "context")
+
+
+def load_items(path: Path, lang: str | None) -> list[dict]:
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                if lang is None or r.get("lang") == lang:
+                    items.append({k: r[k] for k in ITEM_KEYS if r.get(k) is not None})
+    if not items:
+        raise click.ClickException(f"{path}: no mentions in language {lang!r}")
+    return items
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 600.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise click.ClickException(f"xel-serve exited with {proc.returncode} before answering /health; see "
+                                       "bench/results/serve.server.log")
+        try:
+            r = httpx.get(f"{url}/health", timeout=2)
+            if r.status_code == 200:
+                return r.json()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise click.ClickException(f"xel-serve did not answer {url}/health within {timeout:.0f} s")
+
+
+def load(url: str, items: list[dict], requests: int, clients: int, k: int) -> dict:
+    """``requests`` POSTs of one item each from ``clients`` threads; latencies in ms, errors counted."""
+    latencies = np.zeros(requests)
+    errors: list[str] = []
+    counter = iter(range(requests))
+    lock = threading.Lock()
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=120) as http:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                t0 = time.perf_counter()
+                try:
+                    r = http.post("/link", json={"items": [items[i % len(items)]], "k": k})
+                    ok = r.status_code == 200 and len(r.json()["links"]) == 1
+                    problem = None if ok else f"{r.status_code}: {r.text[:200]}"
+                except httpx.HTTPError as e:
+                    problem = repr(e)
+                latencies[i] = (time.perf_counter() - t0) * 1000
+                if problem:
+                    with lock:
+                        errors.append(problem)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t0
+    p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
+    return {"requests": requests, "clients": clients, "seconds": seconds, "requests_per_s": requests / seconds,
+            "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": float(latencies.max()), "errors": len(errors),
+            "first_errors": errors[:5]}
+
+
+def baseline(model: str, items: list[dict], n: int, k: int) -> dict:
+    """``Linker.link`` of one mention per call, in this process, over ``n`` items (after one warm-up call)."""
+    from link.linker import Linker
+
+    linker = Linker.load(model)
+    linker.link(items[:1], k=k)
+    t0 = time.perf_counter()
+    for i in range(n):
+        linker.link([items[i % len(items)]], k=k)
+    seconds = time.perf_counter() - t0
+    return {"mentions": n, "seconds": seconds, "mentions_per_s": n / seconds}
+
+
+@click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.option("--model", required=True, type=click.Path(file_okay=False, exists=True), help="a trained run directory")
+@click.option("--mentions", type=click.Path(dir_okay=False, exists=True),
+              default=str(ROOT / "data/sample/mentions.jsonl"))
+@click.option("--lang", default="de", help="link the mentions of this language (empty: all)")
+@click.option("--requests", type=click.IntRange(min=1), default=2000)
+@click.option("--clients", type=click.IntRange(min=1), default=8)
+@click.option("--baseline", "baseline_n", type=click.IntRange(min=1), default=200,
+              help="mentions linked one per call in-process for the baseline")
+@click.option("--k", type=click.IntRange(min=1), default=10)
+@click.option("--out", type=click.Path(dir_okay=False), default=str(ROOT / "bench/results/serve.json"))
+def main(model: str, mentions: str, lang: str, requests: int, clients: int, baseline_n: int, k: int, out: str) -> None:
+    """Load-test xel-serve on loopback and compare with in-process linking; see the module docstring."""
+    items = load_items(Path(mentions), lang or None)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server_cmd = [sys.executable, "-m", "link.serve", "--model", model, "--port", str(port)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    log_path = Path(out).with_suffix(".server.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = open(log_path, "w")  # the server's log (one access line per request) goes to a file, never a pipe
+    proc = subprocess.Popen(server_cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        t0 = time.perf_counter()
+        health = wait_healthy(url, proc)
+        start_s = time.perf_counter() - t0
+        load(url, items, min(50, requests), clients, k)  # warm-up
+        rss_before = rss_mb(proc.pid)
+        result = load(url, items, requests, clients, k)
+        rss_after = rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log_file.close()
+    base = baseline(model, items, baseline_n, k)
+    report = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg()},
+        "model": model, "scorer": health.get("scorer"), "kb_entries": health.get("kb_entries"), "lang": lang,
+        "server_start_s": start_s, "server_rss_mb_before": rss_before, "server_rss_mb_after": rss_after,
+        "load": result, "baseline": base, "ratio": result["requests_per_s"] / base["mentions_per_s"],
+    }
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    r = result
+    click.echo(f"xel-serve load test: {r['requests']} requests of 1 {lang or 'any'} mention, {r['clients']} clients, "
+               f"loopback; {report['scorer']} run, {report['kb_entries']} KB entries; load avg "
+               f"{report['machine']['load_avg'][0]:.1f} on {os.cpu_count()} CPUs")
+    click.echo("| what | mentions/s | p50 ms | p90 ms | p99 ms | max ms | errors | server RSS MB before → after |")
+    click.echo("|---|---:|---:|---:|---:|---:|---:|---|")
+    click.echo(f"| xel-serve, {r['clients']} clients | {r['requests_per_s']:.1f} | {r['p50_ms']:.1f} | "
+               f"{r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['errors']} | "
+               f"{rss_before:.0f} → {rss_after:.0f} |")
+    click.echo(f"| Linker.link, 1 per call, in-process (baseline) | {base['mentions_per_s']:.1f} | | | | | | |")
+    click.echo(f"service / baseline: {report['ratio']:.2f}x; wrote {out}")
+    if r["errors"]:
+        raise click.ClickException(f"{r['errors']} requests failed, e.g. {r['first_errors'][0]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""N-gram candidates: the exact top-k while the KB's postings fit; beyond, only the names that share a rarer
+n-gram with the query are scored, each exactly (retrieval/ngram.py).
+
+    pytest tests/test_ngram_postings.py
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+import retrieval.ngram as ngram
+from retrieval.names import latin
+from retrieval.ngram import NgramIndex
+
+SYLLABLES = "ka ro mel vin tu sa lo ber gan di na tor phi lex mar quin zo ra li en".split()
+
+
+def names(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join("".join(rng.choices(SYLLABLES, k=rng.randint(1, 3))).title() for _ in range(2))
+            for _ in range(n)]
+
+
+def brute_force(index: NgramIndex, queries: list[str], k: int) -> list[list[tuple[str, float]]]:
+    scores = (index.vectorizer.transform([latin(q) for q in queries]) @ index.matrix.T).toarray()
+    out = []
+    for row in scores:
+        order = np.lexsort((np.arange(len(row)), -row))[:k]
+        out.append([(index.ids[j], float(row[j])) for j in order if row[j] > 0])
+    return out
+
+
+def test_search_is_exact_while_the_postings_fit():
+    kb = names(300, 0)
+    index = NgramIndex([f"Q{i}" for i in range(300)], kb)
+    queries = names(40, 1) + [kb[5], kb[7].split()[1], "zzz", "Ка Ро"]
+    got, want = index.search(queries, 10), brute_force(index, queries, 10)
+    assert [[kb for kb, _ in row] for row in got] == [[kb for kb, _ in row] for row in want]
+    np.testing.assert_allclose([s for row in got for _, s in row], [s for row in want for _, s in row], rtol=1e-6)
+
+
+def test_beyond_the_budget_only_rarer_ngrams_pick_the_names_scored_exactly(monkeypatch):
+    kb = names(300, 0)
+    index = NgramIndex([f"Q{i}" for i in range(300)], kb)
+    monkeypatch.setattr(ngram, "POSTINGS", 20)  # below the KB size: the pruned path
+    queries = names(30, 2)
+    got = index.search(queries, 10)
+    exact = {q: dict(row) for q, row in zip(queries, brute_force(index, queries, 300))}
+    assert sum(len(row) for row in got) > 0
+    for q, row in zip(queries, got):
+        scores = [s for _, s in row]
+        assert scores == sorted(scores, reverse=True)
+        for kb_id, score in row:
+            assert abs(exact[q][kb_id] - score) < 1e-6  # a name it scores gets its exact cosine
+    assert got != brute_force(index, queries, 10)  # and fewer names are scored than by brute force

@@ -1,0 +1,213 @@
+"""The ONNX Runtime backend (``--backend onnx``, ``--dtype int8``) and ``--dtype auto`` on the tiny model."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from precompute import onnx_backend
+from precompute.cli import main
+from precompute.encoding import (
+    EncodeError,
+    TextEncoder,
+    auto_dtype,
+    context_item,
+    entity_item,
+    mention_item,
+    resolve_encoder,
+)
+from precompute.run import PrecomputeConfig, PrecomputeError, run
+from precompute.store import atomic_write_json, open_store
+from tests.conftest import LONG, MENTIONS
+
+pytest.importorskip("onnxruntime")
+
+ITEMS = [
+    mention_item("m1", "en", "Barack Obama visited Moscow in 2009.", 0, 12),
+    mention_item("m2", "ru", "Бывший президент США Барак Обама с женой Мишель.", 21, 32),
+    context_item("c1", "en", LONG + " Obama", LONG + " Obama", len(LONG) + 1, len(LONG) + 6),  # windowed
+    entity_item("e1", "zh", "北京是中华人民共和国的首都"),
+    entity_item("e2", "en", "Paris"),  # short: padded in its batch
+    entity_item("e3", "de", "Angela Merkel war Bundeskanzlerin der Bundesrepublik Deutschland."),
+]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture
+def in_cache(onnx_cache, monkeypatch) -> Path:
+    monkeypatch.setenv(onnx_backend.CACHE_ENV, str(onnx_cache))
+    return onnx_cache
+
+
+@pytest.mark.parametrize("layer", [-1, 1])
+def test_onnx_fp32_equals_torch(tiny_model_dir, in_cache, layer):
+    torch_enc = TextEncoder.load(resolve_encoder(tiny_model_dir, dtype="fp32", device="cpu", layer=layer))
+    onnx_enc = TextEncoder.load(resolve_encoder(tiny_model_dir, dtype="fp32", device="cpu", layer=layer,
+                                                backend="onnx"))
+    assert onnx_enc.backend == "onnx" and torch_enc.backend == "torch"
+    want, got = torch_enc.encode(ITEMS), onnx_enc.encode(ITEMS)
+    assert cosine(want, got).min() >= 0.9999
+    # batched in one forward (with padding) equals one text at a time
+    one_by_one = np.concatenate([onnx_enc.encode([it]) for it in ITEMS])
+    np.testing.assert_allclose(got.astype(np.float32), one_by_one.astype(np.float32), atol=2e-3)
+
+
+def test_int8_runs_and_agrees_with_torch(tiny_model_dir, in_cache):
+    settings = resolve_encoder(tiny_model_dir, dtype="int8", device="cpu")
+    assert settings.backend == "onnx"  # int8 picks the onnx backend
+    int8 = TextEncoder.load(settings)
+    want = TextEncoder.load(resolve_encoder(tiny_model_dir, dtype="fp32", device="cpu")).encode(ITEMS)
+    got = int8.encode(ITEMS)
+    assert np.isfinite(got).all()
+    assert cosine(want, got).min() >= 0.98
+    assert not np.array_equal(want, got)  # it did run quantised
+    path = onnx_backend.model_path(tiny_model_dir, settings.identity["fingerprint"], "int8")
+    import onnx
+
+    nodes = onnx.load(str(path)).graph.node
+    ops = {node.op_type for node in nodes}
+    assert "DynamicQuantizeLinear" in ops and ({"MatMulInteger", "DynamicQuantizeMatMul"} & ops)
+    # the feed-forward down-projections stay fp32 (QUANTIZE["fp32_nodes"])
+    kept = onnx_backend.ffn_down_projections(onnx_backend.model_path(tiny_model_dir, settings.identity["fingerprint"],
+                                                                     "fp32"))
+    assert len(kept) == 2  # one per layer of the tiny model
+    assert {n.name for n in nodes if n.op_type == "MatMul"} >= set(kept)
+
+
+def test_the_cache_is_built_once_even_by_racing_actors(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv(onnx_backend.CACHE_ENV, str(tmp_path / "cache"))
+    calls = {"export": 0, "quantize": 0}
+    export, quantize = onnx_backend.export_fp32, onnx_backend.quantize_int8
+
+    def counted_export(*args):
+        calls["export"] += 1
+        return export(*args)
+
+    def counted_quantize(*args):
+        calls["quantize"] += 1
+        return quantize(*args)
+
+    monkeypatch.setattr(onnx_backend, "export_fp32", counted_export)
+    monkeypatch.setattr(onnx_backend, "quantize_int8", counted_quantize)
+    fingerprint = resolve_encoder(tiny_model_dir).identity["fingerprint"]
+    paths, errors = [], []
+
+    def build() -> None:
+        try:
+            paths.append(onnx_backend.model_path(tiny_model_dir, fingerprint, "int8"))
+        except Exception as e:  # noqa: BLE001 - the test reports it below
+            errors.append(e)
+
+    threads = [threading.Thread(target=build) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(paths)) == 1 and paths[0].is_file()
+    assert calls == {"export": 1, "quantize": 1}
+    TextEncoder.load(resolve_encoder(tiny_model_dir, dtype="int8", device="cpu"))
+    TextEncoder.load(resolve_encoder(tiny_model_dir, dtype="fp32", backend="onnx", device="cpu"))
+    assert calls == {"export": 1, "quantize": 1}  # loads reuse the cache
+    leftovers = [p.name for p in (tmp_path / "cache" / fingerprint[:16]).iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+VNNI = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n"
+AVX_VNNI = "processor\t: 0\nflags\t\t: fpu sse avx2 avx_vnni\n"
+AVX2 = "processor\t: 0\nflags\t\t: fpu sse avx2 fma\n"
+AMX = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+
+
+@pytest.mark.parametrize("cpuinfo,gate,want", [
+    (VNNI, True, "int8"), (AVX_VNNI, True, "int8"),
+    (VNNI, None, "fp32"), (VNNI, False, "fp32"),  # no int8 unless the quality gate passed for this encoder
+    (AVX2, True, "fp32"), (AVX2, None, "fp32"),  # this machine's kind: no VNNI
+    (AMX, True, "bf16"),
+])
+def test_auto_dtype_from_cpu_flags(cpuinfo, gate, want):
+    dtype, reason = auto_dtype(on_gpu=False, cpuinfo=cpuinfo, int8_gate=gate)
+    assert dtype == want and reason
+    assert auto_dtype(on_gpu=True, cpuinfo=cpuinfo, int8_gate=gate)[0] == "bf16"
+
+
+def test_auto_reads_the_gate_verdict_and_records_why(tiny_model_dir, tmp_path, monkeypatch):
+    import precompute.encoding as encoding
+
+    monkeypatch.setenv(onnx_backend.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(encoding, "cpu_flags", lambda cpuinfo=None: {"avx2", "avx512_vnni"})
+    settings = resolve_encoder(tiny_model_dir, device="cpu")
+    assert (settings.dtype, settings.backend) == ("fp32", "torch") and "was not run" in settings.dtype_reason
+    gate = onnx_backend.cache_dir(tiny_model_dir, settings.identity["fingerprint"]) / onnx_backend.GATE_FILE
+    atomic_write_json(gate, {"passed": True})
+    settings = resolve_encoder(tiny_model_dir, device="cpu")
+    assert (settings.dtype, settings.backend) == ("int8", "onnx")
+    assert settings.manifest_fields()["dtype_reason"] == settings.dtype_reason
+    assert resolve_encoder(tiny_model_dir, device="cpu", backend="torch").dtype == "fp32"
+
+
+@pytest.mark.parametrize("backend,dtype,device,message", [
+    ("torch", "int8", "cpu", "dtype 'int8' does not run on backend 'torch'"),
+    ("onnx", "bf16", "cpu", "dtype 'bf16' does not run on backend 'onnx'"),
+    ("onnx", "fp32", "cuda", "backend onnx runs on the CPU"),
+])
+def test_impossible_backend_and_dtype_are_refused(tiny_model_dir, backend, dtype, device, message, monkeypatch):
+    import precompute.encoding as encoding
+
+    monkeypatch.setattr(encoding, "_device_kind", lambda requested: requested)
+    with pytest.raises(EncodeError, match=message):
+        resolve_encoder(tiny_model_dir, dtype=dtype, device=device, backend=backend)
+
+
+def test_cli_refuses_int8_on_torch_with_a_clear_message(tiny_data, tiny_model_dir, tmp_path):
+    result = CliRunner().invoke(main, ["--data", str(tiny_data), "--model", str(tiny_model_dir), "--out",
+                                       str(tmp_path / "h5"), "--backend", "torch", "--dtype", "int8"])
+    assert result.exit_code != 0
+    assert "dtype 'int8' does not run on backend 'torch'" in result.output
+    assert not (tmp_path / "h5").exists()
+
+
+@pytest.mark.ray
+def test_int8_store_records_its_backend_and_refuses_fp32_appends(tiny_data, tiny_model_dir, tmp_path, ray_session):
+    out = tmp_path / "h5"
+    run(PrecomputeConfig(data=tiny_data, model=tiny_model_dir, out=out, kinds=("ms", "es"), dtype="int8"))
+    store = open_store(out)
+    assert (store.manifest["dtype"], store.manifest["backend"]) == ("int8", "onnx")
+    # a query encodes exactly as the store did (xel-nn query builds its encoder from the manifest)
+    query = TextEncoder.from_manifest(store.manifest, device="cpu")
+    assert query.backend == "onnx" and query.dtype == "int8"
+    ids, features, _ = store.load("ms")
+    wanted = [mention_item(m["id"], m["lang"], m["sentence"], m["start"], m["end"]) for m in MENTIONS]
+    assert [it.id for it in wanted] == ids
+    np.testing.assert_array_equal(query.encode(wanted), features)
+    changed = {**store.manifest, "settings": {**store.manifest["settings"], "quantization": {"per_channel": False}}}
+    with pytest.raises(EncodeError, match="queries would not encode as the store did"):
+        TextEncoder.from_manifest(changed, device="cpu")
+    for dtype, backend, refused in (("fp32", None, "dtype: store has 'int8', this run asks 'fp32'"),
+                                    ("fp32", "onnx", "dtype: store has 'int8', this run asks 'fp32'"),
+                                    ("auto", None, "this run asks")):
+        with pytest.raises(PrecomputeError, match=refused):
+            run(PrecomputeConfig(data=tiny_data, model=tiny_model_dir, out=out, kinds=("ms", "es"), dtype=dtype,
+                                 backend=backend))
+    summary = run(PrecomputeConfig(data=tiny_data, model=tiny_model_dir, out=out, kinds=("ms", "es"), dtype="int8"))
+    assert summary["encoded_shards"] == 0  # the same settings resume
+
+
+@pytest.mark.ray
+def test_onnx_fp32_store_is_not_a_torch_fp32_store(tiny_data, tiny_model_dir, tmp_path, ray_session):
+    out = tmp_path / "h5"
+    run(PrecomputeConfig(data=tiny_data, model=tiny_model_dir, out=out, kinds=("es",), dtype="fp32", backend="onnx"))
+    with pytest.raises(PrecomputeError, match="backend: store has 'onnx', this run asks 'torch'"):
+        run(PrecomputeConfig(data=tiny_data, model=tiny_model_dir, out=out, kinds=("es",), dtype="fp32"))
