@@ -32,8 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.precompute import plan_shards, sample_items, write_data  # noqa: E402
-from precompute.encoding import resolve_dtype, resolve_encoder  # noqa: E402
+from bench.precompute import plan_shards, sample_items, sample_rows, write_data  # noqa: E402
+from precompute.encoding import resolve_encoder  # noqa: E402
 from precompute.ray_session import ray_session  # noqa: E402
 from precompute.run import PrecomputeConfig, actor_options  # noqa: E402
 from precompute.worker import ShardTask, ShardWorker  # noqa: E402
@@ -77,10 +77,10 @@ def main(model: Path, texts: int, shard_sizes: str, repeats: int, out: Path) -> 
     from ray.util.queue import Queue
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    items = sample_items(texts)
+    items = sample_items(sample_rows(texts))
     threads = torch.get_num_threads()
-    dtype = resolve_dtype("auto", on_gpu=False)
-    settings = resolve_encoder(model, prefix="", dtype=dtype, device="cpu")
+    settings = resolve_encoder(model, prefix="", dtype="auto", device="cpu")  # what xel-precompute runs here
+    dtype = settings.dtype
     sizes = [int(s) for s in shard_sizes.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp, ray_session():
