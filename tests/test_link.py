@@ -242,8 +242,8 @@ def test_relative_run_paths_resolve_under_the_run_directorys_parents(tmp_path, m
 
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package: .ci/run installs it; tests never download a browser
-BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def _browser_or_skip():
