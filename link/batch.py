@@ -120,7 +120,7 @@ def encode_with_actors(cfg: LinkConfig, linker: Linker, items: list[Item], work:
     pcfg = PrecomputeConfig(
         data=data, model=Path(manifest["model"]), out=work / "store", kinds=("ms", "mc"), layer=manifest["layer"],
         max_length=manifest["max_length"], prefix=manifest["prefix"], dtype=manifest["dtype"],
-        actors=cfg.actors, address=cfg.address,
+        backend=manifest.get("backend", "torch"), actors=cfg.actors, address=cfg.address,
     )
     log.info("encoding %d mentions with %d precompute actor(s) into %s", len(items), cfg.actors, pcfg.out)
     precompute(pcfg)
