@@ -81,8 +81,8 @@ def run(cfg: LinkConfig) -> dict[str, Any]:
             batch = items[start : start + cfg.batch_size]
             vectors = None
             if encoded is not None:
-                rows_ = np.arange(start, start + len(batch))
-                vectors = (encoded.read_rows("ms", rows_), encoded.read_rows("mc", rows_))
+                positions = np.arange(start, start + len(batch))
+                vectors = (encoded.read_rows("ms", positions), encoded.read_rows("mc", positions))
             for link in linker.link(batch, k=cfg.k, encoded=vectors):
                 out.write(json.dumps(link.to_json(), ensure_ascii=False) + "\n")
                 preds.append(link.pred)
