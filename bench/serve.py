@@ -8,7 +8,8 @@ Starts ``xel-serve`` as its own process on a free loopback port, waits for ``GET
 each, taken in turn from ``--mentions`` (default: the sample's ``--lang`` mentions). Reported: requests/s, latency
 p50/p90/p99/max, errors (any status but 200, or an exception), the server's resident memory (VmRSS, from /proc)
 after start-up and after the load, and the baseline: the same run's ``Linker.link`` of one mention per call in
-this process over ``--baseline`` mentions, in mentions/s, with the ratio service/baseline. Writes
+this process over ``--baseline`` mentions, in mentions/s, with the ratio service/baseline. The load and the
+baseline alternate in ``--rounds`` rounds (never at once), so that a change in the machine's load reaches both. Writes
 ``bench/results/serve.json`` and prints a table.
 """
 
@@ -30,6 +31,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from link.linker import Linker  # noqa: E402
 
 ITEM_KEYS = ("id", "sentence", "start", "end", "lang", "context")
 
@@ -76,8 +79,10 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 600.0) -> di
     raise click.ClickException(f"xel-serve did not answer {url}/health within {timeout:.0f} s")
 
 
-def load(url: str, items: list[dict], requests: int, clients: int, k: int) -> dict:
-    """``requests`` POSTs of one item each from ``clients`` threads; latencies in ms, errors counted."""
+def load(url: str, items: list[dict], requests: int, clients: int, k: int, offset: int = 0
+         ) -> tuple[np.ndarray, list[str], float]:
+    """``requests`` POSTs of one item each (items ``offset``, ``offset + 1``, ...) from ``clients`` threads:
+    latencies in ms, errors, wall seconds."""
     latencies = np.zeros(requests)
     errors: list[str] = []
     counter = iter(range(requests))
@@ -92,7 +97,7 @@ def load(url: str, items: list[dict], requests: int, clients: int, k: int) -> di
                     return
                 t0 = time.perf_counter()
                 try:
-                    r = http.post("/link", json={"items": [items[i % len(items)]], "k": k})
+                    r = http.post("/link", json={"items": [items[(offset + i) % len(items)]], "k": k})
                     ok = r.status_code == 200 and len(r.json()["links"]) == 1
                     problem = None if ok else f"{r.status_code}: {r.text[:200]}"
                 except httpx.HTTPError as e:
@@ -108,24 +113,26 @@ def load(url: str, items: list[dict], requests: int, clients: int, k: int) -> di
         t.start()
     for t in threads:
         t.join()
-    seconds = time.perf_counter() - t0
+    return latencies, errors, time.perf_counter() - t0
+
+
+def summary(latencies: np.ndarray, errors: list[str], seconds: float, clients: int) -> dict:
     p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
-    return {"requests": requests, "clients": clients, "seconds": seconds, "requests_per_s": requests / seconds,
-            "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": float(latencies.max()), "errors": len(errors),
-            "first_errors": errors[:5]}
+    return {"requests": len(latencies), "clients": clients, "seconds": seconds,
+            "requests_per_s": len(latencies) / seconds, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99,
+            "max_ms": float(latencies.max()), "errors": len(errors), "first_errors": errors[:5]}
 
 
-def baseline(model: str, items: list[dict], n: int, k: int) -> dict:
-    """``Linker.link`` of one mention per call, in this process, over ``n`` items (after one warm-up call)."""
-    from link.linker import Linker
+def split(n: int, rounds: int) -> list[int]:
+    return [n // rounds + (r < n % rounds) for r in range(rounds)]
 
-    linker = Linker.load(model)
-    linker.link(items[:1], k=k)
+
+def baseline(linker, items: list[dict], start: int, n: int, k: int) -> float:
+    """Seconds for ``Linker.link`` of one mention per call, in this process, over items ``start`` .. ``start + n``."""
     t0 = time.perf_counter()
-    for i in range(n):
+    for i in range(start, start + n):
         linker.link([items[i % len(items)]], k=k)
-    seconds = time.perf_counter() - t0
-    return {"mentions": n, "seconds": seconds, "mentions_per_s": n / seconds}
+    return time.perf_counter() - t0
 
 
 @click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
@@ -137,9 +144,12 @@ def baseline(model: str, items: list[dict], n: int, k: int) -> dict:
 @click.option("--clients", type=click.IntRange(min=1), default=8)
 @click.option("--baseline", "baseline_n", type=click.IntRange(min=1), default=200,
               help="mentions linked one per call in-process for the baseline")
+@click.option("--rounds", type=click.IntRange(min=1), default=4,
+              help="the load and the baseline alternate in this many rounds, so both see the same machine")
 @click.option("--k", type=click.IntRange(min=1), default=10)
 @click.option("--out", type=click.Path(dir_okay=False), default=str(ROOT / "bench/results/serve.json"))
-def main(model: str, mentions: str, lang: str, requests: int, clients: int, baseline_n: int, k: int, out: str) -> None:
+def main(model: str, mentions: str, lang: str, requests: int, clients: int, baseline_n: int, rounds: int, k: int,
+         out: str) -> None:
     """Load-test xel-serve on loopback and compare with in-process linking; see the module docstring."""
     items = load_items(Path(mentions), lang or None)
     port = free_port()
@@ -155,8 +165,19 @@ def main(model: str, mentions: str, lang: str, requests: int, clients: int, base
         health = wait_healthy(url, proc)
         start_s = time.perf_counter() - t0
         load(url, items, min(50, requests), clients, k)  # warm-up
+        linker = Linker.load(model)  # the baseline's, in this process
+        linker.link(items[:1], k=k)
         rss_before = rss_mb(proc.pid)
-        result = load(url, items, requests, clients, k)
+        latencies, errors, load_s, base_s = [], [], 0.0, 0.0
+        done = done_base = 0
+        for n_load, n_base in zip(split(requests, rounds), split(baseline_n, rounds)):
+            lat, err, sec = load(url, items, n_load, clients, k, offset=done)
+            latencies.append(lat)
+            errors += err
+            load_s += sec
+            base_s += baseline(linker, items, done_base, n_base, k)
+            done, done_base = done + n_load, done_base + n_base
+        result = summary(np.concatenate(latencies), errors, load_s, clients)
         rss_after = rss_mb(proc.pid)
     finally:
         proc.terminate()
@@ -165,12 +186,12 @@ def main(model: str, mentions: str, lang: str, requests: int, clients: int, base
         except subprocess.TimeoutExpired:
             proc.kill()
         log_file.close()
-    base = baseline(model, items, baseline_n, k)
+    base = {"mentions": baseline_n, "seconds": base_s, "mentions_per_s": baseline_n / base_s}
     report = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg": os.getloadavg()},
         "model": model, "scorer": health.get("scorer"), "kb_entries": health.get("kb_entries"), "lang": lang,
         "server_start_s": start_s, "server_rss_mb_before": rss_before, "server_rss_mb_after": rss_after,
-        "load": result, "baseline": base, "ratio": result["requests_per_s"] / base["mentions_per_s"],
+        "rounds": rounds, "load": result, "baseline": base, "ratio": result["requests_per_s"] / base["mentions_per_s"],
     }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=2) + "\n")
