@@ -112,7 +112,7 @@ def encode_with_actors(cfg: LinkConfig, linker: Linker, items: list[Item], work:
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
     # precompute needs a KB file; the store keeps only ms and mc, so one entity of the run's KB stands for it
-    first = linker.kb.records[0]
+    first = linker.kb.table.record(0)
     write_jsonl(data / "kb.jsonl", [{"id": first["id"], "name": first["name"], "lang": first["lang"]}])
     write_jsonl(data / "mentions.jsonl", ({"id": it.id, "lang": it.lang, "sentence": it.sentence, "start": it.start,
                                            "end": it.end, "context": it.context} for it in items))

@@ -28,10 +28,11 @@ import torch
 from precompute.encoding import TextEncoder, context_item, mention_item
 from precompute.schema import ISO_639_1
 from precompute.store import Store, StoreError
-from retrieval.candidates import CandidateGenerator, MentionRef, candidate_generator
+from retrieval.candidates import CandidateGenerator, MentionRef, candidate_generator, check_entity_rows
 from retrieval.files import CANDIDATE_SOURCES
 from retrieval.index import EntityIndex
 from retrieval.index_files import open_index_and_store
+from retrieval.kb_table import KBTable
 from retrieval.vectors import unit_concat
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
@@ -165,13 +166,13 @@ def resolve_run_path(value: str, run_dir: Path, field: str) -> str:
                     "parent of the run directory; run from the directory the run was trained in")
 
 
-def run_popularity(cfg: TrainConfig, loaded: Loaded, kb_records: Sequence[dict]) -> np.ndarray:
+def run_popularity(cfg: TrainConfig, loaded: Loaded, kb: KBTable) -> np.ndarray:
     """+P of every KB entry as the run's training computed it for its own candidates (:mod:`train.prepare`)."""
     if not cfg.popularity:
-        return np.zeros((len(kb_records), 0), np.float32)
+        return np.zeros((len(kb), 0), np.float32)
     if cfg.popularity_source == "mentions":
-        return mention_popularity([str(r["id"]) for r in kb_records], training_link_counts(loaded.splits))
-    return popularity_features([r.get("links") for r in kb_records], cfg.popularity_missing, "kb.jsonl")
+        return mention_popularity(list(kb.ids), training_link_counts(loaded.splits))
+    return popularity_features(kb.link_counts(), cfg.popularity_missing, "kb.jsonl")
 
 
 def candidate_settings(candidates_file: Path) -> dict[str, Any]:
@@ -219,11 +220,13 @@ class Linker:
         tuned = _read_json(metrics_path, "").get("nil_threshold") if metrics_path.is_file() else None
         loaded = load_splits(cfg)
         train = loaded.splits.train
-        generator = candidate_generator(store, index, **candidate_settings(Path(cfg.candidates)))
+        table = KBTable.of_store(store)
+        check_entity_rows(store, index, table)
+        generator = candidate_generator(store, index, kb=table, **candidate_settings(Path(cfg.candidates)))
         model = load_checkpoint(run / CHECKPOINT)
         residual = cfg.scorer == "residual"
-        kb = KBRows(store, generator.kb_records, run_popularity(cfg, loaded, generator.kb_records))
-        log.info("linker %s: %s scorer, %d KB entries, NIL threshold %s", run, cfg.scorer, len(kb.ids),
+        kb = KBRows(store, table, run_popularity(cfg, loaded, table))
+        log.info("linker %s: %s scorer, %d KB entries, NIL threshold %s", run, cfg.scorer, len(kb),
                  threshold if threshold is not None else tuned)
         return cls(
             store=store, index=index, encoder=TextEncoder.from_manifest(store.manifest, device=device),
@@ -240,9 +243,11 @@ class Linker:
         """The nn baseline with the same API: cos(ms, es) over ``xel-nn candidates``' candidates, NIL below
         ``threshold``."""
         index, store = open_index_and_store(index_dir, features)
-        generator = candidate_generator(store, index, k=k, max_prior=max_prior, train_lang=train_lang)
+        table = KBTable.of_store(store)
+        check_entity_rows(store, index, table)
+        generator = candidate_generator(store, index, kb=table, k=k, max_prior=max_prior, train_lang=train_lang)
         return cls(store=store, index=index, encoder=TextEncoder.from_manifest(store.manifest, device=device),
-                   kb=KBRows(store, generator.kb_records, np.zeros((len(generator.kb_records), 0), np.float32)),
+                   kb=KBRows(store, table, np.zeros((len(table), 0), np.float32)),
                    generator=generator,
                    model=None, pair_prior=None, groups=[], max_candidates=max_candidates, nil_score="cosine",
                    threshold=threshold)
@@ -270,7 +275,7 @@ class Linker:
         refs = [MentionRef(id=it.id, lang=it.lang, surface=it.surface, gold=None, given=None) for it in items]
         priors, dense, ngram = self.generator.sources(refs, vectors)
         lists = [self.generator.merged(p, d, g)[: self.max_candidates] for p, d, g in zip(priors, dense, ngram)]
-        unknown = [c for row in lists for c, _, _ in row if c not in self.kb.position]
+        unknown = [c for row in lists for c, _, _ in row if c not in self.kb.table]
         if unknown:
             raise StoreError(f"{self.index.root}: candidate {unknown[0]!r} is not in {self.store.root}'s KB; "
                              "rebuild the index from this store")

@@ -174,7 +174,7 @@ def create_app(linker: Linker, *, max_items: int = MAX_ITEMS, batch_wait_ms: flo
     def health() -> dict[str, Any]:
         return {"status": "ok" if batcher.thread.is_alive() else "stopped", "model": name,
                 "scorer": "nn" if linker.model is None else linker.model.spec.scorer,
-                "kb_entries": len(linker.kb.ids), "threshold": linker.threshold, "max_items": max_items}
+                "kb_entries": len(linker.kb), "threshold": linker.threshold, "max_items": max_items}
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:

@@ -457,18 +457,24 @@ class Store:
         """``(ids, langs)`` of ``kind`` in input order, without reading any features."""
         ids: list[str] = []
         langs: list[str] = []
+        for shard_ids, shard_langs in self.iter_ids(kind):
+            ids.extend(shard_ids)
+            langs.extend(shard_langs)
+        return ids, langs
+
+    def iter_ids(self, kind: str) -> Iterator[tuple[list[str], list[str]]]:
+        """:meth:`load_ids` one shard at a time: ``(ids, langs)`` of each shard of ``kind``, in row order."""
         for entry in self._shards(kind):
             path = self.root / entry["path"]
             try:
                 with h5py.File(path, "r") as f:
-                    ids.extend(s.decode("utf-8") for s in f["ids"][...])
+                    shard_ids = [s.decode("utf-8") for s in f["ids"][...]]
                     shard_langs = [s.decode("utf-8") for s in f["lang"][...]]
             except (OSError, KeyError, ValueError) as e:
                 raise StoreError(f"{path}: unreadable or truncated ({e}); rerun xel-precompute") from e
             for lang in set(shard_langs):
                 check_lang_code(lang, f"{path}: dataset 'lang'")
-            langs.extend(shard_langs)
-        return ids, langs
+            yield shard_ids, shard_langs
 
     def read_rows(self, kind: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """float16 ``[len(rows), D]``: the features of the given global rows of ``kind`` (input order positions),

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from precompute.store import atomic_write_bytes, atomic_write_json, refuse_store_out
-from retrieval.candidates import CandidateSet, generate_candidates
+from retrieval.candidates import generate_candidates
 from retrieval.files import write_candidates
 from retrieval.index import RetrievalError
 from retrieval.metrics import RECALL_KS, format_recall_table, plot_recall
@@ -27,9 +27,9 @@ class CandidatesConfig:
     langs: tuple[str, ...] = ()
 
 
-def write_recall(out: Path, candidate_set: CandidateSet) -> str:
-    """``recall.json``, ``recall.txt`` and ``recall.png`` of ``candidate_set`` in ``out``; returns the text table."""
-    table = candidate_set.recall(RECALL_KS)
+def write_recall(out: Path, table: dict[str, dict[str, dict[str, float]]]) -> str:
+    """``recall.json``, ``recall.txt`` and ``recall.png`` of a recall table (:meth:`CandidateSet.recall`) in
+    ``out``; returns the text table."""
     text = format_recall_table(table, RECALL_KS)
     atomic_write_json(out / "recall.json", table)
     atomic_write_bytes(out / "recall.txt", (text + "\n").encode())
@@ -51,4 +51,4 @@ def run_candidates(cfg: CandidatesConfig) -> str:
     out.mkdir(parents=True, exist_ok=True)  # only once every input has been read and checked
     write_candidates(out / "candidates.jsonl", ((m.id, c) for m, c in zip(cands.mentions, cands.merged)))
     atomic_write_json(out / "config.json", asdict(cfg))
-    return "candidate recall@k\n" + write_recall(out, cands)
+    return "candidate recall@k\n" + write_recall(out, cands.recall(RECALL_KS))

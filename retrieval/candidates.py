@@ -31,6 +31,7 @@ import numpy as np
 
 from precompute.store import StoreError
 from retrieval.files import Candidate
+from retrieval.kb_table import KBTable, Subset
 from retrieval.metrics import RECALL_KS, recall_table
 from retrieval.names import normalise_mention
 from retrieval.ngram import NgramIndex
@@ -91,35 +92,39 @@ class AliasPrior:
 
 
 class NameMatcher:
-    """Exact and normalised KB name matches for one KB; ties broken by ``links`` (popularity), then id."""
+    """Exact and normalised name matches among the entries of a :class:`~retrieval.kb_table.KBTable` that
+    ``in_scope`` marks (every entry when None); ties broken by ``links`` (popularity, null as 0), then id."""
 
-    def __init__(self, kb_records: Iterable[dict]):
-        self.exact: dict[str, list[str]] = defaultdict(list)
-        self.normalised: dict[str, list[str]] = defaultdict(list)
-        links: dict[str, int] = {}
-        for r in kb_records:
-            self.exact[r["name"]].append(r["id"])
-            self.normalised[normalise_mention(r["name"])].append(r["id"])
-            links[r["id"]] = r.get("links") or 0
-        for table in (self.exact, self.normalised):
-            for key in table:
-                table[key].sort(key=lambda i: (-links[i], i))
+    def __init__(self, table: KBTable, in_scope: np.ndarray | None = None):
+        self.table = table
+        self.in_scope = np.ones(len(table), dtype=bool) if in_scope is None else in_scope
+
+    def __contains__(self, kb_id: object) -> bool:
+        """Whether ``kb_id`` is an entry in scope."""
+        p = self.table.position(kb_id) if isinstance(kb_id, str) else None
+        return p is not None and bool(self.in_scope[p])
+
+    def _ranked(self, positions: list[int]) -> list[str]:
+        ids = [(max(self.table.link_count(p) or 0, 0), self.table.ids[p]) for p in positions if self.in_scope[p]]
+        return [kb for _, kb in sorted(ids, key=lambda e: (-e[0], e[1]))]
 
     def lookup(self, surface: str) -> list[tuple[str, float]]:
-        out = [(k, NAME_EXACT_SCORE) for k in self.exact.get(surface, [])]
-        seen = {k for k, _ in out}
-        normalised = self.normalised.get(normalise_mention(surface), [])
-        out += [(k, NAME_NORMALISED_SCORE) for k in normalised if k not in seen]
+        names = self.table.names
+        exact = self._ranked([p for p in self.table.by_name.positions(surface) if names[p] == surface])
+        out = [(k, NAME_EXACT_SCORE) for k in exact]
+        key = normalise_mention(surface)
+        normalised = self._ranked([p for p in self.table.by_normalised.positions(key)
+                                   if normalise_mention(names[p]) == key])
+        out += [(k, NAME_NORMALISED_SCORE) for k in normalised if k not in set(exact)]
         return out
 
 
-def prior_candidates(
-    mention: MentionRef, prior: AliasPrior, names: NameMatcher, kb_ids: set[str] | frozenset[str]
-) -> list[tuple[str, float]]:
-    """Alias-prior candidates in the mention's KB, then name matches not already listed; score = prior + match."""
+def prior_candidates(mention: MentionRef, prior: AliasPrior, names: NameMatcher) -> list[tuple[str, float]]:
+    """Alias-prior candidates among the entries ``names`` covers (the mention's KB), then name matches not
+    already listed; score = prior + match."""
     scores: dict[str, float] = {}
     for k, p in prior.lookup(mention):
-        if k in kb_ids:
+        if k in names:
             scores[k] = p
     for k, s in names.lookup(mention.surface):
         scores[k] = scores.get(k, 0.0) + s
@@ -154,11 +159,12 @@ def given_candidates(given: Sequence[str], mention_vec: np.ndarray, entity_vecs:
 
 @dataclass
 class MentionVectors:
-    """Mention records joined to their unit query vectors, and the entity vectors of the index's kind."""
+    """Mention records joined to their unit query vectors, and the entity vectors of the index's kind (the store's
+    entity rows are in KB order: row ``i`` is entry ``i`` of ``kb``)."""
 
     mentions: list[MentionRef]
     vectors: np.ndarray
-    entity_row: dict[str, int]
+    kb: KBTable
     store: Any
     kind: str
     cache: dict[str, np.ndarray] = field(default_factory=dict)
@@ -169,7 +175,11 @@ class MentionVectors:
         wanted = sorted({kb for kb in kb_ids if kb not in self.cache})
         if not wanted:
             return
-        vectors = unit_rows(self.store, self.kind, np.asarray([self.entity_row[kb] for kb in wanted]))
+        rows = [self.kb.position(kb) for kb in wanted]
+        unknown = [kb for kb, row in zip(wanted, rows) if row is None]
+        if unknown:
+            raise StoreError(f"{self.store.root}: KB id {unknown[0]!r} is not in inputs/kb.jsonl")
+        vectors = unit_rows(self.store, self.kind, np.asarray(rows, dtype=np.int64))
         self.cache.update(zip(wanted, vectors))
 
     def entity(self, kb_id: str) -> np.ndarray:
@@ -178,8 +188,30 @@ class MentionVectors:
         return self.cache[kb_id]
 
 
-def load_mention_vectors(store, index, langs: Sequence[str] | None = None) -> MentionVectors:
-    """The store's mentions (optionally only ``langs``) with query vectors; entity rows checked against the index."""
+def check_entity_rows(store, index, kb: KBTable) -> None:
+    """Refuse a store whose entity rows are not the KB's entries in ``kb.jsonl`` order, or whose entities differ
+    from those ``index`` was built over; the ids are read a shard at a time."""
+    kind = index.kind.split("+")[0]
+    per_lang: dict[str, list[str]] = {lang: [] for lang in index.langs}
+    row = 0
+    for ids, langs in store.iter_ids(kind):
+        for kb_id, lang in zip(ids, langs):
+            if row >= len(kb) or kb.ids[row] != kb_id:
+                raise StoreError(f"{store.root}: {kind} row {row} is {kb_id!r}, but line {row + 1} of "
+                                 "inputs/kb.jsonl is another entry; rerun xel-precompute")
+            if lang in per_lang:
+                per_lang[lang].append(kb_id)
+            row += 1
+    if row != len(kb):
+        raise StoreError(f"{store.root}: {row} {kind} rows for {len(kb)} entries of inputs/kb.jsonl; "
+                         "rerun xel-precompute")
+    for lang, ids in per_lang.items():
+        index.check_ids(lang, ids)
+
+
+def load_mention_vectors(store, index, kb: KBTable, langs: Sequence[str] | None = None) -> MentionVectors:
+    """The store's mentions (optionally only ``langs``) with query vectors; entity rows checked against the KB
+    table and the index."""
     records = store.records("mentions")
     if not records:
         raise StoreError(f"{store.root}: no inputs/mentions.jsonl; the store holds no mention records")
@@ -191,11 +223,8 @@ def load_mention_vectors(store, index, langs: Sequence[str] | None = None) -> Me
     if missing:
         raise StoreError(f"{store.root}: mention {missing[0]!r} has no {index.query_kind!r} features")
     mvecs = unit_rows(store, index.query_kind, np.asarray([row[r["id"]] for r in records], dtype=np.int64))
-    eids, elangs = store.load_ids(index.kind.split("+")[0])
-    for lang in index.langs:
-        index.check_ids(lang, [e for e, el in zip(eids, elangs) if el == lang])
-    return MentionVectors([MentionRef.from_record(r) for r in records], mvecs, {e: i for i, e in enumerate(eids)},
-                          store, index.kind)
+    check_entity_rows(store, index, kb)
+    return MentionVectors([MentionRef.from_record(r) for r in records], mvecs, kb, store, index.kind)
 
 
 @dataclass
@@ -222,23 +251,26 @@ class CandidateSet:
 
 class CandidateGenerator:
     """The prior, name-match, dense and n-gram sources over one index's KB, built once and asked for any mentions:
-    ``xel-nn candidates`` asks it for a store's mentions, :class:`link.linker.Linker` for new ones. Each KB scope's
-    name matcher and n-gram index is built on first use and kept."""
+    ``xel-nn candidates`` asks it for a store's mentions, :class:`link.linker.Linker` for new ones. The KB is a
+    :class:`~retrieval.kb_table.KBTable` (packed arrays, not a dict per entry); each KB scope's name matcher and
+    n-gram index is built on first use and kept."""
 
     def __init__(
-        self, index, kb_records: Sequence[dict], prior: AliasPrior, *, k: int = 30, max_prior: int = 10,
+        self, index, kb: KBTable, prior: AliasPrior, *, k: int = 30, max_prior: int = 10,
         kb_lang: str | None = None, dense_k: int = max(RECALL_KS), max_ngram: int = 10,
     ):
-        self.index, self.kb_records, self.prior = index, list(kb_records), prior
+        self.index, self.kb, self.prior = index, kb, prior
         self.k, self.max_prior, self.kb_lang, self.dense_k, self.max_ngram = k, max_prior, kb_lang, dense_k, max_ngram
-        self._scopes: dict[str, tuple[NameMatcher, frozenset[str], NgramIndex]] = {}
+        self._scopes: dict[str, tuple[NameMatcher, NgramIndex]] = {}
 
-    def scope(self, scope: str) -> tuple[NameMatcher, frozenset[str], NgramIndex]:
-        """Name matcher, KB ids and n-gram index of the KB entries a scope of ``index.kb_lang_for`` covers."""
+    def scope(self, scope: str) -> tuple[NameMatcher, NgramIndex]:
+        """Name matcher and n-gram index of the KB entries a scope of ``index.kb_lang_for`` covers."""
         if scope not in self._scopes:
-            entries = [r for r in self.kb_records if r["lang"] in self.index.scope_langs(scope)]
-            self._scopes[scope] = (NameMatcher(entries), frozenset(r["id"] for r in entries),
-                                   NgramIndex([r["id"] for r in entries], [r["name"] for r in entries]))
+            in_scope = self.kb.lang_mask(self.index.scope_langs(scope))
+            positions = np.flatnonzero(in_scope)
+            log.info("KB scope %r: indexing the character n-grams of %s names", scope, f"{len(positions):,}")
+            self._scopes[scope] = (NameMatcher(self.kb, in_scope),
+                                   NgramIndex(Subset(self.kb.ids, positions), Subset(self.kb.names, positions)))
         return self._scopes[scope]
 
     def sources(
@@ -250,12 +282,11 @@ class CandidateGenerator:
         ngram: list[list[tuple[str, float]]] = [[] for _ in mentions]
         for scope in sorted(set(kb_langs)):
             rows = [i for i, kl in enumerate(kb_langs) if kl == scope]
-            for i, hits in zip(rows, self.scope(scope)[2].search([mentions[i].surface for i in rows], depth)):
+            for i, hits in zip(rows, self.scope(scope)[1].search([mentions[i].surface for i in rows], depth)):
                 ngram[i] = hits
         priors = []
         for m, scope in zip(mentions, kb_langs):
-            names, kb_ids, _ = self.scope(scope)
-            priors.append(prior_candidates(m, self.prior, names, kb_ids))
+            priors.append(prior_candidates(m, self.prior, self.scope(scope)[0]))
         return priors, dense, ngram
 
     def merged(self, prior: Sequence[tuple[str, float]], dense: Sequence[tuple[str, float]],
@@ -266,11 +297,14 @@ class CandidateGenerator:
 def generate_candidates(
     store, index, *, k: int = 30, max_prior: int = 10, train_lang: str = "en", kb_lang: str | None = None,
     langs: Sequence[str] | None = None, dense_k: int = max(RECALL_KS), max_ngram: int = 10,
+    kb: KBTable | None = None,
 ) -> CandidateSet:
-    """Prior, dense and merged candidates for every mention of ``store`` (see the module docstring)."""
-    data = load_mention_vectors(store, index, langs)
-    generator = candidate_generator(store, index, k=k, max_prior=max_prior, train_lang=train_lang, kb_lang=kb_lang,
-                                    dense_k=dense_k, max_ngram=max_ngram)
+    """Prior, dense and merged candidates for every mention of ``store`` (see the module docstring); ``kb`` is
+    the store's KB table when the caller has read it."""
+    kb = kb if kb is not None else KBTable.of_store(store)
+    data = load_mention_vectors(store, index, kb, langs)
+    generator = candidate_generator(store, index, kb=kb, k=k, max_prior=max_prior, train_lang=train_lang,
+                                    kb_lang=kb_lang, dense_k=dense_k, max_ngram=max_ngram)
     data.prefetch(kb for m in data.mentions if m.given is not None for kb in m.given)
     priors, dense, ngram = generator.sources(data.mentions, data.vectors)
     merged = []
@@ -282,8 +316,10 @@ def generate_candidates(
     return CandidateSet(data, priors, dense, ngram, merged)
 
 
-def candidate_generator(store, index, *, train_lang: str = "en", **settings: Any) -> CandidateGenerator:
-    """A :class:`CandidateGenerator` over ``store``'s KB whose alias prior counts the store's ``train_lang``
-    training mentions; ``settings`` are its keyword arguments (``k``, ``max_prior``, ...)."""
+def candidate_generator(store, index, *, train_lang: str = "en", kb: KBTable | None = None,
+                        **settings: Any) -> CandidateGenerator:
+    """A :class:`CandidateGenerator` over ``store``'s KB (``kb``, or its table read here) whose alias prior counts
+    the store's ``train_lang`` training mentions; ``settings`` are its keyword arguments (``k``, ``max_prior``,
+    ...)."""
     prior = AliasPrior([MentionRef.from_record(r) for r in store.records("mentions")], train_lang)
-    return CandidateGenerator(index, store.records("kb"), prior, **settings)
+    return CandidateGenerator(index, kb if kb is not None else KBTable.of_store(store), prior, **settings)

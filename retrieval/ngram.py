@@ -15,28 +15,73 @@ vectors); a name that shares only common n-grams with the query is not scored.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.feature_extraction.text import TfidfVectorizer
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 
+from retrieval.kb_table import StringColumn
 from retrieval.names import latin
 
 NGRAM_RANGE = (2, 4)
 BLOCK = 512
 POSTINGS = 10_000
+CHUNK = 100_000
+
+
+def _vectorizer(vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
+    return TfidfVectorizer(analyzer="char_wb", ngram_range=NGRAM_RANGE, sublinear_tf=True, dtype=np.float32,
+                           vocabulary=vocabulary)
+
+
+def fit_chunked(names: Sequence[str], chunk: int = CHUNK) -> tuple[TfidfVectorizer, sp.csr_matrix]:
+    """``TfidfVectorizer(...).fit_transform([latin(n) for n in names])`` (sorted vocabulary, smooth idf in
+    float32, sublinear tf, l2 rows), computed ``chunk`` names at a time (see the module docstring)."""
+    latins = StringColumn()
+    frequency: dict[str, int] = {}
+    for start in range(0, len(names), chunk):
+        block = [latin(names[i]) for i in range(start, min(start + chunk, len(names)))]
+        for text in block:
+            latins.append(text)
+        counts = CountVectorizer(analyzer="char_wb", ngram_range=NGRAM_RANGE, binary=True)
+        try:
+            present = counts.fit_transform(block)
+        except ValueError:  # every name of the block is empty after transliteration: no n-grams
+            continue
+        in_names = np.diff(present.tocsc().indptr)
+        for gram, column in counts.vocabulary_.items():
+            frequency[gram] = frequency.get(gram, 0) + int(in_names[column])
+    if not frequency:
+        raise ValueError("empty vocabulary; the KB names hold no character n-grams")
+    grams = sorted(frequency)
+    vectorizer = _vectorizer({g: i for i, g in enumerate(grams)})
+    df = np.asarray([frequency[g] for g in grams], dtype=np.float32) + 1  # as TfidfTransformer(smooth_idf=True)
+    vectorizer.idf_ = np.log((len(names) + 1) / df) + 1
+    del frequency, grams, df
+    data, indices, indptr = array("f"), array("i"), [np.zeros(1, np.int64)]
+    for start in range(0, len(names), chunk):
+        block = vectorizer.transform([latins[i] for i in range(start, min(start + chunk, len(names)))]).tocsr()
+        block.sort_indices()
+        data.frombytes(block.data.astype(np.float32, copy=False).tobytes())
+        indices.frombytes(block.indices.astype(np.int32, copy=False).tobytes())
+        indptr.append(block.indptr[1:].astype(np.int64) + indptr[-1][-1])
+    matrix = sp.csr_matrix((np.frombuffer(data, np.float32), np.frombuffer(indices, np.int32),
+                            np.concatenate(indptr)), shape=(len(names), len(vectorizer.vocabulary_)))
+    return vectorizer, matrix
 
 
 class NgramIndex:
     """TF-IDF character n-gram vectors of KB names; :meth:`search` returns each query's top-k by cosine."""
 
     def __init__(self, ids: Sequence[str], names: Sequence[str]):
-        self.ids = list(ids)
-        self.vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=NGRAM_RANGE, sublinear_tf=True,
-                                          dtype=np.float32)
-        self.matrix = self.vectorizer.fit_transform([latin(n) for n in names]).tocsr()  # [E, V]
-        self.postings = self.matrix.T.tocsr()  # [V, E]: the names holding each n-gram
-        self.frequency = np.diff(self.postings.indptr)
+        self.ids = ids
+        self.vectorizer, self.matrix = fit_chunked(names)  # [E, V]
+        postings = self.matrix.T.tocsr()  # [V, E]: the names holding each n-gram; their weights are not needed
+        self.posting_starts, self.posting_names = postings.indptr, postings.indices
+        del postings
+        self.frequency = np.diff(self.posting_starts)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
         """Per query, up to ``k`` ``(kb id, cosine)`` with cosine > 0, best first (ties by KB order), among the
@@ -45,7 +90,7 @@ class NgramIndex:
         for start in range(0, len(queries), BLOCK):
             q = self.vectorizer.transform([latin(t) for t in queries[start : start + BLOCK]]).tocsr()
             if len(self.ids) <= POSTINGS:  # every posting fits: score every name at once, one block of queries
-                for row in (q @ self.postings).toarray():
+                for row in (q @ self.matrix.T).toarray():
                     top = np.argpartition(-row, k)[:k] if len(row) > k else np.arange(len(row))
                     top = top[np.lexsort((top, -row[top]))]
                     out.append([(self.ids[j], float(row[j])) for j in top if row[j] > 0])
@@ -57,8 +102,8 @@ class NgramIndex:
                     continue
                 rarest = grams[np.argsort(self.frequency[grams], kind="stable")]
                 fit = rarest[: max(1, int(np.searchsorted(np.cumsum(self.frequency[rarest]), POSTINGS, "right")))]
-                names = np.unique(np.concatenate([self.postings.indices[self.postings.indptr[g]:
-                                                                        self.postings.indptr[g + 1]] for g in fit]))
+                names = np.unique(np.concatenate([self.posting_names[self.posting_starts[g]:self.posting_starts[g + 1]]
+                                                  for g in fit]))
                 row = (self.matrix[names] @ q[i].T).toarray().ravel()
                 top = np.argpartition(-row, k)[:k] if len(row) > k else np.arange(len(row))
                 top = top[np.lexsort((names[top], -row[top]))]

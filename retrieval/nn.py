@@ -2,7 +2,8 @@
 
 For each mention, the candidate entity with the highest cosine between its ``ms`` and the entity's ``es``;
 NIL when that best cosine is below ``threshold`` (default -1.0: never NIL). A mention's candidates are its own
-list when the data gives one, else the top-k of its KB from the index (or the lists of a candidates file).
+list when the data gives one, else the top-k of its KB from the index, or the lists of a candidates file
+(``--candidates``: then no candidate is generated, and the recall table is that file's).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import numpy as np
 
 from precompute.store import atomic_write_bytes, atomic_write_json, refuse_store_out
 from retrieval.candidate_lists import write_recall
-from retrieval.candidates import generate_candidates
+from retrieval.candidates import MentionVectors, generate_candidates, load_mention_vectors
 from retrieval.files import CandidatesError, read_candidates, write_predictions
 from retrieval.index import RetrievalError
-from retrieval.metrics import Scores, format_table, score_groups
+from retrieval.kb_table import KBTable
+from retrieval.metrics import RECALL_KS, Scores, format_table, recall_table, score_groups
 from retrieval.search import SearchOptions
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,31 @@ class EvalConfig:
     langs: tuple[str, ...] = ()
 
 
+def candidate_lists(cfg: EvalConfig, store, index, kb: KBTable) -> tuple[MentionVectors, list[list[str]], dict]:
+    """The mentions with their query vectors, each one's candidate ids and the recall@k table of those lists: from
+    ``cfg.candidates`` when given (only the mentions and that file are read; its lists are the ``file`` source),
+    else generated (:func:`~retrieval.candidates.generate_candidates`: a mention's own list when the data has one,
+    else the dense top-k)."""
+    if cfg.candidates:
+        data = load_mention_vectors(store, index, kb, cfg.langs or None)
+        from_file = read_candidates(cfg.candidates)
+        lists = []
+        for m in data.mentions:
+            if m.id not in from_file:
+                raise CandidatesError(f"{cfg.candidates}: no line for mention {m.id!r}; regenerate the file")
+            lists.append([kb_id for kb_id, _, _ in from_file[m.id]])
+        table = recall_table({"file": lists}, [m.gold for m in data.mentions], [m.lang for m in data.mentions],
+                             RECALL_KS)
+        return data, lists, table
+    cands = generate_candidates(
+        store, index, k=cfg.k, max_prior=cfg.max_prior, train_lang=cfg.train_lang, kb_lang=cfg.search.kb_lang,
+        langs=cfg.langs or None, kb=kb,
+    )
+    lists = [list(m.given) if m.given is not None else [kb_id for kb_id, _ in cands.dense[i][: cfg.k]]
+             for i, m in enumerate(cands.mentions)]
+    return cands.data, lists, cands.recall(RECALL_KS)
+
+
 def run_eval(cfg: EvalConfig) -> str:
     """Score the nn baseline: ``metrics.txt``/``.json``, ``predictions.jsonl``, the recall@k table and ``config.json``
     in ``cfg.out``; returns the metrics and recall tables as text."""
@@ -80,31 +107,18 @@ def run_eval(cfg: EvalConfig) -> str:
     index, store = cfg.search.open()
     log.info("evaluating the nn baseline (k=%d) for %s mentions of %s into %s", cfg.k,
              f"{store.count('ms'):,}", store.root, out)
-    cands = generate_candidates(
-        store, index, k=cfg.k, max_prior=cfg.max_prior, train_lang=cfg.train_lang, kb_lang=cfg.search.kb_lang,
-        langs=cfg.langs or None,
-    )
-    from_file = read_candidates(cfg.candidates) if cfg.candidates else None
-    lists = []
-    for i, m in enumerate(cands.mentions):
-        if from_file is not None:
-            if m.id not in from_file:
-                raise CandidatesError(f"{cfg.candidates}: no line for mention {m.id!r}; regenerate the file")
-            lists.append([kb for kb, _, _ in from_file[m.id]])
-        elif m.given is not None:
-            lists.append(list(m.given))
-        else:
-            lists.append([kb for kb, _ in cands.dense[i][: cfg.k]])
-    cands.data.prefetch(kb for ids in lists for kb in ids)  # one batch of row reads for every candidate
-    preds = [nn_link(cands.data.vectors[i], ids, cands.data.entity, cfg.threshold) for i, ids in enumerate(lists)]
+    kb = KBTable.of_store(store)
+    data, lists, recall = candidate_lists(cfg, store, index, kb)
+    data.prefetch(kb_id for ids in lists for kb_id in ids)  # one batch of row reads for every candidate
+    preds = [nn_link(data.vectors[i], ids, data.entity, cfg.threshold) for i, ids in enumerate(lists)]
     out.mkdir(parents=True, exist_ok=True)  # only once every input has been read and checked
-    names = {str(r["id"]): str(r["name"]) for r in store.records("kb")}
+    names = {p.pred: kb.name_of(p.pred) for p in preds if p.pred is not None}
     write_predictions(out / "predictions.jsonl", ((m.id, p.pred, p.score, p.candidates)
-                                                  for m, p in zip(cands.mentions, preds)), names=names)
-    scores = nn_scores([m.gold for m in cands.mentions], preds, [m.lang for m in cands.mentions],
-                       [m.type for m in cands.mentions])
+                                                  for m, p in zip(data.mentions, preds)), names=names)
+    scores = nn_scores([m.gold for m in data.mentions], preds, [m.lang for m in data.mentions],
+                       [m.type for m in data.mentions])
     metrics = format_table(scores, f"nn baseline (threshold {cfg.threshold})")
     atomic_write_json(out / "metrics.json", {name: s.as_dict() for name, s in scores.items()})
     atomic_write_bytes(out / "metrics.txt", (metrics + "\n").encode())
     atomic_write_json(out / "config.json", asdict(cfg))
-    return metrics + "\n\ncandidate recall@k\n" + write_recall(out, cands)
+    return metrics + "\n\ncandidate recall@k\n" + write_recall(out, recall)

@@ -363,6 +363,6 @@ def test_linking_reads_only_the_kb_rows_of_its_candidates(trained_run, monkeypat
     seen.clear()
     items, _ = _test_records(trained_run)
     links = linker.link(items[:3], k=100)
-    ids = linker.kb.ids
+    ids = list(linker.kb.table.ids)
     scored = {ids.index(c.id) for link in links for c in link.candidates}
     assert seen["es"] == seen["ec"] == scored and len(scored) < len(ids)

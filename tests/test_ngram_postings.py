@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
 
 import retrieval.ngram as ngram
 from retrieval.names import latin
@@ -55,3 +56,15 @@ def test_beyond_the_budget_only_rarer_ngrams_pick_the_names_scored_exactly(monke
         for kb_id, score in row:
             assert abs(exact[q][kb_id] - score) < 1e-6  # a name it scores gets its exact cosine
     assert got != brute_force(index, queries, 10)  # and fewer names are scored than by brute force
+
+
+def test_chunked_fit_equals_fitting_every_name_at_once():
+    kb = names(500, 3) + ["", "Москва", "Köln am Rhein", "!!"]
+    vectorizer, matrix = ngram.fit_chunked(kb, chunk=37)
+    want = TfidfVectorizer(analyzer="char_wb", ngram_range=ngram.NGRAM_RANGE, sublinear_tf=True,
+                           dtype=np.float32).fit([latin(n) for n in kb])
+    assert vectorizer.vocabulary_ == want.vocabulary_
+    np.testing.assert_array_equal(vectorizer.idf_, want.idf_)
+    np.testing.assert_allclose(matrix.toarray(), want.transform([latin(n) for n in kb]).toarray(), rtol=1e-6)
+    queries = ["Karo Melvin", "Moskva"]
+    np.testing.assert_allclose(vectorizer.transform(queries).toarray(), want.transform(queries).toarray())

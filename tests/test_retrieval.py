@@ -22,6 +22,7 @@ from retrieval.devices import TorchExactSearcher, select_search_device
 from retrieval.factory import build_lang_index
 from retrieval.index import ALL_LANGS, RetrievalError
 from retrieval.index_files import load_index, open_index_and_store
+from retrieval.kb_table import KBTable
 from retrieval.metrics import format_recall_table, recall_at_k, recall_table, score
 from retrieval.nn import nn_link, nn_scores
 from retrieval.query import Query, query_span, search_queries
@@ -215,12 +216,12 @@ def test_alias_prior_leave_one_out():
 
 def test_prior_candidates_restrict_to_kb_and_add_name_matches():
     prior = AliasPrior([MentionRef("a", "en", "Paris", "Q1", None), MentionRef("b", "en", "Paris", "Q5", None)], "en")
-    names = NameMatcher([
+    names = NameMatcher(KBTable([
         {"id": "Q3", "name": "Paris", "lang": "es", "links": 1},
         {"id": "Q4", "name": "paris", "lang": "es", "links": 9},
         {"id": "Q5", "name": "Lyon", "lang": "es", "links": 0},
-    ])
-    got = prior_candidates(MentionRef("t", "es", "Paris", None, None), prior, names, {"Q3", "Q4", "Q5"})
+    ]))
+    got = prior_candidates(MentionRef("t", "es", "Paris", None, None), prior, names)
     assert got == [("Q3", 1.0), ("Q5", 0.5), ("Q4", 0.5)]  # Q1 is not in this KB
 
 

@@ -26,6 +26,7 @@ import logging
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ import torch
 from precompute.store import ENTITY_KINDS, RECORD_FILES, Store, StoreError
 from retrieval.files import CANDIDATE_SOURCES, read_candidates
 from retrieval.splits import document_of
+
+if TYPE_CHECKING:
+    from retrieval.kb_table import KBTable
 
 log = logging.getLogger(__name__)
 
@@ -218,21 +222,31 @@ def kb_of_rows(store: Store, records: Sequence[dict], rows: dict[str, np.ndarray
 
 
 class KBRows:
-    """Any entries of a KB whose records are in memory, by id, for mentions whose candidates are not known in
-    advance (:class:`link.linker.Linker`): the feature rows of every entry are indexed once (ids only), and
-    :meth:`kb` reads the ``es``/``ec`` rows of the entries asked for, nothing else."""
+    """Any entries of a KB, by id, for mentions whose candidates are not known in advance
+    (:class:`link.linker.Linker`): ``table`` is the KB's :class:`~retrieval.kb_table.KBTable` (entry ``i`` is row
+    ``i`` of the store's ``es``/``ec``, which ``check_entity_rows`` verified), and :meth:`kb` reads the
+    ``es``/``ec`` rows of the entries asked for, nothing else."""
 
-    def __init__(self, store: Store, records: Sequence[dict], popularity: np.ndarray):
-        self.store, self.records, self.popularity = store, records, popularity
-        self.ids = [str(r["id"]) for r in records]
-        self.position = {k: i for i, k in enumerate(self.ids)}
-        self.rows = {kind: kind_rows(store, kind, self.ids, "KB") for kind in ENTITY_KINDS}
+    def __init__(self, store: Store, table: KBTable, popularity: np.ndarray):
+        self.store, self.table, self.popularity = store, table, popularity
+        for kind in ENTITY_KINDS:
+            if store.count(kind) != len(table):
+                raise DataError(f"{store.root}/{kind}: {store.count(kind)} rows for {len(table)} KB entries; "
+                                "rerun xel-precompute on these inputs")
+
+    def __len__(self) -> int:
+        return len(self.table)
 
     def kb(self, ids: Iterable[str]) -> KB:
         """The :class:`KB` of ``ids`` (each must be in the KB), in KB order."""
-        pos = np.asarray(sorted({self.position[k] for k in ids}), dtype=np.int64)
-        return kb_of_rows(self.store, [self.records[i] for i in pos],
-                          {kind: rows[pos] for kind, rows in self.rows.items()}, self.popularity[pos])
+        wanted = set(ids)
+        positions = [self.table.position(k) for k in wanted]
+        missing = sorted(k for k, p in zip(wanted, positions) if p is None)
+        if missing:
+            raise DataError(f"{self.store.root}: KB ids {missing[:3]} are not in inputs/kb.jsonl")
+        pos = np.asarray(sorted(positions), dtype=np.int64)
+        return kb_of_rows(self.store, [self.table.record(int(i)) for i in pos], {kind: pos for kind in ENTITY_KINDS},
+                          self.popularity[pos])
 
 
 def resolve_candidates(

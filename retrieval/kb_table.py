@@ -1,0 +1,147 @@
+"""Every KB entry's id, name, label language and ``links`` in a few packed arrays, streamed from a store's
+``inputs/kb.jsonl``: what candidate generation and the linker need of the whole KB.
+
+A Python dict per record costs ~600 bytes (a 6M-entity KB: ~4 GB before any matcher is built); a
+:class:`KBTable` holds ~60 bytes an entry: the ids and names as UTF-8 in one buffer each with their end offsets,
+a language code and the ``links`` count per entry, and three sorted 8-byte digest columns (of the id, the name
+and the normalised name) that find an entry by id or by name with a binary search. Digests that collide are
+told apart by comparing the strings themselves, so every lookup is exact.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from precompute.schema import id_digest
+from retrieval.names import normalise_mention
+
+NO_LINKS = -1  # ``links`` null (the count is not known)
+
+
+class StringColumn(Sequence[str]):
+    """Strings packed as UTF-8 in one buffer with their end offsets (8 bytes a string plus its bytes)."""
+
+    def __init__(self) -> None:
+        self._blob = bytearray()
+        self._ends = array("q")
+
+    def append(self, text: str) -> None:
+        self._blob += text.encode("utf-8", "surrogatepass")
+        self._ends.append(len(self._blob))
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, i: int) -> str:  # type: ignore[override]
+        if i < 0:
+            i += len(self)
+        start = self._ends[i - 1] if i else 0
+        return self._blob[start : self._ends[i]].decode("utf-8", "surrogatepass")
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[i] for i in range(len(self)))
+
+
+class Subset(Sequence[str]):
+    """The strings of a column at some positions, in that order (a view, nothing copied)."""
+
+    def __init__(self, column: Sequence[str], positions: np.ndarray):
+        self.column, self.positions = column, positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> str:  # type: ignore[override]
+        return self.column[int(self.positions[i])]
+
+    def __iter__(self) -> Iterator[str]:
+        return (self.column[p] for p in self.positions.tolist())
+
+
+class DigestLookup:
+    """Positions by the 8-byte digest of a string: sorted digests and the position of each (16 bytes a string).
+    :meth:`positions` may return a position whose string only shares the digest; callers compare the strings."""
+
+    def __init__(self, digests: array):
+        values = np.frombuffer(digests, dtype=np.uint64) if len(digests) else np.zeros(0, np.uint64)
+        self.order = np.argsort(values, kind="stable")
+        self.sorted = values[self.order]
+
+    def positions(self, key: str) -> list[int]:
+        d = np.uint64(id_digest(key))
+        lo, hi = np.searchsorted(self.sorted, d, "left"), np.searchsorted(self.sorted, d, "right")
+        return self.order[lo:hi].tolist()
+
+
+class KBTable:
+    """The KB's entries in file order (position ``i`` is line ``i`` of ``kb.jsonl``); see the module docstring."""
+
+    def __init__(self, records: Iterable[dict[str, Any]]):
+        self.ids, self.names = StringColumn(), StringColumn()
+        self.lang_names: list[str] = []
+        codes: dict[str, int] = {}
+        lang_codes, links = array("H"), array("q")
+        id_digests, name_digests, normalised_digests = array("Q"), array("Q"), array("Q")
+        for r in records:
+            kb_id, name, lang = str(r["id"]), str(r["name"]), str(r["lang"])
+            self.ids.append(kb_id)
+            self.names.append(name)
+            if lang not in codes:
+                codes[lang] = len(self.lang_names)
+                self.lang_names.append(lang)
+            lang_codes.append(codes[lang])
+            links.append(NO_LINKS if r.get("links") is None else int(r["links"]))
+            id_digests.append(id_digest(kb_id))
+            name_digests.append(id_digest(name))
+            normalised_digests.append(id_digest(normalise_mention(name)))
+        self.lang_codes = np.frombuffer(lang_codes, dtype=np.uint16).copy()
+        self.links = np.frombuffer(links, dtype=np.int64).copy() if len(links) else np.zeros(0, np.int64)
+        self.by_id = DigestLookup(id_digests)
+        self.by_name = DigestLookup(name_digests)
+        self.by_normalised = DigestLookup(normalised_digests)
+
+    @classmethod
+    def of_store(cls, store: Any) -> KBTable:
+        """The table of a store's ``inputs/kb.jsonl``, read one record at a time."""
+        return cls(store.iter_records("kb"))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def position(self, kb_id: str) -> int | None:
+        """The position of the entry with id ``kb_id``, or None when the KB has none."""
+        for p in self.by_id.positions(kb_id):
+            if self.ids[p] == kb_id:
+                return p
+        return None
+
+    def __contains__(self, kb_id: object) -> bool:
+        return isinstance(kb_id, str) and self.position(kb_id) is not None
+
+    def lang(self, i: int) -> str:
+        return self.lang_names[int(self.lang_codes[i])]
+
+    def link_count(self, i: int) -> int | None:
+        value = int(self.links[i])
+        return None if value == NO_LINKS else value
+
+    def link_counts(self) -> list[int | None]:
+        """Every entry's ``links`` (None where null), in KB order."""
+        return [None if v == NO_LINKS else v for v in self.links.tolist()]
+
+    def record(self, i: int) -> dict[str, Any]:
+        """The entry's ``id``, ``name``, ``lang`` and ``links`` (the fields the linker reads; no description)."""
+        return {"id": self.ids[i], "name": self.names[i], "lang": self.lang(i), "links": self.link_count(i)}
+
+    def name_of(self, kb_id: str) -> str | None:
+        p = self.position(kb_id)
+        return None if p is None else self.names[p]
+
+    def lang_mask(self, langs: Iterable[str]) -> np.ndarray:
+        """Boolean per entry: its label language is one of ``langs``."""
+        wanted = [i for i, lang in enumerate(self.lang_names) if lang in set(langs)]
+        return np.isin(self.lang_codes, np.asarray(wanted, dtype=np.uint16))
