@@ -13,7 +13,7 @@ runs). """
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,9 +44,18 @@ class LangIndex:
     lang: str
     index: faiss.Index
     ids: list[str]
-    digests: list[str] = field(default_factory=list)  # per row, for updates (store_row_digests); [] before format 4
+    # per row, for updates (store_row_digests); [] before format 4; a loaded index reads them on first use
+    _digests: list[str] | Callable[[], list[str]] = field(default_factory=list)
     searcher: Any = None  # a TorchExactSearcher or a GPU copy, set by ``EntityIndex.to_device``
     reranker: Reranker | None = None  # set by ``EntityIndex.attach_store`` for compressed index types
+
+    @property
+    def digests(self) -> list[str]:
+        """Each row's digest (:func:`~retrieval.vectors.store_row_digests`), read from the index directory the
+        first time they are asked for (only ``--update`` needs them: 6M of them are ~0.7 GB of strings)."""
+        if callable(self._digests):
+            self._digests = self._digests()
+        return self._digests
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
         """Top-``k`` ``(scores [n, <=k], kb ids)`` of unit ``queries``, best first (fewer if the KB is small)."""

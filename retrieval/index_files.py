@@ -7,6 +7,8 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -121,15 +123,21 @@ def load_index(path: str | os.PathLike, store: Store | None = None, mmap: bool =
                 f"{index_path}: {index.ntotal} rows, {len(ids)} ids, dim {index.d} disagree with {manifest_path} "
                 f"({info['rows']} rows, dim {manifest['dim']}); rebuild the index"
             )
-        digests: list[str] = []
+        digests: list[str] | Callable[[], list[str]] = []
         if "digests_file_sha256" in info and manifest["format_version"] >= 4:
-            digests_bytes = _read_verified(root / f"digests-{lang}.json", info["digests_file_sha256"], root, manifest)
-            digests = json.loads(digests_bytes.decode("utf-8"))
-            if len(digests) != len(ids):
-                raise RetrievalError(f"{root / f'digests-{lang}.json'}: {len(digests)} digests for {len(ids)} ids; "
-                                     f"{_rebuild_hint(root, manifest)}")
+            digests_path = root / f"digests-{lang}.json"
+            _verify_file(digests_path, info["digests_file_sha256"], root, manifest)
+            digests = partial(_read_digests, digests_path, info["digests_file_sha256"], len(ids), root, manifest)
         result.langs[lang] = LangIndex(lang, index, ids, digests)
     return result
+
+
+def _read_digests(path: Path, sha256: str, rows: int, root: Path, manifest: dict[str, Any]) -> list[str]:
+    """A KB's row digests (verified again: the file may have changed since the index was loaded)."""
+    digests = json.loads(_read_verified(path, sha256, root, manifest).decode("utf-8"))
+    if len(digests) != rows:
+        raise RetrievalError(f"{path}: {len(digests)} digests for {rows} ids; {_rebuild_hint(root, manifest)}")
+    return digests
 
 
 def _rebuild_hint(root: Path, manifest: dict[str, Any]) -> str:

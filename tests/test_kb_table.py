@@ -20,6 +20,7 @@ from precompute.store import StoreError, open_store
 from retrieval.candidates import NAME_EXACT_SCORE, NAME_NORMALISED_SCORE, NameMatcher, check_entity_rows
 from retrieval.cli import main
 from retrieval.files import read_candidates, read_predictions
+from retrieval.index import RetrievalError
 from retrieval.index_files import load_index
 from retrieval.kb_table import KBTable
 from retrieval.names import normalise_mention
@@ -127,3 +128,20 @@ def test_eval_with_a_candidates_file_generates_no_candidates(kb_store, tmp_path,
     gold = {m["id"]: m.get("gold") for m in kb_store.records("mentions")}
     found = sum(gold[m] in {k for k, _, _ in c} for m, c in lists.items() if gold[m] is not None)
     assert recall["all"]["file"]["R@100"] == pytest.approx(found / sum(g is not None for g in gold.values()))
+
+
+def test_a_loaded_index_reads_its_row_digests_only_when_asked(kb_store, tmp_path, monkeypatch):  # noqa: F811
+    index_dir = tmp_path / "index"
+    assert CliRunner().invoke(main, ["build", "--features", str(kb_store.root), "--out", str(index_dir)]).exit_code == 0
+    want = json.loads((index_dir / "digests-en.json").read_text())
+    parsed = []
+    real_loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda text, *a, **k: parsed.append(len(text)) or real_loads(text, *a, **k))
+    index = load_index(index_dir)
+    n_loads = len(parsed)
+    assert callable(index.langs["en"]._digests)  # not read by the load
+    assert index.langs["en"].digests == want and len(parsed) == n_loads + 1
+    assert index.langs["en"].digests == want and len(parsed) == n_loads + 1  # read once
+    (index_dir / "digests-es.json").write_text("[]\n")  # changed after the load: refused when asked for
+    with pytest.raises(RetrievalError, match="digests-es.json: sha256"):
+        index.langs["es"].digests
