@@ -12,8 +12,9 @@ for each process's peak private memory (``RssAnon``; :class:`bench.soak.Sampler`
 ``driver``, Ray's encoder actors ``actor``, Ray's other processes ``ray``): ``xel-precompute`` through a local
 Ray (``--no-encode``: the store is written directly by :func:`write_store_directly`, for sizes whose encoding
 does not fit the time at hand), ``xel-nn build`` (``--index``, default ``IVF4096,SQ8``, exact re-ranking),
-``xel-nn candidates``, ``xel-nn eval`` and one epoch of ``xel-train``; wall time and the size on disk of each
-step's output. Writes ``bench/results/kb-scale-e2e-<entities>.json`` (``--steps`` reruns some steps of a
+``xel-nn candidates``, ``xel-nn eval``, one epoch of ``xel-train`` and ``xel-link`` of the 10k mentions with
+that run (encoded in-process; the index searched with the candidates' parameters); wall time and the size on
+disk of each step's output. Writes ``bench/results/kb-scale-e2e-<entities>.json`` (``--steps`` reruns some steps of a
 ``--keep`` run and keeps the others' figures) and prints a table.
 
 ``run`` writes a store of random low-rank entity features (a 48-dim latent projected to ``--dim`` plus noise, fp16,
@@ -251,7 +252,7 @@ def dir_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20 if path.exists() else 0.0
 
 
-E2E_STEPS = ("data", "precompute", "index", "candidates", "nn-eval", "train")
+E2E_STEPS = ("data", "precompute", "index", "candidates", "nn-eval", "train", "link")
 WRITTEN_DIM = 32  # the tiny model's hidden size, so that written and encoded stores cost the same downstream
 
 
@@ -434,6 +435,9 @@ def e2e(entities: int, mentions: int, work: Path, spec: str, shard_size: int, ke
         ("train", [bin_dir / "xel-train", "--features", store, "--candidates",
                    run_dir / "cands" / "candidates.jsonl", "--epochs", "1", "--no-plots", "--threads",
                    str(threads), "--out", run_dir / "train", "--overwrite"], run_dir / "train"),
+        ("link", [bin_dir / "xel-link", "--model", run_dir / "train", "--index", index, "--in",
+                  data / "mentions.jsonl", "--out", run_dir / "link" / "links.jsonl", "--no-progress"],
+         run_dir / "link"),
     ]
     try:
         if "precompute" in wanted and not encode:
@@ -444,6 +448,7 @@ def e2e(entities: int, mentions: int, work: Path, spec: str, shard_size: int, ke
                                      "seconds": round(time.perf_counter() - t0, 1), "disk_mb": round(dir_mb(store), 1),
                                      "peak_mb": {"driver": round(peak_rss_mb(), 1)}}
             print(json.dumps(results["precompute"]), flush=True)
+        (run_dir / "link").mkdir(exist_ok=True)
         for name, cmd, out in plan:
             if name in wanted:
                 results[name] = measured_step(name, [str(c) for c in cmd], out, logs, env,

@@ -175,13 +175,14 @@ def run_popularity(cfg: TrainConfig, loaded: Loaded, kb: KBTable) -> np.ndarray:
     return popularity_features(kb.link_counts(), cfg.popularity_missing, "kb.jsonl")
 
 
-def candidate_settings(candidates_file: Path) -> dict[str, Any]:
+def candidate_settings(candidates_file: Path) -> tuple[dict[str, Any], str | None]:
     """``k``, ``max_prior``, ``train_lang`` and ``kb_lang`` of the ``xel-nn candidates`` run that wrote
-    ``candidates_file`` (its ``config.json``)."""
+    ``candidates_file`` (its ``config.json``), and the FAISS search parameters it searched with (``nprobe=64``...),
+    so that the linker's dense candidates are the ones the run was trained on."""
     cfg = _read_json(candidates_file.parent / "config.json",
                      f"the config.json that xel-nn candidates writes beside {candidates_file.name}")
-    return {"k": cfg["k"], "max_prior": cfg["max_prior"], "train_lang": cfg["train_lang"],
-            "kb_lang": cfg["search"].get("kb_lang")}
+    return ({"k": cfg["k"], "max_prior": cfg["max_prior"], "train_lang": cfg["train_lang"],
+             "kb_lang": cfg["search"].get("kb_lang")}, cfg["search"].get("search_params"))
 
 
 class Linker:
@@ -222,7 +223,9 @@ class Linker:
         train = loaded.splits.train
         table = KBTable.of_store(store)
         check_entity_rows(store, index, table)
-        generator = candidate_generator(store, index, kb=table, **candidate_settings(Path(cfg.candidates)))
+        settings, search_params = candidate_settings(Path(cfg.candidates))
+        index.set_search_params(search_params)
+        generator = candidate_generator(store, index, kb=table, **settings)
         model = load_checkpoint(run / CHECKPOINT)
         residual = cfg.scorer == "residual"
         kb = KBRows(store, table, run_popularity(cfg, loaded, table))

@@ -18,6 +18,7 @@ from precompute.store import open_store
 from retrieval.build import BuildConfig, run_build
 from retrieval.candidate_lists import CandidatesConfig, run_candidates
 from retrieval.files import read_predictions
+from retrieval.index import EntityIndex, RetrievalError
 from retrieval.search import SearchOptions
 from tests.conftest import write_jsonl
 from tests.train_fixtures import CAPITALS, capital_cities
@@ -52,6 +53,25 @@ def _test_records(run: Path) -> tuple[list[dict], dict[str, dict]]:
     preds = {p["id"]: p for p in read_predictions(run / "predictions.jsonl")}
     items = [{k: by_id[m][k] for k in ("id", "sentence", "start", "end", "lang", "context")} for m in preds]
     return items, preds
+
+
+def test_the_linker_searches_with_the_candidates_runs_search_parameters(trained_run, monkeypatch):
+    config = Path(json.loads((trained_run / "config.json").read_text())["candidates"]).parent / "config.json"
+    before = config.read_text()
+    applied = []
+    real = EntityIndex.set_search_params
+    monkeypatch.setattr(EntityIndex, "set_search_params", lambda self, p: applied.append(p) or real(self, p))
+    try:
+        config.write_text(json.dumps({**json.loads(before), "search": {**json.loads(before)["search"],
+                                                                        "search_params": "rerank=3"}}))
+        Linker.load(trained_run)
+        assert applied == ["rerank=3"]
+        config.write_text(json.dumps({**json.loads(before), "search": {**json.loads(before)["search"],
+                                                                        "search_params": "nprobe=4"}}))
+        with pytest.raises(RetrievalError, match="'nprobe=4' does not apply to index 'Flat'"):
+            Linker.load(trained_run)
+    finally:
+        config.write_text(before)
 
 
 def test_link_reproduces_the_trainers_evaluation(trained_run):
