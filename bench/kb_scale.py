@@ -470,6 +470,23 @@ def e2e(entities: int, mentions: int, work: Path, spec: str, shard_size: int, ke
         shutil.rmtree(run_dir)
 
 
+@main.command()
+@click.argument("results", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def table(results: tuple[Path, ...]) -> None:
+    """The README's markdown table of ``e2e`` result files (default: the 1M, 3M and 6M ones in bench/results)."""
+    paths = results or tuple(ROOT / "bench" / "results" / f"kb-scale-e2e-{n}.json"
+                             for n in (1_000_000, 3_000_000, 6_000_000))
+    print("| KB | step | wall s | disk MB | driver MB | actors MB | Ray MB | all MB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for path in paths:
+        result = json.loads(path.read_text())
+        size = f"{result['entities'] / 1e6:g}M"
+        for s in result["steps"]:
+            p = s["peak_mb"]
+            print(f"| {size} | {s['step']} | {s['seconds']:,.0f} | {s['disk_mb']:,.0f} | {p.get('driver', 0):,.0f} | "
+                  f"{p.get('actor', 0):,.0f} | {p.get('ray', 0):,.0f} | {p.get('total', p.get('driver', 0)):,.0f} |")
+
+
 @main.command(name="dense-candidates")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="an e2e run directory (--keep) with h5/ and index/")
