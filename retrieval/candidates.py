@@ -115,7 +115,8 @@ class NameMatcher:
         key = normalise_mention(surface)
         normalised = self._ranked([p for p in self.table.by_normalised.positions(key)
                                    if normalise_mention(names[p]) == key])
-        out += [(k, NAME_NORMALISED_SCORE) for k in normalised if k not in set(exact)]
+        seen = set(exact)
+        out += [(k, NAME_NORMALISED_SCORE) for k in normalised if k not in seen]
         return out
 
 

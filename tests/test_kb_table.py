@@ -145,3 +145,28 @@ def test_a_loaded_index_reads_its_row_digests_only_when_asked(kb_store, tmp_path
     (index_dir / "digests-es.json").write_text("[]\n")  # changed after the load: refused when asked for
     with pytest.raises(RetrievalError, match="digests-es.json: sha256"):
         index.langs["es"].digests
+
+
+def test_candidates_and_eval_never_hold_the_kb_records(kb_store, tmp_path, monkeypatch):  # noqa: F811
+    from precompute.store import Store
+
+    real_records = Store.records
+
+    def records(self, name):
+        if name == "kb":
+            raise AssertionError("the whole KB was read into a list of records")
+        return real_records(self, name)
+
+    def load(self, kind):
+        raise AssertionError(f"Store.load({kind!r}) read every row")
+
+    run = CliRunner()
+    index, out = tmp_path / "index", tmp_path / "out"
+    assert run.invoke(main, ["build", "--features", str(kb_store.root), "--out", str(index)]).exit_code == 0
+    monkeypatch.setattr(Store, "records", records)
+    monkeypatch.setattr(Store, "load", load)
+    for args in (["candidates", "--index", str(index), "--out", str(out / "cands")],
+                 ["eval", "--index", str(index), "--out", str(out / "eval")]):
+        r = run.invoke(main, args, catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+    assert len(read_candidates(out / "cands" / "candidates.jsonl")) == 70
