@@ -175,14 +175,15 @@ def run_popularity(cfg: TrainConfig, loaded: Loaded, kb: KBTable) -> np.ndarray:
     return popularity_features(kb.link_counts(), cfg.popularity_missing, "kb.jsonl")
 
 
-def candidate_settings(candidates_file: Path) -> tuple[dict[str, Any], str | None]:
+def candidate_settings(candidates_file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``k``, ``max_prior``, ``train_lang`` and ``kb_lang`` of the ``xel-nn candidates`` run that wrote
-    ``candidates_file`` (its ``config.json``), and the FAISS search parameters it searched with (``nprobe=64``...),
-    so that the linker's dense candidates are the ones the run was trained on."""
+    ``candidates_file`` (its ``config.json``), and its search options: the index it searched and the FAISS search
+    parameters (``nprobe=64``...), which the linker applies to that index so that its dense candidates are the
+    ones the run was trained on."""
     cfg = _read_json(candidates_file.parent / "config.json",
                      f"the config.json that xel-nn candidates writes beside {candidates_file.name}")
     return ({"k": cfg["k"], "max_prior": cfg["max_prior"], "train_lang": cfg["train_lang"],
-             "kb_lang": cfg["search"].get("kb_lang")}, cfg["search"].get("search_params"))
+             "kb_lang": cfg["search"].get("kb_lang")}, cfg["search"])
 
 
 class Linker:
@@ -223,8 +224,12 @@ class Linker:
         train = loaded.splits.train
         table = KBTable.of_store(store)
         check_entity_rows(store, index, table)
-        settings, search_params = candidate_settings(Path(cfg.candidates))
-        index.set_search_params(search_params)
+        settings, search = candidate_settings(Path(cfg.candidates))
+        if search.get("search_params") and Path(search["index"]).resolve() != index_dir.resolve():
+            log.warning("%s: the candidates were searched in %s with %r; this index is searched with its defaults",
+                        index_dir, search["index"], search["search_params"])
+        else:
+            index.set_search_params(search.get("search_params"))
         generator = candidate_generator(store, index, kb=table, **settings)
         model = load_checkpoint(run / CHECKPOINT)
         residual = cfg.scorer == "residual"

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from precompute.store import StoreError
+from precompute.store import ENTITY_KINDS, StoreError
 from retrieval.files import Candidate
 from retrieval.kb_table import KBTable, Subset
 from retrieval.metrics import RECALL_KS, recall_table
@@ -190,24 +190,34 @@ class MentionVectors:
 
 
 def check_entity_rows(store, index, kb: KBTable) -> None:
-    """Refuse a store whose entity rows are not the KB's entries in ``kb.jsonl`` order, or whose entities differ
-    from those ``index`` was built over; the ids are read a shard at a time."""
-    kind = index.kind.split("+")[0]
-    per_lang: dict[str, list[str]] = {lang: [] for lang in index.langs}
-    row = 0
-    for ids, langs in store.iter_ids(kind):
-        for kb_id, lang in zip(ids, langs):
-            if row >= len(kb) or kb.ids[row] != kb_id:
-                raise StoreError(f"{store.root}: {kind} row {row} is {kb_id!r}, but line {row + 1} of "
-                                 "inputs/kb.jsonl is another entry; rerun xel-precompute")
-            if lang in per_lang:
-                per_lang[lang].append(kb_id)
-            row += 1
-    if row != len(kb):
-        raise StoreError(f"{store.root}: {row} {kind} rows for {len(kb)} entries of inputs/kb.jsonl; "
-                         "rerun xel-precompute")
-    for lang, ids in per_lang.items():
-        index.check_ids(lang, ids)
+    """Refuse a store whose entity rows (``es`` and ``ec``) are not the KB's entries in ``kb.jsonl`` order, or an
+    index whose entities are not the KB's (per label language, as a set). The ids are read a shard at a time,
+    and the index's ids are looked up in ``kb``: nothing else is held."""
+    where = f"{store.root}/inputs/kb.jsonl"
+    if not len(kb):
+        raise StoreError(f"{where}: missing or empty; the store has no KB to link to")
+    for kind in [k for k in ENTITY_KINDS if k in store.kinds]:
+        row = 0
+        for ids, _ in store.iter_ids(kind):
+            for kb_id in ids:
+                if row >= len(kb):
+                    raise StoreError(f"{store.root}: {kind} has more rows than the {len(kb)} entries of {where}; "
+                                     "rerun xel-precompute")
+                if kb.ids[row] != kb_id:
+                    raise StoreError(f"{store.root}: {kind} row {row} is {kb_id!r}, but entry {row} of {where} is "
+                                     f"{kb.ids[row]!r}; rerun xel-precompute")
+                row += 1
+        if row != len(kb):
+            raise StoreError(f"{store.root}: {row} {kind} rows for the {len(kb)} entries of {where}; "
+                             "rerun xel-precompute")
+    for lang, lang_index in index.langs.items():
+        positions = np.fromiter((-1 if p is None else p for p in map(kb.position, lang_index.ids)), dtype=np.int64,
+                                count=len(lang_index.ids))
+        inside, in_lang = positions[positions >= 0], kb.lang_mask([lang])
+        if (len(inside) != len(positions) or not in_lang[inside].all() or int(in_lang.sum()) != len(positions)
+                or len(np.unique(inside)) != len(inside)):
+            raise StoreError(f"index {index.root}: the store's KB {lang!r} entities differ from those indexed; "
+                             "rebuild the index")
 
 
 def load_mention_vectors(store, index, kb: KBTable, langs: Sequence[str] | None = None) -> MentionVectors:

@@ -2,10 +2,10 @@
 ``inputs/kb.jsonl``: what candidate generation and the linker need of the whole KB.
 
 A Python dict per record costs ~600 bytes (a 6M-entity KB: ~4 GB before any matcher is built); a
-:class:`KBTable` holds ~60 bytes an entry: the ids and names as UTF-8 in one buffer each with their end offsets,
-a language code and the ``links`` count per entry, and three sorted 8-byte digest columns (of the id, the name
-and the normalised name) that find an entry by id or by name with a binary search. Digests that collide are
-told apart by comparing the strings themselves, so every lookup is exact.
+:class:`KBTable` holds ~100 bytes an entry plus its id's and name's UTF-8 bytes: the ids and names in one buffer
+each with their end offsets, a language code and the ``links`` count per entry, and three sorted 8-byte digest
+columns (of the id, the name and the normalised name) that find an entry by id or by name with a binary search.
+Digests that collide are told apart by comparing the strings themselves, so every lookup is exact.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ class StringColumn(Sequence[str]):
     def __getitem__(self, i: int) -> str:  # type: ignore[override]
         if i < 0:
             i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"string {i} of {len(self)}")
         start = self._ends[i - 1] if i else 0
         return self._blob[start : self._ends[i]].decode("utf-8", "surrogatepass")
 
@@ -143,5 +145,6 @@ class KBTable:
 
     def lang_mask(self, langs: Iterable[str]) -> np.ndarray:
         """Boolean per entry: its label language is one of ``langs``."""
-        wanted = [i for i, lang in enumerate(self.lang_names) if lang in set(langs)]
+        langs = set(langs)
+        wanted = [i for i, lang in enumerate(self.lang_names) if lang in langs]
         return np.isin(self.lang_codes, np.asarray(wanted, dtype=np.uint16))

@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 
+from retrieval.index import RetrievalError
 from retrieval.kb_table import StringColumn
 from retrieval.names import latin
 
@@ -48,13 +49,16 @@ def fit_chunked(names: Sequence[str], chunk: int = CHUNK) -> tuple[TfidfVectoriz
         counts = CountVectorizer(analyzer="char_wb", ngram_range=NGRAM_RANGE, binary=True)
         try:
             present = counts.fit_transform(block)
-        except ValueError:  # every name of the block is empty after transliteration: no n-grams
+        except ValueError as e:  # every name of the block is empty after transliteration: no n-grams
+            if "empty vocabulary" not in str(e):
+                raise
             continue
         in_names = np.diff(present.tocsc().indptr)
         for gram, column in counts.vocabulary_.items():
             frequency[gram] = frequency.get(gram, 0) + int(in_names[column])
     if not frequency:
-        raise ValueError("empty vocabulary; the KB names hold no character n-grams")
+        raise RetrievalError(f"the {len(names)} KB names hold no character n-grams (empty or punctuation only after "
+                             "transliteration); give the entries names with letters or digits")
     grams = sorted(frequency)
     vectorizer = _vectorizer({g: i for i, g in enumerate(grams)})
     df = np.asarray([frequency[g] for g in grams], dtype=np.float32) + 1  # as TfidfTransformer(smooth_idf=True)

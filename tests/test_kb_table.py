@@ -11,10 +11,13 @@ import json
 import random
 from collections import defaultdict
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from sklearn.feature_extraction.text import TfidfVectorizer
 
 import retrieval.kb_table as kb_table
+import retrieval.ngram as ngram
 import retrieval.nn as nn
 from precompute.store import StoreError, open_store
 from retrieval.candidates import NAME_EXACT_SCORE, NAME_NORMALISED_SCORE, NameMatcher, check_entity_rows
@@ -22,7 +25,7 @@ from retrieval.cli import main
 from retrieval.files import read_candidates, read_predictions
 from retrieval.index import RetrievalError
 from retrieval.index_files import load_index
-from retrieval.kb_table import KBTable
+from retrieval.kb_table import KBTable, StringColumn
 from retrieval.names import normalise_mention
 from tests.test_retrieval import kb_store  # noqa: F401
 
@@ -92,15 +95,69 @@ def test_entity_rows_out_of_kb_order_are_refused(kb_store, tmp_path):  # noqa: F
     index, store = load_index(index_dir), open_store(kb_store.root)
     check_entity_rows(store, index, KBTable.of_store(store))  # in order: accepted
     path = kb_store.root / "inputs" / "kb.jsonl"
-    lines = path.read_text().splitlines()
-    lines[3], lines[4] = lines[4], lines[3]
-    path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(StoreError, match="es row 3 is 'Q3', but line 4 of inputs/kb.jsonl is another entry"):
+    text = path.read_text()
+    lines = text.splitlines()
+    swapped = lines[:3] + [lines[4], lines[3]] + lines[5:]
+    for kb_lines, error in (
+        (swapped, "es row 3 is 'Q3', but entry 3 of .*inputs/kb.jsonl is 'Q4'"),
+        (lines[:-1], "es has more rows than the 99 entries of"),
+        (lines + [json.dumps({**json.loads(lines[0]), "id": "Q100"})], "100 es rows for the 101 entries"),
+        ([], "inputs/kb.jsonl: missing or empty"),
+    ):
+        path.write_text("".join(line + "\n" for line in kb_lines))
+        with pytest.raises(StoreError, match=error):
+            check_entity_rows(store, index, KBTable.of_store(store))
+    path.write_text(text)
+    # the index's entities must be the KB's, per label language
+    index.langs["en"].ids[0], index.langs["es"].ids[0] = index.langs["es"].ids[0], index.langs["en"].ids[0]
+    with pytest.raises(StoreError, match="KB 'en' entities differ from those indexed"):
         check_entity_rows(store, index, KBTable.of_store(store))
-    lines[3], lines[4] = lines[4], lines[3]
-    path.write_text("\n".join(lines[:-1]) + "\n")  # in order, but one entry short
-    with pytest.raises(StoreError, match="es row 99 is 'Q99'"):
+    index.langs["en"].ids[0] = index.langs["en"].ids[1]
+    with pytest.raises(StoreError, match="KB 'en' entities differ from those indexed"):
         check_entity_rows(store, index, KBTable.of_store(store))
+
+
+def test_an_ec_kind_out_of_kb_order_is_refused(kb_store, tmp_path):  # noqa: F811
+    from precompute.store import read_shard, write_manifest, write_shard
+
+    index_dir = tmp_path / "index"
+    assert CliRunner().invoke(main, ["build", "--features", str(kb_store.root), "--out", str(index_dir)]).exit_code == 0
+    store = open_store(kb_store.root)
+    entry = store.manifest["kinds"]["ec"]["shards"][0]
+    shard = read_shard(kb_store.root / entry["path"])
+    ids = list(shard.ids)
+    ids[0], ids[1] = ids[1], ids[0]
+    entry["checksum"] = write_shard(kb_store.root / entry["path"], kind="ec", start=0, ids=ids, langs=shard.langs,
+                                    features=shard.features, input_hash=shard.input_hash)
+    m = store.manifest
+    write_manifest(kb_store.root, encoder=m["encoder"], model=m["model"], layer=m["layer"],
+                   max_length=m["max_length"], prefix=m["prefix"], dtype=m["dtype"], dim=m["dim"],
+                   shards={k: v["shards"] for k, v in m["kinds"].items()})
+    store = open_store(kb_store.root)
+    with pytest.raises(StoreError, match="ec row 0 is 'Q1', but entry 0"):
+        check_entity_rows(store, load_index(index_dir), KBTable.of_store(store))
+
+
+def test_string_columns_refuse_positions_out_of_range():
+    column = StringColumn()
+    for text in ("a", "bb", "ccc"):
+        column.append(text)
+    assert [column[i] for i in (0, 1, 2, -1, -3)] == ["a", "bb", "ccc", "ccc", "a"]
+    for i in (3, -4):
+        with pytest.raises(IndexError):
+            column[i]
+    table = KBTable(records(5))
+    assert table.lang_mask(iter(["en", "de", "ru"])).all()  # any iterable, read once
+
+
+def test_ngram_chunks_of_empty_names_and_a_kb_without_ngrams():
+    vectorizer, matrix = ngram.fit_chunked(["", "!!", "Ab", "", "Karo"], chunk=2)  # the first chunk has no n-gram
+    want = TfidfVectorizer(analyzer="char_wb", ngram_range=ngram.NGRAM_RANGE, sublinear_tf=True,
+                           dtype=np.float32).fit(["", "", "ab", "", "karo"])
+    assert vectorizer.vocabulary_ == want.vocabulary_ and matrix.shape == (5, len(want.vocabulary_))
+    for names in ([], ["", "?!"]):
+        with pytest.raises(RetrievalError, match="hold no character n-grams"):
+            ngram.fit_chunked(names)
 
 
 def test_eval_with_a_candidates_file_generates_no_candidates(kb_store, tmp_path, monkeypatch):  # noqa: F811

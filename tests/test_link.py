@@ -4,6 +4,7 @@ mentions reproduces the trainer's evaluation (predictions, scores, candidate ord
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,8 @@ def _test_records(run: Path) -> tuple[list[dict], dict[str, dict]]:
     return items, preds
 
 
-def test_the_linker_searches_with_the_candidates_runs_search_parameters(trained_run, monkeypatch):
+def test_the_linker_searches_with_the_candidates_runs_search_parameters(trained_run, monkeypatch, tmp_path,
+                                                                         caplog):
     config = Path(json.loads((trained_run / "config.json").read_text())["candidates"]).parent / "config.json"
     before = config.read_text()
     applied = []
@@ -70,6 +72,11 @@ def test_the_linker_searches_with_the_candidates_runs_search_parameters(trained_
                                                                         "search_params": "nprobe=4"}}))
         with pytest.raises(RetrievalError, match="'nprobe=4' does not apply to index 'Flat'"):
             Linker.load(trained_run)
+        other = tmp_path / "other-index"  # another index: searched with its defaults, and the log says so
+        shutil.copytree(Path(json.loads(before)["search"]["index"]), other)
+        applied.clear()
+        Linker.load(trained_run, index_dir=other)
+        assert applied == [] and "searched with its defaults" in caplog.text
     finally:
         config.write_text(before)
 
