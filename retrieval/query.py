@@ -66,8 +66,9 @@ def search_queries(
         )
     if vectors is None:
         vectors = encode_queries(store, queries, model_dir)
-    names = {r["id"]: r["name"] for r in store.records("kb")}
     _, hits = index.search_kbs(vectors, [q.lang for q in queries], k, kb_lang)
+    found = {kb for row in hits for kb, _ in row}
+    names = {r["id"]: r["name"] for r in store.iter_records("kb") if r["id"] in found}  # streamed: the hits' only
     return [[{"id": kb, "name": names.get(kb), "score": round(s, 6)} for kb, s in row] for row in hits]
 
 
