@@ -487,30 +487,6 @@ def table(results: tuple[Path, ...]) -> None:
                   f"{p.get('actor', 0):,.0f} | {p.get('ray', 0):,.0f} | {p.get('total', p.get('driver', 0)):,.0f} |")
 
 
-@main.command(name="dense-candidates")
-@click.option("--run", "run_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="an e2e run directory (--keep) with h5/ and index/")
-@click.option("--index-params", default="nprobe=64", show_default=True)
-@click.option("--k", default=30, show_default=True)
-def dense_candidates(run_dir: Path, index_params: str, k: int) -> None:
-    """``<run>/cands/candidates.jsonl`` from the dense source alone (the mentions' ``ms`` against the index, top
-    ``k``), for a KB where ``xel-nn candidates`` does not fit in memory (its prior, name-match and n-gram sources
-    hold every KB record): the input of the e2e ``train`` step, measured like the others."""
-    from retrieval.files import write_candidates
-    from retrieval.index_files import open_index_and_store
-    from retrieval.vectors import unit_rows
-
-    t0 = time.perf_counter()
-    index, store = open_index_and_store(run_dir / "index", run_dir / "h5")
-    index.set_search_params(index_params)
-    mids, langs = store.load_ids("ms")
-    _, hits = index.search_kbs(unit_rows(store, "ms", np.arange(len(mids))), langs, k)
-    write_candidates(run_dir / "cands" / "candidates.jsonl",
-                     ((m, [(kb, s, "dense") for kb, s in row]) for m, row in zip(mids, hits)))
-    print(json.dumps({"step": "candidates", "dense_only": True, "seconds": round(time.perf_counter() - t0, 1),
-                      "disk_mb": round(dir_mb(run_dir / "cands"), 1), "peak_mb": {"driver": round(peak_rss_mb(), 1)}}))
-
-
 @main.command()
 @click.option("--data", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="a directory with kb.jsonl (e.g. an e2e run's data/)")
