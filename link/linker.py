@@ -28,7 +28,7 @@ import torch
 from precompute.encoding import TextEncoder, context_item, mention_item
 from precompute.schema import ISO_639_1
 from precompute.store import Store, StoreError
-from retrieval.candidates import CandidateGenerator, MentionRef, candidate_generator, check_entity_rows
+from retrieval.candidates import CandidateGenerator, MentionRef, candidate_generator, kb_table
 from retrieval.files import CANDIDATE_SOURCES
 from retrieval.index import EntityIndex
 from retrieval.index_files import open_index_and_store
@@ -222,8 +222,7 @@ class Linker:
         tuned = _read_json(metrics_path, "").get("nil_threshold") if metrics_path.is_file() else None
         loaded = load_splits(cfg)
         train = loaded.splits.train
-        table = KBTable.of_store(store)
-        check_entity_rows(store, index, table)
+        table = kb_table(store, index)
         settings, search = candidate_settings(Path(cfg.candidates))
         if search.get("search_params") and Path(search["index"]).resolve() != index_dir.resolve():
             log.warning("%s: the candidates were searched in %s with %r; this index is searched with its defaults",
@@ -251,8 +250,7 @@ class Linker:
         """The nn baseline with the same API: cos(ms, es) over ``xel-nn candidates``' candidates, NIL below
         ``threshold``."""
         index, store = open_index_and_store(index_dir, features)
-        table = KBTable.of_store(store)
-        check_entity_rows(store, index, table)
+        table = kb_table(store, index)
         generator = candidate_generator(store, index, kb=table, k=k, max_prior=max_prior, train_lang=train_lang)
         return cls(store=store, index=index, encoder=TextEncoder.from_manifest(store.manifest, device=device),
                    kb=KBRows(store, table, np.zeros((len(table), 0), np.float32)),

@@ -220,9 +220,17 @@ def check_entity_rows(store, index, kb: KBTable) -> None:
                              "rebuild the index")
 
 
+def kb_table(store, index) -> KBTable:
+    """The :class:`KBTable` of ``store``'s KB, checked against its entity rows and ``index``
+    (:func:`check_entity_rows`): what candidate generation, the nn baseline and the linker read the KB from."""
+    kb = KBTable.of_store(store)
+    check_entity_rows(store, index, kb)
+    return kb
+
+
 def load_mention_vectors(store, index, kb: KBTable, langs: Sequence[str] | None = None) -> MentionVectors:
-    """The store's mentions (optionally only ``langs``) with query vectors; entity rows checked against the KB
-    table and the index."""
+    """The store's mentions (optionally only ``langs``) with query vectors; ``kb`` is the store's checked KB table
+    (:func:`kb_table`)."""
     records = store.records("mentions")
     if not records:
         raise StoreError(f"{store.root}: no inputs/mentions.jsonl; the store holds no mention records")
@@ -234,7 +242,6 @@ def load_mention_vectors(store, index, kb: KBTable, langs: Sequence[str] | None 
     if missing:
         raise StoreError(f"{store.root}: mention {missing[0]!r} has no {index.query_kind!r} features")
     mvecs = unit_rows(store, index.query_kind, np.asarray([row[r["id"]] for r in records], dtype=np.int64))
-    check_entity_rows(store, index, kb)
     return MentionVectors([MentionRef.from_record(r) for r in records], mvecs, kb, store, index.kind)
 
 
@@ -311,8 +318,8 @@ def generate_candidates(
     kb: KBTable | None = None,
 ) -> CandidateSet:
     """Prior, dense and merged candidates for every mention of ``store`` (see the module docstring); ``kb`` is
-    the store's KB table when the caller has read it."""
-    kb = kb if kb is not None else KBTable.of_store(store)
+    the store's :func:`kb_table` when the caller has read it."""
+    kb = kb if kb is not None else kb_table(store, index)
     data = load_mention_vectors(store, index, kb, langs)
     generator = candidate_generator(store, index, kb=kb, k=k, max_prior=max_prior, train_lang=train_lang,
                                     kb_lang=kb_lang, dense_k=dense_k, max_ngram=max_ngram)
@@ -329,8 +336,8 @@ def generate_candidates(
 
 def candidate_generator(store, index, *, train_lang: str = "en", kb: KBTable | None = None,
                         **settings: Any) -> CandidateGenerator:
-    """A :class:`CandidateGenerator` over ``store``'s KB (``kb``, or its table read here) whose alias prior counts
-    the store's ``train_lang`` training mentions; ``settings`` are its keyword arguments (``k``, ``max_prior``,
-    ...)."""
+    """A :class:`CandidateGenerator` over ``store``'s KB (``kb``, or its :func:`kb_table` read here) whose alias
+    prior counts the store's ``train_lang`` training mentions; ``settings`` are its keyword arguments (``k``,
+    ``max_prior``, ...)."""
     prior = AliasPrior([MentionRef.from_record(r) for r in store.records("mentions")], train_lang)
-    return CandidateGenerator(index, kb if kb is not None else KBTable.of_store(store), prior, **settings)
+    return CandidateGenerator(index, kb if kb is not None else kb_table(store, index), prior, **settings)

@@ -24,7 +24,6 @@ import numpy as np
 from precompute.store import Store, StoreError
 from retrieval.devices import TorchExactSearcher, select_search_device
 from retrieval.rerank import DEFAULT_RERANK, Reranker, is_compressed
-from retrieval.vectors import ids_digest
 
 log = logging.getLogger(__name__)
 ALL_LANGS = "*"  # kb_lang_for: the whole KB, every label language
@@ -106,16 +105,6 @@ class EntityIndex:
             raise StoreError(
                 f"index {self.root} was built from a store with encoder {self.manifest['encoder_signature']}, "
                 f"but store {store.root} has {theirs}; rebuild the index with xel-nn build --features {store.root}"
-            )
-
-    def check_ids(self, lang: str, ids: list[str]) -> None:
-        """Refuse entity rows that differ from the ones the index of ``lang`` was built over (as a set: an updated
-        index holds them in another order)."""
-        info = self.manifest["langs"][lang]
-        if ("ids_set_sha256" in info and ids_digest(sorted(ids)) != info["ids_set_sha256"]) or \
-                ("ids_set_sha256" not in info and ids_digest(ids) != info["ids_sha256"]):
-            raise StoreError(
-                f"index {self.root}: the store's KB {lang!r} entities differ from those indexed; rebuild the index"
             )
 
     def kb_lang_for(self, mention_lang: str, override: str | None = None) -> str:

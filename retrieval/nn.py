@@ -17,7 +17,7 @@ import numpy as np
 
 from precompute.store import atomic_write_bytes, atomic_write_json, refuse_store_out
 from retrieval.candidate_lists import write_recall
-from retrieval.candidates import MentionVectors, generate_candidates, load_mention_vectors
+from retrieval.candidates import MentionVectors, generate_candidates, kb_table, load_mention_vectors
 from retrieval.files import CandidatesError, read_candidates, write_predictions
 from retrieval.index import RetrievalError
 from retrieval.kb_table import KBTable
@@ -107,7 +107,7 @@ def run_eval(cfg: EvalConfig) -> str:
     index, store = cfg.search.open()
     log.info("evaluating the nn baseline (k=%d) for %s mentions of %s into %s", cfg.k,
              f"{store.count('ms'):,}", store.root, out)
-    kb = KBTable.of_store(store)
+    kb = kb_table(store, index)
     data, lists, recall = candidate_lists(cfg, store, index, kb)
     data.prefetch(kb_id for ids in lists for kb_id in ids)  # one batch of row reads for every candidate
     preds = [nn_link(data.vectors[i], ids, data.entity, cfg.threshold) for i, ids in enumerate(lists)]

@@ -224,7 +224,7 @@ def kb_of_rows(store: Store, records: Sequence[dict], rows: dict[str, np.ndarray
 class KBRows:
     """Any entries of a KB, by id, for mentions whose candidates are not known in advance
     (:class:`link.linker.Linker`): ``table`` is the KB's :class:`~retrieval.kb_table.KBTable` (entry ``i`` is row
-    ``i`` of the store's ``es``/``ec``, which ``check_entity_rows`` verified), and :meth:`kb` reads the
+    ``i`` of the store's ``es``/``ec``, which ``retrieval.candidates.kb_table`` verified), and :meth:`kb` reads the
     ``es``/``ec`` rows of the entries asked for, nothing else."""
 
     def __init__(self, store: Store, table: KBTable, popularity: np.ndarray):
