@@ -12,7 +12,7 @@ import json
 import re
 import unicodedata
 from array import array
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,6 +242,49 @@ def id_digest(ident: str) -> int:
     return int.from_bytes(hashlib.blake2b(ident.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
+class StringColumn(Sequence[str]):
+    """Strings packed as UTF-8 in one buffer with their end offsets (8 bytes a string plus its bytes)."""
+
+    def __init__(self) -> None:
+        self._blob = bytearray()
+        self._ends = array("q")
+
+    def append(self, text: str) -> None:
+        self._blob += text.encode("utf-8", "surrogatepass")
+        self._ends.append(len(self._blob))
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, i: int) -> str:  # type: ignore[override]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"string {i} of {len(self)}")
+        start = self._ends[i - 1] if i else 0
+        return self._blob[start : self._ends[i]].decode("utf-8", "surrogatepass")
+
+    def __iter__(self) -> Iterator[str]:
+        return (self[i] for i in range(len(self)))
+
+
+class DigestLookup:
+    """Positions by the 8-byte digest (:func:`id_digest`) of a string: sorted digests and the position of each
+    (12 bytes a string). :meth:`positions` may return a position whose string only shares the digest; callers
+    compare the strings (:class:`IdDigests`, :class:`retrieval.kb_table.KBTable`)."""
+
+    def __init__(self, digests: array):
+        values = np.frombuffer(digests, dtype=np.uint64) if len(digests) else np.zeros(0, np.uint64)
+        order = np.argsort(values, kind="stable")
+        self.sorted = values[order]
+        self.order = order.astype(np.uint32 if len(order) < 2**32 else np.int64)  # 4 bytes a string below 4G
+
+    def positions(self, key: str) -> list[int]:
+        d = np.uint64(id_digest(key))
+        lo, hi = np.searchsorted(self.sorted, d, "left"), np.searchsorted(self.sorted, d, "right")
+        return self.order[lo:hi].tolist()
+
+
 class IdDigests:
     """The ids of one input file held as 8-byte digests with their line numbers (12 bytes an id, not the ids):
     enough to find duplicates, exactly (ids whose digests collide are read again from the file and compared).
@@ -252,10 +295,8 @@ class IdDigests:
         self.path = path
         self._digests = array("Q")
         self._lines = array("I")
-        self._ids: bytearray | None = bytearray() if keep_ids else None
-        self._ends = array("Q")
-        self._sorted: np.ndarray | None = None
-        self._order: np.ndarray | None = None
+        self._ids: StringColumn | None = StringColumn() if keep_ids else None
+        self._lookup: DigestLookup | None = None
 
     def __len__(self) -> int:
         return len(self._digests)
@@ -264,8 +305,7 @@ class IdDigests:
         self._digests.append(id_digest(ident))
         self._lines.append(lineno)
         if self._ids is not None:
-            self._ids += ident.encode("utf-8")
-            self._ends.append(len(self._ids))
+            self._ids.append(ident)
 
     def duplicate(self) -> InputError | None:
         """The error for the first line (in file order) whose id an earlier line already has, or None."""
@@ -291,25 +331,16 @@ class IdDigests:
 
     def freeze(self) -> IdDigests:
         """Sort the digests for membership tests; no ids can be added after."""
-        digests = np.frombuffer(self._digests, dtype=np.uint64)
-        order = np.argsort(digests, kind="stable")
-        self._sorted, self._order = digests[order], order.astype(np.uint32)
-        del digests
+        self._lookup = DigestLookup(self._digests)
         self._digests, self._lines = array("Q"), array("I")  # the sorted copy replaces them
         return self
 
     def __contains__(self, ident: object) -> bool:
-        if self._sorted is None or self._ids is None or self._order is None:
+        if self._lookup is None or self._ids is None:
             raise TypeError("membership needs IdDigests(keep_ids=True) and freeze()")
         if not isinstance(ident, str):
             return False
-        key = np.uint64(id_digest(ident))
-        lo, hi = np.searchsorted(self._sorted, key, "left"), np.searchsorted(self._sorted, key, "right")
-        wanted = ident.encode("utf-8")
-        for i in self._order[lo:hi].tolist():
-            if self._ids[(self._ends[i - 1] if i else 0) : self._ends[i]] == wanted:
-                return True
-        return False
+        return any(self._ids[p] == ident for p in self._lookup.positions(ident))
 
 
 @dataclass(frozen=True)

@@ -16,36 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from precompute.schema import id_digest
+from precompute import schema
+from precompute.schema import DigestLookup, StringColumn
 from retrieval.names import normalise_mention
 
 NO_LINKS = -1  # ``links`` null (the count is not known)
-
-
-class StringColumn(Sequence[str]):
-    """Strings packed as UTF-8 in one buffer with their end offsets (8 bytes a string plus its bytes)."""
-
-    def __init__(self) -> None:
-        self._blob = bytearray()
-        self._ends = array("q")
-
-    def append(self, text: str) -> None:
-        self._blob += text.encode("utf-8", "surrogatepass")
-        self._ends.append(len(self._blob))
-
-    def __len__(self) -> int:
-        return len(self._ends)
-
-    def __getitem__(self, i: int) -> str:  # type: ignore[override]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"string {i} of {len(self)}")
-        start = self._ends[i - 1] if i else 0
-        return self._blob[start : self._ends[i]].decode("utf-8", "surrogatepass")
-
-    def __iter__(self) -> Iterator[str]:
-        return (self[i] for i in range(len(self)))
 
 
 class Subset(Sequence[str]):
@@ -62,21 +37,6 @@ class Subset(Sequence[str]):
 
     def __iter__(self) -> Iterator[str]:
         return (self.column[p] for p in self.positions.tolist())
-
-
-class DigestLookup:
-    """Positions by the 8-byte digest of a string: sorted digests and the position of each (16 bytes a string).
-    :meth:`positions` may return a position whose string only shares the digest; callers compare the strings."""
-
-    def __init__(self, digests: array):
-        values = np.frombuffer(digests, dtype=np.uint64) if len(digests) else np.zeros(0, np.uint64)
-        self.order = np.argsort(values, kind="stable")
-        self.sorted = values[self.order]
-
-    def positions(self, key: str) -> list[int]:
-        d = np.uint64(id_digest(key))
-        lo, hi = np.searchsorted(self.sorted, d, "left"), np.searchsorted(self.sorted, d, "right")
-        return self.order[lo:hi].tolist()
 
 
 class KBTable:
@@ -97,9 +57,9 @@ class KBTable:
                 self.lang_names.append(lang)
             lang_codes.append(codes[lang])
             links.append(NO_LINKS if r.get("links") is None else int(r["links"]))
-            id_digests.append(id_digest(kb_id))
-            name_digests.append(id_digest(name))
-            normalised_digests.append(id_digest(normalise_mention(name)))
+            id_digests.append(schema.id_digest(kb_id))
+            name_digests.append(schema.id_digest(name))
+            normalised_digests.append(schema.id_digest(normalise_mention(name)))
         self.lang_codes = np.frombuffer(lang_codes, dtype=np.uint16).copy()
         self.links = np.frombuffer(links, dtype=np.int64).copy() if len(links) else np.zeros(0, np.int64)
         self.by_id = DigestLookup(id_digests)

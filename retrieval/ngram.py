@@ -22,8 +22,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 
+from precompute.schema import StringColumn
 from retrieval.index import RetrievalError
-from retrieval.kb_table import StringColumn
 from retrieval.names import latin
 
 NGRAM_RANGE = (2, 4)

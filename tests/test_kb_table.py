@@ -16,16 +16,17 @@ import pytest
 from click.testing import CliRunner
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-import retrieval.kb_table as kb_table
+import precompute.schema as schema
 import retrieval.ngram as ngram
 import retrieval.nn as nn
+from precompute.schema import StringColumn
 from precompute.store import StoreError, open_store
 from retrieval.candidates import NAME_EXACT_SCORE, NAME_NORMALISED_SCORE, NameMatcher, check_entity_rows
 from retrieval.cli import main
 from retrieval.files import read_candidates, read_predictions
 from retrieval.index import RetrievalError
 from retrieval.index_files import load_index
-from retrieval.kb_table import KBTable, StringColumn
+from retrieval.kb_table import KBTable
 from retrieval.names import normalise_mention
 from tests.test_retrieval import kb_store  # noqa: F401
 
@@ -42,7 +43,7 @@ def records(n: int, seed: int = 0) -> list[dict]:
 @pytest.fixture(params=["blake2b", "colliding"])
 def digests(request, monkeypatch):
     if request.param == "colliding":  # 4 buckets for every string: lookups must compare the strings themselves
-        monkeypatch.setattr(kb_table, "id_digest", lambda text: len(text) % 4)
+        monkeypatch.setattr(schema, "id_digest", lambda text: len(text) % 4)
 
 
 def test_table_answers_as_the_records_do(digests):
