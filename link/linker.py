@@ -37,7 +37,7 @@ from retrieval.vectors import unit_concat
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
 from train.data import KBRows, Mentions, popularity_features
-from train.evaluate import nn_scores, pick_best, predict, rank, with_cosine_nil_score
+from train.evaluate import nn_scores, pick_best, predict, rank, with_nil_score
 from train.model import Ranker
 from train.outputs import CHECKPOINT
 from train.pairs import pair_features, training_prior
@@ -314,7 +314,7 @@ class Linker:
             return []
         mentions = self.mentions(items, encoded)
         if self.model is None:
-            ranked = with_cosine_nil_score(pick_best(nn_scores(mentions), mentions), mentions)
+            ranked = with_nil_score(pick_best(nn_scores(mentions), mentions), mentions, self.nil_score)
         else:
             ranked = rank(self.model, mentions, nil_score=self.nil_score)
         preds = predict(ranked, mentions, self.threshold if threshold is None else threshold)

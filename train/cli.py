@@ -212,6 +212,7 @@ def experiment(adv_modes: str, lambdas: str, **flags: Any) -> None:
     except (InputError, PrecomputeError, ExperimentError) as e:
         raise click.ClickException(str(e)) from None
     click.echo("\n" + result["table"])
+    click.echo(result["nil"] + "\n")
     if result["grid"]:
         click.echo(result["grid"] + "\n")
     if result["ablation"]:

@@ -20,7 +20,7 @@ POPULARITY_SOURCES = ("links", "mentions")
 SCORERS = ("paper", "residual")
 LOSSES = ("hinge", "softmax")
 ADV_MODES = ("alternating", "grl", "uniform")
-NIL_SCORES = ("model", "cosine")
+NIL_SCORES = ("model", "cosine", "csls")
 # the residual scorer's input groups (train.residual); each can be switched off for an ablation
 FEATURE_GROUPS = ("paper", "cosines", "interactions", "retrieval", "prior", "string")
 # the default: the groups that carried over from English to German on the sample (README "Ablation"); the

@@ -21,6 +21,9 @@ from retrieval.metrics import Scores, score_groups
 from train.data import Mentions
 from train.model import Ranker
 
+# how many runner-up candidates make a mention's background similarity (--nil-score csls)
+BACKGROUND_K = 10
+
 
 @dataclass(frozen=True)
 class Ranked:
@@ -91,11 +94,29 @@ def nn_scores(mentions: Mentions) -> torch.Tensor:
     return torch.einsum("md,mkd->mk", ms, es[mentions.cand]).masked_fill(~mentions.cand_mask, float("-inf"))
 
 
-def with_cosine_nil_score(ranked: Ranked, mentions: Mentions) -> Ranked:
-    """``ranked`` whose NIL score is cos(ms, es) of its best candidate (see the module docstring)."""
-    cos = nn_scores(mentions).gather(1, ranked.best_pos[:, None]).squeeze(1)
-    cos = torch.where(torch.isfinite(ranked.best), cos, ranked.best)
-    return replace(ranked, nil_score=cos)
+def background_cosine(cos: torch.Tensor, k: int = BACKGROUND_K) -> torch.Tensor:
+    """``[M]`` mean of the 2nd to ``k + 1``-th highest cosines of each row of ``cos`` ``[M, K]`` (-inf where
+    padded): how similar a mention is to entities that are not its best match. 0 where a row has no second
+    candidate."""
+    top = cos.sort(dim=1, descending=True).values[:, 1 : k + 1]
+    finite = torch.isfinite(top)
+    n = finite.sum(dim=1)
+    return torch.where(n > 0, torch.where(finite, top, 0.0).sum(dim=1) / n.clamp_min(1), 0.0)
+
+
+def with_nil_score(ranked: Ranked, mentions: Mentions, nil_score: str) -> Ranked:
+    """``ranked`` with the NIL score ``nil_score`` (see the module docstring): ``model`` the best score itself,
+    ``cosine`` cos(ms, es) of the best candidate, ``csls`` that cosine minus the mention's background
+    (:func:`background_cosine` over its candidates)."""
+    if nil_score == "model":
+        return ranked
+    cos = nn_scores(mentions)
+    value = cos.gather(1, ranked.best_pos[:, None]).squeeze(1)
+    if nil_score == "csls":
+        value = value - background_cosine(cos)
+    elif nil_score != "cosine":
+        raise ValueError(f"NIL score {nil_score!r}: allowed 'model', 'cosine', 'csls'")
+    return replace(ranked, nil_score=torch.where(torch.isfinite(ranked.best), value, ranked.best))
 
 
 def rank(model: Ranker, mentions: Mentions, batch_size: int = 256, nil_score: str = "model") -> Ranked:
@@ -109,8 +130,7 @@ def rank(model: Ranker, mentions: Mentions, batch_size: int = 256, nil_score: st
             parts.append(model(mentions.ms[sl], mentions.mc[sl], mentions.cand[sl], kb.es, kb.ec, kb.popularity,
                                pair).scores)
     scores = torch.cat(parts) if parts else torch.zeros(mentions.cand.shape)
-    ranked = pick_best(scores, mentions)
-    return with_cosine_nil_score(ranked, mentions) if nil_score == "cosine" else ranked
+    return with_nil_score(pick_best(scores, mentions), mentions, nil_score)
 
 
 def predict(ranked: Ranked, mentions: Mentions, threshold: float) -> list[str | None]:

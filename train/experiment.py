@@ -237,6 +237,9 @@ def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float
     rows = {g: {m: (mean[g][m], std[g][m]) for m in METRICS} for g in mean}
     probes = [s["probe"]["probe_accuracy"] for r in per_seed for s in r["seeds"] if s.get("probe")]
     for g in rows:
+        top = [s["nil_rules"]["off"]["test"].get(g, {}).get("r", np.nan) for r in per_seed for s in r["seeds"]
+               if s.get("nil_rules")]
+        rows[g]["top_r"] = (float(np.mean(top)), float(np.std(top))) if top else (float("nan"), 0.0)
         tied = [s["tied_top"].get(g, np.nan) for r in per_seed for s in r["seeds"]]
         rows[g]["tied"] = (float(np.mean(tied)), float(np.std(tied)))
         rows[g]["probe"] = (float(np.mean(probes)), float(np.std(probes))) if probes else (float("nan"), 0.0)
@@ -246,7 +249,7 @@ def aggregate(per_seed: list[dict[str, Any]]) -> dict[str, dict[str, tuple[float
 def table4(rows: dict[str, dict[str, dict[str, tuple[float, float]]]], langs: list[str], train_lang: str) -> str:
     """One block per language; rows are settings, cells mean ± std over seeds (nn: deterministic)."""
     lines = []
-    cols = (*METRICS, "tied", "probe")
+    cols = (*METRICS, "top_r", "tied", "probe")
     for lang in langs:
         group = f"lang:{lang}"
         kind = "in-language (held-out test documents)" if lang == train_lang else "zero-shot target language"
@@ -258,6 +261,34 @@ def table4(rows: dict[str, dict[str, dict[str, tuple[float, float]]]], langs: li
             cells = "".join(f"{scores[group][m][0]:>8.3f} ± {scores[group][m][1]:.3f}" for m in cols)
             lines.append(f"{name:<14}{cells}")
         lines.append("")
+    return "\n".join(lines)
+
+
+NIL_TABLE_SETTINGS = ("nn", "en", "en+A", "paper:en")
+
+
+def nil_table(per_setting: dict[str, list[dict[str, Any]]], langs: list[str]) -> str:
+    """F1 (and R) of the same trained models under each NIL score, its threshold tuned on English dev, and with
+    NIL off (the best candidate always linked): mean ± std over seeds, per language."""
+    lines = ["NIL rules: the same models, only the NIL decision differs (threshold tuned on English dev; off: never "
+             "NIL, R = top-candidate recall); F1 (R), mean ± std over seeds",
+             f"{'setting':<14}{'NIL':<8}" + "".join(f"{x:>26}" for x in langs)]
+    for name in NIL_TABLE_SETTINGS:
+        runs = per_setting.get(name, [])
+        seeds = [s["nil_rules"] for r in runs for s in r["seeds"] if s.get("nil_rules")]
+        if not seeds:
+            continue
+        for rule in seeds[0]:
+            cells = []
+            for lang in langs:
+                got = [x[rule]["test"].get(f"lang:{lang}") for x in seeds if rule in x]
+                got = [g for g in got if g]
+                if not got:
+                    cells.append(f"{'-':>26}")
+                    continue
+                f1, r = np.array([g["f1"] for g in got]), np.array([g["r"] for g in got])
+                cells.append(f"{f1.mean():>9.3f} ± {f1.std():.3f} ({r.mean():.3f})")
+            lines.append(f"{name:<14}{rule:<8}" + "".join(cells))
     return "\n".join(lines)
 
 
@@ -353,11 +384,12 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     main_rows = {k: v for k, v in rows.items() if k not in ablation_groups()}
     table = table4(main_rows, shown, cfg.train_lang)
     ablation = ablation_table(rows, shown) if cfg.ablation else ""
+    nil_text = nil_table(per_setting, shown)
     adv_table = grid_table(adv_grid, shown, chosen) if adv_grid else ""
     recall_text = "\n\n".join(recalls)
     seconds = time.perf_counter() - t0
     figs = figures(cfg.out, main_rows, shown, {k: v for k, v in per_setting.items() if k in main_rows})
-    report = render_report(cfg, table, adv_table, ablation, recall_text, figs, seconds, per_setting)
+    report = render_report(cfg, table, nil_text, adv_table, ablation, recall_text, figs, seconds, per_setting)
     atomic_write_bytes(cfg.out / "report.md", report.encode("utf-8"))
     atomic_write_json(cfg.out / "results.json", {
         "table": {k: {g: {m: list(v) for m, v in s.items()} for g, s in r.items()} for k, r in rows.items()},
@@ -366,8 +398,8 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         "chosen_adversarial": list(chosen), "seconds": seconds,
         "config": {k: str(v) for k, v in cfg.__dict__.items()},
     })
-    return {"table": table, "grid": adv_table, "ablation": ablation, "recall": recall_text, "seconds": seconds,
-            "rows": rows}
+    return {"table": table, "nil": nil_text, "grid": adv_table, "ablation": ablation, "recall": recall_text,
+            "seconds": seconds, "rows": rows}
 
 
 def ablation_table(rows: dict[str, dict[str, dict[str, tuple[float, float]]]], langs: list[str]) -> str:
@@ -383,8 +415,8 @@ def ablation_table(rows: dict[str, dict[str, dict[str, tuple[float, float]]]], l
     return "\n".join(lines)
 
 
-def render_report(cfg: ExperimentConfig, table: str, adv_table: str, ablation: str, recall: str, figs: list[Path],
-                  seconds: float, per_setting: dict[str, list]) -> str:
+def render_report(cfg: ExperimentConfig, table: str, nil_text: str, adv_table: str, ablation: str, recall: str,
+                  figs: list[Path], seconds: float, per_setting: dict[str, list]) -> str:
     epochs = {name: [r["best_epoch"][0] for r in runs] for name, runs in per_setting.items()}
     nil = "tuned on English dev" if cfg.nil_threshold is None else f"fixed at {cfg.nil_threshold}"
     lines = [
@@ -401,6 +433,7 @@ def render_report(cfg: ExperimentConfig, table: str, adv_table: str, ablation: s
         "+A: the standardized name features; chance = 1 / languages). `+P` counts gold links among the English "
         "training mentions (`--popularity-source mentions`): the KBs here carry no link counts.", "",
         f"Chosen epochs per seed: {json.dumps(epochs)}", "",
+        "## NIL rules", "", "```", nil_text, "```", "",
     ]
     if adv_table:
         lines += ["## +A: mode and lambda", "", "```", adv_table, "```", ""]

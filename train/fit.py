@@ -15,9 +15,9 @@ import torch
 from tqdm import tqdm
 
 from train.checkpoint import clone_state
-from train.config import TrainConfig
-from train.data import standardization
-from train.evaluate import Ranked, evaluate, rank, tune_threshold
+from train.config import NIL_SCORES, TrainConfig
+from train.data import Mentions, standardization
+from train.evaluate import Ranked, evaluate, rank, tune_threshold, with_nil_score
 from train.loop import LoopSettings, Trainer
 from train.model import ModelSpec, Ranker
 from train.prepare import Prepared
@@ -40,6 +40,33 @@ class FitResult:
     test_ranked: Ranked
     probe: dict[str, float] | None = None
     test_langs: list[str] | None = None
+    nil_rules: dict[str, Any] | None = None
+
+
+RULE_METRICS = ("p", "r", "f1", "nil_p", "nil_r", "nil_f1")
+
+
+def compare_nil_rules(model: Ranker, dev: Mentions | None, test: Mentions) -> dict[str, Any]:
+    """Test scores of the chosen model under every NIL score of :data:`train.config.NIL_SCORES`, each with its
+    threshold tuned on dev (the English labels a zero-shot run has), and with NIL off (``off``: the best
+    candidate always linked, so ``r`` is top-candidate recall): the same ranking, only the NIL decision
+    differs. Per ``all`` and language group."""
+    raw = rank(model, test, nil_score="model")
+    raw_dev = rank(model, dev, nil_score="model") if dev is not None else None
+    out: dict[str, Any] = {}
+
+    def keep(scores: dict) -> dict[str, dict[str, float]]:
+        return {g: {m: getattr(v, m) for m in RULE_METRICS} for g, v in scores.items()
+                if g == "all" or g.startswith("lang:")}
+
+    # every finite score links; a mention without candidates (best = -inf) stays NIL
+    out["off"] = {"threshold": None, "test": keep(evaluate(raw, test, -torch.finfo(torch.float32).max))}
+    if raw_dev is None:
+        return out
+    for rule in NIL_SCORES:
+        threshold = tune_threshold(with_nil_score(raw_dev, dev, rule), dev)
+        out[rule] = {"threshold": threshold, "test": keep(evaluate(with_nil_score(raw, test, rule), test, threshold))}
+    return out
 
 
 def model_spec(cfg: TrainConfig, data: Prepared) -> ModelSpec:
@@ -131,4 +158,5 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
         except ValueError as e:
             log.info("no language probe: %s", e)
     return FitResult(model, seed, best.epoch, best.threshold, history, chosen.get("dev"),
-                     _as_dicts(evaluate(ranked, test, best.threshold)), ranked, probe, test.langs)
+                     _as_dicts(evaluate(ranked, test, best.threshold)), ranked, probe, test.langs,
+                     compare_nil_rules(model, dev if cfg.tune_nil else None, test))

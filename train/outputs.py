@@ -23,7 +23,7 @@ def run_metrics(result: FitResult) -> dict[str, Any]:
     return {"seed": result.seed, "best_epoch": result.best_epoch, "nil_threshold": result.nil_threshold,
             "dev": result.dev, "test": result.test, "probe": result.probe,
             "tied_top": result.test_ranked.tied_by_group(result.test_langs or []),
-            "epochs": result.history}
+            "nil_rules": result.nil_rules, "epochs": result.history}
 
 
 def write_fit(result: FitResult, test: Mentions, out: Path, plots: bool, title: str = "") -> None:

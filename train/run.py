@@ -116,7 +116,7 @@ def _run(cfg: TrainConfig, out: Path | None) -> dict[str, Any]:
     summary = {
         "config": cfg.to_dict(), "test": test_mean, "std": test_std, "dev": dev_mean,
         "best_epoch": [r["best_epoch"] for r in per_seed], "nil_threshold": [r["nil_threshold"] for r in per_seed],
-        "seeds": [{k: r[k] for k in ("seed", "best_epoch", "nil_threshold", "test", "probe", "tied_top")}
+        "seeds": [{k: r[k] for k in ("seed", "best_epoch", "nil_threshold", "test", "probe", "tied_top", "nil_rules")}
                   for r in per_seed],
         "search": trials, "definitions": METRIC_DEFINITIONS,
     }
