@@ -38,7 +38,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -118,8 +118,8 @@ class Batcher:
                 job = self.queue.get_nowait()
             except queue.Empty:
                 return
-            if job is not None and not job.future.done():
-                job.future.set_exception(ServiceStopped("the service stopped before linking this request; retry"))
+            if job is not None:
+                settle(job.future, error=ServiceStopped("the service stopped before linking this request; retry"))
 
     def submit(self, items: list[Item], k: int, threshold: float | None) -> Future:
         with self.lock:
@@ -162,6 +162,9 @@ class Batcher:
                 return
 
     def _run(self, jobs: list[Job], threshold: float | None) -> None:
+        jobs = [j for j in jobs if not j.future.cancelled()]  # a request cancelled while queued (its client left)
+        if not jobs:
+            return
         n = sum(len(j.items) for j in jobs)
         try:
             links = self.linker.link([it for j in jobs for it in j.items], k=max(j.k for j in jobs),
@@ -173,7 +176,7 @@ class Batcher:
                 for j in jobs:
                     self._run([j], threshold)
             elif isinstance(e, EncodeError):
-                jobs[0].future.set_exception(e)
+                settle(jobs[0].future, error=e)
             else:
                 self._failed(jobs, e)
             return
@@ -181,7 +184,7 @@ class Batcher:
         for j in jobs:
             mine: list[Link] = links[start : start + len(j.items)]
             start += len(j.items)
-            j.future.set_result([replace(x, candidates=x.candidates[: j.k]) for x in mine])
+            settle(j.future, [replace(x, candidates=x.candidates[: j.k]) for x in mine])
 
     def _failed(self, jobs: list[Job], error: BaseException) -> None:
         lines = str(error).strip().splitlines()
@@ -191,8 +194,19 @@ class Batcher:
         self.failed_batches += 1
         self.last_failure = message
         for j in jobs:
-            if not j.future.done():
-                j.future.set_exception(LinkingFailed(message))
+            settle(j.future, error=LinkingFailed(message))
+
+
+def settle(future: Future, result: Any = None, error: BaseException | None = None) -> None:
+    """Give ``future`` its result or error, unless it is done already: a request cancelled while its batch ran
+    (its client left, or the shutdown timed out) must not fail the others batched with it."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 class BadRequest(Exception):

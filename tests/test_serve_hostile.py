@@ -112,6 +112,22 @@ def test_a_failing_request_does_not_fail_the_requests_batched_with_it(client):
     assert [a.status_code for a in answers] == [500] + [200] * 7
 
 
+def test_a_request_cancelled_while_batched_does_not_fail_the_others():
+    """A request whose client left (its future cancelled) while its batch was collected or linked."""
+    from link.serve import Batcher
+
+    batcher = Batcher(FakeLinker(), wait_s=0.3)
+    batcher.start()
+    try:
+        items = [check_item(GOOD, "x", "x")]
+        gone, stays = batcher.submit(items, 10, None), batcher.submit(items, 10, None)
+        assert gone.cancel()
+        assert [x.pred for x in stays.result(10)] == ["Q1"]
+        assert batcher.failed_batches == 0
+    finally:
+        batcher.stop(5)
+
+
 def test_a_response_that_cannot_be_written_is_a_json_500():
     with TestClient(create_app(FakeLinker()), raise_server_exceptions=False) as client:
         resp = client.post("/link", json={"items": [item("nanscore")]})
