@@ -23,7 +23,8 @@ a time. Predictions are the linker's for the same items (batch composition moves
 
 Slow or hostile clients: a request's line and headers must arrive within ``--request-timeout-s`` of the
 connection (or of the previous response on a kept-alive one) and its body within ``--request-timeout-s`` of its
-headers; headers over 16 KiB are refused (h11); idle kept-alive connections close after 5 s. SIGTERM (or Ctrl-C)
+headers; headers over 16 KiB are refused (h11); idle kept-alive connections close after 5 s; past
+``--max-connections`` open connections a request is answered 503 at once. SIGTERM (or Ctrl-C)
 stops taking connections, lets the requests in flight finish for up to ``--shutdown-timeout-s``, then exits.
 """
 
@@ -63,6 +64,7 @@ MAX_K = 100
 MAX_BODY_BYTES = 8 << 20  # 256 items of 20,000 characters fit, escaped ASCII or UTF-8
 REQUEST_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 1000  # below the usual 1024 open files, so that a flood of connections gets 503, not EMFILE
 KEEP_ALIVE_S = 5
 MAX_HEAD_BYTES = 16 << 10
 
@@ -415,14 +417,15 @@ class HeadDeadlineH11Protocol(H11Protocol):
 
 
 def serve(app: FastAPI, host: str, port: int, *, request_timeout_s: float = REQUEST_TIMEOUT_S,
-          shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S, log_level: str = "info") -> None:
+          shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS,
+          log_level: str = "info") -> None:
     """Run ``app`` with uvicorn until SIGTERM or Ctrl-C, with the limits of the module docstring."""
     import uvicorn
 
     protocol = type("HeadDeadlineH11Protocol", (HeadDeadlineH11Protocol,), {"head_timeout_s": request_timeout_s})
     config = uvicorn.Config(app, host=host, port=port, http=protocol, ws="none", log_level=log_level,
                             timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=math.ceil(shutdown_timeout_s),
-                            h11_max_incomplete_event_size=MAX_HEAD_BYTES)
+                            h11_max_incomplete_event_size=MAX_HEAD_BYTES, limit_concurrency=max_connections)
     uvicorn.Server(config).run()
 
 
@@ -441,10 +444,13 @@ def serve(app: FastAPI, host: str, port: int, *, request_timeout_s: float = REQU
               help="a request's headers, then its body, must each arrive within this (else 408 or disconnect)")
 @click.option("--shutdown-timeout-s", type=click.FloatRange(min=0), default=SHUTDOWN_TIMEOUT_S,
               help="on SIGTERM, how long the requests in flight may take before the process exits anyway")
+@click.option("--max-connections", type=click.IntRange(min=1), default=MAX_CONNECTIONS,
+              help="open connections (or requests in flight) beyond which a request is answered 503 at once")
 @click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0,
               help="how long the batcher waits for more requests to link together")
 def main(model: str, index: str | None, threshold: float | None, host: str, port: int, max_items: int,
-         max_body_bytes: int, request_timeout_s: float, shutdown_timeout_s: float, batch_wait_ms: float) -> None:
+         max_body_bytes: int, request_timeout_s: float, shutdown_timeout_s: float, max_connections: int,
+         batch_wait_ms: float) -> None:
     """Serve the trained run --model: POST /link, GET /health, a page at GET /, the schema at GET /openapi.json.
     There is no /docs or /redoc (FastAPI's pages load their scripts from a CDN: blank offline)."""
     from link.cli import ERRORS
@@ -457,7 +463,8 @@ def main(model: str, index: str | None, threshold: float | None, host: str, port
     serve(create_app(linker, max_items=max_items, batch_wait_ms=batch_wait_ms, name=model,
                      max_body_bytes=max_body_bytes, request_timeout_s=request_timeout_s,
                      shutdown_timeout_s=shutdown_timeout_s),
-          host, port, request_timeout_s=request_timeout_s, shutdown_timeout_s=shutdown_timeout_s)
+          host, port, request_timeout_s=request_timeout_s, shutdown_timeout_s=shutdown_timeout_s,
+          max_connections=max_connections)
 
 
 if __name__ == "__main__":

@@ -286,6 +286,20 @@ def test_headers_over_16_kib_are_refused(server):
     assert answer.startswith(b"HTTP/1.1 400")
 
 
+def test_past_max_connections_a_request_gets_503_at_once(tmp_path):
+    proc, port = start_server(tmp_path, "--max-connections", "2")
+    try:
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        time.sleep(0.5)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert read_all(s).startswith(b"HTTP/1.1 503")
+        for s in held:
+            s.close()
+    finally:
+        stop_server(proc)
+
+
 def test_sigterm_stops_the_service_with_requests_in_flight_and_a_slow_client(tmp_path):
     proc, port = start_server(tmp_path, "--shutdown-timeout-s", "2")
     try:
