@@ -9,9 +9,10 @@ import click
 
 from link.batch import LinkConfig, run
 from link.linker import LinkError
+from link.options import FiniteFloat
 from precompute.encoding import EncodeError
 from precompute.schema import InputError
-from precompute.store import StoreError
+from precompute.store import StoreError, exit_on_sigterm
 from retrieval.index import RetrievalError
 from retrieval.metrics import format_table
 from train.checkpoint import CheckpointError
@@ -27,9 +28,10 @@ ERRORS = (LinkError, InputError, EncodeError, StoreError, RetrievalError, Checkp
               help="a trained run directory (config.json, model.safetensors, metrics.json)")
 @click.option("--in", "input", required=True, type=click.Path(dir_okay=False),
               help="JSONL, one mention a line: {id?, text or sentence, start, end, lang?, context?, gold?}")
-@click.option("--out", "output", required=True, type=click.Path(dir_okay=False), help="the Links file to write")
+@click.option("--out", "output", required=True, type=click.Path(dir_okay=False),
+              help="the Links file to write; not --in, nor inside the run directory, its store or its index")
 @click.option("--k", type=click.IntRange(min=1), default=10, help="candidates kept per mention")
-@click.option("--threshold", type=float, default=None, help="NIL threshold  [default: the run's tuned one]")
+@click.option("--threshold", type=FiniteFloat(), default=None, help="NIL threshold  [default: the run's tuned one]")
 @click.option("--index", type=click.Path(file_okay=False), default=None,
               help="FAISS index of the run's store  [default: <run root>/index, as xel-experiment lays it out]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, help="mentions encoded and scored at once")
@@ -37,7 +39,8 @@ ERRORS = (LinkError, InputError, EncodeError, StoreError, RetrievalError, Checkp
               help="0: encode in this process; N >= 1: encode with N precompute Ray actors into a temporary store "
                    "beside --out, then score in batches (large inputs; a cluster through ray job submit)")
 @click.option("--address", default=None,
-              help="Ray cluster address for --actors  [default: a local Ray, or the job's own inside ray job submit]")
+              help="Ray cluster address for --actors: host:port, ray://host:port or auto; checked to answer within "
+                   "10 s  [default: a local Ray, or the job's own inside ray job submit]")
 @click.option("--progress/--no-progress", default=True, help="a progress bar with mentions/s")
 @click.option("-v", "--verbose", is_flag=True)
 def main(verbose: bool, **flags) -> None:
@@ -45,6 +48,7 @@ def main(verbose: bool, **flags) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     cfg = LinkConfig(**flags)
+    exit_on_sigterm()  # a SIGTERM removes the temporary Links file, as Ctrl-C does
     try:
         summary = run(cfg)
     except ERRORS as e:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from precompute.encoding import TextEncoder, context_item, mention_item
-from precompute.schema import ISO_639_1
+from precompute.schema import ISO_639_1, MAX_TEXT_CHARS, check_string, has_word
 from precompute.store import Store, StoreError
 from retrieval.candidates import CandidateGenerator, MentionRef, candidate_generator, kb_table
 from retrieval.files import CANDIDATE_SOURCES
@@ -77,6 +77,14 @@ def check_item(record: Any, where: str, default_id: str) -> Item:
     def fail(field: str, problem: str) -> LinkError:
         return LinkError(f"{where}: field {field!r} {problem}")
 
+    def storable(field: str, value: str, text: bool = False) -> None:  # precompute's rules (precompute.schema)
+        if text and len(value) > MAX_TEXT_CHARS:
+            raise fail(field, f"is {len(value):,} characters long; at most {MAX_TEXT_CHARS:,} are allowed (only a "
+                              "window of the encoder's length limit is encoded: cut the text around the mention)")
+        problem = check_string(value)
+        if problem:
+            raise fail(field, problem)
+
     if not isinstance(record, dict):
         raise LinkError(f"{where}: expected a JSON object {{text, start, end, lang?, id?, context?}}, got {record!r}")
     unknown = sorted(set(record) - set(ITEM_FIELDS))
@@ -87,6 +95,8 @@ def check_item(record: Any, where: str, default_id: str) -> Item:
                            "(the sentence holding the mention) is required")
     key = "text" if "text" in record else "sentence"
     sentence = record[key]
+    if isinstance(sentence, str):
+        storable(key, sentence, text=True)
     if not isinstance(sentence, str) or not sentence.strip():
         raise fail(key, f"is {sentence!r}; a non-empty string is required")
     for name in ("start", "end"):
@@ -97,15 +107,19 @@ def check_item(record: Any, where: str, default_id: str) -> Item:
     if not 0 <= start < end <= len(sentence):
         raise fail("start/end", f"is [{start}, {end}); a non-empty span 0 <= start < end <= {len(sentence)} "
                                 "(character offsets) is required")
-    if not sentence[start:end].strip():
-        raise fail("start/end", f"covers {sentence[start:end]!r}, which holds no word; the span must cover text")
+    if not sentence[start:end].strip() or not has_word(sentence[start:end]):
+        raise fail("start/end", f"covers {sentence[start:end]!r}, which holds no word (only spaces, invisible or "
+                                "combining characters); the span must cover text")
     lang = record.get("lang", DEFAULT_LANG)
     if lang not in ISO_639_1:
         raise fail("lang", f"is {lang!r}; an ISO 639-1 code (en, de, ru, ...) is required")
     ident = record.get("id", default_id)
     if not isinstance(ident, str | int) or isinstance(ident, bool) or not str(ident).strip():
         raise fail("id", f"is {ident!r}; a non-empty string is required")
+    storable("id", str(ident))
     context = record.get("context")
+    if isinstance(context, str):
+        storable("context", context, text=True)
     if context is not None and (not isinstance(context, str) or not context.strip()):
         raise fail("context", f"is {context!r}; a non-empty string or null is required")
     gold = record.get("gold")
@@ -114,6 +128,9 @@ def check_item(record: Any, where: str, default_id: str) -> Item:
     mtype = record.get("type")
     if mtype is not None and not isinstance(mtype, str):
         raise fail("type", f"is {mtype!r}; a string (PER, ORG, ...) or null is required")
+    for name, value in (("gold", gold), ("type", mtype)):
+        if value is not None:
+            storable(name, value)
     return Item(str(ident), sentence, start, end, lang, context, gold, mtype)
 
 

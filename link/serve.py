@@ -5,14 +5,27 @@ a CPU or GPU gains nothing from replicas on one machine). Routes:
 
 * ``POST /link``: ``{"items": [{id?, text or sentence, start, end, lang?, context?}, ...], "k"?: 10,
   "threshold"?: float}`` -> ``{"links": [Links file lines]}``; a bad body or item is answered 4xx with a message
-  naming the item and field (400: not JSON, 413: more than ``--max-items`` items, 422: a bad field);
-* ``GET /health``: ``{"status": "ok", ...}`` once the model is loaded;
+  naming the item and field (400: not JSON, or nested too deep; 408: the body came too slowly; 413: a body over
+  ``--max-body-bytes`` (refused by its Content-Length before it is read, or while it streams in), more than
+  ``--max-items`` items or a text over 20,000 characters; 422: a bad field, items checked by the rules
+  precompute applies). A batch that fails inside the linker answers its requests 500 with a one-line message
+  (the traceback goes to the log); the worker goes on with the next batch;
+* ``GET /health``: ``{"status": "ok", ...}`` while the linking worker runs, else 503 ``"stopped"``, with the
+  failed batches so far, the last failure, the queue length and how long the current batch has run;
 * ``GET /``: a page to paste a sentence, select the mention with the mouse (or type it), pick its language and
-  see the ranked entities, their scores and the NIL decision.
+  see the ranked entities, their scores and the NIL decision;
+* ``GET /openapi.json``: the schema. There is no ``/docs`` or ``/redoc``: FastAPI's pages load their scripts from
+  a CDN, which an offline machine cannot reach.
 
 Concurrent requests are batched: a worker thread takes the queued requests (up to ``--max-items`` items, waiting
 at most ``--batch-wait-ms`` for more) and links them in one call, so encoding and scoring run batched and one at
 a time. Predictions are the linker's for the same items (batch composition moves scores only by float rounding).
+
+Slow or hostile clients: a request's line and headers must arrive within ``--request-timeout-s`` of the
+connection (or of the previous response on a kept-alive one) and its body within ``--request-timeout-s`` of its
+headers; headers over 16 KiB are refused (h11); idle kept-alive connections close after 5 s; past
+``--max-connections`` open connections a request is answered 503 at once. SIGTERM (or Ctrl-C)
+stops taking connections, lets the requests in flight finish for up to ``--shutdown-timeout-s``, then exits.
 """
 
 from __future__ import annotations
@@ -21,11 +34,12 @@ import asyncio
 import html
 import json
 import logging
+import math
 import queue
 import threading
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,8 +47,11 @@ from typing import Any
 import click
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from link.linker import Item, Link, Linker, LinkError, check_item
+from link.options import FiniteFloat
 from link.page import PAGE
 from precompute.encoding import EncodeError
 from precompute.schema import ISO_639_1
@@ -42,8 +59,14 @@ from precompute.schema import ISO_639_1
 log = logging.getLogger(__name__)
 
 MAX_ITEMS = 256
-MAX_TEXT_CHARS = 20_000
+MAX_TEXT_CHARS = 20_000  # per request; precompute's own limit (precompute.schema.MAX_TEXT_CHARS) is checked too
 MAX_K = 100
+MAX_BODY_BYTES = 8 << 20  # 256 items of 20,000 characters fit, escaped ASCII or UTF-8
+REQUEST_TIMEOUT_S = 30.0
+SHUTDOWN_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 1000  # below the usual 1024 open files, so that a flood of connections gets 503, not EMFILE
+KEEP_ALIVE_S = 5
+MAX_HEAD_BYTES = 16 << 10
 
 
 @dataclass
@@ -54,24 +77,59 @@ class Job:
     future: Future = field(default_factory=Future)
 
 
+class ServiceStopped(Exception):
+    """The linking worker is not running (the service is shutting down): answered 503."""
+
+
+class LinkingFailed(Exception):
+    """A batch failed inside the linker: answered 500 with this one-line message; the traceback is in the log."""
+
+
 class Batcher:
-    """One worker thread that links queued jobs together (see the module docstring)."""
+    """One worker thread that links queued jobs together (see the module docstring). Whatever one batch raises
+    fails that batch's requests only; the worker goes on."""
 
     def __init__(self, linker: Linker, max_items: int = MAX_ITEMS, wait_s: float = 0.005):
         self.linker, self.max_items, self.wait_s = linker, max_items, wait_s
         self.queue: queue.Queue[Job | None] = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name="xel-link-batcher", daemon=True)
+        self.lock = threading.Lock()  # submit against stop: no job is queued after stop drains the queue
+        self.stopping = False
+        self.failed_batches = 0
+        self.last_failure: str | None = None
+        self.busy_since: float | None = None
 
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive() and not self.stopping
+
+    def stop(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+        """Link what is queued, for up to ``timeout_s``; fail what is left (503) and return. A batch still in the
+        linker after that is abandoned with its thread (a daemon), so that the process can exit."""
+        with self.lock:
+            self.stopping = True
+            self.queue.put(None)
+        self.thread.join(timeout_s)
+        if self.thread.is_alive():
+            log.warning("the linking worker is still in a batch after %.0f s; exiting without it", timeout_s)
+        while True:
+            try:
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                settle(job.future, error=ServiceStopped("the service stopped before linking this request; retry"))
 
     def submit(self, items: list[Item], k: int, threshold: float | None) -> Future:
-        job = Job(items, k, threshold)
-        self.queue.put(job)
+        with self.lock:
+            if not self.running:
+                raise ServiceStopped("the linking worker is not running (the service is shutting down); retry on "
+                                     "another instance")
+            job = Job(items, k, threshold)
+            self.queue.put(job)
         return job.future
 
     def _collect(self, first: Job) -> tuple[list[Job], bool]:
@@ -94,35 +152,128 @@ class Batcher:
             if first is None:
                 return
             jobs, stop = self._collect(first)
-            for threshold in {j.threshold for j in jobs}:
-                self._run([j for j in jobs if j.threshold == threshold], threshold)
+            self.busy_since = time.monotonic()
+            try:
+                for threshold in dict.fromkeys(j.threshold for j in jobs):
+                    self._run([j for j in jobs if j.threshold == threshold], threshold)
+            except BaseException as e:  # the worker outlives any batch: a bug here fails these requests only
+                self._failed([j for j in jobs if not j.future.done()], e)
+            finally:
+                self.busy_since = None
             if stop:
                 return
 
     def _run(self, jobs: list[Job], threshold: float | None) -> None:
+        jobs = [j for j in jobs if not j.future.cancelled()]  # a request cancelled while queued (its client left)
+        if not jobs:
+            return
+        n = sum(len(j.items) for j in jobs)
         try:
             links = self.linker.link([it for j in jobs for it in j.items], k=max(j.k for j in jobs),
                                      threshold=threshold)
-        except Exception as e:  # handed to the requests: 422 for an item the encoder refuses, else 500
+            if len(links) != n:
+                raise RuntimeError(f"the linker returned {len(links)} links for {n} items")
+        except BaseException as e:  # 422 for an item the encoder refuses, else 500; never the worker's end
             if len(jobs) > 1:  # one request's bad item must not fail the others batched with it
                 for j in jobs:
                     self._run([j], threshold)
-                return
-            if not isinstance(e, EncodeError):
-                log.exception("linking a batch of %d items failed", len(jobs[0].items))
-            jobs[0].future.set_exception(e)
+            elif isinstance(e, EncodeError):
+                settle(jobs[0].future, error=e)
+            else:
+                self._failed(jobs, e)
             return
         start = 0
         for j in jobs:
             mine: list[Link] = links[start : start + len(j.items)]
             start += len(j.items)
-            j.future.set_result([replace(x, candidates=x.candidates[: j.k]) for x in mine])
+            settle(j.future, [replace(x, candidates=x.candidates[: j.k]) for x in mine])
+
+    def _failed(self, jobs: list[Job], error: BaseException) -> None:
+        lines = str(error).strip().splitlines()
+        message = f"linking failed: {type(error).__name__}" + (f": {lines[0][:300]}" if lines else "")
+        log.error("a batch of %d request(s) failed; the service goes on", len(jobs),
+                  exc_info=(type(error), error, error.__traceback__))
+        self.failed_batches += 1
+        self.last_failure = message
+        for j in jobs:
+            settle(j.future, error=LinkingFailed(message))
+
+
+def settle(future: Future, result: Any = None, error: BaseException | None = None) -> None:
+    """Give ``future`` its result or error, unless it is done already: a request cancelled while its batch ran
+    (its client left, or the shutdown timed out) must not fail the others batched with it."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 class BadRequest(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, unread: bool = False):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.unread = status, message, unread  # unread: the body was not read whole
+
+
+async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The request's body: refused (413) by its Content-Length before a byte is read, or as soon as more than
+    ``max_bytes`` have streamed in (chunked, no Content-Length); 408 when it has not all arrived in ``timeout_s``."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise BadRequest(400, f"Content-Length is {length[:40]!r}; a byte count is required", unread=True)
+        if int(length) > max_bytes:
+            raise BadRequest(413, f"the body is {int(length):,} bytes (Content-Length); at most {max_bytes:,} per "
+                                  "request", unread=True)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    chunks, size = [], 0
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - loop.time()))
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except TimeoutError:
+            raise BadRequest(408, f"the body did not arrive within {timeout_s:g} s ({size:,} bytes came); send "
+                                  "it at once", unread=True) from None
+        size += len(chunk)
+        if size > max_bytes:
+            raise BadRequest(413, f"the body is over {max_bytes:,} bytes; at most {max_bytes:,} per request",
+                             unread=True)
+        chunks.append(chunk)
+
+
+class _TooManyObjects(Exception):
+    pass
+
+
+def parse_json(raw: bytes, max_items: int) -> Any:
+    """The JSON of a body; parsing stops (413) at the ``max_items + 2``-th object, so that a body of a million
+    items is refused before a million dicts are built. NaN and Infinity parse (the fields that get them say no)."""
+    objects = 0
+
+    def count(obj: dict[str, Any]) -> dict[str, Any]:
+        nonlocal objects
+        objects += 1
+        if objects > max_items + 1:  # the items and the body
+            raise _TooManyObjects
+        return obj
+
+    try:
+        return json.loads(raw, object_hook=count)
+    except _TooManyObjects:
+        raise BadRequest(413, f"the body holds more than {max_items} items (JSON objects); at most {max_items} per "
+                              "request") from None
+    except RecursionError:
+        raise BadRequest(400, "the body is not JSON we read: it is nested deeper than the parser allows; a body is "
+                              '{"items": [flat objects]}') from None
+    except UnicodeDecodeError as e:
+        raise BadRequest(400, f"the body is not JSON (not UTF-8: {e.reason} at byte {e.start})") from None
+    except ValueError as e:  # JSONDecodeError, or an integer of more than 4,300 digits
+        raise BadRequest(400, f"the body is not JSON ({str(e)[:200]})") from None
 
 
 def parse_body(body: Any, max_items: int) -> tuple[list[Item], int, float | None]:
@@ -132,33 +283,37 @@ def parse_body(body: Any, max_items: int) -> tuple[list[Item], int, float | None
                               '"k"?, "threshold"?}')
     unknown = sorted(set(body) - {"items", "k", "threshold"})
     if unknown:
-        raise BadRequest(422, f"body field {unknown[0]!r} is unknown; allowed: items, k, threshold")
+        raise BadRequest(422, f"body field {unknown[0][:100]!r} is unknown; allowed: items, k, threshold")
     records = body["items"]
     if not isinstance(records, list) or not records:
-        raise BadRequest(422, f"'items' is {records!r}; a non-empty list of items is required")
+        raise BadRequest(422, f"'items' is {str(records)[:100]!r}; a non-empty list of items is required")
     if len(records) > max_items:
         raise BadRequest(413, f"'items' holds {len(records)} items; at most {max_items} per request")
     k = body.get("k", 10)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise BadRequest(422, f"'k' is {k!r}; an integer 1 <= k <= {MAX_K} is required")
+        raise BadRequest(422, f"'k' is {str(k)[:100]}; an integer 1 <= k <= {MAX_K} is required")
     threshold = body.get("threshold")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
-        raise BadRequest(422, f"'threshold' is {threshold!r}; a number or null (the run's tuned one) is required")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)
+                                  or not math.isfinite(threshold)):
+        raise BadRequest(422, f"'threshold' is {str(threshold)[:100]}; a finite number or null (the run's tuned "
+                              "one) is required")
     items = []
     for i, record in enumerate(records):
+        for name in ("text", "sentence", "context"):
+            value = record.get(name) if isinstance(record, dict) else None
+            if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+                raise BadRequest(413, f"items[{i}]: field {name!r} is {len(value):,} characters; at most "
+                                      f"{MAX_TEXT_CHARS:,} per text (xel-link takes longer ones)")
         try:
-            item = check_item(record, f"items[{i}]", f"item-{i}")
+            items.append(check_item(record, f"items[{i}]", f"item-{i}"))
         except LinkError as e:
             raise BadRequest(422, str(e)) from None
-        longest = max(len(item.sentence), len(item.context or ""))
-        if longest > MAX_TEXT_CHARS:
-            raise BadRequest(413, f"items[{i}]: its text is {longest} characters; at most {MAX_TEXT_CHARS}")
-        items.append(item)
     return items, k, None if threshold is None else float(threshold)
 
 
-def create_app(linker: Linker, *, max_items: int = MAX_ITEMS, batch_wait_ms: float = 5.0,
-               name: str = "") -> FastAPI:
+def create_app(linker: Linker, *, max_items: int = MAX_ITEMS, batch_wait_ms: float = 5.0, name: str = "",
+               max_body_bytes: int = MAX_BODY_BYTES, request_timeout_s: float = REQUEST_TIMEOUT_S,
+               shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S) -> FastAPI:
     """The service over a loaded ``linker`` (see the module docstring)."""
     batcher = Batcher(linker, max_items, batch_wait_ms / 1000)
 
@@ -166,15 +321,28 @@ def create_app(linker: Linker, *, max_items: int = MAX_ITEMS, batch_wait_ms: flo
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         batcher.start()
         yield
-        batcher.stop()
+        await asyncio.to_thread(batcher.stop, shutdown_timeout_s)
 
-    app = FastAPI(title="xel linking service", lifespan=lifespan)
+    # no /docs, /redoc: their pages load Swagger UI and ReDoc from a CDN (blank offline); /openapi.json stays
+    app = FastAPI(title="xel linking service", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.batcher = batcher
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+        return JSONResponse({"detail": f"internal error: {type(error).__name__}"}, status_code=500)
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok" if batcher.thread.is_alive() else "stopped", "model": name,
-                "scorer": "nn" if linker.model is None else linker.model.spec.scorer,
-                "kb_entries": len(linker.kb), "threshold": linker.threshold, "max_items": max_items}
+    def health() -> JSONResponse:
+        busy = batcher.busy_since
+        return JSONResponse(
+            {"status": "ok" if batcher.running else "stopped", "model": name,
+             "scorer": "nn" if linker.model is None else linker.model.spec.scorer,
+             "kb_entries": len(linker.kb), "threshold": linker.threshold, "max_items": max_items,
+             "max_body_bytes": max_body_bytes, "failed_batches": batcher.failed_batches,
+             "last_failure": batcher.last_failure, "queued": batcher.queue.qsize(),
+             "busy_s": None if busy is None else round(time.monotonic() - busy, 3)},
+            status_code=200 if batcher.running else 503)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -183,22 +351,82 @@ def create_app(linker: Linker, *, max_items: int = MAX_ITEMS, batch_wait_ms: flo
     @app.post("/link")
     async def link(request: Request) -> JSONResponse:
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return JSONResponse({"detail": f"the body is not JSON ({e})"}, status_code=400)
-        try:
-            items, k, threshold = parse_body(body, max_items)
+            raw = await read_body(request, max_body_bytes, request_timeout_s)
+            items, k, threshold = parse_body(parse_json(raw, max_items), max_items)
         except BadRequest as e:
-            return JSONResponse({"detail": e.message}, status_code=e.status)
+            return JSONResponse({"detail": e.message}, status_code=e.status,
+                                headers={"Connection": "close"} if e.unread else None)
+        except ClientDisconnect:
+            return JSONResponse({"detail": "the client went away"}, status_code=400)
         try:
             links = await asyncio.wrap_future(batcher.submit(items, k, threshold))
+        except ServiceStopped as e:
+            return JSONResponse({"detail": str(e)}, status_code=503)
         except EncodeError as e:
             return JSONResponse({"detail": str(e)}, status_code=422)
-        except Exception as e:
-            return JSONResponse({"detail": f"linking failed: {e}"}, status_code=500)
+        except LinkingFailed as e:
+            return JSONResponse({"detail": str(e)}, status_code=500)
         return JSONResponse({"links": [x.to_json() for x in links]})
 
     return app
+
+
+class HeadDeadlineH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline on a request's line and headers: a client that has not sent them
+    whole within ``head_timeout_s`` of connecting (or of its previous response) is disconnected. uvicorn itself
+    only closes idle kept-alive connections, so a client that trickles its headers would hold one forever."""
+
+    head_timeout_s = REQUEST_TIMEOUT_S
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def _waiting_for_head(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _arm(self) -> None:
+        if self._head_timer is None and self._waiting_for_head():
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_too_slow)
+        elif self._head_timer is not None and not self._waiting_for_head():
+            self._disarm()
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._waiting_for_head() and not self.transport.is_closing():
+            log.info("closing a connection from %s: no request head within %g s", self.client, self.head_timeout_s)
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._disarm()  # idle now: uvicorn's keep-alive timeout runs until the next request's first byte
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+def serve(app: FastAPI, host: str, port: int, *, request_timeout_s: float = REQUEST_TIMEOUT_S,
+          shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS,
+          log_level: str = "info") -> None:
+    """Run ``app`` with uvicorn until SIGTERM or Ctrl-C, with the limits of the module docstring."""
+    import uvicorn
+
+    protocol = type("HeadDeadlineH11Protocol", (HeadDeadlineH11Protocol,), {"head_timeout_s": request_timeout_s})
+    config = uvicorn.Config(app, host=host, port=port, http=protocol, ws="none", log_level=log_level,
+                            timeout_keep_alive=KEEP_ALIVE_S, timeout_graceful_shutdown=math.ceil(shutdown_timeout_s),
+                            h11_max_incomplete_event_size=MAX_HEAD_BYTES, limit_concurrency=max_connections)
+    uvicorn.Server(config).run()
 
 
 @click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
@@ -206,17 +434,25 @@ def create_app(linker: Linker, *, max_items: int = MAX_ITEMS, batch_wait_ms: flo
               help="a trained run directory (config.json, model.safetensors, metrics.json)")
 @click.option("--index", type=click.Path(file_okay=False), default=None,
               help="FAISS index of the run's store  [default: <run root>/index]")
-@click.option("--threshold", type=float, default=None, help="NIL threshold  [default: the run's tuned one]")
+@click.option("--threshold", type=FiniteFloat(), default=None, help="NIL threshold  [default: the run's tuned one]")
 @click.option("--host", default="127.0.0.1")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000)
 @click.option("--max-items", type=click.IntRange(min=1), default=MAX_ITEMS, help="items per request")
+@click.option("--max-body-bytes", type=click.IntRange(min=1024), default=MAX_BODY_BYTES,
+              help="largest request body; a larger one is refused (413) by its Content-Length, before it is read")
+@click.option("--request-timeout-s", type=click.FloatRange(min=0.1), default=REQUEST_TIMEOUT_S,
+              help="a request's headers, then its body, must each arrive within this (else 408 or disconnect)")
+@click.option("--shutdown-timeout-s", type=click.FloatRange(min=0), default=SHUTDOWN_TIMEOUT_S,
+              help="on SIGTERM, how long the requests in flight may take before the process exits anyway")
+@click.option("--max-connections", type=click.IntRange(min=1), default=MAX_CONNECTIONS,
+              help="open connections (or requests in flight) beyond which a request is answered 503 at once")
 @click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0,
               help="how long the batcher waits for more requests to link together")
 def main(model: str, index: str | None, threshold: float | None, host: str, port: int, max_items: int,
+         max_body_bytes: int, request_timeout_s: float, shutdown_timeout_s: float, max_connections: int,
          batch_wait_ms: float) -> None:
-    """Serve the trained run --model: POST /link, GET /health, and a page at GET /."""
-    import uvicorn
-
+    """Serve the trained run --model: POST /link, GET /health, a page at GET /, the schema at GET /openapi.json.
+    There is no /docs or /redoc (FastAPI's pages load their scripts from a CDN: blank offline)."""
     from link.cli import ERRORS
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -224,8 +460,11 @@ def main(model: str, index: str | None, threshold: float | None, host: str, port
         linker = Linker.load(model, index_dir=index, threshold=threshold)
     except ERRORS as e:
         raise click.ClickException(str(e)) from None
-    uvicorn.run(create_app(linker, max_items=max_items, batch_wait_ms=batch_wait_ms, name=model), host=host,
-                port=port)
+    serve(create_app(linker, max_items=max_items, batch_wait_ms=batch_wait_ms, name=model,
+                     max_body_bytes=max_body_bytes, request_timeout_s=request_timeout_s,
+                     shutdown_timeout_s=shutdown_timeout_s),
+          host, port, request_timeout_s=request_timeout_s, shutdown_timeout_s=shutdown_timeout_s,
+          max_connections=max_connections)
 
 
 if __name__ == "__main__":
