@@ -263,16 +263,16 @@ class Linker:
     @classmethod
     def nn(cls, index_dir: str | Path, features: str | Path | None = None, threshold: float = -1.0,
            k: int = 30, max_prior: int = 10, train_lang: str = "en", max_candidates: int = 50,
-           device: str = "auto") -> Linker:
-        """The nn baseline with the same API: cos(ms, es) over ``xel-nn candidates``' candidates, NIL below
-        ``threshold``."""
+           device: str = "auto", nil_score: str = "cosine") -> Linker:
+        """The nn baseline with the same API: cos(ms, es) over ``xel-nn candidates``' candidates, NIL where the
+        ``nil_score`` (:func:`train.evaluate.with_nil_score`) is below ``threshold``."""
         index, store = open_index_and_store(index_dir, features)
         table = kb_table(store, index)
         generator = candidate_generator(store, index, kb=table, k=k, max_prior=max_prior, train_lang=train_lang)
         return cls(store=store, index=index, encoder=TextEncoder.from_manifest(store.manifest, device=device),
                    kb=KBRows(store, table, np.zeros((len(table), 0), np.float32)),
                    generator=generator,
-                   model=None, pair_prior=None, groups=[], max_candidates=max_candidates, nil_score="cosine",
+                   model=None, pair_prior=None, groups=[], max_candidates=max_candidates, nil_score=nil_score,
                    threshold=threshold)
 
     def items(self, records: Sequence[Any]) -> list[Item]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,17 @@ import torch
 from tests.train_fixtures import synthetic_store
 from train.config import ConfigError, TrainConfig
 from train.data import KB, DataError, Mentions, popularity_features
-from train.evaluate import Ranked, evaluate, predict, prediction_rows, tune_threshold
+from train.evaluate import (
+    Ranked,
+    background_cosine,
+    evaluate,
+    nn_scores,
+    pick_best,
+    predict,
+    prediction_rows,
+    tune_threshold,
+    with_nil_score,
+)
 from train.run import run
 
 NEG = float("-inf")
@@ -110,3 +122,79 @@ def test_ties_are_not_broken_by_candidate_order() -> None:
     assert ranked.tied_top == 1.0
     accuracy = evaluate(ranked, mentions, -1.0)["all"].micro
     assert accuracy < 0.25  # about 1/k, not the 1.0 that "first candidate wins" would give
+
+
+def test_background_cosine_against_numpy() -> None:
+    rng = np.random.default_rng(0)
+    cos = rng.uniform(-1, 1, size=(5, 15))
+    cos[1, 3:] = NEG  # three candidates: the background is the mean of the other two
+    cos[2, 1:] = NEG  # one candidate: no background (0)
+    got = background_cosine(torch.tensor(cos, dtype=torch.float64))
+    want = []
+    for row in cos:
+        rest = np.sort(row[np.isfinite(row)])[::-1][1:11]
+        want.append(rest.mean() if len(rest) else 0.0)
+    np.testing.assert_allclose(got.numpy(), want)
+
+
+def _shifted_language_case(langs: dict[str, float], n: int = 12, k: int = 6, seed: int = 0) -> Mentions:
+    """Per language, ``n`` mentions whose best candidate has cosine ``0.9 + shift`` (gold) or ``0.75 + shift``
+    (NIL), and ``k - 1`` other candidates at ``0.5 + shift`` (gold) or ``0.6 + shift`` (NIL): NIL is separable by
+    the best cosine within one language, but only the margin to the background separates it in every language."""
+    rng = np.random.default_rng(seed)
+    dim = 8
+    ms, es, cand, golds, mlangs, kb_ids = [], [], [], [], [], []
+
+    def unit_at(w: np.ndarray, cosine: float) -> np.ndarray:
+        other = rng.normal(size=dim)
+        other -= other @ w * w
+        return cosine * w + np.sqrt(1 - cosine**2) * other / np.linalg.norm(other)
+
+    for lang, shift in langs.items():
+        for i in range(n):
+            w = rng.normal(size=dim)
+            w /= np.linalg.norm(w)
+            nil = i % 3 == 0
+            top, rest = (0.75, 0.6) if nil else (0.9, 0.5)
+            row = []
+            for j in range(k):
+                kb_ids.append(f"Q{len(kb_ids)}")
+                es.append(unit_at(w, (top if j == 0 else rest) + shift))
+                row.append(len(es) - 1)
+            ms.append(w)
+            cand.append(row)
+            golds.append(None if nil else kb_ids[row[0]])
+            mlangs.append(lang)
+    m = len(ms)
+    kb = KB(ids=kb_ids, index={q: i for i, q in enumerate(kb_ids)}, langs=["en"] * len(kb_ids),
+            es=torch.tensor(np.array(es), dtype=torch.float32), ec=torch.zeros(len(es), dim),
+            popularity=torch.zeros(len(es), 0))
+    cand_t = torch.tensor(cand)
+    return Mentions(kb=kb, ids=[f"m{i}" for i in range(m)], langs=mlangs, types=[None] * m, golds=golds,
+                    ms=torch.tensor(np.array(ms), dtype=torch.float32), mc=torch.zeros(m, dim), cand=cand_t,
+                    cand_mask=torch.ones_like(cand_t, dtype=torch.bool),
+                    gold_pos=torch.tensor([-1 if g is None else 0 for g in golds]),
+                    gold_kb=torch.tensor([-1 if g is None else int(r[0]) for g, r in zip(golds, cand)]))
+
+
+def test_csls_nil_threshold_tuned_on_english_transfers_to_a_shifted_script_and_cosine_does_not() -> None:
+    english = _shifted_language_case({"en": 0.0})
+    both = _shifted_language_case({"en": 0.0, "xx": -0.3}, seed=1)
+    f1 = {}
+    for rule in ("cosine", "csls"):
+        threshold = tune_threshold(with_nil_score(pick_best(nn_scores(english), english), english, rule), english)
+        ranked = with_nil_score(pick_best(nn_scores(both), both), both, rule)
+        scores = evaluate(ranked, both, threshold)
+        f1[rule] = (scores["lang:en"].f1, scores["lang:xx"].f1)
+    assert f1["csls"] == pytest.approx((1.0, 1.0))
+    assert f1["cosine"][0] == pytest.approx(1.0) and f1["cosine"][1] == 0.0  # every xx link called NIL
+
+
+def test_nil_scores_use_no_gold() -> None:
+    m = _shifted_language_case({"en": 0.0, "xx": -0.3})
+    poisoned = replace(m, golds=[None] * len(m), gold_pos=torch.full((len(m),), -1),
+                       gold_kb=torch.full((len(m),), -1))
+    for rule in ("cosine", "csls"):
+        a = with_nil_score(pick_best(nn_scores(m), m), m, rule)
+        b = with_nil_score(pick_best(nn_scores(poisoned), poisoned), poisoned, rule)
+        assert torch.equal(a.nil_score, b.nil_score) and predict(a, m, 0.2) == predict(b, poisoned, 0.2)

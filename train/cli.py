@@ -120,8 +120,9 @@ def option(*decls: str, name: str | None = None, **kwargs: Any):
 @option("--nil-threshold", type=float, help="NIL when every candidate scores below it")
 @option("--tune-nil/--no-tune-nil", default=None, help="pick the NIL threshold on dev")
 @click.option("--nil-score", type=click.Choice(NIL_SCORES),
-              help="compare the NIL threshold with the best score (model; paper's default) or with cos(ms, es) of "
-                   "the best candidate (cosine; residual's default)")
+              help="compare the NIL threshold with the best score (model; paper's default), cos(ms, es) of the "
+                   "best candidate (cosine), or that cosine minus the mention's background, the mean cosine of its "
+                   "next 10 candidates (csls; residual's default: it carries over to other languages and scripts)")
 @option("--dev-fraction", type=float, help="held-out training mentions for epoch selection")
 @option("--test-fraction", type=float, help="held-out test share of a language both trained and evaluated")
 @option("--equalize/--no-equalize", default=None, help="downsample training languages to the smallest")

@@ -83,8 +83,9 @@ class TrainConfig:
     popularity_source: str = "links"
     # NIL and selection
     nil_threshold: float = -1.0
-    # what the threshold is compared with: "model" (the best score; the paper) or "cosine" (cos(ms, es) of the
-    # best candidate: nn's rule); default: the scorer's own (paper: model, residual: cosine); see train.evaluate
+    # what the threshold is compared with: "model" (the best score; the paper), "cosine" (cos(ms, es) of the best
+    # candidate) or "csls" (that cosine minus the mention's background similarity, which carries over to other
+    # languages and scripts); default: the scorer's own (paper: model, residual: csls); see train.evaluate
     nil_score: str | None = None
     tune_nil: bool = False
     dev_fraction: float = 0.1
@@ -150,7 +151,7 @@ class TrainConfig:
 
     @property
     def nil_score_name(self) -> str:
-        return self.nil_score or ("model" if self.scorer == "paper" else "cosine")
+        return self.nil_score or ("model" if self.scorer == "paper" else "csls")
 
     @property
     def loss_name(self) -> str:

@@ -1,12 +1,21 @@
 """Score every candidate of a mention set, predict with the NIL threshold, and compute the shared metrics.
 
 A mention is predicted NIL when it has no candidate or its NIL score is below the threshold (paper §5: -1 by
-default); otherwise its best-scoring candidate. The NIL score is the best candidate's score (``--nil-score
-model``, the paper's rule) or the cosine between the mention's ``ms`` and that candidate's ``es`` (``--nil-score
-cosine``, nn's rule; the residual scorer's default): features that only English mentions have (an alias prior,
-an exact name match) raise the residual scorer's scores of English links, so a threshold tuned on English dev
-on those scores would turn correct links in another language into NIL; the cosine's scale is the one nn's
-threshold is tuned on, and it carries over. Metrics come from :mod:`retrieval.metrics`.
+default); otherwise its best-scoring candidate. The NIL score (``--nil-score``) is one of:
+
+* ``model``: the best candidate's score (the paper's rule, the paper scorer's default);
+* ``cosine``: cos(ms, es) of the best candidate (nn's rule as the paper's baseline has it);
+* ``csls``: that cosine minus the mention's *background*, the mean cosine of its 2nd to 11th most similar
+  candidates (the residual scorer's default). The correction is the mention side of CSLS (Conneau et al.,
+  2018, "Word translation without parallel data"): a mention whose script or language differs from the KB's
+  names has lower cosines to every entity, right or wrong, so a raw-cosine threshold tuned on English calls
+  most of its correct links NIL; the background moves with that shift and the difference does not. It needs
+  no target-language data, labelled or not, and is computed per mention, so a batch of one links as the
+  whole set does.
+
+The model's own score is not the residual scorer's NIL score: features that only English mentions have (an
+alias prior, an exact name match) raise its scores of English links, so a threshold tuned on English dev on
+those scores would turn correct links in another language into NIL. Metrics come from :mod:`retrieval.metrics`.
 """
 
 from __future__ import annotations
