@@ -50,6 +50,8 @@ from precompute.encoding import (  # noqa: E402
 )
 from precompute.onnx_backend import CACHE_ENV as ONNX_CACHE_ENV  # noqa: E402
 from precompute.onnx_backend import QUANTIZE as ONNX_QUANTIZE  # noqa: E402
+from precompute.onnx_backend import OnnxBackendError  # noqa: E402
+from precompute.onnx_backend import check_cache as check_onnx_cache  # noqa: E402
 from precompute.ray_session import ray_session  # noqa: E402
 from precompute.schema import FileIndex, InputError, ScannedInputs, read_records, scan_inputs  # noqa: E402
 from precompute.store import (  # noqa: E402
@@ -157,9 +159,15 @@ class PrecomputeConfig:
 
 def encoder_settings(cfg: PrecomputeConfig) -> EncoderSettings:
     """The flags' encoder, resolved once for the whole run (the model hashed once), on the actors' device."""
-    return resolve_encoder(cfg.model, layer=cfg.layer, max_length=cfg.max_length, prefix=cfg.prefix,
-                           dtype=cfg.dtype, device=actor_device(cfg), max_tokens_per_batch=cfg.max_tokens_per_batch,
-                           backend=cfg.backend)
+    settings = resolve_encoder(cfg.model, layer=cfg.layer, max_length=cfg.max_length, prefix=cfg.prefix,
+                               dtype=cfg.dtype, device=actor_device(cfg), max_tokens_per_batch=cfg.max_tokens_per_batch,
+                               backend=cfg.backend)
+    if settings.backend == "onnx":
+        try:
+            check_onnx_cache(settings.model, settings.identity["fingerprint"], settings.dtype)
+        except OnnxBackendError as e:
+            raise PrecomputeError(str(e)) from None
+    return settings
 
 
 def run_settings(cfg: PrecomputeConfig, encoder: EncoderSettings) -> dict[str, Any]:
