@@ -76,6 +76,64 @@ def test_checkpoint_without_checksum_loads_with_a_warning(tmp_path, caplog) -> N
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
 
 
+@pytest.mark.parametrize("name,value", [("hs.first.weight", float("nan")), ("final.2.bias", float("inf")),
+                                        ("hc.first.bias", float("-inf"))])
+def test_checkpoint_with_non_finite_weights_is_refused(tmp_path, name, value) -> None:
+    """Issue 25.2: a NaN weight (sha recomputed, shapes right) made xel-link write bare NaN tokens, every mention
+    NIL; an inf bias changed predictions silently."""
+    model = _ranker()
+    state = model.state_dict()
+    with torch.no_grad():
+        state[name].view(-1)[0] = value
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(model, path)  # a valid file with a matching sha256: only the values are wrong
+    for load in (load_checkpoint, lambda p: load_state_strict(_ranker(), p)):
+        with pytest.raises(CheckpointError, match=rf"model\.safetensors: NaN or infinite values in tensors "
+                                                  rf"\{{'{name}': 1\}} .* allowed: finite numbers only"):
+            load(path)
+
+
+@pytest.mark.parametrize("change", [
+    {"dim": -8}, {"hs_sizes": [10**12]}, {"final_sizes": 4}, {"scorer": "transformer"}, {"depth": 3},
+])
+def test_checkpoint_with_an_absurd_spec_is_refused_without_building_it(tmp_path, change) -> None:
+    """Issue 25.5: a spec that builds no model raised a raw RuntimeError; a huge one must not be allocated."""
+    from safetensors.torch import save_file
+
+    from train.checkpoint import FORMAT, tensors_sha256
+
+    model = _ranker()
+    spec = {**json.loads(model.spec.to_json()), **change}
+    state = model.state_dict()
+    path = tmp_path / "model.safetensors"
+    save_file(state, str(path), metadata={"spec": json.dumps(spec), "format": FORMAT,
+                                          "tensors_sha256": tensors_sha256(state)})
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: (metadata 'spec' .* builds no model|does not "
+                                              r"fit this model)"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_no_output_file_ever_holds_a_bare_nan_token(tmp_path, value) -> None:
+    """Issue 25.2: json.dumps wrote NaN/Infinity, which no JSON reader accepts; every writer refuses them."""
+    from precompute.store import NotJSONError, StoreError, atomic_write_json, json_line
+    from retrieval.files import write_candidates, write_predictions
+
+    writers = {
+        "predictions.jsonl": lambda p: write_predictions(p, [("m1", "Q1", 0.5, [("Q1", value)])]),
+        "candidates.jsonl": lambda p: write_candidates(p, [("m1", [("Q1", value, "dense")])]),
+        "metrics.json": lambda p: atomic_write_json(p, {"test": {"f1": value}}),
+        "links.jsonl": lambda p: p.write_text(json_line({"id": "m1", "score": value}, p)),
+    }
+    for name, write in writers.items():
+        path = tmp_path / name
+        with pytest.raises(NotJSONError, match=rf"{name}: a NaN or infinite number cannot be written as JSON"):
+            write(path)
+        assert not path.exists() and not list(tmp_path.glob("*.tmp"))
+    assert issubclass(NotJSONError, StoreError)  # every command's error handling reports it as one line
+    assert json_line({"id": "м1", "score": 0.5}, "x") == '{"id": "м1", "score": 0.5}\n'
+
+
 # ------------------------------------------------------------------------------------------ (b) FAISS index dirs
 
 
