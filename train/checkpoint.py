@@ -72,7 +72,6 @@ def read_tensors(path: str | os.PathLike, rerun: str = RERUN) -> tuple[dict[str,
             f"{path}: the sha256 of its tensors differs from the one recorded when it was written (the file is "
             f"corrupted); {rerun}"
         )
-    check_finite(tensors, str(path), rerun)
     return tensors, metadata
 
 
@@ -92,6 +91,7 @@ def save_checkpoint(model: Ranker, path: str | os.PathLike) -> None:
 
 def _verified(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     state, meta = read_tensors(path)
+    check_finite(state, str(path))  # a resume state checks its own tensors (train.resume)
     fmt = meta.get("format")
     if fmt not in READABLE_FORMATS:
         raise CheckpointError(f"{path}: metadata format {fmt!r}; this xel reads {list(READABLE_FORMATS)}")
