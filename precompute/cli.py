@@ -75,7 +75,11 @@ def main(verbose: bool, **flags: Any) -> None:
         summary = run(cfg)
     except (InputError, PrecomputeError, EncodeError) as e:
         raise click.ClickException(str(e)) from None
-    except (KeyboardInterrupt, Stopped) as e:
+    except (KeyboardInterrupt, Stopped, SystemError) as e:
+        if isinstance(e, SystemError):  # a Stopped raised inside a C extension (outside the deferring driver loop)
+            if not isinstance(e.__cause__, Stopped):
+                raise
+            e = e.__cause__
         signum = e.args[0] if isinstance(e, Stopped) else signal.SIGINT
         click.echo(f"xel-precompute: stopped by {signal.Signals(signum).name}; finished shards are kept, rerun the "
                    "same command to resume", err=True)

@@ -10,7 +10,9 @@ quantised per batch; :data:`QUANTIZE`). Both files are cached under ``{cache}/{f
 and ``.../int8-{recipe digest}/model.onnx``, where ``cache`` is ``$XEL_ONNX_CACHE`` or ``onnx/`` inside the encoder
 directory (the encoder's fingerprint hashes only its config, weights and tokenizer, so the cache never changes it).
 Each is built in a temp directory and renamed into place, under a file lock, so two actors that start together
-export it once and never read a partial file.
+export it once and never read a partial file. The build records the sha256 of every file it wrote in the
+directory's ``build.json``, and every use checks them: a file changed since (another model's export copied over it)
+is refused with the file and the fix named; a directory without the record (an older xel's) is built again.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from precompute.store import atomic_write_json, make_temp_dir
+from precompute.store import atomic_write_json, file_sha256, make_temp_dir
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "XEL_ONNX_CACHE"
 MODEL_FILE = "model.onnx"
+BUILD_FILE = "build.json"  # what built the directory and the sha256 of each file it wrote ("files")
 GATE_FILE = "int8-gate.json"  # written by bench/int8_gate.py: whether int8 passed the quality gate for the encoder
 OPSET = 17
 # quantize_dynamic's weights: int8, one scale per output channel. reduce_range (7-bit weights) is off. ONNX Runtime
@@ -65,7 +68,7 @@ def model_path(model_dir: str | Path, fingerprint: str, dtype: str) -> Path:
         raise OnnxBackendError(f"dtype {dtype!r} has no ONNX model; allowed with --backend onnx: fp32, int8")
     folder = cache_dir(model_dir, fingerprint)
     target = folder / (dtype if dtype == "fp32" else f"int8-{recipe_tag()}") / MODEL_FILE
-    if target.is_file():
+    if check_build(target.parent):
         return target
     from filelock import FileLock
 
@@ -76,12 +79,26 @@ def model_path(model_dir: str | Path, fingerprint: str, dtype: str) -> Path:
                                "directory") from None
     fp32 = model_path(model_dir, fingerprint, "fp32") if dtype == "int8" else None  # int8 is quantised from it
     with FileLock(str(folder / ".lock")):
-        if not target.is_file():  # another process may have built it while this one waited for the lock
+        if not check_build(target.parent):  # another process may have built it while this one waited for the lock
+            if target.parent.exists():
+                log.warning("%s: no %s with the sha256 of its files (built by an older xel); building it again",
+                            target.parent, BUILD_FILE)
+                shutil.rmtree(target.parent)
             if fp32 is None:
                 _build(target.parent, lambda tmp: export_fp32(model_dir, tmp / MODEL_FILE))
             else:
                 _build(target.parent, lambda tmp: quantize_int8(fp32, tmp / MODEL_FILE))
     return target
+
+
+def check_cache(model_dir: str | Path, fingerprint: str, dtype: str) -> None:
+    """Refuse a built model of ``dtype`` whose files changed since it was built (:func:`check_build`), before any
+    actor starts; one not built yet is built by the first actor that needs it."""
+    if dtype not in ("fp32", "int8"):
+        return
+    folder = cache_dir(model_dir, fingerprint)
+    if dtype == "fp32" or not check_build(folder / f"int8-{recipe_tag()}"):
+        check_build(folder / "fp32")  # int8 not built yet will be quantised from it
 
 
 def _build(final: Path, write: Any) -> None:
@@ -90,10 +107,37 @@ def _build(final: Path, write: Any) -> None:
     tmp = make_temp_dir(final)
     try:
         info = write(tmp)
-        atomic_write_json(tmp / "build.json", info)
+        atomic_write_json(tmp / BUILD_FILE, {**info, "files": file_digests(tmp)})
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """The sha256 of every file in a model directory but :data:`BUILD_FILE`, by name."""
+    return {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != BUILD_FILE}
+
+
+def check_build(folder: Path) -> bool:
+    """Whether ``folder`` holds a model built by :func:`_build` whose files are unchanged: False when it does not
+    exist or has no record of its files (build it); :class:`OnnxBackendError` naming the file when one differs."""
+    try:
+        recorded = json.loads((folder / BUILD_FILE).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if not isinstance(recorded, dict) or MODEL_FILE not in recorded:
+        return False
+    fix = f"delete {folder} and rerun to build it again from the encoder"
+    present = {p.name for p in folder.iterdir() if p.is_file() and p.name != BUILD_FILE}
+    if present != set(recorded):
+        raise OnnxBackendError(f"{folder}: holds files {sorted(present)}, its {BUILD_FILE} records "
+                               f"{sorted(recorded)} (changed after it was built); {fix}")
+    for name, want in recorded.items():
+        got = file_sha256(folder / name)
+        if got != want:
+            raise OnnxBackendError(f"{folder / name}: sha256 {got[:16]}... differs from the {want[:16]}... recorded in "
+                                   f"{BUILD_FILE} when it was built (the file was replaced or changed); {fix}")
+    return True
 
 
 def export_fp32(model_dir: str | Path, out: Path) -> dict[str, Any]:

@@ -33,6 +33,7 @@ import uuid  # noqa: E402
 from array import array  # noqa: E402
 from collections import Counter  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -50,6 +51,8 @@ from precompute.encoding import (  # noqa: E402
 )
 from precompute.onnx_backend import CACHE_ENV as ONNX_CACHE_ENV  # noqa: E402
 from precompute.onnx_backend import QUANTIZE as ONNX_QUANTIZE  # noqa: E402
+from precompute.onnx_backend import OnnxBackendError  # noqa: E402
+from precompute.onnx_backend import check_cache as check_onnx_cache  # noqa: E402
 from precompute.ray_session import ray_session  # noqa: E402
 from precompute.schema import FileIndex, InputError, ScannedInputs, read_records, scan_inputs  # noqa: E402
 from precompute.store import (  # noqa: E402
@@ -99,8 +102,38 @@ class Stopped(BaseException):
     """SIGTERM (or SIGINT) arrived: unwind, killing the actors, and exit with 128 + the signal's number."""
 
 
+class _StopFlag:
+    """Where SIGTERM goes while the driver waits on Ray: raising inside Ray's (Cython) wait turns into
+    ``SystemError: <cyfunction CoreWorker.wait ...> returned a result with an exception set``, so there the
+    handler only records the signal, and the driver loop, which wakes every ``POLL_SECONDS``, raises
+    :class:`Stopped` from plain Python (:meth:`check`)."""
+
+    def __init__(self) -> None:
+        self.deferring = False
+        self.signum: int | None = None
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Record SIGTERM instead of raising it for the duration; raise :class:`Stopped` on leaving if it came."""
+        before, self.deferring, self.signum = self.deferring, True, None
+        try:
+            yield
+        finally:
+            self.deferring = before
+        self.check()
+
+    def check(self) -> None:
+        if self.signum is not None:
+            signum, self.signum = self.signum, None
+            raise Stopped(signum)
+
+
+STOP = _StopFlag()
+
+
 def stop_on_sigterm() -> None:
-    """Make SIGTERM raise :class:`Stopped` in the main thread (a no-op elsewhere, e.g. in a Ray task)."""
+    """Make SIGTERM raise :class:`Stopped` in the main thread, or, inside :meth:`_StopFlag.deferred`, at the driver
+    loop's next :meth:`_StopFlag.check` (a no-op outside the main thread, e.g. in a Ray task)."""
     import signal
     import threading
 
@@ -108,6 +141,9 @@ def stop_on_sigterm() -> None:
         return
 
     def handler(signum: int, frame: object) -> None:
+        if STOP.deferring:
+            STOP.signum = signum
+            return
         raise Stopped(signum)
 
     signal.signal(signal.SIGTERM, handler)
@@ -157,9 +193,15 @@ class PrecomputeConfig:
 
 def encoder_settings(cfg: PrecomputeConfig) -> EncoderSettings:
     """The flags' encoder, resolved once for the whole run (the model hashed once), on the actors' device."""
-    return resolve_encoder(cfg.model, layer=cfg.layer, max_length=cfg.max_length, prefix=cfg.prefix,
-                           dtype=cfg.dtype, device=actor_device(cfg), max_tokens_per_batch=cfg.max_tokens_per_batch,
-                           backend=cfg.backend)
+    settings = resolve_encoder(cfg.model, layer=cfg.layer, max_length=cfg.max_length, prefix=cfg.prefix,
+                               dtype=cfg.dtype, device=actor_device(cfg), max_tokens_per_batch=cfg.max_tokens_per_batch,
+                               backend=cfg.backend)
+    if settings.backend == "onnx":
+        try:
+            check_onnx_cache(settings.model, settings.identity["fingerprint"], settings.dtype)
+        except OnnxBackendError as e:
+            raise PrecomputeError(str(e)) from None
+    return settings
 
 
 def run_settings(cfg: PrecomputeConfig, encoder: EncoderSettings) -> dict[str, Any]:
@@ -435,38 +477,40 @@ def execute(cfg: PrecomputeConfig, encoder: EncoderSettings, tasks: list[ShardTa
     pool = ActorPool([actor for actor in actors for _ in range(2)])
     in_flight: dict[ray.ObjectRef, ShardTask] = {}
     results: list[dict[str, Any]] = []
-    try:
-        with tqdm(total=sum(t.rows for t in tasks), unit="row", desc="encoding", dynamic_ncols=True) as bar:
-            progress = Progress(bar, bar.total)
+    with STOP.deferred():  # SIGTERM: raised by STOP.check() between waits, never inside Ray's wait
+        try:
+            with tqdm(total=sum(t.rows for t in tasks), unit="row", desc="encoding", dynamic_ncols=True) as bar:
+                progress = Progress(bar, bar.total)
 
-            def submit(actor: Any, task: ShardTask) -> ray.ObjectRef:
-                task = reuse.attach(task) if reuse is not None else task
-                ref = actor.run.remote(task)
-                in_flight[ref] = task
-                progress.started(task)
-                return ref
+                def submit(actor: Any, task: ShardTask) -> ray.ObjectRef:
+                    task = reuse.attach(task) if reuse is not None else task
+                    ref = actor.run.remote(task)
+                    in_flight[ref] = task
+                    progress.started(task)
+                    return ref
 
-            for task in tasks:
-                pool.submit(submit, task)
-            while pool.has_next():
-                try:
-                    result = pool.get_next_unordered(timeout=POLL_SECONDS)
-                except TimeoutError:
-                    result = None
-                except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
-                    raise _shard_failure(e, _failed_task(in_flight)) from e
-                for event in drain(queue):
-                    progress.event(*event)
-                if result is not None:
-                    in_flight.pop(next(r for r, t in in_flight.items()
-                                       if (t.kind, t.index) == (result["kind"], result["index"])))
-                    results.append(result)
-                    progress.finished(result)
-                progress.show()
-    finally:
-        for actor in actors:
-            ray.kill(actor)
-        queue.shutdown(force=True)
+                for task in tasks:
+                    pool.submit(submit, task)
+                while pool.has_next():
+                    try:
+                        result = pool.get_next_unordered(timeout=POLL_SECONDS)
+                    except TimeoutError:
+                        result = None
+                    except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+                        raise _shard_failure(e, _failed_task(in_flight)) from e
+                    STOP.check()
+                    for event in drain(queue):
+                        progress.event(*event)
+                    if result is not None:
+                        in_flight.pop(next(r for r, t in in_flight.items()
+                                           if (t.kind, t.index) == (result["kind"], result["index"])))
+                        results.append(result)
+                        progress.finished(result)
+                    progress.show()
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+            queue.shutdown(force=True)
     return results
 
 

@@ -258,8 +258,29 @@ def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
         os.replace(tmp, out)
 
 
+class NotJSONError(StoreError):
+    """An output would hold a NaN or infinite number, which JSON has no token for (a StoreError, so that every
+    command reports it as one line)."""
+
+
+def to_json(obj: Any, where: str | os.PathLike, **kwargs: Any) -> str:
+    """``json.dumps(obj, allow_nan=False, **kwargs)``: the one serialiser of every JSON and JSONL output (links,
+    predictions, candidates, manifests, metrics), so that no file ever holds the bare ``NaN``/``Infinity`` tokens
+    Python's json writes by default; a non-finite number raises :class:`NotJSONError` naming ``where``."""
+    try:
+        return json.dumps(obj, allow_nan=False, **kwargs)
+    except ValueError as e:
+        raise NotJSONError(f"{where}: a NaN or infinite number cannot be written as JSON ({e}); allowed: finite "
+                           "numbers only (a model or input that produced it is broken)") from None
+
+
+def json_line(obj: Any, where: str | os.PathLike) -> str:
+    """One JSONL line (newline included) of ``obj``, UTF-8 text kept as is, refusing NaN and infinity."""
+    return to_json(obj, where, ensure_ascii=False) + "\n"
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, (to_json(obj, path, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode())
 
 
 def write_records(root: str | os.PathLike, name: str, records: Iterable[dict[str, Any]]) -> int:
@@ -270,7 +291,7 @@ def write_records(root: str | os.PathLike, name: str, records: Iterable[dict[str
     written = 0
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
         for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.write(json_line(record, path))
             written += 1
     if not written:
         path.unlink(missing_ok=True)

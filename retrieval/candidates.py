@@ -36,7 +36,7 @@ from retrieval.metrics import RECALL_KS, recall_table
 from retrieval.names import normalise_mention
 from retrieval.ngram import NgramIndex
 from retrieval.splits import document_of, split_of
-from retrieval.vectors import unit_rows
+from retrieval.vectors import store_row_digests, unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +191,10 @@ class MentionVectors:
 
 def check_entity_rows(store, index, kb: KBTable) -> None:
     """Refuse a store whose entity rows (``es`` and ``ec``) are not the KB's entries in ``kb.jsonl`` order, or an
-    index whose entities are not the KB's (per label language, as a set). The ids are read a shard at a time,
-    and the index's ids are looked up in ``kb``: nothing else is held."""
+    index whose entities are not the KB's (per label language, as a set), or (an index with row digests) whose row
+    of an entity does not hold that entity's ``index.kind`` features: each index row's digest must be the store's
+    row hash of its id in that kind, so swapped ids or an edited kind are refused. The ids are read a shard at a
+    time, and the index's ids are looked up in ``kb``: the row digests are held as 8 bytes a row."""
     where = f"{store.root}/inputs/kb.jsonl"
     if not len(kb):
         raise StoreError(f"{where}: missing or empty; the store has no KB to link to")
@@ -218,6 +220,40 @@ def check_entity_rows(store, index, kb: KBTable) -> None:
                 or len(np.unique(inside)) != len(inside)):
             raise StoreError(f"index {index.root}: the store's KB {lang!r} entities differ from those indexed; "
                              "rebuild the index")
+    check_row_digests(store, index, kb)
+
+
+def _digest_array(digests: Iterable[str], count: int) -> np.ndarray:
+    return np.fromiter((int(d[:16], 16) for d in digests), dtype=np.uint64, count=count)
+
+
+def check_row_digests(store, index, kb: KBTable) -> None:
+    """Refuse an index row whose recorded digest is not the store's digest of the same entity's ``index.kind`` row
+    (see :func:`check_entity_rows`); a no-op for an index or a store without row digests."""
+    missing = [k for k in index.kind.split("+") if k not in store.kinds]
+    if missing:
+        raise StoreError(f"index {index.root}: indexes feature kind {index.kind!r}, but store {store.root} has no "
+                         f"{missing[0]!r} rows (it holds {store.kinds}); rebuild the index")
+    langs = [lang for lang, lang_index in sorted(index.langs.items()) if lang_index.ids and lang_index.digests]
+    if not langs:
+        return
+    digests = store_row_digests(store, index.kind)
+    if digests is None:
+        return
+    theirs = _digest_array(digests, len(digests))
+    del digests
+    for lang in langs:
+        lang_index = index.langs[lang]
+        positions = np.fromiter(map(kb.position, lang_index.ids), dtype=np.int64, count=len(lang_index.ids))
+        wrong = np.flatnonzero(theirs[positions] != _digest_array(lang_index.digests, len(lang_index.ids)))
+        if len(wrong):
+            row = int(wrong[0])
+            raise StoreError(
+                f"index {index.root}: KB {lang!r} row {row} is {lang_index.ids[row]!r}, but its row digest is not "
+                f"that of the store's {index.kind!r} row of {lang_index.ids[row]!r} ({len(wrong)} such rows): the "
+                f"index's ids or kind were changed after the build, or store {store.root} encodes these entities "
+                "otherwise; rebuild the index"
+            )
 
 
 def kb_table(store, index) -> KBTable:

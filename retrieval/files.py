@@ -9,11 +9,12 @@ README documents under ``xel-nn`` (outputs) and ``xel-train`` (inputs).
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from precompute.store import atomic_write_bytes
+from precompute.store import atomic_write_bytes, to_json
 
 CANDIDATE_SOURCES = ("prior", "dense", "given", "ngram")
 Candidate = tuple[str, float, str]
@@ -25,17 +26,25 @@ class CandidatesError(ValueError):
 
 def write_candidates(path: str | os.PathLike, rows: Iterable[tuple[str, list[Candidate]]]) -> None:
     lines = [
-        json.dumps({"id": mid, "candidates": [[k, round(float(s), 6), src] for k, s, src in cands]}, ensure_ascii=False)
+        to_json({"id": mid, "candidates": [[k, round(float(s), 6), src] for k, s, src in cands]}, path,
+                ensure_ascii=False)
         for mid, cands in rows
     ]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8") if lines else b"")
 
 
 def read_candidates(path: str | os.PathLike) -> dict[str, list[Candidate]]:
+    """The candidates file ``path``: UTF-8 JSONL, one object a line; anything else raises :class:`CandidatesError`
+    naming the line."""
     path = Path(path)
     out: dict[str, list[Candidate]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CandidatesError(f"{path}:{lineno}: not UTF-8 text ({e}); a candidates file is JSONL, one "
+                                      "JSON object a line") from None
             if not line.strip():
                 continue
             try:
@@ -49,6 +58,9 @@ def read_candidates(path: str | os.PathLike) -> dict[str, list[Candidate]]:
             bad = [src for _, _, src in cands if src not in CANDIDATE_SOURCES]
             if bad:
                 raise CandidatesError(f"{path}:{lineno}: source {bad[0]!r}; allowed: {list(CANDIDATE_SOURCES)}")
+            odd = [s for _, s, _ in cands if not math.isfinite(s)]
+            if odd:
+                raise CandidatesError(f"{path}:{lineno}: score {odd[0]!r}; allowed: finite numbers")
             if mid in out:
                 raise CandidatesError(f"{path}:{lineno}: mention id {mid!r} appears twice")
             out[mid] = cands
@@ -67,7 +79,7 @@ def write_predictions(
                   "candidates": [[k, round(float(s), 6)] for k, s in cands]}
         if names is not None:
             record["name"] = names.get(pred) if pred is not None else None
-        lines.append(json.dumps(record, ensure_ascii=False))
+        lines.append(to_json(record, path, ensure_ascii=False))
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8") if lines else b"")
 
 

@@ -1,5 +1,7 @@
 """Save, load and verify an index directory (layout in :mod:`retrieval.index`); every file is written atomically and
-its sha256 recorded in ``manifest.json``, checked on load, so a corrupted file is named, never searched."""
+its sha256 recorded in ``manifest.json``, checked on load, so a corrupted file is named, never searched. The manifest
+itself carries ``manifest_sha256``, a sha256 over every other field (kind, factory, dim, encoder signature, store,
+per-KB rows and file checksums), so an edited field is refused too."""
 
 from __future__ import annotations
 
@@ -29,8 +31,17 @@ from retrieval.vectors import ids_digest
 log = logging.getLogger(__name__)
 
 INDEX_MANIFEST = "manifest.json"
-INDEX_FORMAT_VERSION = 4  # 4: row digests are the store's row hashes; 3 digests of vectors; 2 per-file sha256;
-READABLE_INDEX_VERSIONS = (2, 3, INDEX_FORMAT_VERSION)  # 1 (no checksums) is refused
+# 5: manifest_sha256 over the manifest's fields; 4: row digests are the store's row hashes; 3 digests of vectors;
+# 2 per-file sha256
+INDEX_FORMAT_VERSION = 5
+READABLE_INDEX_VERSIONS = (2, 3, 4, INDEX_FORMAT_VERSION)  # 1 (no checksums) is refused
+MANIFEST_CHECKSUM = "manifest_sha256"
+
+
+def manifest_sha256(manifest: dict[str, Any]) -> str:
+    """sha256 of every field of an index manifest but :data:`MANIFEST_CHECKSUM` (canonical JSON, sorted keys)."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def save_index(result: EntityIndex, store: Store, out: Path) -> None:
@@ -51,8 +62,10 @@ def save_index(result: EntityIndex, store: Store, out: Path) -> None:
         }
         log.info("KB %r: %d entities indexed with %r (%d bytes)", lang, len(lang_index.ids),
                  result.manifest["factory"], size)
-    result.manifest = {**result.manifest, "format_version": INDEX_FORMAT_VERSION,
-                       "store": os.path.relpath(Path(store.root).resolve(), out.resolve()), "langs": lang_info}
+    manifest = {k: v for k, v in result.manifest.items() if k != MANIFEST_CHECKSUM}
+    manifest.update({"format_version": INDEX_FORMAT_VERSION,
+                     "store": os.path.relpath(Path(store.root).resolve(), out.resolve()), "langs": lang_info})
+    result.manifest = {**manifest, MANIFEST_CHECKSUM: manifest_sha256(manifest)}
     atomic_write_json(out / INDEX_MANIFEST, result.manifest)
 
 
@@ -102,6 +115,16 @@ def load_index(path: str | os.PathLike, store: Store | None = None, mmap: bool =
         if missing:
             raise RetrievalError(f"{manifest_path}: KB {lang!r} lacks {missing} (every file's sha256 is required); "
                                  f"{_rebuild_hint(root, manifest)}")
+    if manifest["format_version"] >= 5 or MANIFEST_CHECKSUM in manifest:
+        want, got = manifest.get(MANIFEST_CHECKSUM), manifest_sha256(manifest)
+        if want != got:
+            raise RetrievalError(
+                f"{manifest_path}: {MANIFEST_CHECKSUM} {str(want)[:12]}... differs from {got[:12]}..., the sha256 of "
+                f"its other fields (a field such as 'kind' or a KB's ids checksum was edited after the build); "
+                f"{_rebuild_hint(root, manifest)}")
+    if manifest["format_version"] < 5:
+        log.warning("%s: format_version %s has no %s, so an edited manifest field cannot be detected; %s",
+                    manifest_path, manifest["format_version"], MANIFEST_CHECKSUM, _rebuild_hint(root, manifest))
     if manifest["format_version"] < 4:  # its files are checksummed (verified below), its rows have no row hashes
         log.warning("%s: format_version %s records no row hashes, so xel-nn build --update rebuilds each KB instead "
                     "of editing it; %s", manifest_path, manifest["format_version"], _rebuild_hint(root, manifest))

@@ -8,7 +8,6 @@ vector as the store holds for the same sentence and span.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 
 from precompute.encoding import TextEncoder, mention_item
 from precompute.schema import iter_records
-from precompute.store import Store, atomic_write_bytes, refuse_store_out
+from precompute.store import Store, atomic_write_bytes, refuse_store_out, to_json
 from retrieval.index import EntityIndex, RetrievalError
 from retrieval.search import SearchOptions
 from retrieval.vectors import l2_normalise
@@ -111,7 +110,7 @@ def run_batch(cfg: BatchConfig) -> int:
                              str(row["id"]) if row.get("id") is not None else None))
     index, store = cfg.search.open()
     results = search_queries(index, store, queries, cfg.k, cfg.search.kb_lang, model_dir=cfg.model) if queries else []
-    lines = [json.dumps({"id": q.id, "query": q.text, "lang": q.lang, "results": r}, ensure_ascii=False)
+    lines = [to_json({"id": q.id, "query": q.text, "lang": q.lang, "results": r}, cfg.output, ensure_ascii=False)
              for q, r in zip(queries, results)]
     atomic_write_bytes(cfg.output, ("\n".join(lines) + "\n").encode() if lines else b"")
     return len(lines)

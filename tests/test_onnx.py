@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from precompute.encoding import (
 from precompute.run import PrecomputeConfig, PrecomputeError, run
 from precompute.store import atomic_write_json, open_store
 from tests.conftest import LONG, MENTIONS
+from tests.tiny import build_tiny_model
 
 pytest.importorskip("onnxruntime")
 
@@ -211,3 +214,65 @@ def test_onnx_fp32_store_is_not_a_torch_fp32_store(tiny_data, tiny_model_dir, tm
     run(PrecomputeConfig(data=tiny_data, model=tiny_model_dir, out=out, kinds=("es",), dtype="fp32", backend="onnx"))
     with pytest.raises(PrecomputeError, match="backend: store has 'onnx', this run asks 'torch'"):
         run(PrecomputeConfig(data=tiny_data, model=tiny_model_dir, out=out, kinds=("es",), dtype="fp32"))
+
+
+@pytest.fixture(scope="module")
+def other_export(tmp_path_factory) -> Path:
+    """Another model's exported ``model.onnx`` (the tiny model with another seed): the same graph, other weights."""
+    root = tmp_path_factory.mktemp("other-onnx")
+    out = root / "model.onnx"
+    onnx_backend.export_fp32(build_tiny_model(root / "model", seed=1), out)
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_a_tampered_onnx_cache_is_refused_naming_the_file_and_the_fix(tiny_model_dir, tmp_path, monkeypatch,
+                                                                      other_export, dtype):
+    """Issue 25.1: another model's model.onnx copied over the cached export was trusted: the store recorded the
+    clean fingerprint and its features differed."""
+    monkeypatch.setenv(onnx_backend.CACHE_ENV, str(tmp_path / "cache"))
+    settings = resolve_encoder(tiny_model_dir, dtype=dtype, backend="onnx", device="cpu")
+    built = onnx_backend.model_path(tiny_model_dir, settings.identity["fingerprint"], dtype)
+    record = json.loads((built.parent / onnx_backend.BUILD_FILE).read_text())
+    assert set(record["files"]) == {"model.onnx"} and len(record["files"]["model.onnx"]) == 64
+    shutil.copyfile(other_export, built)
+    with pytest.raises(onnx_backend.OnnxBackendError,
+                       match=rf"{built}: sha256 .* differs from the .* recorded in build.json .* delete {built.parent} "
+                             "and rerun"):
+        TextEncoder.load(settings)
+    shutil.rmtree(built.parent)  # the fix the message names: built again, then it loads
+    assert np.isfinite(TextEncoder.load(settings).encode(ITEMS[:2])).all()
+
+
+def test_a_cache_built_without_a_record_is_built_again(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv(onnx_backend.CACHE_ENV, str(tmp_path / "cache"))
+    fingerprint = resolve_encoder(tiny_model_dir).identity["fingerprint"]
+    path = onnx_backend.model_path(tiny_model_dir, fingerprint, "fp32")
+    (path.parent / onnx_backend.BUILD_FILE).unlink()  # as an older xel left it
+    path.write_bytes(b"not a model")
+    assert onnx_backend.model_path(tiny_model_dir, fingerprint, "fp32") == path
+    assert onnx_backend.check_build(path.parent)
+    TextEncoder.load(resolve_encoder(tiny_model_dir, dtype="fp32", backend="onnx", device="cpu"))
+
+
+def test_a_file_added_to_the_cache_is_refused(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv(onnx_backend.CACHE_ENV, str(tmp_path / "cache"))
+    fingerprint = resolve_encoder(tiny_model_dir).identity["fingerprint"]
+    path = onnx_backend.model_path(tiny_model_dir, fingerprint, "fp32")
+    (path.parent / "model.onnx.data").write_bytes(b"external weights")
+    with pytest.raises(onnx_backend.OnnxBackendError, match=r"holds files \['model.onnx', 'model.onnx.data'\]"):
+        onnx_backend.model_path(tiny_model_dir, fingerprint, "fp32")
+
+
+@pytest.mark.ray
+def test_precompute_on_a_tampered_onnx_cache_stops_with_one_line(tiny_data, tiny_model_dir, tmp_path, monkeypatch,
+                                                                 other_export, ray_session):
+    monkeypatch.setenv(onnx_backend.CACHE_ENV, str(tmp_path / "cache"))
+    fingerprint = resolve_encoder(tiny_model_dir).identity["fingerprint"]
+    fp32 = onnx_backend.model_path(tiny_model_dir, fingerprint, "fp32")
+    shutil.copyfile(other_export, fp32)
+    result = CliRunner().invoke(main, ["--data", str(tiny_data), "--model", str(tiny_model_dir), "--out",
+                                       str(tmp_path / "h5"), "--backend", "onnx", "--dtype", "fp32", "--kinds", "es"])
+    assert result.exit_code == 1, result.output
+    assert f"{fp32}: sha256" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "h5" / "manifest.json").exists()

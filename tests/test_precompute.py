@@ -363,3 +363,64 @@ def test_sigterm_ends_precompute_with_one_line_and_exit_143(tiny_data, tiny_mode
     assert child.returncode == 128 + signal.SIGTERM, child.stderr[-3000:]
     assert "xel-precompute: stopped by SIGTERM; finished shards are kept" in child.stderr
     assert "Token authentication is enabled" not in child.stderr and "Aborted" not in child.stderr
+
+
+SIGTERM_INSIDE_RAY_WAIT = """
+import os, signal, sys, threading
+import ray
+from precompute.cli import main
+real_wait = ray.wait
+def wait(*args, **kwargs):  # the first wait with a timeout: SIGTERM lands while it blocks inside Ray's C++ wait
+    if kwargs.get("timeout") and not getattr(wait, "fired", False):
+        wait.fired = True
+        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    return real_wait(*args, **kwargs)
+ray.wait = wait
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_inside_ray_wait_ends_precompute_with_one_line(tiny_data, tiny_model_dir, tmp_path):
+    """Issue 25.4: SIGTERM while the driver waited on Ray printed `SystemError: <cyfunction CoreWorker.wait ...>
+    returned a result with an exception set` and a traceback, not the documented line."""
+    import os
+    import signal
+
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    child = subprocess.run(
+        [sys.executable, "-c", SIGTERM_INSIDE_RAY_WAIT, "--data", str(tiny_data), "--model", str(tiny_model_dir),
+         "--out", str(tmp_path / "h5"), "--cpus-per-actor", "1"],
+        cwd=root, capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": str(root)})
+    assert child.returncode == 128 + signal.SIGTERM, child.stderr[-3000:]
+    assert "xel-precompute: stopped by SIGTERM; finished shards are kept" in child.stderr
+    assert "Traceback" not in child.stderr and "SystemError" not in child.stderr, child.stderr[-3000:]
+
+
+def test_sigterm_while_waiting_on_ray_is_deferred_to_the_driver_loop():
+    """The handler raises nothing inside :meth:`STOP.deferred` (where Ray's wait runs); the loop's check does."""
+    import os
+    import signal
+
+    from precompute.run import STOP, Stopped, stop_on_sigterm
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        stop_on_sigterm()
+        with pytest.raises(Stopped) as stopped:
+            with STOP.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(100):  # the handler runs between bytecodes: here, as Ray's wait returns
+                    pass
+                reached = True  # not raised where it landed
+                STOP.check()
+        assert reached and stopped.value.args == (signal.SIGTERM,)
+        with STOP.deferred():  # a later run in the same process starts clean
+            STOP.check()
+        with pytest.raises(Stopped):  # outside the loop it raises at once, as before
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):
+                pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,8 +1,9 @@
 """Save a :class:`~train.model.Ranker` as safetensors (its :class:`ModelSpec` and a sha256 of its tensors in the
 metadata) and load it strictly.
 
-A load never goes partial: a truncated or corrupted file (the sha256 of the tensors no longer matches), missing
-or unexpected tensors, or a shape that differs, raise :class:`CheckpointError` naming the file. Files are written
+A load never goes partial: a truncated or corrupted file (the sha256 of the tensors no longer matches), a NaN or
+infinite value in any tensor, a spec that builds no model, missing or unexpected tensors, or a shape that differs,
+raise :class:`CheckpointError` naming the file. Files are written
 to a temporary name, fsynced and ``os.replace``d into place, so a checkpoint that exists is complete.
 """
 
@@ -74,12 +75,23 @@ def read_tensors(path: str | os.PathLike, rerun: str = RERUN) -> tuple[dict[str,
     return tensors, metadata
 
 
+def check_finite(tensors: dict[str, torch.Tensor], where: str, rerun: str = RERUN) -> None:
+    """Refuse NaN or infinite values in any floating-point tensor: a model holding them scores NaN (every mention
+    NIL) or shifts every score silently."""
+    bad = {name: int((~torch.isfinite(t)).sum()) for name, t in sorted(tensors.items())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())}
+    if bad:
+        raise CheckpointError(f"{where}: NaN or infinite values in tensors {bad} (name: count); allowed: finite "
+                              f"numbers only (a diverged run, or a changed file); {rerun}")
+
+
 def save_checkpoint(model: Ranker, path: str | os.PathLike) -> None:
     write_tensors(path, model.state_dict(), {"spec": model.spec.to_json(), "format": FORMAT})
 
 
 def _verified(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     state, meta = read_tensors(path)
+    check_finite(state, str(path))  # a resume state checks its own tensors (train.resume)
     fmt = meta.get("format")
     if fmt not in READABLE_FORMATS:
         raise CheckpointError(f"{path}: metadata format {fmt!r}; this xel reads {list(READABLE_FORMATS)}")
@@ -123,8 +135,11 @@ def load_checkpoint(path: str | os.PathLike) -> Ranker:
         raise CheckpointError(f"{path}: metadata has no 'spec'; not an xel-train checkpoint")
     try:
         spec = ModelSpec.from_json(meta["spec"])
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: metadata 'spec' is not a model spec ({e}); {RERUN}") from None
+        with torch.device("meta"):  # shapes only: an absurd spec allocates nothing before it is refused
+            skeleton = build_model(spec)
+    except (ValueError, TypeError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: metadata 'spec' {meta['spec'][:200]} builds no model ({e}); {RERUN}") from None
+    check_state_fits(skeleton.state_dict(), state, str(path))
     model = build_model(spec)
     load_state_dict_strict(model, state, str(path))
     model.eval()

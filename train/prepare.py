@@ -88,6 +88,12 @@ def prepare(cfg: TrainConfig) -> Prepared:
     loaded = load_splits(cfg)
     train_store, eval_store, splits = loaded.train_store, loaded.eval_store, loaded.splits
     train_langs, eval_langs = loaded.train_langs, loaded.eval_langs
+    reached = len(splits.train.kb.ids)
+    if reached < 2:  # checked before the run directory is made, so a refused run leaves nothing behind
+        raise DataError(f"{train_store.root}: the training mentions' candidates and golds reach {reached} KB "
+                        f"entr{'y' if reached == 1 else 'ies'}; allowed: at least 2 (the ranker learns from "
+                        "negatives: other entries); add entries to kb.jsonl and rerun xel-precompute, or give more "
+                        "candidates (--candidates)")
     if cfg.scorer == "residual":
         splits = with_pair_features(splits, cfg)
     l2_langs = tuple(x for x in eval_langs if x not in train_langs)
