@@ -11,7 +11,6 @@ shared metrics (:mod:`retrieval.metrics`) of those mentions are returned.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -37,6 +36,7 @@ from precompute.store import (
     Store,
     StoreError,
     atomic_path,
+    json_line,
     make_temp_dir,
     open_store,
     refuse_store_out,
@@ -114,7 +114,7 @@ def run(cfg: LinkConfig) -> dict[str, Any]:
                 positions = np.arange(start, start + len(batch))
                 vectors = (encoded.read_rows("ms", positions), encoded.read_rows("mc", positions))
             for link in linker.link(batch, k=cfg.k, encoded=vectors):
-                out.write(json.dumps(link.to_json(), ensure_ascii=False) + "\n")
+                out.write(json_line(link.to_json(), cfg.output))
                 preds.append(link.pred)
             bar.update(len(batch))
     if encoded is not None:
@@ -270,4 +270,4 @@ def encode_with_actors(cfg: LinkConfig, linker: Linker, items: list[Item], work:
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.write(json_line(record, path))
