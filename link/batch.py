@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from link.linker import Item, Linker, LinkError, _read_json, check_item, resolve_run_path
+from link.linker import Item, Linker, LinkError, check_item, kb_candidates_configs, resolve_run_config, same_path
 from precompute.run import PrecomputeConfig
 from precompute.run import run as precompute
 from precompute.schema import iter_records
@@ -43,7 +43,6 @@ from precompute.store import (
     remove_stale_temp_dirs,
 )
 from retrieval.metrics import Scores, score_groups
-from train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +58,12 @@ class LinkConfig:
     output: str
     k: int = 10
     threshold: float | None = None  # None: the run's tuned NIL threshold
-    index: str | None = None  # None: <run root>/index
+    index: str | None = None  # None: the index beside the KB's store, <store>/../index (<run root>/index)
     batch_size: int = 256
     progress: bool = True
     actors: int = 0  # 0: encode in this process; N >= 1: precompute's Ray actors into a temporary store
     address: str | None = None  # the Ray cluster (None: a local Ray, or the job's own inside ray job submit)
+    features: str | None = None  # the store whose KB to link against (None: the run's training store)
 
 
 def read_items(path: Path) -> tuple[list[Item], list[int]]:
@@ -86,8 +86,9 @@ def read_items(path: Path) -> tuple[list[Item], list[int]]:
 
 
 def run(cfg: LinkConfig) -> dict[str, Any]:
-    """Link ``cfg.input`` into ``cfg.output``; returns ``{"mentions", "linked", "seconds", "metrics"}`` (metrics per
-    group, over the lines with a ``gold`` field, or None)."""
+    """Link ``cfg.input`` into ``cfg.output``; returns ``{"mentions", "linked", "seconds", "metrics", "kb"}``
+    (metrics per group, over the lines with a ``gold`` field, or None; ``kb`` the :class:`link.linker.KBSource`
+    as JSON when ``cfg.features`` is another KB than the run's, else None)."""
     if cfg.k < 1 or cfg.batch_size < 1 or cfg.actors < 0:
         raise LinkError(f"--k {cfg.k}, --batch-size {cfg.batch_size}, --actors {cfg.actors}: --k and --batch-size "
                         "must be >= 1, --actors >= 0")
@@ -100,7 +101,7 @@ def run(cfg: LinkConfig) -> dict[str, Any]:
     items, rows = read_items(Path(cfg.input))
     if ray_at is not None:
         probe_address(cfg.address, *ray_at)
-    linker = Linker.load(cfg.model, index_dir=cfg.index, threshold=cfg.threshold)
+    linker = Linker.load(cfg.model, index_dir=cfg.index, threshold=cfg.threshold, features=cfg.features)
     t0 = time.perf_counter()
     preds: list[str | None] = []
     work = work_dir(cfg.output)
@@ -126,25 +127,31 @@ def run(cfg: LinkConfig) -> dict[str, Any]:
                                [items[i].lang for i in rows], [items[i].type for i in rows])
     log.info("linked %d mentions in %.1f s", len(items), seconds)
     return {"mentions": len(items), "linked": sum(p is not None for p in preds), "seconds": seconds,
-            "metrics": metrics}
+            "metrics": metrics, "kb": None if linker.kb_source is None else linker.kb_source.to_json()}
 
 
 def files_read(cfg: LinkConfig) -> list[tuple[str, Path]]:
     """What xel-link reads, as ``(what, path)``: ``--in``, the run directory, its config's stores and candidates
-    file (the paths :meth:`Linker.load` resolves) and the index."""
+    file (the paths :meth:`Linker.load` resolves), the KB's store (``--features``), its candidates run's config
+    and the index."""
     run = Path(cfg.model)
     read = [("--in", Path(cfg.input)), ("the run directory --model", run)]
     index = Path(cfg.index) if cfg.index is not None else None
+    if cfg.features is not None:
+        read.append(("the KB's feature store --features", Path(cfg.features)))
     if (run / "config.json").is_file():  # without one, Linker.load refuses the run
-        train = TrainConfig.from_dict(_read_json(run / "config.json", "the run's config is required"))
+        train = resolve_run_config(run)
         for name, what in (("features", "the run's feature store"), ("eval_features", "the run's eval store"),
                            ("candidates", "the run's candidates file")):
             if getattr(train, name):
-                read.append((what, Path(resolve_run_path(getattr(train, name), run, name))))
-        if train.candidates:
-            read.append(("the candidates run's config", read[-1][1].parent / "config.json"))
-        if index is None and train.features:
-            index = Path(resolve_run_path(train.features, run, "features")).parent / "index"
+                read.append((what, Path(getattr(train, name))))
+        kb_store = cfg.features if cfg.features is not None else train.features
+        if train.candidates and kb_store:
+            *others, own_config = kb_candidates_configs(train, kb_store, same_path(kb_store, train.features))
+            read.append(("the candidates run's config", own_config))
+            read.extend(("the candidates run's config of --features", path) for path in others)
+        if index is None and kb_store:
+            index = Path(kb_store).parent / "index"
     if index is not None:
         read.append(("the index", index))
     return read

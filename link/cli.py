@@ -32,8 +32,11 @@ ERRORS = (LinkError, InputError, EncodeError, StoreError, RetrievalError, Checkp
               help="the Links file to write; not --in, nor inside the run directory, its store or its index")
 @click.option("--k", type=click.IntRange(min=1), default=10, help="candidates kept per mention")
 @click.option("--threshold", type=FiniteFloat(), default=None, help="NIL threshold  [default: the run's tuned one]")
+@click.option("--features", type=click.Path(file_okay=False), default=None,
+              help="the feature store whose KB (es/ec rows) to link against, encoded with the run's encoder  "
+                   "[default: the run's training store]")
 @click.option("--index", type=click.Path(file_okay=False), default=None,
-              help="FAISS index of the run's store  [default: <run root>/index, as xel-experiment lays it out]")
+              help="FAISS index of that store  [default: <store>/../index, as xel-experiment lays it out]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, help="mentions encoded and scored at once")
 @click.option("--actors", type=click.IntRange(min=0), default=0,
               help="0: encode in this process; N >= 1: encode with N precompute Ray actors into a temporary store "
@@ -53,6 +56,10 @@ def main(verbose: bool, **flags) -> None:
         summary = run(cfg)
     except ERRORS as e:
         raise click.ClickException(str(e)) from None
+    if summary["kb"] is not None:
+        click.echo("linked against the KB of {features}, not the run's: candidate alias prior {candidate_prior}, "
+                   "pair alias prior {pair_prior}, popularity {popularity} (each line's 'kb' field says so too)"
+                   .format(**summary["kb"]))
     if summary["metrics"] is not None:
         click.echo(format_table(summary["metrics"], title=f"metrics over the mentions of {cfg.input} with a gold"))
     click.echo(f"linked {summary['mentions']} mentions ({summary['linked']} to an entity, the rest NIL) in "

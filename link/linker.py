@@ -5,6 +5,25 @@
 encoder (the store manifest), the KB, the FAISS index (``<run root>/index`` as ``xel-experiment`` lays it out, or
 ``index_dir=``) and the candidate settings (the ``config.json`` beside the candidates file) are found and checked.
 
+``Linker.load(run_dir, features=STORE)`` links against the KB of another store (a trained run is KB-independent:
+the paper's zero-shot setting, an English training KB and a Russian one at test), exactly as the trainer's
+``--eval-features STORE`` evaluates the run on it: that store's encoder signature must be the run's; its index
+is ``<store>/../index`` (or ``index_dir=``); its candidate settings those of the ``xel-nn candidates`` run that
+wrote the trainer's candidates for it (:func:`kb_candidates_config`). What the run learned from its training KB
+is recomputed for the new KB or carried over by KB id, as the trainer's evaluation does, and :class:`KBSource`
+says which (a log line, and a ``kb`` field on every Links file line):
+
+* the candidates' alias prior counts the new store's own ``train_lang`` training mentions (``xel-nn
+  candidates`` on that store did the same): ``recomputed``, or ``off`` when it has none (name matches only);
+* the pair features' alias prior (residual scorer) is the run's, counted over its training split and keyed by
+  KB id: it carries over where the KBs share ids (Wikidata ids) and is 0 for every other candidate, as in the
+  trainer's evaluation: ``kept`` (N of its entities in the new KB), ``off`` (none), ``none`` (not used);
+* +P from the KB's ``links`` counts is computed over the new KB's ``kb.jsonl``: ``recomputed``; +P from the
+  training mentions' gold links is the run's counts, by KB id: ``kept``, or ``off`` when no counted entity is
+  in the new KB (every entry gets the missing flag); ``none`` for a run without +P. (``kept``: the median is over
+  the new KB's counted entries; the trainer's evaluation takes it over those among its test candidates, the
+  same where these hold every counted entity.)
+
 Each item goes through the code paths of the rest of xel, none re-implemented here: the store's own encoder
 (:class:`precompute.encoding.TextEncoder`, ``ms`` and ``mc`` items as precompute builds them), the candidate
 sources of ``xel-nn candidates`` (:class:`retrieval.candidates.CandidateGenerator`), the trainer's splits and alias
@@ -27,8 +46,8 @@ import torch
 
 from precompute.encoding import TextEncoder, context_item, mention_item
 from precompute.schema import ISO_639_1, MAX_TEXT_CHARS, check_string, has_word
-from precompute.store import Store, StoreError
-from retrieval.candidates import CandidateGenerator, MentionRef, candidate_generator, kb_table
+from precompute.store import Store, StoreError, open_store
+from retrieval.candidates import AliasPrior, CandidateGenerator, MentionRef, candidate_generator, kb_table
 from retrieval.files import CANDIDATE_SOURCES
 from retrieval.index import EntityIndex
 from retrieval.index_files import open_index_and_store
@@ -36,7 +55,7 @@ from retrieval.kb_table import KBTable
 from retrieval.vectors import unit_concat
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
-from train.data import KBRows, Mentions, popularity_features
+from train.data import DataError, KBRows, Mentions, check_stores, popularity_features
 from train.evaluate import nn_scores, pick_best, predict, rank, with_nil_score
 from train.model import Ranker
 from train.outputs import CHECKPOINT
@@ -152,12 +171,31 @@ class Link:
     name: str | None
     score: float
     candidates: list[Candidate]
+    kb: KBSource | None = None  # the KB linked against, when it is not the run's training KB
 
     def to_json(self) -> dict[str, Any]:
-        """A line of the Links file: the predictions contract with entity names, and each candidate's source."""
-        return {"id": self.id, "pred": self.pred, "name": self.name, "score": round(self.score, 6),
+        """A line of the Links file: the predictions contract with entity names, and each candidate's source;
+        against another KB than the run's, ``kb`` says which and what of the run's training KB carried over."""
+        line = {"id": self.id, "pred": self.pred, "name": self.name, "score": round(self.score, 6),
                 "candidates": [[c.id, round(c.score, 6), c.name] for c in self.candidates],
                 "sources": [c.source for c in self.candidates]}
+        return line if self.kb is None else {**line, "kb": self.kb.to_json()}
+
+
+@dataclass(frozen=True)
+class KBSource:
+    """The KB a linker links against when it is not the run's training KB, and how each thing the run learned
+    from its training KB is had for it (see the module docstring): ``recomputed`` for this KB, ``kept`` (the
+    run's, by KB id), ``off`` (nothing carries over) or ``none`` (the run does not use it)."""
+
+    features: str  # the store whose es/ec rows are the KB
+    candidate_prior: str
+    pair_prior: str
+    popularity: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"features": self.features, "candidate_prior": self.candidate_prior, "pair_prior": self.pair_prior,
+                "popularity": self.popularity}
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -192,15 +230,90 @@ def run_popularity(cfg: TrainConfig, loaded: Loaded, kb: KBTable) -> np.ndarray:
     return popularity_features(kb.link_counts(), cfg.popularity_missing, "kb.jsonl")
 
 
-def candidate_settings(candidates_file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``k``, ``max_prior``, ``train_lang`` and ``kb_lang`` of the ``xel-nn candidates`` run that wrote
-    ``candidates_file`` (its ``config.json``), and its search options: the index it searched and the FAISS search
-    parameters (``nprobe=64``...), which the linker applies to that index so that its dense candidates are the
-    ones the run was trained on."""
-    cfg = _read_json(candidates_file.parent / "config.json",
-                     f"the config.json that xel-nn candidates writes beside {candidates_file.name}")
+def candidate_settings(config_file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``k``, ``max_prior``, ``train_lang`` and ``kb_lang`` of the ``xel-nn candidates`` run whose ``config.json``
+    is ``config_file`` (beside the candidates file it wrote), and its search options: the index it searched and
+    the FAISS search parameters (``nprobe=64``...), which the linker applies to that index so that its dense
+    candidates are the ones the run was trained on."""
+    cfg = _read_json(config_file, "the config.json that xel-nn candidates writes beside candidates.jsonl")
     return ({"k": cfg["k"], "max_prior": cfg["max_prior"], "train_lang": cfg["train_lang"],
              "kb_lang": cfg["search"].get("kb_lang")}, cfg["search"])
+
+
+def same_path(a: str | Path, b: str | Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def resolve_run_config(run: Path) -> TrainConfig:
+    """The run's ``config.json`` with its store and candidates paths resolved (:func:`resolve_run_path`)."""
+    cfg = TrainConfig.from_dict(_read_json(run / "config.json", "the run's config is required"))
+    return cfg.with_(**{name: resolve_run_path(getattr(cfg, name), run, name)
+                        for name in ("features", "candidates", "eval_features", "eval_candidates")
+                        if getattr(cfg, name)})
+
+
+def kb_index_dir(store: str, own: bool, index_dir: str | Path | None) -> Path:
+    """The index to search: ``index_dir``, else ``<store>/../index`` (where ``xel-experiment`` builds a store's
+    index: ``<run root>/index`` for the training store); refused without a ``manifest.json``."""
+    index = Path(index_dir) if index_dir is not None else Path(store).parent / "index"
+    if (index / "manifest.json").is_file():
+        return index
+    if own or index_dir is not None:
+        raise LinkError(f"{index}: no FAISS index (manifest.json); pass the index of {store} "
+                        "(xel-nn build --features ...) as --index")
+    raise LinkError(f"--features {store}: no FAISS index at {index} (its manifest.json), where the index built on "
+                    f"that store is looked for; pass it as --index DIR (build one with xel-nn build --features "
+                    f"{store} --out DIR)")
+
+
+def kb_candidates_configs(cfg: TrainConfig, store: str, own: bool) -> list[Path]:
+    """Where the ``config.json`` of the ``xel-nn candidates`` run whose candidates the trainer used for
+    ``store``'s mentions is looked for, in order: beside the run's ``candidates`` for its training store; for
+    another store, beside ``eval_candidates`` when it is the run's ``--eval-features`` store, then in
+    ``<store>/../candidates`` (where ``xel-experiment`` writes it); last, the run's own."""
+    own_config = Path(cfg.candidates).parent / "config.json"
+    if own:
+        return [own_config]
+    paths = []
+    if cfg.eval_features and cfg.eval_candidates and same_path(cfg.eval_features, store):
+        paths.append(Path(cfg.eval_candidates).parent / "config.json")
+    return [*paths, Path(store).parent / "candidates" / "config.json", own_config]
+
+
+def kb_candidates_config(cfg: TrainConfig, store: str, own: bool) -> Path:
+    """The first of :func:`kb_candidates_configs` that exists; the run's own (with a warning) for another store
+    that has none."""
+    *found, own_config = kb_candidates_configs(cfg, store, own)
+    for path in found:
+        if path.is_file():
+            return path
+    if found:
+        log.warning("--features %s: no xel-nn candidates config.json for it (looked for %s); its candidates are "
+                    "drawn with the run's candidate settings (%s)", store, ", ".join(map(str, found)), own_config)
+    return own_config
+
+
+def kb_source(store: str, generator: CandidateGenerator, table: KBTable, pair_prior: AliasPrior | None,
+              cfg: TrainConfig, loaded: Loaded) -> KBSource:
+    """What of the run's training KB carries over to the KB of ``store`` (see the module docstring), logged."""
+    prior = generator.prior
+    candidate_prior = "recomputed" if prior.training_ids else "off"
+    shared_prior = 0
+    if pair_prior is not None:
+        shared_prior = sum(table.position(k) is not None for k in {k for c in pair_prior.counts.values() for k in c})
+    pair = "none" if pair_prior is None else "kept" if shared_prior else "off"
+    counts = training_link_counts(loaded.splits) if cfg.popularity_source == "mentions" else {}
+    shared_counts = sum(table.position(k) is not None for k in counts)
+    popularity = ("none" if not cfg.popularity else "recomputed" if cfg.popularity_source == "links"
+                  else "kept" if shared_counts else "off")
+    log.info(
+        "linking against the KB of %s (%d entries), not the run's training KB %s: candidate alias prior %s (%d "
+        "%r training mentions of this store); pair alias prior %s (the run's training prior, by KB id: %d of its "
+        "entities are in this KB); +P %s (%s)", store, len(table), cfg.features, candidate_prior,
+        len(prior.training_ids), prior.train_lang, pair, shared_prior, popularity,
+        "not used" if not cfg.popularity else "this KB's kb.jsonl links" if cfg.popularity_source == "links"
+        else f"the run's training-mention link counts, by KB id: {shared_counts} of its entities are in this KB")
+    return KBSource(store, candidate_prior, pair, popularity)
 
 
 class Linker:
@@ -209,38 +322,41 @@ class Linker:
     def __init__(
         self, *, store: Store, index: EntityIndex, encoder: TextEncoder, kb: KBRows, generator: CandidateGenerator,
         model: Ranker | None, pair_prior: Any, groups: Sequence[str], max_candidates: int, nil_score: str,
-        threshold: float,
+        threshold: float, kb_source: KBSource | None = None,
     ):
         self.store, self.index, self.encoder, self.kb, self.generator = store, index, encoder, kb, generator
         self.model, self.pair_prior, self.groups = model, pair_prior, list(groups)
         self.max_candidates, self.nil_score, self.threshold = max_candidates, nil_score, threshold
+        self.kb_source = kb_source  # None: the run's training KB
 
     @classmethod
     def load(cls, run_dir: str | Path, index_dir: str | Path | None = None, threshold: float | None = None,
-             device: str = "auto") -> Linker:
-        """The linker of a trained run directory (one seed's: ``config.json``, ``model.safetensors``)."""
+             device: str = "auto", features: str | Path | None = None) -> Linker:
+        """The linker of a trained run directory (one seed's: ``config.json``, ``model.safetensors``), linking
+        against the KB of the store ``features`` (default: the run's training store; see the module docstring)."""
         run = Path(run_dir)
         if not (run / CHECKPOINT).is_file():
             seeds = sorted(p.name for p in run.glob("seed-*") if (p / CHECKPOINT).is_file())
             hint = f"; pick one seed's directory: {', '.join(str(run / s) for s in seeds)}" if seeds else ""
             raise LinkError(f"{run}: no {CHECKPOINT}; --model is a run directory of xel-train{hint}")
-        cfg = TrainConfig.from_dict(_read_json(run / "config.json", "the run's config is required"))
+        cfg = resolve_run_config(run)
         if not cfg.candidates:
             raise LinkError(f"{run}/config.json: no 'candidates' file; the linker needs the run's candidate settings")
-        cfg = cfg.with_(**{name: resolve_run_path(getattr(cfg, name), run, name)
-                           for name in ("features", "candidates", "eval_features", "eval_candidates")
-                           if getattr(cfg, name)})
-        index_dir = Path(index_dir) if index_dir is not None else Path(cfg.features).parent / "index"
-        if not (index_dir / "manifest.json").is_file():
-            raise LinkError(f"{index_dir}: no FAISS index (manifest.json); pass the index of {cfg.features} "
-                            "(xel-nn build --features ...) as --index")
-        index, store = open_index_and_store(index_dir, cfg.features)  # refuses another encoder signature
+        kb_store = cfg.features if features is None else str(features)
+        own = same_path(kb_store, cfg.features)
+        if not own:
+            try:  # the run's encoder: its training store's signature
+                check_stores(open_store(cfg.features), open_store(kb_store), f"--features {kb_store}")
+            except DataError as e:
+                raise LinkError(f"{e} (the run {run} was trained on {cfg.features})") from None
+        index_dir = kb_index_dir(kb_store, own, index_dir)
+        index, store = open_index_and_store(index_dir, kb_store)  # refuses another encoder signature
         metrics_path = run / "metrics.json"
         tuned = _read_json(metrics_path, "").get("nil_threshold") if metrics_path.is_file() else None
         loaded = load_splits(cfg)
         train = loaded.splits.train
         table = kb_table(store, index)
-        settings, search = candidate_settings(Path(cfg.candidates))
+        settings, search = candidate_settings(kb_candidates_config(cfg, kb_store, own))
         if search.get("search_params") and Path(search["index"]).resolve() != index_dir.resolve():
             log.warning("%s: the candidates were searched in %s with %r; this index is searched with its defaults",
                         index_dir, search["index"], search["search_params"])
@@ -250,14 +366,16 @@ class Linker:
         model = load_checkpoint(run / CHECKPOINT)
         residual = cfg.scorer == "residual"
         kb = KBRows(store, table, run_popularity(cfg, loaded, table))
+        pair_prior = training_prior(train) if residual else None
         log.info("linker %s: %s scorer, %d KB entries, NIL threshold %s", run, cfg.scorer, len(kb),
                  threshold if threshold is not None else tuned)
         return cls(
             store=store, index=index, encoder=TextEncoder.from_manifest(store.manifest, device=device),
             kb=kb, generator=generator, model=model,
-            pair_prior=training_prior(train) if residual else None, groups=pair_groups(cfg) if residual else [],
+            pair_prior=pair_prior, groups=pair_groups(cfg) if residual else [],
             max_candidates=cfg.max_candidates, nil_score=cfg.nil_score_name,
             threshold=threshold if threshold is not None else tuned if tuned is not None else cfg.nil_threshold,
+            kb_source=None if own else kb_source(kb_store, generator, table, pair_prior, cfg, loaded),
         )
 
     @classmethod
@@ -345,5 +463,5 @@ class Linker:
             top = [Candidate(kb.ids[c], kb.names[c], float(s), CANDIDATE_SOURCES[src]) for s, c, src in row[:k]]
             pred = preds[i]
             links.append(Link(it.id, pred, kb.names[kb.index[pred]] if pred is not None else None,
-                              float(row[0][0]) if row else -1.0, top))
+                              float(row[0][0]) if row else -1.0, top, self.kb_source))
         return links

@@ -1,4 +1,5 @@
-"""A local linking service over a trained run: ``xel-serve --model RUN_DIR [--host 127.0.0.1 --port 8000]``.
+"""A local linking service over a trained run: ``xel-serve --model RUN_DIR [--host 127.0.0.1 --port 8000]``
+(``--features STORE``: link against the KB of another store, see :mod:`link.linker`).
 
 FastAPI + uvicorn (one process; the linker holds the KB, index and encoder in memory once, and a single model on
 a CPU or GPU gains nothing from replicas on one machine). Routes:
@@ -11,7 +12,9 @@ a CPU or GPU gains nothing from replicas on one machine). Routes:
   precompute applies). A batch that fails inside the linker answers its requests 500 with a one-line message
   (the traceback goes to the log); the worker goes on with the next batch;
 * ``GET /health``: ``{"status": "ok", ...}`` while the linking worker runs, else 503 ``"stopped"``, with the
-  failed batches so far, the last failure, the queue length and how long the current batch has run;
+  failed batches so far, the last failure, the queue length and how long the current batch has run, and
+  ``kb``: null for the run's own KB, else the KB linked against and what carried over to it (the ``kb`` field
+  of each link, :class:`link.linker.KBSource`);
 * ``GET /``: a page to paste a sentence, select the mention with the mouse (or type it), pick its language and
   see the ranked entities, their scores and the NIL decision;
 * ``GET /openapi.json``: the schema. There is no ``/docs`` or ``/redoc``: FastAPI's pages load their scripts from
@@ -338,7 +341,8 @@ def create_app(linker: Linker, *, max_items: int = MAX_ITEMS, batch_wait_ms: flo
         return JSONResponse(
             {"status": "ok" if batcher.running else "stopped", "model": name,
              "scorer": "nn" if linker.model is None else linker.model.spec.scorer,
-             "kb_entries": len(linker.kb), "threshold": linker.threshold, "max_items": max_items,
+             "kb_entries": len(linker.kb), "kb": None if linker.kb_source is None else linker.kb_source.to_json(),
+             "threshold": linker.threshold, "max_items": max_items,
              "max_body_bytes": max_body_bytes, "failed_batches": batcher.failed_batches,
              "last_failure": batcher.last_failure, "queued": batcher.queue.qsize(),
              "busy_s": None if busy is None else round(time.monotonic() - busy, 3)},
@@ -432,8 +436,11 @@ def serve(app: FastAPI, host: str, port: int, *, request_timeout_s: float = REQU
 @click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.option("--model", required=True, type=click.Path(file_okay=False, exists=True),
               help="a trained run directory (config.json, model.safetensors, metrics.json)")
+@click.option("--features", type=click.Path(file_okay=False), default=None,
+              help="the feature store whose KB (es/ec rows) to link against, encoded with the run's encoder  "
+                   "[default: the run's training store]")
 @click.option("--index", type=click.Path(file_okay=False), default=None,
-              help="FAISS index of the run's store  [default: <run root>/index]")
+              help="FAISS index of that store  [default: <store>/../index]")
 @click.option("--threshold", type=FiniteFloat(), default=None, help="NIL threshold  [default: the run's tuned one]")
 @click.option("--host", default="127.0.0.1")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000)
@@ -448,16 +455,16 @@ def serve(app: FastAPI, host: str, port: int, *, request_timeout_s: float = REQU
               help="open connections (or requests in flight) beyond which a request is answered 503 at once")
 @click.option("--batch-wait-ms", type=click.FloatRange(min=0), default=5.0,
               help="how long the batcher waits for more requests to link together")
-def main(model: str, index: str | None, threshold: float | None, host: str, port: int, max_items: int,
-         max_body_bytes: int, request_timeout_s: float, shutdown_timeout_s: float, max_connections: int,
-         batch_wait_ms: float) -> None:
+def main(model: str, features: str | None, index: str | None, threshold: float | None, host: str, port: int,
+         max_items: int, max_body_bytes: int, request_timeout_s: float, shutdown_timeout_s: float,
+         max_connections: int, batch_wait_ms: float) -> None:
     """Serve the trained run --model: POST /link, GET /health, a page at GET /, the schema at GET /openapi.json.
     There is no /docs or /redoc (FastAPI's pages load their scripts from a CDN: blank offline)."""
     from link.cli import ERRORS
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        linker = Linker.load(model, index_dir=index, threshold=threshold)
+        linker = Linker.load(model, index_dir=index, threshold=threshold, features=features)
     except ERRORS as e:
         raise click.ClickException(str(e)) from None
     serve(create_app(linker, max_items=max_items, batch_wait_ms=batch_wait_ms, name=model,

@@ -179,3 +179,25 @@ def test_an_address_where_nothing_answers_fails_fast_naming_it(layout):
 def test_an_address_without_actors_is_refused(layout):
     result = link(layout, "--address", "127.0.0.1:6379")
     assert result.exit_code == 1 and "used only with --actors N" in result.output, result.output
+
+
+@pytest.mark.parametrize("target, what", [
+    (lambda lay: lay["eval"] / "candidates" / "config.json", "is the candidates run's config of --features"),
+    (lambda lay: lay["eval"] / "index" / "manifest.json", "lies inside the index"),
+    (lambda lay: lay["eval"] / "h5" / "links.jsonl", "a feature store"),
+])
+def test_out_may_not_overwrite_what_features_reads(layout, target, what):
+    """--features S: S, its index (S/../index) and its candidates run's config are read too."""
+    other = layout["in"].parent / "runs" / "eval"
+    store = other / "h5"
+    store.mkdir(parents=True)
+    (store / MANIFEST).write_text(json.dumps({"kinds": {"ms": []}}))
+    for name in ("index", "candidates"):
+        (other / name).mkdir()
+    (other / "index" / "manifest.json").write_text("{}")
+    (other / "candidates" / "config.json").write_text("{}")
+    layout = {**layout, "eval": other}
+    before = snapshot(layout["in"].parent)
+    result = link(layout, "--features", str(store), out=target(layout))
+    assert result.exit_code == 1 and what in result.output, result.output
+    assert snapshot(layout["in"].parent) == before

@@ -326,11 +326,12 @@ def load_mentions(
     )
 
 
-def check_stores(train: Store, other: Store) -> None:
-    """Refuse an evaluation store built with another encoder than the training store."""
+def check_stores(train: Store, other: Store, flag: str = "--eval-features") -> None:
+    """Refuse a store (``flag``: the trainer's evaluation store, or the KB a linker links against) built with
+    another encoder than the training store."""
     try:
         train.check_same_encoder(other)
     except StoreError as e:
-        raise DataError(f"--eval-features: {e}; re-encode it with the training store's encoder") from e
+        raise DataError(f"{flag}: {e}; re-encode it with the training store's encoder") from e
     if train.dim != other.dim:
-        raise DataError(f"--eval-features {other.root}: dim {other.dim}, the training store has {train.dim}")
+        raise DataError(f"{flag} {other.root}: dim {other.dim}, the training store has {train.dim}")
