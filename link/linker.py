@@ -56,8 +56,9 @@ from retrieval.vectors import unit_concat
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
 from train.data import DataError, KBRows, Mentions, check_stores, popularity_features
-from train.evaluate import nn_scores, pick_best, predict, rank, with_nil_score
+from train.evaluate import Ranked, nn_scores, pick_best, predict, rank, with_nil_score
 from train.model import Ranker
+from train.nil import NilRule, NilRuleError
 from train.outputs import CHECKPOINT
 from train.pairs import pair_features, training_prior
 from train.prepare import Loaded, load_splits, mention_popularity, pair_groups, training_link_counts
@@ -316,18 +317,41 @@ def kb_source(store: str, generator: CandidateGenerator, table: KBTable, pair_pr
     return KBSource(store, candidate_prior, pair, popularity)
 
 
+def run_nil_rule(run: Path, cfg: TrainConfig) -> NilRule:
+    """The NIL rule the run's evaluation used (``metrics.json``'s ``nil_rule``); for a run written before rules
+    were saved, its tuned ``nil_threshold`` with the config's NIL score, uncalibrated."""
+    path = run / "metrics.json"
+    metrics = _read_json(path, "") if path.is_file() else {}
+    if metrics.get("nil_rule") is not None:
+        try:
+            return NilRule.from_dict(metrics["nil_rule"], str(path))
+        except NilRuleError as e:
+            raise LinkError(str(e)) from None
+    tuned = metrics.get("nil_threshold")
+    return NilRule(cfg.nil_score_name, float(tuned if tuned is not None else cfg.nil_threshold))
+
+
 class Linker:
     """See the module docstring. Not thread-safe: one :meth:`link` at a time (``xel-serve`` serialises them)."""
 
     def __init__(
         self, *, store: Store, index: EntityIndex, encoder: TextEncoder, kb: KBRows, generator: CandidateGenerator,
-        model: Ranker | None, pair_prior: Any, groups: Sequence[str], max_candidates: int, nil_score: str,
-        threshold: float, kb_source: KBSource | None = None,
+        model: Ranker | None, pair_prior: Any, groups: Sequence[str], max_candidates: int, nil_rule: NilRule,
+        kb_source: KBSource | None = None,
     ):
         self.store, self.index, self.encoder, self.kb, self.generator = store, index, encoder, kb, generator
         self.model, self.pair_prior, self.groups = model, pair_prior, list(groups)
-        self.max_candidates, self.nil_score, self.threshold = max_candidates, nil_score, threshold
+        self.max_candidates, self.nil_rule = max_candidates, nil_rule
         self.kb_source = kb_source  # None: the run's training KB
+        self._uncalibrated_warned: set[str] = set()
+
+    @property
+    def threshold(self) -> float:
+        return self.nil_rule.threshold
+
+    @property
+    def nil_score(self) -> str:
+        return self.nil_rule.score
 
     @classmethod
     def load(cls, run_dir: str | Path, index_dir: str | Path | None = None, threshold: float | None = None,
@@ -351,8 +375,9 @@ class Linker:
                 raise LinkError(f"{e} (the run {run} was trained on {cfg.features})") from None
         index_dir = kb_index_dir(kb_store, own, index_dir)
         index, store = open_index_and_store(index_dir, kb_store)  # refuses another encoder signature
-        metrics_path = run / "metrics.json"
-        tuned = _read_json(metrics_path, "").get("nil_threshold") if metrics_path.is_file() else None
+        rule = run_nil_rule(run, cfg)
+        if threshold is not None:
+            rule = replace(rule, threshold=threshold)
         loaded = load_splits(cfg)
         train = loaded.splits.train
         table = kb_table(store, index)
@@ -367,14 +392,13 @@ class Linker:
         residual = cfg.scorer == "residual"
         kb = KBRows(store, table, run_popularity(cfg, loaded, table))
         pair_prior = training_prior(train) if residual else None
-        log.info("linker %s: %s scorer, %d KB entries, NIL threshold %s", run, cfg.scorer, len(kb),
-                 threshold if threshold is not None else tuned)
+        log.info("linker %s: %s scorer, %d KB entries, NIL %s >= %g, calibrated languages %s", run, cfg.scorer,
+                 len(kb), rule.score, rule.threshold, sorted(rule.shifts) or "none")
         return cls(
             store=store, index=index, encoder=TextEncoder.from_manifest(store.manifest, device=device),
             kb=kb, generator=generator, model=model,
             pair_prior=pair_prior, groups=pair_groups(cfg) if residual else [],
-            max_candidates=cfg.max_candidates, nil_score=cfg.nil_score_name,
-            threshold=threshold if threshold is not None else tuned if tuned is not None else cfg.nil_threshold,
+            max_candidates=cfg.max_candidates, nil_rule=rule,
             kb_source=None if own else kb_source(kb_store, generator, table, pair_prior, cfg, loaded),
         )
 
@@ -390,8 +414,8 @@ class Linker:
         return cls(store=store, index=index, encoder=TextEncoder.from_manifest(store.manifest, device=device),
                    kb=KBRows(store, table, np.zeros((len(table), 0), np.float32)),
                    generator=generator,
-                   model=None, pair_prior=None, groups=[], max_candidates=max_candidates, nil_score=nil_score,
-                   threshold=threshold)
+                   model=None, pair_prior=None, groups=[], max_candidates=max_candidates,
+                   nil_rule=NilRule(nil_score, threshold))
 
     def items(self, records: Sequence[Any]) -> list[Item]:
         return [r if isinstance(r, Item) else check_item(r, f"items[{i}]", f"item-{i}")
@@ -440,6 +464,21 @@ class Linker:
             mentions = replace(mentions, pair=pair_features(mentions, self.pair_prior, self.groups))
         return mentions
 
+    def ranked(self, mentions: Mentions) -> Ranked:
+        """The candidates of ``mentions`` scored, the best picked, with the uncalibrated NIL score."""
+        if self.model is None:
+            return with_nil_score(pick_best(nn_scores(mentions), mentions), mentions, self.nil_score)
+        return rank(self.model, mentions, nil_score=self.nil_score)
+
+    def calibrate(self, records: Sequence[Any]) -> dict[str, float]:
+        """Calibrate the NIL scores of the languages of ``records`` that the rule has no shift for, from these
+        mentions (unlabelled: a ``gold`` is never read; :mod:`train.nil`); returns the rule's shifts."""
+        items = self.items(records)
+        if items:
+            mentions = self.mentions(items)
+            self.nil_rule = self.nil_rule.calibrated(self.ranked(mentions), mentions)
+        return dict(self.nil_rule.shifts)
+
     def link(self, records: Sequence[Any], k: int = 10, threshold: float | None = None,
              encoded: tuple[np.ndarray, np.ndarray] | None = None) -> list[Link]:
         """Link ``records`` (dicts as in :func:`check_item`, or :class:`Item`); each :class:`Link` holds the top
@@ -448,10 +487,13 @@ class Linker:
         if not items:
             return []
         mentions = self.mentions(items, encoded)
-        if self.model is None:
-            ranked = with_nil_score(pick_best(nn_scores(mentions), mentions), mentions, self.nil_score)
-        else:
-            ranked = rank(self.model, mentions, nil_score=self.nil_score)
+        ranked = self.nil_rule.apply(self.ranked(mentions), mentions)
+        for lang in self.nil_rule.missing(mentions.langs):
+            if lang not in self._uncalibrated_warned:
+                self._uncalibrated_warned.add(lang)
+                log.warning("NIL scores of language %r are not calibrated (the run saw no %r mentions); its NIL "
+                            "decisions use the training language's threshold as is; Linker.calibrate(records) "
+                            "calibrates it from unlabelled mentions", lang, lang)
         preds = predict(ranked, mentions, self.threshold if threshold is None else threshold)
         scores, cands, masks = ranked.scores.tolist(), mentions.cand.tolist(), mentions.cand_mask.tolist()
         sources = mentions.cand_source.tolist()

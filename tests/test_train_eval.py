@@ -22,6 +22,7 @@ from train.evaluate import (
     tune_threshold,
     with_nil_score,
 )
+from train.nil import NilRule, NilRuleError, tuned_rule
 from train.run import run
 
 NEG = float("-inf")
@@ -137,7 +138,8 @@ def test_background_cosine_against_numpy() -> None:
     np.testing.assert_allclose(got.numpy(), want)
 
 
-def _shifted_language_case(langs: dict[str, float], n: int = 12, k: int = 6, seed: int = 0) -> Mentions:
+def _shifted_language_case(langs: dict[str, float], n: int = 12, k: int = 6, seed: int = 0,
+                           gold_top: dict[str, tuple[float, float]] | None = None) -> Mentions:
     """Per language, ``n`` mentions whose best candidate has cosine ``0.9 + shift`` (gold) or ``0.75 + shift``
     (NIL), and ``k - 1`` other candidates at ``0.5 + shift`` (gold) or ``0.6 + shift`` (NIL): NIL is separable by
     the best cosine within one language, but only the margin to the background separates it in every language."""
@@ -155,7 +157,7 @@ def _shifted_language_case(langs: dict[str, float], n: int = 12, k: int = 6, see
             w = rng.normal(size=dim)
             w /= np.linalg.norm(w)
             nil = i % 3 == 0
-            top, rest = (0.75, 0.6) if nil else (0.9, 0.5)
+            top, rest = (0.75, 0.6) if nil else ((gold_top or {}).get(lang, (0.9, 0.9))[i % 2], 0.5)
             row = []
             for j in range(k):
                 kb_ids.append(f"Q{len(kb_ids)}")
@@ -198,3 +200,39 @@ def test_nil_scores_use_no_gold() -> None:
         a = with_nil_score(pick_best(nn_scores(m), m), m, rule)
         b = with_nil_score(pick_best(nn_scores(poisoned), poisoned), poisoned, rule)
         assert torch.equal(a.nil_score, b.nil_score) and predict(a, m, 0.2) == predict(b, poisoned, 0.2)
+
+
+def test_quantile_calibration_links_a_language_whose_correct_links_score_lower_from_unlabelled_mentions() -> None:
+    # csls of a correct link: 0.40 or 0.45 in English, 0.25 or 0.27 in xx; of a NIL: 0.15 in both. English's
+    # threshold (0.40) calls every xx mention NIL; shifting xx's 90th percentile (0.27) onto English's (0.45)
+    # links exactly the right ones
+    tops = {"en": (0.9, 0.95), "xx": (0.75, 0.77)}
+    english = _shifted_language_case({"en": 0.0}, n=30, gold_top=tops)
+    both = _shifted_language_case({"en": 0.0, "xx": -0.3}, n=30, seed=1, gold_top=tops)
+    dev_ranked = with_nil_score(pick_best(nn_scores(english), english), english, "csls")
+    threshold = tune_threshold(dev_ranked, english)
+    f1 = {}
+    for calibration in ("none", "quantile"):
+        rule = tuned_rule("csls", threshold, calibration, ("en",), dev_ranked)
+        ranked = rule.scored(pick_best(nn_scores(both), both), both)
+        rule = rule.calibrated(ranked, both)
+        scores = evaluate(rule.apply(ranked, both), both, rule.threshold)
+        f1[calibration] = (scores["lang:en"].f1, scores["lang:xx"].f1)
+        assert "en" not in rule.shifts  # the training language keeps its threshold
+    assert f1["none"] == pytest.approx((1.0, 0.0))
+    assert f1["quantile"] == pytest.approx((1.0, 1.0))
+    # the rule survives its JSON form, and a gold-less copy of the mentions gives the same calibration
+    poisoned = replace(both, golds=[None] * len(both), gold_pos=torch.full((len(both),), -1),
+                       gold_kb=torch.full((len(both),), -1))
+    base = tuned_rule("csls", threshold, "quantile", ("en",), dev_ranked)
+    a = base.calibrated(base.scored(pick_best(nn_scores(both), both), both), both)
+    b = base.calibrated(base.scored(pick_best(nn_scores(poisoned), poisoned), poisoned), poisoned)
+    assert a.shifts == b.shifts and NilRule.from_dict(a.to_dict(), "x") == a
+
+
+@pytest.mark.parametrize("field, value", [("score", "median"), ("threshold", float("nan")), ("shifts", {"de": "x"}),
+                                          ("calibration", "zscore"), ("reference", float("inf"))])
+def test_a_malformed_saved_nil_rule_is_refused_naming_the_field(field, value) -> None:
+    good = NilRule("csls", 0.1, "quantile", ("en",), 0.3, {"de": 0.05}).to_dict()
+    with pytest.raises(NilRuleError, match=f"metrics.json: nil_rule field '{field}'"):
+        NilRule.from_dict({**good, field: value}, "metrics.json")

@@ -21,6 +21,7 @@ SCORERS = ("paper", "residual")
 LOSSES = ("hinge", "softmax")
 ADV_MODES = ("alternating", "grl", "uniform")
 NIL_SCORES = ("model", "cosine", "csls")
+NIL_CALIBRATIONS = ("none", "quantile")
 # the residual scorer's input groups (train.residual); each can be switched off for an ablation
 FEATURE_GROUPS = ("paper", "cosines", "interactions", "retrieval", "prior", "string")
 # the default: the groups that carried over from English to German on the sample (README "Ablation"); the
@@ -87,6 +88,9 @@ class TrainConfig:
     # candidate) or "csls" (that cosine minus the mention's background similarity, which carries over to other
     # languages and scripts); default: the scorer's own (paper: model, residual: csls); see train.evaluate
     nil_score: str | None = None
+    # "quantile": shift each untrained language's NIL scores so that their 90th percentile is the training
+    # language's (train.nil; from unlabelled mentions); default: the scorer's own (paper: none, residual: quantile)
+    nil_calibration: str | None = None
     tune_nil: bool = False
     dev_fraction: float = 0.1
     test_fraction: float = 0.2
@@ -130,6 +134,8 @@ class TrainConfig:
         need(self.loss is None or self.loss in LOSSES, "loss", self.loss, f"one of {list(LOSSES)}")
         need(self.temperature > 0, "temperature", self.temperature, "> 0")
         need(self.nil_score in (None, *NIL_SCORES), "nil_score", self.nil_score, f"one of {list(NIL_SCORES)}")
+        need(self.nil_calibration in (None, *NIL_CALIBRATIONS), "nil_calibration", self.nil_calibration,
+             f"one of {list(NIL_CALIBRATIONS)}")
         need(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
         need(self.adv_mode in ADV_MODES, "adv_mode", self.adv_mode, f"one of {list(ADV_MODES)}")
         need(self.popularity_source in POPULARITY_SOURCES, "popularity_source", self.popularity_source,
@@ -152,6 +158,10 @@ class TrainConfig:
     @property
     def nil_score_name(self) -> str:
         return self.nil_score or ("model" if self.scorer == "paper" else "csls")
+
+    @property
+    def nil_calibration_name(self) -> str:
+        return self.nil_calibration or ("none" if self.scorer == "paper" else "quantile")
 
     @property
     def loss_name(self) -> str:

@@ -17,9 +17,10 @@ from tqdm import tqdm
 from train.checkpoint import clone_state
 from train.config import NIL_SCORES, TrainConfig
 from train.data import Mentions, standardization
-from train.evaluate import Ranked, evaluate, rank, tune_threshold, with_nil_score
+from train.evaluate import Ranked, evaluate, rank, tune_threshold
 from train.loop import LoopSettings, Trainer
 from train.model import ModelSpec, Ranker
+from train.nil import NilRule, tuned_rule
 from train.prepare import Prepared
 from train.probe import language_probe
 from train.residual import VECTOR_GROUPS, build_model
@@ -41,31 +42,52 @@ class FitResult:
     probe: dict[str, float] | None = None
     test_langs: list[str] | None = None
     nil_rules: dict[str, Any] | None = None
+    nil_rule: NilRule | None = None
 
 
 RULE_METRICS = ("p", "r", "f1", "nil_p", "nil_r", "nil_f1")
+LINK_ALL = -torch.finfo(torch.float32).max  # a threshold every finite score passes (NIL off)
 
 
-def compare_nil_rules(model: Ranker, dev: Mentions | None, test: Mentions) -> dict[str, Any]:
-    """Test scores of the chosen model under every NIL score of :data:`train.config.NIL_SCORES`, each with its
-    threshold tuned on dev (the English labels a zero-shot run has), and with NIL off (``off``: the best
-    candidate always linked, so ``r`` is top-candidate recall): the same ranking, only the NIL decision
-    differs. Per ``all`` and language group."""
-    raw = rank(model, test, nil_score="model")
-    raw_dev = rank(model, dev, nil_score="model") if dev is not None else None
-    out: dict[str, Any] = {}
+def decide_nil(cfg: TrainConfig, model: Ranker, dev: Mentions | None, test: Mentions,
+               train_langs: tuple[str, ...], score: str | None = None,
+               calibration: str | None = None) -> tuple[NilRule, Ranked, Ranked | None]:
+    """The NIL rule of ``model`` (:mod:`train.nil`): threshold tuned on dev (``--tune-nil``), calibrated on
+    the test mentions' languages without their labels; returns it, the test mentions ranked with it, and dev
+    ranked with the uncalibrated score."""
+    score = score or cfg.nil_score_name
+    calibration = calibration or cfg.nil_calibration_name
+    threshold = cfg.nil_threshold
+    dev_ranked = rank(model, dev, nil_score=score) if dev is not None else None
+    tuned = dev_ranked is not None and cfg.tune_nil
+    if tuned:
+        threshold = tune_threshold(dev_ranked, dev)
+    rule = tuned_rule(score, threshold, calibration, train_langs, dev_ranked if tuned else None)
+    test_ranked = rank(model, test, nil_score=score)
+    rule = rule.calibrated(test_ranked, test)
+    return rule, rule.apply(test_ranked, test), dev_ranked
+
+
+def compare_nil_rules(cfg: TrainConfig, model: Ranker, dev: Mentions | None, test: Mentions,
+                      train_langs: tuple[str, ...]) -> dict[str, Any]:
+    """Test scores of the chosen model under every NIL score of :data:`train.config.NIL_SCORES`, uncalibrated
+    and calibrated (``+q``, :mod:`train.nil`), each threshold tuned on dev (the training language's labels, the
+    only ones a zero-shot run has), and with NIL off (``off``: the best candidate always linked, so ``r`` is
+    top-candidate recall): the same ranking, only the NIL decision differs. Per ``all`` and language group."""
 
     def keep(scores: dict) -> dict[str, dict[str, float]]:
         return {g: {m: getattr(v, m) for m in RULE_METRICS} for g, v in scores.items()
                 if g == "all" or g.startswith("lang:")}
 
-    # every finite score links; a mention without candidates (best = -inf) stays NIL
-    out["off"] = {"threshold": None, "test": keep(evaluate(raw, test, -torch.finfo(torch.float32).max))}
-    if raw_dev is None:
+    out: dict[str, Any] = {"off": {"threshold": None,
+                                   "test": keep(evaluate(rank(model, test), test, LINK_ALL))}}
+    if dev is None or not cfg.tune_nil:
         return out
-    for rule in NIL_SCORES:
-        threshold = tune_threshold(with_nil_score(raw_dev, dev, rule), dev)
-        out[rule] = {"threshold": threshold, "test": keep(evaluate(with_nil_score(raw, test, rule), test, threshold))}
+    for score in NIL_SCORES:
+        for calibration, name in (("none", score), ("quantile", f"{score}+q")):
+            rule, ranked, _ = decide_nil(cfg, model, dev, test, train_langs, score, calibration)
+            out[name] = {"threshold": rule.threshold, "shifts": rule.shifts,
+                         "test": keep(evaluate(ranked, test, rule.threshold))}
     return out
 
 
@@ -115,24 +137,24 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
 
     def evaluate_epoch(epoch: int, losses: dict[str, float]) -> None:
         nonlocal best
-        threshold = cfg.nil_threshold
+        rule, test_ranked, dev_ranked = decide_nil(cfg, model, dev, test, data.train_langs)
         entry: dict[str, Any] = {"epoch": epoch, **losses}
-        if dev is not None:
-            dev_ranked = rank(model, dev, nil_score=cfg.nil_score_name)
-            if cfg.tune_nil:
-                threshold = tune_threshold(dev_ranked, dev)
-            entry["dev"] = _as_dicts(evaluate(dev_ranked, dev, threshold))
-        entry["nil_threshold"] = threshold
-        test_ranked = rank(model, test, nil_score=cfg.nil_score_name)
-        entry["test"] = _as_dicts(evaluate(test_ranked, test, threshold))
+        if dev_ranked is not None:
+            entry["dev"] = _as_dicts(evaluate(dev_ranked, dev, rule.threshold))
+            entry["dev_top_r"] = evaluate(dev_ranked, dev, LINK_ALL)["all"].r
+        entry["nil_threshold"] = rule.threshold
+        entry["nil_rule"] = rule.to_dict()
+        entry["test"] = _as_dicts(evaluate(test_ranked, test, rule.threshold))
         entry["tied_top"] = test_ranked.tied_top
         if test_ranked.tied_top > 0.5:
             log.warning("seed %d epoch %d: %.0f%% of test mentions have tied top scores: the ranker has collapsed "
                         "towards a constant", seed, epoch, 100 * test_ranked.tied_top)
         history.append(entry)
-        key = entry["dev"]["all"]["f1"] if dev is not None else float(epoch)
+        # dev F1 and dev top-candidate recall (NIL off): the NIL threshold alone moves F1 by a mention or two
+        # on a small dev set, the ranking is what training changes
+        key = entry["dev"]["all"]["f1"] + entry["dev_top_r"] if dev is not None else float(epoch)
         if best is None or key > best.key:
-            best = Best(key, epoch, threshold, clone_state(model))
+            best = Best(key, epoch, rule.threshold, clone_state(model))
         if run_dir is not None:
             save_resume_state(run_dir, trainer, cfg, seed, epoch, best, history)
         log.info("seed %d epoch %d: loss %.4f dev F1 %s test F1 %.3f", seed, epoch, losses["loss"],
@@ -149,7 +171,7 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
         evaluate_epoch(epoch, trainer.epoch(epoch - first))
     assert best is not None
     model.load_state_dict(best.state, strict=True)
-    ranked = rank(model, test, nil_score=cfg.nil_score_name)
+    rule, ranked, _ = decide_nil(cfg, model, dev, test, data.train_langs)
     chosen = next(h for h in history if h["epoch"] == best.epoch)
     probe = None
     if data.text is not None and len(data.text.held_out) >= 2:
@@ -157,6 +179,6 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
             probe = language_probe(model, data.text, seed)
         except ValueError as e:
             log.info("no language probe: %s", e)
-    return FitResult(model, seed, best.epoch, best.threshold, history, chosen.get("dev"),
-                     _as_dicts(evaluate(ranked, test, best.threshold)), ranked, probe, test.langs,
-                     compare_nil_rules(model, dev if cfg.tune_nil else None, test))
+    return FitResult(model, seed, best.epoch, rule.threshold, history, chosen.get("dev"),
+                     _as_dicts(evaluate(ranked, test, rule.threshold)), ranked, probe, test.langs,
+                     compare_nil_rules(cfg, model, dev, test, data.train_langs), rule)

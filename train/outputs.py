@@ -23,6 +23,7 @@ def run_metrics(result: FitResult) -> dict[str, Any]:
     return {"seed": result.seed, "best_epoch": result.best_epoch, "nil_threshold": result.nil_threshold,
             "dev": result.dev, "test": result.test, "probe": result.probe,
             "tied_top": result.test_ranked.tied_by_group(result.test_langs or []),
+            "nil_rule": result.nil_rule.to_dict() if result.nil_rule is not None else None,
             "nil_rules": result.nil_rules, "epochs": result.history}
 
 

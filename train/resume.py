@@ -134,7 +134,7 @@ _STATE_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "best": (dict, "{key, epoch, threshold}"), "history": (list, "one entry per finished epoch"),
     "tensors_sha256": (str, "the sha256 of resume.safetensors' tensors"),
     "best.key": ((int, float), "a number"), "best.epoch": (int, "a finished epoch"),
-    "best.threshold": ((int, float), "a NIL threshold in [-1, 1]"),
+    "best.threshold": ((int, float), "a finite NIL threshold"),
 }
 
 
@@ -152,7 +152,7 @@ def _check_state_fields(state: dict[str, Any], path: Path, cfg: TrainConfig) -> 
     problems = {
         # epochs are numbered from 0; the residual scorer's epoch 0 is its untrained state, so up to cfg.epochs
         "epoch": not 0 <= epoch <= cfg.epochs, "history": len(state["history"]) != epoch + 1,
-        "best.epoch": not 0 <= best["epoch"] <= epoch, "best.threshold": not -1.0 <= best["threshold"] <= 1.0,
+        "best.epoch": not 0 <= best["epoch"] <= epoch, "best.threshold": not math.isfinite(best["threshold"]),
         "best.key": not math.isfinite(best["key"]),
     }
     for name, bad in problems.items():
