@@ -25,6 +25,7 @@ from train.config import (
     ADV_MODES,
     FEATURE_GROUPS,
     LOSSES,
+    NIL_CALIBRATIONS,
     NIL_SCORES,
     POPULARITY_MISSING,
     POPULARITY_SOURCES,
@@ -123,6 +124,10 @@ def option(*decls: str, name: str | None = None, **kwargs: Any):
               help="compare the NIL threshold with the best score (model; paper's default), cos(ms, es) of the "
                    "best candidate (cosine), or that cosine minus the mention's background, the mean cosine of its "
                    "next 10 candidates (csls; residual's default: it carries over to other languages and scripts)")
+@click.option("--nil-calibration", type=click.Choice(NIL_CALIBRATIONS),
+              help="quantile: shift the NIL scores of each language the run was not trained on so that their 90th "
+                   "percentile equals the training language's dev mentions' (from unlabelled mentions; residual's "
+                   "default); none: one threshold for every language (paper's default)")
 @option("--dev-fraction", type=float, help="held-out training mentions for epoch selection")
 @option("--test-fraction", type=float, help="held-out test share of a language both trained and evaluated")
 @option("--equalize/--no-equalize", default=None, help="downsample training languages to the smallest")

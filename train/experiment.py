@@ -392,7 +392,9 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     report = render_report(cfg, table, nil_text, adv_table, ablation, recall_text, figs, seconds, per_setting)
     atomic_write_bytes(cfg.out / "report.md", report.encode("utf-8"))
     atomic_write_json(cfg.out / "results.json", {
-        "table": {k: {g: {m: list(v) for m, v in s.items()} for g, s in r.items()} for k, r in rows.items()},
+        # a cell no run measured (no language probe, say) is NaN in the table and null here
+        "table": {k: {g: {m: [x if np.isfinite(x) else None for x in v] for m, v in s.items()} for g, s in r.items()}
+                  for k, r in rows.items()},
         "adversarial_grid": {k: {"dev_f1": r["dev"]["all"]["f1"], "test": r["test"],
                                  "probe": r["seeds"][0].get("probe")} for k, r in adv_grid.items()},
         "chosen_adversarial": list(chosen), "seconds": seconds,
