@@ -370,7 +370,7 @@ def measured_step(name: str, cmd: list[str], out: Path, log_dir: Path, env: dict
 @click.option("--mentions", default=10_000, show_default=True)
 @click.option("--work", type=click.Path(path_type=Path), default=Path("/tmp/xel-kb-scale-e2e"), show_default=True)
 @click.option("--index", "spec", default="IVF4096,SQ8|nprobe=64", show_default=True,
-              help="factory|search params of the index (README: the best compressed configuration)")
+              help="factory|search params of the index (docs/results.md: the best compressed configuration)")
 @click.option("--shard-size", default=65536, show_default=True)
 @click.option("--keep/--no-keep", default=False, help="keep the data, store and index after measuring")
 @click.option("--steps", default=",".join(E2E_STEPS), show_default=True,
@@ -473,7 +473,8 @@ def e2e(entities: int, mentions: int, work: Path, spec: str, shard_size: int, ke
 @main.command()
 @click.argument("results", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def table(results: tuple[Path, ...]) -> None:
-    """The README's markdown table of ``e2e`` result files (default: the 1M, 3M and 6M ones in bench/results)."""
+    """The markdown table of ``e2e`` result files in docs/results.md (default: the 1M, 3M and 6M ones in
+    bench/results)."""
     paths = results or tuple(path for n in (1_000_000, 3_000_000, 6_000_000)
                              if (path := ROOT / "bench" / "results" / f"kb-scale-e2e-{n}.json").is_file())
     print("| KB | step | wall s | disk MB | driver MB | actors MB | Ray MB | all MB |")

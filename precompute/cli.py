@@ -29,7 +29,7 @@ def _kinds(value: str) -> tuple[str, ...]:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--data", type=click.Path(path_type=Path), required=True,
-              help="Input directory with kb.jsonl, mentions.jsonl and optional text.jsonl (README: Input schema).")
+              help="Input directory with kb.jsonl, mentions.jsonl and optional text.jsonl (docs/input-schema.md).")
 @click.option("--model", type=click.Path(path_type=Path), required=True,
               help="Hugging Face model directory (fast tokenizer required), e.g. models/multilingual-e5-small.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Store directory to write or resume.")

@@ -45,7 +45,7 @@ OPSET = 17
 # The feed-forward down-projections (``layer.N/output/dense``: their input is the GELU output, whose long tail one
 # uint8 scale per batch cannot hold) stay fp32: quantising them too cost the gate on the bundled sample (e5-small,
 # mention-span rows: cosine to fp32 min 0.983, German nn F1 -0.037); without them the 128-mention check gave
-# cosine mean/min 0.99822/0.99505 instead of 0.99436/0.98869 (README "int8 encoding").
+# cosine mean/min 0.99822/0.99505 instead of 0.99436/0.98869 (docs/results.md, "int8 quality gate").
 QUANTIZE = {"per_channel": True, "reduce_range": False, "weight_type": "QInt8", "fp32_nodes": "ffn_down"}
 
 

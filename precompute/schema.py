@@ -1,4 +1,4 @@
-"""Input schema: load and validate ``kb.jsonl``, ``mentions.jsonl`` and ``text.jsonl`` (see README, "Input schema").
+"""Input schema: load and validate ``kb.jsonl``, ``mentions.jsonl`` and ``text.jsonl`` (see docs/input-schema.md).
 
 Every record is checked before anything is written, in one streaming pass per file (:func:`scan_inputs`) whose
 memory grows by a few bytes an id, not by the records. A bad record raises :class:`InputError` whose message

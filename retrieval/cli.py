@@ -95,8 +95,8 @@ def main(verbose: bool) -> None:
 @click.option("--features", required=True, type=click.Path(file_okay=False), help="store from xel-precompute")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="index directory to write")
 @click.option("--index", "factory", default=BuildConfig.index, show_default=True,
-              help=f"FAISS factory string (Flat, HNSW32, ...) or a preset: {', '.join(INDEX_PRESETS)} (README: index "
-              "types)")
+              help=f"FAISS factory string (Flat, HNSW32, ...) or a preset: {', '.join(INDEX_PRESETS)} "
+              "(docs/commands.md: index types)")
 @click.option("--kind", type=click.Choice(list(FEATURE_KINDS)), default=BuildConfig.kind, show_default=True,
               help="entity features to index")
 @click.option("--seed", default=BuildConfig.seed, show_default=True,

@@ -27,7 +27,7 @@ class IndexPreset:
 
 
 INDEX_PRESETS: dict[str, IndexPreset] = {
-    # KBs of about 1M entities (dim >= 64; README "Benchmarks" has the measurements): PCA to 64 dims with a random
+    # KBs of about 1M entities (dim >= 64; docs/results.md has the measurements): PCA to 64 dims with a random
     # rotation, 1,024 inverted lists of which 512 are scanned with 4-bit fast-scan PQ (one code per dimension), the
     # best 8 x k re-ranked exactly against the float32 vectors the index holds (4 x dim + 32 bytes per entity).
     "ann-1m": IndexPreset("PCAR64,IVF1024,PQ64x4fs,RFlat", "nprobe=512,k_factor_rf=8"),

@@ -1,5 +1,5 @@
 """Readers and writers of the files retrieval and the trainer exchange; their format, defined here, is the one the
-README documents under ``xel-nn`` (outputs) and ``xel-train`` (inputs).
+docs/commands.md documents under ``xel-nn`` (outputs) and ``xel-train`` (inputs).
 
 * ``candidates.jsonl``: ``{"id": mention id, "candidates": [[kb id, score, source], ...]}``, best first,
   ``source`` one of ``prior``, ``dense``, ``given``, ``ngram``. The gold is never injected.

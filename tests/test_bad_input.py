@@ -7,7 +7,7 @@ Each case builds what it needs in ``tmp_path`` (small fake stores, no encoder, n
 allowed, and that it leaves nothing behind: the output path it was given does not exist afterwards, or holds
 exactly what it held before. The input-file cases of ``xel-precompute`` (invalid JSON, encoding, fields, spans,
 ids, languages, empty KB, model directory, output directory) are the table in ``tests/test_precompute.py``;
-this table covers the rest, so the two together are the corpus the README's troubleshooting section lists.
+this table covers the rest, so the two together are the corpus docs/troubleshooting.md lists.
 """
 
 from __future__ import annotations

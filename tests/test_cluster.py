@@ -289,17 +289,19 @@ def test_submit_local_stops_the_job_and_its_head_when_terminated(tiny_data, tiny
     _assert_head_gone(log, out)
 
 
-# --- the README's `ray job submit` line, verbatim -------------------------------------------------------------
+# --- docs/cluster.md's `ray job submit` line, verbatim --------------------------------------------------------
+
+CLUSTER_DOC = REPO / "docs" / "cluster.md"
 
 
-def _readme_block(start: str) -> list[str]:
-    """The lines of the README's bash block whose first line starts with ``start``."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    for block in re.findall(r"```bash\n(.*?)```", readme, re.DOTALL):
+def _doc_block(start: str) -> list[str]:
+    """The lines of docs/cluster.md's bash block whose first line starts with ``start``."""
+    doc = CLUSTER_DOC.read_text(encoding="utf-8")
+    for block in re.findall(r"```bash\n(.*?)```", doc, re.DOTALL):
         lines = block.strip().splitlines()
         if lines[0].startswith(start):
             return lines
-    raise AssertionError(f"no README bash block starts with {start!r}")
+    raise AssertionError(f"no bash block of {CLUSTER_DOC} starts with {start!r}")
 
 
 def _free_port() -> int:
@@ -312,18 +314,18 @@ def _free_port() -> int:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_the_readme_ray_job_submit_line_runs_verbatim(tiny_model_dir, tmp_path):
-    """Issue 15.2: the README's head and `ray job submit` lines, as written, against a head started as it says.
+def test_the_docs_ray_job_submit_line_runs_verbatim(tiny_model_dir, tmp_path):
+    """Issue 15.2: docs/cluster.md's head and `ray job submit` lines, as written, against a head started as it says.
 
     The job runs from a copy of the repo's code with the tiny model at models/multilingual-e5-small and tiny data
-    at data/sample; the head gets private ports and a temp dir (the README's defaults may be taken on a shared
-    machine), so the submit line finds it through RAY_ADDRESS, as the README says."""
+    at data/sample; the head gets private ports and a temp dir (the documented defaults may be taken on a shared
+    machine), so the submit line finds it through RAY_ADDRESS, as docs/cluster.md says."""
     import shutil
     import signal
 
     from tests.conftest import write_jsonl
 
-    head_line, submit_line, stop_line = _readme_block("RAY_AUTH_MODE=disabled ray start --head")
+    head_line, submit_line, stop_line = _doc_block("RAY_AUTH_MODE=disabled ray start --head")
     assert submit_line.startswith("ray job submit --working-dir . -- python precompute/run.py")
     assert stop_line == "ray stop"
     repo = tmp_path / "repo"

@@ -24,7 +24,7 @@ NIL_SCORES = ("model", "cosine", "csls")
 NIL_CALIBRATIONS = ("none", "quantile")
 # the residual scorer's input groups (train.residual); each can be switched off for an ablation
 FEATURE_GROUPS = ("paper", "cosines", "interactions", "retrieval", "prior", "string")
-# the default: the groups that carried over from English to German on the sample (README "Ablation"); the
+# the default: the groups that carried over from English to German on the sample (docs/design.md); the
 # high-dimensional paper and interactions groups over-fit 1,200 English mentions, and the retrieval group
 # (rank, source) learned English-only habits
 DEFAULT_FEATURE_GROUPS = ("cosines", "prior", "string")
