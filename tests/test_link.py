@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -23,6 +25,7 @@ from retrieval.index import EntityIndex, RetrievalError
 from retrieval.search import SearchOptions
 from tests.conftest import write_jsonl
 from tests.train_fixtures import CAPITALS, capital_cities
+from train import nil as train_nil
 from train.config import TrainConfig
 from train.run import run as run_train
 
@@ -393,3 +396,23 @@ def test_linking_reads_only_the_kb_rows_of_its_candidates(trained_run, monkeypat
     ids = list(linker.kb.table.ids)
     scored = {ids.index(c.id) for link in links for c in link.candidates}
     assert seen["es"] == seen["ec"] == scored and len(scored) < len(ids)
+
+
+def test_linker_calibrates_untrained_languages_from_unlabelled_mentions(trained_run, monkeypatch, caplog):
+    monkeypatch.setattr(train_nil, "MIN_CALIBRATION_MENTIONS", 5)  # the fixture has 10 German mentions
+    items, preds = _test_records(trained_run)
+    linker = Linker.load(trained_run)
+    linker.nil_rule = replace(linker.nil_rule, calibration="quantile", reference=0.3, shifts={})
+    before = linker.link(items)
+    assert "'de' are not calibrated" in caplog.text
+    german = [it for it in items if it["lang"] == "de"]
+    shifts = linker.calibrate([{**it, "gold": "Q0"} for it in items])  # a gold is never read
+    mentions = linker.mentions(linker.items(german))
+    decision = linker.ranked(mentions).decision.numpy()
+    q90 = float(np.quantile(decision, 0.9))
+    assert shifts == pytest.approx({"de": 0.3 - q90}, abs=1e-6)  # English, the training language, keeps its scale
+    after = linker.link(items, threshold=0.3 - 1e-6)  # German's 90th percentile now sits at the threshold
+    linked = [x.pred is not None for x, it in zip(after, items) if it["lang"] == "de"]
+    assert sum(linked) == int((decision >= q90 - 1e-5).sum()) < len(german)
+    assert [x.pred for x, it in zip(before, items) if it["lang"] == "en"] == \
+        [x.pred for x, it in zip(linker.link(items), items) if it["lang"] == "en"]
