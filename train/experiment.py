@@ -267,28 +267,34 @@ def table4(rows: dict[str, dict[str, dict[str, tuple[float, float]]]], langs: li
 NIL_TABLE_SETTINGS = ("nn", "en", "en+A", "paper:en")
 
 
-def nil_table(per_setting: dict[str, list[dict[str, Any]]], langs: list[str]) -> str:
-    """F1 (and R) of the same trained models under each NIL score, its threshold tuned on English dev, and with
-    NIL off (the best candidate always linked): mean ± std over seeds, per language."""
-    lines = ["NIL rules: the same models, only the NIL decision differs (threshold tuned on English dev; off: never "
-             "NIL, R = top-candidate recall); F1 (R), mean ± std over seeds",
-             f"{'setting':<14}{'NIL':<8}" + "".join(f"{x:>26}" for x in langs)]
+def nil_rows(per_setting: dict[str, list[dict[str, Any]]], langs: list[str]) -> dict[str, dict[str, dict]]:
+    """Setting -> NIL rule -> language -> ``{"f1": (mean, std), "p": ..., "r": ...}`` over the seeds: the same
+    trained models under each NIL score (threshold tuned on English dev) and with NIL off."""
+    out: dict[str, dict[str, dict]] = {}
     for name in NIL_TABLE_SETTINGS:
-        runs = per_setting.get(name, [])
-        seeds = [s["nil_rules"] for r in runs for s in r["seeds"] if s.get("nil_rules")]
-        if not seeds:
-            continue
-        for rule in seeds[0]:
-            cells = []
+        seeds = [s["nil_rules"] for r in per_setting.get(name, []) for s in r["seeds"] if s.get("nil_rules")]
+        for rule in seeds[0] if seeds else []:
             for lang in langs:
-                got = [x[rule]["test"].get(f"lang:{lang}") for x in seeds if rule in x]
-                got = [g for g in got if g]
-                if not got:
-                    cells.append(f"{'-':>26}")
-                    continue
-                f1, r = np.array([g["f1"] for g in got]), np.array([g["r"] for g in got])
-                cells.append(f"{f1.mean():>9.3f} ± {f1.std():.3f} ({r.mean():.3f})")
-            lines.append(f"{name:<14}{rule:<8}" + "".join(cells))
+                got = [g for x in seeds if rule in x for g in [x[rule]["test"].get(f"lang:{lang}")] if g]
+                if got:
+                    out.setdefault(name, {}).setdefault(rule, {})[lang] = {
+                        m: (float(np.mean([g[m] for g in got])), float(np.std([g[m] for g in got])))
+                        for m in ("f1", "p", "r")}
+    return out
+
+
+def nil_table(rows: dict[str, dict[str, dict]], langs: list[str]) -> str:
+    """:func:`nil_rows` as text: F1 (R), mean ± std over seeds, per language."""
+    lines = ["NIL rules: the same models, only the NIL decision differs (threshold tuned on English dev; +q: "
+             "calibrated per language from unlabelled mentions; off: never NIL, R = top-candidate recall); "
+             "F1 (R), mean ± std over seeds",
+             f"{'setting':<14}{'NIL':<10}" + "".join(f"{x:>26}" for x in langs)]
+    for name, rules in rows.items():
+        for rule, by_lang in rules.items():
+            cells = [f"{'-':>26}" if lang not in by_lang else
+                     f"{by_lang[lang]['f1'][0]:>9.3f} ± {by_lang[lang]['f1'][1]:.3f} ({by_lang[lang]['r'][0]:.3f})"
+                     for lang in langs]
+            lines.append(f"{name:<14}{rule:<10}" + "".join(cells))
     return "\n".join(lines)
 
 
@@ -384,7 +390,8 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     main_rows = {k: v for k, v in rows.items() if k not in ablation_groups()}
     table = table4(main_rows, shown, cfg.train_lang)
     ablation = ablation_table(rows, shown) if cfg.ablation else ""
-    nil_text = nil_table(per_setting, shown)
+    nil_by_rule = nil_rows(per_setting, shown)
+    nil_text = nil_table(nil_by_rule, shown)
     adv_table = grid_table(adv_grid, shown, chosen) if adv_grid else ""
     recall_text = "\n\n".join(recalls)
     seconds = time.perf_counter() - t0
@@ -397,7 +404,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
                   for k, r in rows.items()},
         "adversarial_grid": {k: {"dev_f1": r["dev"]["all"]["f1"], "test": r["test"],
                                  "probe": r["seeds"][0].get("probe")} for k, r in adv_grid.items()},
-        "chosen_adversarial": list(chosen), "seconds": seconds,
+        "nil_rules": nil_by_rule, "chosen_adversarial": list(chosen), "seconds": seconds,
         "config": {k: str(v) for k, v in cfg.__dict__.items()},
     })
     return {"table": table, "nil": nil_text, "grid": adv_table, "ablation": ablation, "recall": recall_text,
