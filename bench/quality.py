@@ -4,9 +4,10 @@
     python bench/quality.py --run sample=runs/sample --run wikidata-el=runs/wel --out bench/results/quality.json
 
 Per dataset and target language, rows: nn never NIL (the best candidate always linked), nn with the old
-raw-cosine NIL rule, nn with the default NIL rule (csls, calibrated), the default linker (``xel-train`` with no
-quality flags: the ``en`` row) and +A; F1, P, R and top-candidate recall (NIL off), mean ± std over the
-experiment's seeds. Every number is read from the runs' ``results.json``; nothing is computed here but the table.
+raw-cosine NIL rule, with csls uncalibrated and with the default NIL rule (csls, calibrated), the default linker
+(``xel-train`` with no quality flags: the ``en`` row) with the old rule and with its default, and +A; F1, P,
+R and top-candidate recall (NIL off), mean ± std over the experiment's seeds. Every number is read from the
+runs' ``results.json``; nothing is computed here but the table.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ DEFAULT_RULE = "csls+q"
 ROWS = (  # label, setting, NIL rule (None: the setting's own row of the Table 4 block)
     ("nn, never NIL", "nn", "off"),
     ("nn, cosine NIL (old rule)", "nn", "cosine"),
+    ("nn, csls NIL uncalibrated", "nn", "csls"),
     ("nn, default NIL", "nn", DEFAULT_RULE),
+    ("linker, cosine NIL (old rule)", "en", "cosine"),
     ("linker (default)", "en", DEFAULT_RULE),
     ("linker +A", "en+A", DEFAULT_RULE),
 )
@@ -80,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="append", required=True, metavar="NAME=DIR",
                         help="an xel-experiment --out directory (holding results.json), named as the table shows it")
+    parser.add_argument("--note", action="append", default=[], help="a line on how the runs were made (repeatable)")
     parser.add_argument("--out", type=Path, help="write the JSON here (bench/results/quality.json)")
     args = parser.parse_args()
     datasets = {}
@@ -91,7 +95,8 @@ def main() -> None:
         datasets[name] = dataset_rows(json.loads(path.read_text(encoding="utf-8")))
     data = {"benchmark": "quality", "machine": machine(), "commit": commit(),
             "date": time.strftime("%Y-%m-%d"), "datasets": datasets,
-            "notes": "F1/P/R mean ± std over the experiments' seeds; NIL thresholds tuned on English dev only"}
+            "notes": ["F1/P/R mean ± std over the experiments' seeds; NIL thresholds tuned on English dev only",
+                      *args.note]}
     if args.out:
         args.out.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     print(markdown(data))

@@ -29,6 +29,7 @@ NOT_RECORDED = "not recorded"
 
 # (family title, file-name prefixes, the command that writes such files)
 FAMILIES: list[tuple[str, tuple[str, ...], str]] = [
+    ("Linking quality against nn", ("quality",), "python bench/quality.py --run NAME=EXPERIMENT_DIR ..."),
     ("Precompute throughput", ("precompute",), "python bench/precompute.py"),
     ("Encoder forward", ("encoder",), "python bench/encoder.py"),
     ("Ray overhead", ("ray_overhead",), "python bench/ray_overhead.py"),
@@ -251,6 +252,14 @@ def render(results_dir: Path) -> str:
         lines += [f"## {title}", ""]
         if commands[title]:
             lines += [f"Written by `{commands[title]}`.", ""]
+        if title == "Linking quality against nn":
+            sys.path.insert(0, str(ROOT))
+            from bench.quality import markdown
+
+            for path in by_family[title]:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                lines += [f"`{path.name}` ({data.get('date', NOT_RECORDED)}, commit {data.get('commit')}):", "",
+                          *[f"- {note}" for note in data.get("notes", [])], "", markdown(data), ""]
         if title == "Large KBs, end to end":
             full = [p for p in by_family[title] if "before" not in p.stem]
             if full:
