@@ -79,11 +79,25 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def headline(data: dict[str, Any]) -> str:
+    """F1 only, one line per dataset and language, one column per row of :data:`ROWS` (the README's table)."""
+    labels = [label for label, _, _ in ROWS]
+    lines = ["| data | lang | " + " | ".join(labels) + " |", "|---|---|" + "---:|" * len(labels)]
+    for name, by_lang in data["datasets"].items():
+        for lang, rows in by_lang.items():
+            f1 = {row["row"]: row["f1"] for row in rows}
+            cells = [f"{f1[x][0]:.3f} ± {f1[x][1]:.3f}" if x in f1 and f1[x][1] >= 0.0005 else
+                     f"{f1[x][0]:.3f}" if x in f1 else "-" for x in labels]
+            lines.append(f"| {name} | {lang} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="append", required=True, metavar="NAME=DIR",
                         help="an xel-experiment --out directory (holding results.json), named as the table shows it")
     parser.add_argument("--note", action="append", default=[], help="a line on how the runs were made (repeatable)")
+    parser.add_argument("--headline", action="store_true", help="print the F1-only table the README shows")
     parser.add_argument("--out", type=Path, help="write the JSON here (bench/results/quality.json)")
     args = parser.parse_args()
     datasets = {}
@@ -99,7 +113,7 @@ def main() -> None:
                       *args.note]}
     if args.out:
         args.out.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    print(markdown(data))
+    print(headline(data) if args.headline else markdown(data))
 
 
 if __name__ == "__main__":
