@@ -6,6 +6,7 @@ compressed index's shortlist against the stored fp16 features.
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
@@ -59,11 +60,29 @@ def test_shard_by_shard_build_equals_brute_force(kind, tmp_path):
         assert got == [[ids[rows[j]] for j in row] for row in want]
 
 
-def test_compressed_strings_are_told_apart():
-    assert is_compressed("IVF64,PQ8") and is_compressed("IVF256,SQ8") and is_compressed("PQ16")
-    assert is_compressed("OPQ16_64,IVF256,PQ16") and is_compressed("HNSW32,SQ8")
-    assert not is_compressed("Flat") and not is_compressed("HNSW32") and not is_compressed("IVF256,Flat")
-    assert not is_compressed("IVF1024,PQ96x4fs,RFlat")
+def faiss_code_is_lossy(factory: str, dim: int = 96) -> bool:
+    """FAISS's own answer: the index FAISS builds for ``factory`` stores codes smaller than the float32 vectors
+    and has no exact refine stage (``IndexRefine``) of its own."""
+    built = faiss.index_factory(dim, factory, faiss.METRIC_L2)  # kept referenced: the downcasts borrow it
+    index = faiss.downcast_index(built)
+    if isinstance(index, faiss.IndexRefine):
+        return False
+    while isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    if isinstance(index, faiss.IndexHNSW):
+        index = faiss.downcast_index(index.storage)
+    ivf = faiss.try_extract_index_ivf(index)
+    code_size = ivf.code_size if ivf is not None else index.sa_code_size()
+    return code_size < 4 * dim
+
+
+@pytest.mark.parametrize("factory", [
+    "Flat", "HNSW32", "HNSW32,Flat", "IVF256,Flat", "IVF64,PQ8", "IVF256,SQ8", "IVF64,SQfp16", "PQ16", "LSH",
+    "OPQ16_64,IVF256,PQ16", "HNSW32,SQ8", "RaBitQ", "IVF64,RaBitQ", "IVF1024,PQ96x4fs,RFlat", "PQ16,RFlat",
+    "IVF64,PQ8,Refine(Flat)",
+])
+def test_compressed_factory_strings_agree_with_faiss(factory):
+    assert is_compressed(factory) == faiss_code_is_lossy(factory)
 
 
 def test_rerank_restores_exact_order_and_recall(tmp_path):
