@@ -257,11 +257,11 @@ def encode_with_actors(cfg: LinkConfig, linker: Linker, items: list[Item], work:
     write_jsonl(data / "kb.jsonl", [{"id": first["id"], "name": first["name"], "lang": first["lang"]}])
     write_jsonl(data / "mentions.jsonl", ({"id": it.id, "lang": it.lang, "sentence": it.sentence, "start": it.start,
                                            "end": it.end, "context": it.context} for it in items))
-    manifest = linker.store.manifest
+    settings = linker.encoder_settings  # EncoderSettings.from_manifest of the run's store
     pcfg = PrecomputeConfig(
-        data=data, model=Path(manifest["model"]), out=work / "store", kinds=("ms", "mc"), layer=manifest["layer"],
-        max_length=manifest["max_length"], prefix=manifest["prefix"], dtype=manifest["dtype"],
-        backend=manifest.get("backend", "torch"), actors=cfg.actors, address=cfg.address,
+        data=data, model=Path(settings.model), out=work / "store", kinds=("ms", "mc"), layer=settings.layer,
+        max_length=settings.max_length, prefix=settings.prefix, dtype=settings.dtype, backend=settings.backend,
+        actors=cfg.actors, address=cfg.address,
     )
     log.info("encoding %d mentions with %d precompute actor(s) into %s", len(items), cfg.actors, pcfg.out)
     precompute(pcfg)

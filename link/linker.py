@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from precompute.encoding import TextEncoder, context_item, mention_item
+from precompute.encoding import EncoderSettings, TextEncoder, context_item, mention_item
 from precompute.schema import ISO_639_1, MAX_TEXT_CHARS, check_string, has_word
 from precompute.store import Store, StoreError, open_store
 from retrieval.candidates import AliasPrior, CandidateGenerator, MentionRef, candidate_generator, kb_table
@@ -335,11 +335,15 @@ class Linker:
     """See the module docstring. Not thread-safe: one :meth:`link` at a time (``xel-serve`` serialises them)."""
 
     def __init__(
-        self, *, store: Store, index: EntityIndex, encoder: TextEncoder, kb: KBRows, generator: CandidateGenerator,
-        model: Ranker | None, pair_prior: Any, groups: Sequence[str], max_candidates: int, nil_rule: NilRule,
-        kb_source: KBSource | None = None,
+        self, *, store: Store, index: EntityIndex, encoder_settings: EncoderSettings, kb: KBRows,
+        generator: CandidateGenerator, model: Ranker | None, pair_prior: Any, groups: Sequence[str],
+        max_candidates: int, nil_rule: NilRule, kb_source: KBSource | None = None,
     ):
-        self.store, self.index, self.encoder, self.kb, self.generator = store, index, encoder, kb, generator
+        self.store, self.index, self.kb, self.generator = store, index, kb, generator
+        # the store's encoder settings (EncoderSettings.from_manifest): the encoder here, and precompute's actors
+        # when link.batch encodes with them
+        self.encoder_settings = encoder_settings
+        self.encoder = TextEncoder.load(encoder_settings)
         self.model, self.pair_prior, self.groups = model, pair_prior, list(groups)
         self.max_candidates, self.nil_rule = max_candidates, nil_rule
         self.kb_source = kb_source  # None: the run's training KB
@@ -395,7 +399,7 @@ class Linker:
         log.info("linker %s: %s scorer, %d KB entries, NIL %s >= %g, calibrated languages %s", run, cfg.scorer,
                  len(kb), rule.score, rule.threshold, sorted(rule.shifts) or "none")
         return cls(
-            store=store, index=index, encoder=TextEncoder.from_manifest(store.manifest, device=device),
+            store=store, index=index, encoder_settings=EncoderSettings.from_manifest(store.manifest, device=device),
             kb=kb, generator=generator, model=model,
             pair_prior=pair_prior, groups=pair_groups(cfg) if residual else [],
             max_candidates=cfg.max_candidates, nil_rule=rule,
@@ -411,7 +415,8 @@ class Linker:
         index, store = open_index_and_store(index_dir, features)
         table = kb_table(store, index)
         generator = candidate_generator(store, index, kb=table, k=k, max_prior=max_prior, train_lang=train_lang)
-        return cls(store=store, index=index, encoder=TextEncoder.from_manifest(store.manifest, device=device),
+        return cls(store=store, index=index,
+                   encoder_settings=EncoderSettings.from_manifest(store.manifest, device=device),
                    kb=KBRows(store, table, np.zeros((len(table), 0), np.float32)),
                    generator=generator,
                    model=None, pair_prior=None, groups=[], max_candidates=max_candidates,
