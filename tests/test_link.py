@@ -101,10 +101,23 @@ def test_link_reproduces_the_trainers_evaluation(trained_run):
 
 
 def test_nn_linker_predicts_the_best_cosine(trained_run):
+    """Oracle: the nn linker's prediction and score are numpy's argmax and max of cos(ms, es) over each mention's
+    candidates (ms encoded by the linker, es read from the store)."""
     linker = Linker.nn(trained_run.parent.parent / "index")
-    links = linker.link([{"text": "Wir waren in Moskau im Urlaub.", "start": 13, "end": 19, "lang": "de"},
-                         {"text": "Tokyo", "start": 0, "end": 5}], k=3)
-    for link in links:
+    records = [{"text": "Wir waren in Moskau im Urlaub.", "start": 13, "end": 19, "lang": "de"},
+               {"text": "Tokyo", "start": 0, "end": 5}]
+    links = linker.link(records, k=3)
+    mentions = linker.mentions(linker.items(records))
+    ms = mentions.ms.numpy().astype(np.float64)
+    es = mentions.kb.es.numpy().astype(np.float64)
+    ms /= np.linalg.norm(ms, axis=1, keepdims=True)
+    es /= np.linalg.norm(es, axis=1, keepdims=True)
+    for i, link in enumerate(links):
+        rows = mentions.cand[i][mentions.cand_mask[i]].numpy()
+        assert len(rows) > 3  # more candidates than shown: the argmax is over all of them
+        cosines = es[rows] @ ms[i]
+        assert link.pred == mentions.kb.ids[rows[int(np.argmax(cosines))]]
+        assert link.score == pytest.approx(float(cosines.max()), abs=1e-3)
         assert link.pred == link.candidates[0].id and link.score == link.candidates[0].score
         assert [c.score for c in link.candidates] == sorted((c.score for c in link.candidates), reverse=True)
     assert [x.id for x in links] == ["item-0", "item-1"]
