@@ -393,15 +393,15 @@ class Linker:
             index.set_search_params(search.get("search_params"))
         generator = candidate_generator(store, index, kb=table, **settings)
         model = load_checkpoint(run / CHECKPOINT)
-        residual = cfg.scorer == "residual"
+        pairs = cfg.scorer_kind.pair_features
         kb = KBRows(store, table, run_popularity(cfg, loaded, table))
-        pair_prior = training_prior(train) if residual else None
+        pair_prior = training_prior(train) if pairs else None
         log.info("linker %s: %s scorer, %d KB entries, NIL %s >= %g, calibrated languages %s", run, cfg.scorer,
                  len(kb), rule.score, rule.threshold, sorted(rule.shifts) or "none")
         return cls(
             store=store, index=index, encoder_settings=EncoderSettings.from_manifest(store.manifest, device=device),
             kb=kb, generator=generator, model=model,
-            pair_prior=pair_prior, groups=pair_groups(cfg) if residual else [],
+            pair_prior=pair_prior, groups=pair_groups(cfg) if pairs else [],
             max_candidates=cfg.max_candidates, nil_rule=rule,
             kb_source=None if own else kb_source(kb_store, generator, table, pair_prior, cfg, loaded),
         )

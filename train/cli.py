@@ -85,7 +85,7 @@ def option(*decls: str, name: str | None = None, **kwargs: Any):
 @click.option("--eval-candidates", type=click.Path(dir_okay=False), help="[default: <eval-features>/candidates.jsonl]")
 @click.option("--train-lang", help="comma-separated training languages  [default: en if present, else all]")
 @click.option("--eval-lang", help="comma-separated evaluation languages  [default: all of the eval store]")
-@option("--scorer", type=click.Choice(SCORERS),
+@option("--scorer", type=click.Choice(list(SCORERS)),
         help="residual: cos(ms, es) + a learned correction that starts at zero (= nn); "
              "paper: the paper's ranker as published")
 @option("--feature-groups", help=f"residual scorer inputs, comma-separated subset of {','.join(FEATURE_GROUPS)}")

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from train.scorers import SCORERS, Scorer
+
 # Appendix Table 3 of the paper: the random-search space of the ranker.
 SEARCH_SPACE: dict[str, list[Any]] = {
     "hc_sizes": [(768,), (512,), (256,), (512, 256)],
@@ -17,7 +19,6 @@ SEARCH_SPACE: dict[str, list[Any]] = {
 }
 POPULARITY_MISSING = ("error", "median")
 POPULARITY_SOURCES = ("links", "mentions")
-SCORERS = ("paper", "residual")
 LOSSES = ("hinge", "softmax")
 ADV_MODES = ("alternating", "grl", "uniform")
 NIL_SCORES = ("model", "cosine", "csls")
@@ -115,8 +116,6 @@ class TrainConfig:
             need(len(sizes) > 0 and all(int(s) > 0 for s in sizes), name, sizes, "one or more positive layer sizes")
         need(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "0 <= p < 1")
         need(self.lr > 0, "lr", self.lr, "> 0")
-        need(self.epochs >= (1 if self.scorer == "paper" else 0), "epochs", self.epochs,
-             ">= 1 (paper), >= 0 (residual: 0 epochs is the nn baseline)")
         need(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         need(self.negatives >= 1, "negatives", self.negatives, ">= 1")
         need(self.margin > 0, "margin", self.margin, "> 0")
@@ -129,9 +128,21 @@ class TrainConfig:
         need(self.popularity_missing in POPULARITY_MISSING, "popularity_missing", self.popularity_missing,
              f"one of {list(POPULARITY_MISSING)}")
         need(self.scorer in SCORERS, "scorer", self.scorer, f"one of {list(SCORERS)}")
+        scorer = self.scorer_kind
+        need(self.epochs >= scorer.min_epochs, "epochs", self.epochs,
+             f">= {scorer.min_epochs} with --scorer {scorer.name} "
+             f"({', '.join(f'{s.name}: >= {s.min_epochs}' for s in SCORERS.values())}; "
+             "residual: 0 epochs is the nn baseline)")
         unknown = [g for g in self.feature_groups if g not in FEATURE_GROUPS]
         need(not unknown, "feature_groups", ",".join(self.feature_groups), f"a subset of {list(FEATURE_GROUPS)}")
         need(self.loss is None or self.loss in LOSSES, "loss", self.loss, f"one of {list(LOSSES)}")
+        need(self.loss is None or self.loss in scorer.losses, "loss", self.loss,
+             f"with --scorer {scorer.name}: one of {list(scorer.losses)} (softmax is listwise over all candidates, "
+             "which only the residual scorer trains)")
+        need(scorer.pair_features or self.feature_groups == DEFAULT_FEATURE_GROUPS, "feature_groups",
+             ",".join(self.feature_groups),
+             f"only with --scorer {'/'.join(s.name for s in SCORERS.values() if s.pair_features)} "
+             f"(--scorer {scorer.name} reads no feature groups)")
         need(self.temperature > 0, "temperature", self.temperature, "> 0")
         need(self.nil_score in (None, *NIL_SCORES), "nil_score", self.nil_score, f"one of {list(NIL_SCORES)}")
         need(self.nil_calibration in (None, *NIL_CALIBRATIONS), "nil_calibration", self.nil_calibration,
@@ -140,8 +151,10 @@ class TrainConfig:
         need(self.adv_mode in ADV_MODES, "adv_mode", self.adv_mode, f"one of {list(ADV_MODES)}")
         need(self.popularity_source in POPULARITY_SOURCES, "popularity_source", self.popularity_source,
              f"one of {list(POPULARITY_SOURCES)}")
-        need(self.scorer != "paper" or -1.0 <= self.nil_threshold <= 1.0, "nil_threshold", self.nil_threshold,
-             "in [-1, 1] (the paper's scores are tanh)")
+        if scorer.score_range is not None:
+            low, high = scorer.score_range
+            need(low <= self.nil_threshold <= high, "nil_threshold", self.nil_threshold,
+                 f"in [{low:g}, {high:g}] with --scorer {scorer.name} (the range of its scores)")
         need(0.0 <= self.dev_fraction < 1.0, "dev_fraction", self.dev_fraction, "0 <= f < 1")
         need(0.0 < self.test_fraction < 1.0, "test_fraction", self.test_fraction, "0 < f < 1")
         need(self.train_size is None or self.train_size >= 1, "train_size", self.train_size, ">= 1")
@@ -156,16 +169,21 @@ class TrainConfig:
              "only with --dev-fraction > 0 (trials are ranked by dev F1)")
 
     @property
+    def scorer_kind(self) -> Scorer:
+        """The :class:`train.scorers.Scorer` that ``--scorer`` names."""
+        return SCORERS[self.scorer]
+
+    @property
     def nil_score_name(self) -> str:
-        return self.nil_score or ("model" if self.scorer == "paper" else "csls")
+        return self.nil_score or self.scorer_kind.default_nil_score
 
     @property
     def nil_calibration_name(self) -> str:
-        return self.nil_calibration or ("none" if self.scorer == "paper" else "quantile")
+        return self.nil_calibration or self.scorer_kind.default_nil_calibration
 
     @property
     def loss_name(self) -> str:
-        return self.loss or ("hinge" if self.scorer == "paper" else "softmax")
+        return self.loss or self.scorer_kind.default_loss
 
     def with_(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)

@@ -45,6 +45,7 @@ from retrieval.search import SearchOptions
 from train.config import ADV_MODES, DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS, TrainConfig
 from train.outputs import mean_std
 from train.run import run as run_train
+from train.scorers import PAPER, RESIDUAL
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = Path("models/multilingual-e5-small")
@@ -205,17 +206,18 @@ def settings_jobs(
     jobs: dict[tuple[str, int], TrainConfig] = {}
     root = cfg.out / "train"
     jobs[("nn", 0)] = replace(base, epochs=0, out=str(root / "nn"))
-    scorers = [("", "residual")] + ([("paper:", "paper")] if cfg.paper else [])
+    scorers = [("", RESIDUAL)] + ([("paper:", PAPER)] if cfg.paper else [])
     for prefix, scorer in scorers:
         for name, flags in SETTINGS.items():
             flags = dict(flags)
-            if flags.get("adversarial") and scorer == "residual":
+            if flags.get("adversarial") and scorer is RESIDUAL:  # the grid tuned +A on the residual scorer
                 flags.update(adv_mode=adv[0], lambda_adv=adv[1])
             for seed in range(cfg.seeds):
                 run_dir = root / f"{prefix}{name}".replace(":", "-") / f"seed-{seed}"
-                if name == "en+A" and scorer == "residual" and seed == 0:
+                if name == "en+A" and scorer is RESIDUAL and seed == 0:
                     run_dir = root / "adv-grid" / f"{adv[0]}-{adv[1]:g}"  # the grid's run of the chosen setting
-                jobs[(prefix + name, seed)] = replace(base, scorer=scorer, seed=seed, **flags, out=str(run_dir))
+                jobs[(prefix + name, seed)] = replace(base, scorer=scorer.name, seed=seed, **flags,
+                                                      out=str(run_dir))
     if cfg.ablation:
         for name, groups in ablation_groups().items():
             for seed in range(cfg.seeds):

@@ -93,16 +93,16 @@ def compare_nil_rules(cfg: TrainConfig, model: Ranker, dev: Mentions | None, tes
 
 def model_spec(cfg: TrainConfig, data: Prepared) -> ModelSpec:
     adversarial = cfg.adversarial
-    residual = cfg.scorer == "residual"
+    pairs = cfg.scorer_kind.pair_features  # +P is then a pair feature, not the head's popularity input
     pair = data.splits.train.pair
     return ModelSpec(
         dim=data.dim, hs_sizes=cfg.hs_sizes, hc_sizes=cfg.hc_sizes, final_sizes=cfg.final_sizes,
-        dropout=cfg.dropout, popularity_dim=0 if residual else int(data.splits.train.kb.popularity.shape[1]),
+        dropout=cfg.dropout, popularity_dim=0 if pairs else int(data.splits.train.kb.popularity.shape[1]),
         shared_size=cfg.shared_size if adversarial else None,
         languages=tuple(sorted(set(data.train_langs) | set(data.l2_langs))) if adversarial else (),
         scorer=cfg.scorer,
-        feature_groups=tuple(g for g in cfg.feature_groups if g in VECTOR_GROUPS) if residual else (),
-        pair_dim=int(pair.shape[-1]) if residual and pair is not None else 0,
+        feature_groups=tuple(g for g in cfg.feature_groups if g in VECTOR_GROUPS) if pairs else (),
+        pair_dim=int(pair.shape[-1]) if pairs and pair is not None else 0,
     )
 
 
@@ -161,7 +161,7 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
                  f"{entry['dev']['all']['f1']:.3f}" if dev is not None else "-", entry["test"]["all"]["f1"])
 
     # residual: epoch 0 is the untrained scorer (= nn), evaluated and eligible; training epochs are 1..N
-    first = 1 if cfg.scorer == "residual" else 0
+    first = cfg.scorer_kind.first_trained_epoch
     last = cfg.epochs + first
     if first and start == 0:
         evaluate_epoch(0, {"loss": 0.0, "lang_loss": 0.0, "adv_loss": 0.0})

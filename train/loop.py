@@ -31,6 +31,7 @@ from train.adversarial import (
 )
 from train.data import Mentions
 from train.model import Ranker
+from train.scorers import scorer_named
 from train.text import LanguageText
 
 
@@ -83,7 +84,10 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(seed)
         self.rows = train.trainable()
         self.optimizer = torch.optim.Adam(model.linker_parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-        self.listwise = model.spec.scorer == "residual"
+        scorer = scorer_named(model.spec.scorer)
+        if settings.loss not in scorer.losses:
+            raise ValueError(f"loss {settings.loss!r}: the {scorer.name} scorer trains only {list(scorer.losses)}")
+        self.listwise = scorer.pair_features  # every candidate scored: pair features exist only for candidates
         self.steps_per_epoch = max(1, -(-len(self.rows) // settings.batch_size))
         self.step_count = 0
         self.adversarial = model.hadv is not None

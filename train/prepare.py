@@ -94,7 +94,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
                         f"entr{'y' if reached == 1 else 'ies'}; allowed: at least 2 (the ranker learns from "
                         "negatives: other entries); add entries to kb.jsonl and rerun xel-precompute, or give more "
                         "candidates (--candidates)")
-    if cfg.scorer == "residual":
+    if cfg.scorer_kind.pair_features:
         splits = with_pair_features(splits, cfg)
     l2_langs = tuple(x for x in eval_langs if x not in train_langs)
     text = None

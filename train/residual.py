@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from train.model import ModelSpec, Ranker, Scored, _tail
+from train.scorers import PAPER, RESIDUAL, scorer_named
 
 VECTOR_GROUPS = ("paper", "cosines", "interactions")
 
@@ -113,10 +114,9 @@ class ResidualScorer(Ranker):
         return Scored(scores, m_sh if has_shared else None, e_sh if has_shared else None, rows, inverse)
 
 
+MODELS: dict[str, type[Ranker]] = {PAPER.name: Ranker, RESIDUAL.name: ResidualScorer}
+
+
 def build_model(spec: ModelSpec) -> Ranker:
     """The scorer a spec describes: the paper's :class:`Ranker` or a :class:`ResidualScorer`."""
-    if spec.scorer == "residual":
-        return ResidualScorer(spec)
-    if spec.scorer != "paper":
-        raise ValueError(f"scorer {spec.scorer!r}: allowed 'paper', 'residual'")
-    return Ranker(spec)
+    return MODELS[scorer_named(spec.scorer).name](spec)
