@@ -52,6 +52,7 @@ from retrieval.files import CANDIDATE_SOURCES
 from retrieval.index import EntityIndex
 from retrieval.index_files import open_index_and_store
 from retrieval.kb_table import KBTable
+from retrieval.splits import DEV_FRACTION, TEST_FRACTION
 from retrieval.vectors import unit_concat
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
@@ -232,13 +233,15 @@ def run_popularity(cfg: TrainConfig, loaded: Loaded, kb: KBTable) -> np.ndarray:
 
 
 def candidate_settings(config_file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``k``, ``max_prior``, ``train_lang`` and ``kb_lang`` of the ``xel-nn candidates`` run whose ``config.json``
-    is ``config_file`` (beside the candidates file it wrote), and its search options: the index it searched and
-    the FAISS search parameters (``nprobe=64``...), which the linker applies to that index so that its dense
-    candidates are the ones the run was trained on."""
+    """``k``, ``max_prior``, ``train_lang``, ``kb_lang`` and the split fractions of the alias prior of the
+    ``xel-nn candidates`` run whose ``config.json`` is ``config_file`` (beside the candidates file it wrote; files
+    written before the fractions were recorded counted the default split), and its search options: the index it
+    searched and the FAISS search parameters (``nprobe=64``...), which the linker applies to that index so that its
+    dense candidates are the ones the run was trained on."""
     cfg = _read_json(config_file, "the config.json that xel-nn candidates writes beside candidates.jsonl")
     return ({"k": cfg["k"], "max_prior": cfg["max_prior"], "train_lang": cfg["train_lang"],
-             "kb_lang": cfg["search"].get("kb_lang")}, cfg["search"])
+             "kb_lang": cfg["search"].get("kb_lang"), "dev_fraction": cfg.get("dev_fraction", DEV_FRACTION),
+             "test_fraction": cfg.get("test_fraction", TEST_FRACTION)}, cfg["search"])
 
 
 def same_path(a: str | Path, b: str | Path) -> bool:

@@ -13,6 +13,7 @@ from retrieval.files import write_candidates
 from retrieval.index import RetrievalError
 from retrieval.metrics import RECALL_KS, format_recall_table, plot_recall
 from retrieval.search import SearchOptions
+from retrieval.splits import DEV_FRACTION, TEST_FRACTION
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,10 @@ class CandidatesConfig:
     max_prior: int = 10
     train_lang: str = "en"
     langs: tuple[str, ...] = ()
+    # the split the alias prior counts training documents of (retrieval.splits); recorded in config.json, where
+    # xel-train checks that it splits with the same fractions (train.prepare.check_candidates_split)
+    dev_fraction: float = DEV_FRACTION
+    test_fraction: float = TEST_FRACTION
 
 
 def write_recall(out: Path, table: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -46,7 +51,7 @@ def run_candidates(cfg: CandidatesConfig) -> str:
              f"{store.count('ms'):,}", store.root, out)
     cands = generate_candidates(
         store, index, k=cfg.k, max_prior=cfg.max_prior, train_lang=cfg.train_lang, kb_lang=cfg.search.kb_lang,
-        langs=cfg.langs or None,
+        langs=cfg.langs or None, dev_fraction=cfg.dev_fraction, test_fraction=cfg.test_fraction,
     )
     out.mkdir(parents=True, exist_ok=True)  # only once every input has been read and checked
     write_candidates(out / "candidates.jsonl", ((m.id, c) for m, c in zip(cands.mentions, cands.merged)))

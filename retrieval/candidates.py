@@ -15,8 +15,9 @@ listed, then up to ``max_ngram`` n-gram candidates not yet listed: a merged list
 retrieval alone has at ``k`` (it is up to ``k + max_prior + max_ngram`` long). The gold is never injected.
 Recall@k is reported per language and per source (prior, dense, ngram, merged).
 
-The alias prior counts only mentions of ``train`` documents (:mod:`retrieval.splits`), so a dev or test
-mention never sees its own document's gold links.
+The alias prior counts only mentions of ``train`` documents (:mod:`retrieval.splits`, with ``--dev-fraction`` and
+``--test-fraction``, recorded in the run's ``config.json``; the trainer refuses to split with other fractions), so a
+dev or test mention never sees its own document's gold links.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from retrieval.kb_table import KBTable, Subset
 from retrieval.metrics import RECALL_KS, recall_table
 from retrieval.names import normalise_mention
 from retrieval.ngram import NgramIndex
-from retrieval.splits import document_of, split_of
+from retrieval.splits import DEV_FRACTION, TEST_FRACTION, document_of, split_of
 from retrieval.vectors import store_row_digests, unit_rows
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,13 @@ class MentionRef:
     split: str = "train"  # retrieval.splits bucket of the mention's document
 
     @classmethod
-    def from_record(cls, record: dict) -> MentionRef:
+    def from_record(cls, record: dict, *, dev_fraction: float = DEV_FRACTION,
+                    test_fraction: float = TEST_FRACTION) -> MentionRef:
         given = record.get("candidates")
         return cls(
             id=record["id"], lang=record["lang"], surface=record["sentence"][record["start"]:record["end"]],
             gold=record.get("gold"), given=tuple(given) if given is not None else None, type=record.get("type"),
-            split=split_of(document_of(record)),
+            split=split_of(document_of(record), dev_fraction=dev_fraction, test_fraction=test_fraction),
         )
 
 
@@ -351,14 +353,15 @@ class CandidateGenerator:
 def generate_candidates(
     store, index, *, k: int = 30, max_prior: int = 10, train_lang: str = "en", kb_lang: str | None = None,
     langs: Sequence[str] | None = None, dense_k: int = max(RECALL_KS), max_ngram: int = 10,
-    kb: KBTable | None = None,
+    kb: KBTable | None = None, dev_fraction: float = DEV_FRACTION, test_fraction: float = TEST_FRACTION,
 ) -> CandidateSet:
     """Prior, dense and merged candidates for every mention of ``store`` (see the module docstring); ``kb`` is
     the store's :func:`kb_table` when the caller has read it."""
     kb = kb if kb is not None else kb_table(store, index)
     data = load_mention_vectors(store, index, kb, langs)
     generator = candidate_generator(store, index, kb=kb, k=k, max_prior=max_prior, train_lang=train_lang,
-                                    kb_lang=kb_lang, dense_k=dense_k, max_ngram=max_ngram)
+                                    kb_lang=kb_lang, dense_k=dense_k, max_ngram=max_ngram,
+                                    dev_fraction=dev_fraction, test_fraction=test_fraction)
     data.prefetch(kb for m in data.mentions if m.given is not None for kb in m.given)
     priors, dense, ngram = generator.sources(data.mentions, data.vectors)
     merged = []
@@ -371,9 +374,12 @@ def generate_candidates(
 
 
 def candidate_generator(store, index, *, train_lang: str = "en", kb: KBTable | None = None,
+                        dev_fraction: float = DEV_FRACTION, test_fraction: float = TEST_FRACTION,
                         **settings: Any) -> CandidateGenerator:
     """A :class:`CandidateGenerator` over ``store``'s KB (``kb``, or its :func:`kb_table` read here) whose alias
-    prior counts the store's ``train_lang`` training mentions; ``settings`` are its keyword arguments (``k``,
-    ``max_prior``, ...)."""
-    prior = AliasPrior([MentionRef.from_record(r) for r in store.records("mentions")], train_lang)
+    prior counts the store's ``train_lang`` mentions of the training split (:func:`retrieval.splits.split_of` with
+    ``dev_fraction`` and ``test_fraction``); ``settings`` are its keyword arguments (``k``, ``max_prior``, ...)."""
+    refs = [MentionRef.from_record(r, dev_fraction=dev_fraction, test_fraction=test_fraction)
+            for r in store.records("mentions")]
+    prior = AliasPrior(refs, train_lang)
     return CandidateGenerator(index, kb if kb is not None else kb_table(store, index), prior, **settings)

@@ -132,12 +132,20 @@ def build(features: str, out: str, factory: str, kind: str, seed: int, train_row
 @click.option("--train-lang", default=CandidatesConfig.train_lang, show_default=True,
               help="language of the alias-prior training mentions")
 @click.option("--lang", "langs", multiple=True, help="only mentions of this language (repeatable)")
+@click.option("--dev-fraction", default=CandidatesConfig.dev_fraction, show_default=True,
+              type=click.FloatRange(0, 1, max_open=True),
+              help="the alias prior counts training documents only: pass xel-train's --dev-fraction")
+@click.option("--test-fraction", default=CandidatesConfig.test_fraction, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="the alias prior counts training documents only: pass xel-train's --test-fraction")
 def candidates(index_dir: str, features: str | None, kb_lang: str | None, search_params: str | None, device: str,
-               out: str, k: int, max_prior: int, train_lang: str, langs: tuple[str, ...]) -> None:
+               out: str, k: int, max_prior: int, train_lang: str, langs: tuple[str, ...], dev_fraction: float,
+               test_fraction: float) -> None:
     """Write candidates.jsonl and the recall@k table (recall.txt/.json/.png)."""
     search = SearchOptions(index=index_dir, features=features, kb_lang=kb_lang, search_params=search_params,
                            device=device)
-    cfg = CandidatesConfig(search=search, out=out, k=k, max_prior=max_prior, train_lang=train_lang, langs=langs)
+    cfg = CandidatesConfig(search=search, out=out, k=k, max_prior=max_prior, train_lang=train_lang, langs=langs,
+                           dev_fraction=dev_fraction, test_fraction=test_fraction)
     click.echo(_run(run_candidates, cfg))
 
 

@@ -26,6 +26,7 @@ from retrieval.kb_table import KBTable
 from retrieval.metrics import format_recall_table, recall_at_k, recall_table, score
 from retrieval.nn import nn_link, nn_scores
 from retrieval.query import Query, query_span, search_queries
+from retrieval.splits import document_unit
 from retrieval.vectors import l2_normalise
 from tests.fakes import make_store
 
@@ -212,6 +213,17 @@ def test_alias_prior_leave_one_out():
     assert prior.lookup(train[0]) == [("Q1", 0.5), ("Q2", 0.5)]
     # a test mention with the same alias sees all the counts
     assert prior.lookup(MentionRef("t", "es", "PARIS", "Q1", None)) == [("Q1", 2 / 3), ("Q2", 1 / 3)]
+
+
+def test_alias_prior_counts_the_training_split_of_the_fractions_given():
+    """A document in the test bucket of --test-fraction 0.3 and in the training one of the defaults: its gold
+    feeds the prior with the defaults only."""
+    doc = next(f"doc-{i}" for i in range(1000) if 0.28 <= document_unit(f"doc-{i}") < 0.3)
+    record = {"id": f"{doc}:0-5", "lang": "en", "sentence": "Paris", "start": 0, "end": 5, "gold": "Q1"}
+    other = MentionRef("t", "en", "Paris", None, None)
+    default = AliasPrior([MentionRef.from_record(record)], "en")
+    held_out = AliasPrior([MentionRef.from_record(record, dev_fraction=0.1, test_fraction=0.3)], "en")
+    assert default.lookup(other) == [("Q1", 1.0)] and held_out.lookup(other) == []
 
 
 def test_prior_candidates_restrict_to_kb_and_add_name_matches():

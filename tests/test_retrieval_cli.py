@@ -43,6 +43,11 @@ def test_build_candidates_eval_write_their_files(kb_store, tmp_path, caplog):  #
         assert (out / "cands" / name).stat().st_size > 0
     assert "merged" in r.output and "R@100" in r.output
     assert "writing candidates (k=5) for 70 mentions" in caplog.text
+    recorded = json.loads((out / "cands" / "config.json").read_text())
+    assert (recorded["dev_fraction"], recorded["test_fraction"]) == (0.1, 0.2)  # xel-train checks these
+    r = invoke("candidates", "--index", index, "--out", out / "cands-30", "--k", "5", "--test-fraction", "0.3")
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "cands-30" / "config.json").read_text())["test_fraction"] == 0.3
 
     r = invoke("eval", "--index", index, "--features", kb_store.root, "--out", out / "eval", "--k", "10")
     assert r.exit_code == 0, r.output

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 
 from click.testing import CliRunner
 
@@ -40,3 +42,39 @@ def test_cli_popularity_without_links_fails_cleanly(tmp_path) -> None:
     result = CliRunner().invoke(main, ["--features", str(store), "--out", str(tmp_path / "r"), "--popularity",
                                        "--popularity-missing", "median", "--epochs", "1", "--no-plots"])
     assert result.exit_code == 0, result.output
+
+
+def _candidates_beside_a_config(store, root, **recorded) -> str:
+    """The store's candidates.jsonl copied into ``root`` with an ``xel-nn candidates`` config.json that records
+    ``recorded`` (none when empty: a file an older xel wrote)."""
+    root.mkdir()
+    shutil.copy(store / "candidates.jsonl", root / "candidates.jsonl")
+    (root / "config.json").write_text(json.dumps({"k": 30, "max_prior": 10, "train_lang": "en", **recorded}))
+    return str(root / "candidates.jsonl")
+
+
+def test_cli_refuses_candidates_whose_prior_counted_another_split(tmp_path) -> None:
+    store = synthetic_store(tmp_path / "s", langs={"en": 60})
+    cands = _candidates_beside_a_config(store, tmp_path / "c", dev_fraction=0.1, test_fraction=0.2)
+    out = tmp_path / "r"
+    result = CliRunner().invoke(main, ["--features", str(store), "--candidates", cands, "--out", str(out),
+                                       "--test-fraction", "0.3", "--epochs", "1", "--no-plots"])
+    assert result.exit_code == 1
+    message = result.output.strip().splitlines()[-1]
+    assert "--dev-fraction 0.1 --test-fraction 0.2 to xel-train" in message
+    assert "rerun xel-nn candidates with --dev-fraction 0.1 --test-fraction 0.3" in message
+    assert not out.exists()
+
+
+def test_cli_trains_on_candidates_counted_with_its_split(tmp_path, caplog) -> None:
+    store = synthetic_store(tmp_path / "s", langs={"en": 60})
+    matching = _candidates_beside_a_config(store, tmp_path / "c", dev_fraction=0.15, test_fraction=0.3)
+    common = ["--features", str(store), "--dev-fraction", "0.15", "--test-fraction", "0.3", "--epochs", "1",
+              "--no-plots", "--threads", "1"]
+    result = CliRunner().invoke(main, [*common, "--candidates", matching, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    older = _candidates_beside_a_config(store, tmp_path / "old")
+    with caplog.at_level(logging.WARNING, logger="train.prepare"):
+        result = CliRunner().invoke(main, [*common, "--candidates", older, "--out", str(tmp_path / "r-old")])
+    assert result.exit_code == 0, result.output
+    assert any("no split fractions recorded" in r.getMessage() for r in caplog.records)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -11,6 +13,7 @@ import numpy as np
 import torch
 
 from precompute.store import Store, open_store
+from retrieval.splits import DEV_FRACTION, TEST_FRACTION
 from train.config import TrainConfig
 from train.data import KB, DataError, Mentions, check_stores, load_mentions, popularity_features
 from train.pairs import PAIR_GROUPS, pair_columns, pair_features, training_prior
@@ -84,7 +87,39 @@ def load_splits(cfg: TrainConfig) -> Loaded:
     return Loaded(train_store, eval_store, splits, train_langs, eval_langs)
 
 
+def check_candidates_split(cfg: TrainConfig) -> None:
+    """Refuse training-store candidates whose alias prior counted another split than this run's: ``xel-nn
+    candidates`` records its ``--dev-fraction``/``--test-fraction`` in the ``config.json`` beside
+    ``candidates.jsonl``; with other fractions here, dev or test golds would have fed the prior. A file without
+    that record (an older xel's, or none beside it) counted the default split: accepted with a warning."""
+    path = Path(cfg.candidates) if cfg.candidates else Path(cfg.features) / "candidates.jsonl"
+    if not path.is_file():
+        return  # no candidates file: the mentions' own candidates, or load_mentions reports what is missing
+    config_file = path.parent / "config.json"
+    recorded: dict = {}
+    if config_file.is_file():
+        try:
+            recorded = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"{config_file}: unreadable ({e}); it should be the config.json xel-nn candidates "
+                            f"wrote beside {path.name}") from None
+    if not isinstance(recorded, dict) or "dev_fraction" not in recorded or "test_fraction" not in recorded:
+        log.warning("%s: no split fractions recorded beside it (written by an older xel-nn candidates); its alias "
+                    "prior is taken to count the training documents of the default split (--dev-fraction %g "
+                    "--test-fraction %g)", path, DEV_FRACTION, TEST_FRACTION)
+        return
+    dev, test = float(recorded["dev_fraction"]), float(recorded["test_fraction"])
+    if not (math.isclose(dev, cfg.dev_fraction) and math.isclose(test, cfg.test_fraction)):
+        raise DataError(
+            f"{path}: its alias prior counted the training documents of --dev-fraction {dev:g} --test-fraction "
+            f"{test:g} ({config_file}), this run splits with --dev-fraction {cfg.dev_fraction:g} --test-fraction "
+            f"{cfg.test_fraction:g}, so held-out golds would feed the prior; pass --dev-fraction {dev:g} "
+            f"--test-fraction {test:g} to xel-train, or rerun xel-nn candidates with --dev-fraction "
+            f"{cfg.dev_fraction:g} --test-fraction {cfg.test_fraction:g}")
+
+
 def prepare(cfg: TrainConfig) -> Prepared:
+    check_candidates_split(cfg)
     loaded = load_splits(cfg)
     train_store, eval_store, splits = loaded.train_store, loaded.eval_store, loaded.splits
     train_langs, eval_langs = loaded.train_langs, loaded.eval_langs
