@@ -42,6 +42,7 @@ from precompute.run import run as run_precompute  # noqa: E402
 from precompute.store import atomic_write_json, open_store  # noqa: E402
 from train.experiment import ExperimentConfig, base_config, retrieve  # noqa: E402
 from train.run import run as run_train  # noqa: E402
+from train.run import set_threads  # noqa: E402
 
 GATE = {"cosine": 0.99, "recall": 0.01, "f1": 0.01}
 
@@ -65,6 +66,7 @@ def evaluate(cfg: ExperimentConfig, store: Path, out: Path, ranker: bool) -> dic
     runs = {"nn": dataclasses.replace(base, epochs=0, out=str(out / "train" / "nn"))}
     if ranker:
         runs["ranker"] = dataclasses.replace(base, seed=0, out=str(out / "train" / "en-seed-0"))
+    set_threads(base.threads)
     for name, train_cfg in runs.items():
         t0 = time.perf_counter()
         summary = run_train(train_cfg, overwrite=True)

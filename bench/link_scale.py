@@ -43,6 +43,7 @@ def build_run(work: Path) -> Path:
     from tests.train_fixtures import capital_cities
     from train.config import TrainConfig
     from train.run import run as train
+    from train.run import set_threads
 
     run = work / "train" / "en"
     if (run / "model.safetensors").is_file():
@@ -53,6 +54,7 @@ def build_run(work: Path) -> Path:
     run_build(BuildConfig(features=str(work / "h5"), out=str(work / "index")))
     run_candidates(CandidatesConfig(search=SearchOptions(index=str(work / "index"), features=str(work / "h5")),
                                     out=str(work / "candidates"), k=5))
+    set_threads(0)
     train(TrainConfig(features=str(work / "h5"), candidates=str(work / "candidates" / "candidates.jsonl"),
                       out=str(run), train_lang=("en",), epochs=1, tune_nil=True, plots=False, progress=False))
     return run

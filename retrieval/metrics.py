@@ -155,13 +155,11 @@ def format_recall_table(table: dict[str, dict[str, dict[str, float]]], ks: Seque
 
 def plot_recall(table: dict[str, dict[str, dict[str, float]]], path: str, ks: Sequence[int] = RECALL_KS) -> None:
     """A PNG with one panel per group (``all``, each language) and one recall@k curve per source."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # saves through Agg without pyplot: no global backend to set
 
     groups = list(table)
-    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.5), squeeze=False, sharey=True)
+    fig = Figure(figsize=(4 * len(groups), 3.5))
+    axes = fig.subplots(1, len(groups), squeeze=False, sharey=True)
     for ax, group in zip(axes[0], groups):
         for source, row in table[group].items():
             ax.plot(ks, [row[f"R@{k}"] for k in ks], marker="o", label=source)
@@ -175,4 +173,3 @@ def plot_recall(table: dict[str, dict[str, dict[str, float]]], path: str, ks: Se
     axes[0][-1].legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

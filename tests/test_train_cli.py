@@ -78,3 +78,17 @@ def test_cli_trains_on_candidates_counted_with_its_split(tmp_path, caplog) -> No
         result = CliRunner().invoke(main, [*common, "--candidates", older, "--out", str(tmp_path / "r-old")])
     assert result.exit_code == 0, result.output
     assert any("no split fractions recorded" in r.getMessage() for r in caplog.records)
+
+
+def test_cli_sets_the_threads_it_is_given(tmp_path) -> None:
+    import torch
+
+    store = synthetic_store(tmp_path / "s", langs={"en": 60})
+    before = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(main, ["--features", str(store), "--out", str(tmp_path / "r"), "--epochs", "1",
+                                           "--no-plots", "--threads", str(before + 1)])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)

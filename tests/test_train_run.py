@@ -206,3 +206,16 @@ def test_plots_name_the_setting_and_seed_and_say_that_prf_pools_languages(tmp_pa
                     **{**FAST, "plots": True}))
     assert len(titles) == 3 and all(t.startswith("train en+A, seed 3: ") for t in titles), titles
     assert "all evaluated mentions pooled (de, en)" in titles[1]
+
+
+def test_run_leaves_process_state_to_its_entry_point(tmp_path) -> None:
+    """train.run.run is a library function: --threads is set by xel-train (and xel-experiment's tasks), not here,
+    and the plots it writes select no matplotlib backend (pyplot stays unimported)."""
+    import sys
+
+    store = synthetic_store(tmp_path / "s", langs={"en": 60})
+    before, pyplot_before = torch.get_num_threads(), "matplotlib.pyplot" in sys.modules
+    run(TrainConfig(features=str(store), out=str(tmp_path / "r"), epochs=1, threads=before + 1, progress=False))
+    assert torch.get_num_threads() == before
+    assert (tmp_path / "r" / "loss.png").is_file()
+    assert pyplot_before or "matplotlib.pyplot" not in sys.modules

@@ -36,7 +36,7 @@ from train.config import (
 from train.data import DataError
 from train.experiment import DEFAULT_MODEL, ExperimentConfig, ExperimentError
 from train.experiment import run as run_experiment
-from train.run import run
+from train.run import run, set_threads
 
 
 def _langs(value: str | None) -> tuple[str, ...] | None:
@@ -157,6 +157,7 @@ def main(config_file: str | None, verbose: bool, overwrite: bool, **flags: Any) 
             raise click.UsageError("--features is required (or a --config with 'features')")
         values.setdefault("out", "runs/train")
         cfg = TrainConfig.from_dict(values)
+        set_threads(cfg.threads)
         summary = run(cfg, overwrite=overwrite)
     except (ConfigError, DataError, StoreError, CandidatesError, CheckpointError) as e:
         raise click.ClickException(str(e)) from None

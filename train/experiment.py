@@ -45,6 +45,7 @@ from retrieval.search import SearchOptions
 from train.config import ADV_MODES, DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS, TrainConfig
 from train.outputs import mean_std
 from train.run import run as run_train
+from train.run import set_threads
 from train.scorers import PAPER, RESIDUAL
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ def finished_run(cfg: TrainConfig) -> dict[str, Any] | None:
 
 def _train_one(train_cfg: TrainConfig) -> dict[str, Any]:
     logging.getLogger("train").setLevel(logging.WARNING)
+    set_threads(train_cfg.threads)  # this Ray task's process
     summary = run_train(train_cfg, overwrite=True)  # the experiment owns its run directories
     out = Path(train_cfg.out)
     atomic_write_json(out / "inputs.json", run_inputs(train_cfg))
@@ -317,13 +319,11 @@ def grid_table(results: dict[str, dict[str, Any]], langs: list[str], chosen: tup
 
 
 def figures(out: Path, rows: dict, langs: list[str], per_setting: dict[str, list]) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # saves through Agg without pyplot: no global backend to set
 
     paths = []
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     names = list(rows)
     width = 0.8 / max(len(langs), 1)
     for j, lang in enumerate(langs):
@@ -337,9 +337,9 @@ def figures(out: Path, rows: dict, langs: list[str], per_setting: dict[str, list
     fig.tight_layout()
     paths.append(out / "f1_by_setting.png")
     fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(langs), figsize=(5 * len(langs), 4), squeeze=False)
+    fig = Figure(figsize=(5 * len(langs), 4))
+    axes = fig.subplots(1, len(langs), squeeze=False)
     for ax, lang in zip(axes[0], langs):
         for name, runs in per_setting.items():
             curves = np.array([[e["test"].get(f"lang:{lang}", {}).get("f1", np.nan) for e in
@@ -353,7 +353,6 @@ def figures(out: Path, rows: dict, langs: list[str], per_setting: dict[str, list
     fig.tight_layout()
     paths.append(out / "f1_by_epoch.png")
     fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
     return paths
 
 

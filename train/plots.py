@@ -5,10 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # a Figure saves through Agg without pyplot: no global backend to set
 
 
 def plot_run(
@@ -20,7 +17,8 @@ def plot_run(
     epochs = [h["epoch"] for h in history]
     paths = [out / "loss.png", out / "prf.png", out / "languages.png"]
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for key in ("loss", "lang_loss", "adv_loss"):
         if any(h[key] for h in history):
             ax.plot(epochs, [h[key] for h in history], marker="o", label=key)
@@ -30,9 +28,9 @@ def plot_run(
     ax.legend()
     fig.tight_layout()
     fig.savefig(paths[0], dpi=100)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for split in ("dev", "test"):
         if split in history[0]:
             for metric, style in (("p", ":"), ("r", "--"), ("f1", "-")):
@@ -44,10 +42,10 @@ def plot_run(
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(paths[1], dpi=100)
-    plt.close(fig)
 
     langs = sorted(k for k in test if k.startswith("lang:"))
-    fig, ax = plt.subplots(figsize=(max(4, 1.5 * len(langs) + 2), 4))
+    fig = Figure(figsize=(max(4, 1.5 * len(langs) + 2), 4))
+    ax = fig.subplots()
     width = 0.2
     for j, metric in enumerate(("micro", "p", "r", "f1")):
         ax.bar([i + j * width for i in range(len(langs))], [test[g][metric] for g in langs], width, label=metric)
@@ -57,5 +55,4 @@ def plot_run(
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(paths[2], dpi=100)
-    plt.close(fig)
     return paths

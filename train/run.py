@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 
 def set_threads(threads: int) -> None:
+    """torch's intra-op threads for the process (``--threads``; 0: the cores this process may use, at most 16).
+    For entry points (``xel-train``, ``xel-experiment``'s Ray tasks): :func:`run` leaves process state alone."""
     if threads:
         torch.set_num_threads(threads)
     else:
@@ -92,7 +94,6 @@ def run(cfg: TrainConfig, overwrite: bool = False) -> dict[str, Any]:
 
 
 def _run(cfg: TrainConfig, out: Path | None) -> dict[str, Any]:
-    set_threads(cfg.threads)
     data = prepare(cfg)
     trials: list[dict[str, Any]] = []
     if cfg.search:
