@@ -171,6 +171,21 @@ def export_fp32(model_dir: str | Path, out: Path) -> dict[str, Any]:
     return {"source": str(Path(model_dir).resolve()), "torch": torch.__version__, "opset": OPSET, "outputs": n}
 
 
+RUNTIME_MODULES = ("onnxruntime", "onnx")
+
+
+def check_dependencies() -> None:
+    """Refuse, before any work starts, a run of this backend without the packages it needs (the ``encoder``
+    extra): without this check the first actor failed after Ray had started."""
+    import importlib.util
+
+    missing = [m for m in RUNTIME_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise OnnxBackendError(f"--backend onnx (and --dtype int8, which runs on it) needs {', '.join(missing)}, "
+                               "which is not installed; install the encoder extra: pip install -e '.[encoder]' "
+                               "(or pip install onnxruntime onnx), or pass --dtype fp32/bf16 --backend torch")
+
+
 def quantize_int8(fp32: Path, out: Path) -> dict[str, Any]:
     """ONNX Runtime's dynamic quantisation of ``fp32``: int8 weights per channel (:data:`QUANTIZE`)."""
     import onnxruntime

@@ -53,6 +53,7 @@ from precompute.onnx_backend import CACHE_ENV as ONNX_CACHE_ENV  # noqa: E402
 from precompute.onnx_backend import QUANTIZE as ONNX_QUANTIZE  # noqa: E402
 from precompute.onnx_backend import OnnxBackendError  # noqa: E402
 from precompute.onnx_backend import check_cache as check_onnx_cache  # noqa: E402
+from precompute.onnx_backend import check_dependencies as check_onnx_dependencies  # noqa: E402
 from precompute.ray_session import ray_session  # noqa: E402
 from precompute.schema import FileIndex, InputError, ScannedInputs, read_records, scan_inputs  # noqa: E402
 from precompute.store import (  # noqa: E402
@@ -198,6 +199,7 @@ def encoder_settings(cfg: PrecomputeConfig) -> EncoderSettings:
                                backend=cfg.backend)
     if settings.backend == "onnx":
         try:
+            check_onnx_dependencies()
             check_onnx_cache(settings.model, settings.identity["fingerprint"], settings.dtype)
         except OnnxBackendError as e:
             raise PrecomputeError(str(e)) from None

@@ -276,3 +276,17 @@ def test_precompute_on_a_tampered_onnx_cache_stops_with_one_line(tiny_data, tiny
     assert result.exit_code == 1, result.output
     assert f"{fp32}: sha256" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "h5" / "manifest.json").exists()
+
+
+def test_int8_without_the_onnx_runtime_is_refused_before_any_work_naming_the_extra(tiny_data, tiny_model_dir,
+                                                                                    tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    out = tmp_path / "h5"
+    result = CliRunner().invoke(main, ["--data", str(tiny_data), "--model", str(tiny_model_dir), "--out", str(out),
+                                       "--dtype", "int8"])
+    assert result.exit_code == 1
+    assert "needs onnxruntime" in result.output and "pip install -e '.[encoder]'" in result.output
+    assert not (out / "manifest.json").exists()
