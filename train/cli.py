@@ -194,7 +194,8 @@ def _floats(value: str) -> tuple[float, ...]:
 @click.option("--epochs", type=click.IntRange(min=1), default=ExperimentConfig.epochs, show_default=True)
 @click.option("--train-lang", default="en", show_default=True, help="The language with training annotations.")
 @click.option("--adv-modes", default=",".join(ExperimentConfig.adv_modes), show_default=True,
-              help=f"+A objectives to choose from on English dev ({', '.join(ADV_MODES)}).")
+              help=f"+A objectives to choose from on English dev ({', '.join(ADV_MODES)}); several, with several "
+                   "--lambdas, run the grid (the full one: alternating,grl,uniform x 0.01,0.1,1).")
 @click.option("--lambdas", default=",".join(f"{x:g}" for x in ExperimentConfig.lambdas), show_default=True,
               help="+A weights to choose from on English dev (paper: 0.01 Wiki, 0.25 TAC).")
 @click.option("--paper/--no-paper", default=True, show_default=True, help="Also train the paper's scorer.")
