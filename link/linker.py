@@ -446,8 +446,7 @@ class Linker:
             raise ValueError(f"{len(items)} items but {len(ms)} ms and {len(mc)} mc rows")
         vectors = unit_concat([{"ms": ms, "mc": mc}[part] for part in self.index.query_kind.split("+")])
         refs = [MentionRef(id=it.id, lang=it.lang, surface=it.surface, gold=None, given=None) for it in items]
-        priors, dense, ngram = self.generator.sources(refs, vectors)
-        lists = [self.generator.merged(p, d, g)[: self.max_candidates] for p, d, g in zip(priors, dense, ngram)]
+        lists = self.generator.link_candidates(refs, vectors, self.max_candidates)
         unknown = [c for row in lists for c, _, _ in row if c not in self.kb.table]
         if unknown:
             raise StoreError(f"{self.index.root}: candidate {unknown[0]!r} is not in {self.store.root}'s KB; "
