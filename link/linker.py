@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from link.watch import FileWatch
 from precompute.encoding import EncoderSettings, TextEncoder, context_item, mention_item
 from precompute.schema import ISO_639_1, MAX_TEXT_CHARS, check_string, has_word
 from precompute.store import Store, StoreError, open_store
@@ -351,6 +352,8 @@ class Linker:
         self.max_candidates, self.nil_rule = max_candidates, nil_rule
         self.kb_source = kb_source  # None: the run's training KB
         self._uncalibrated_warned: set[str] = set()
+        # the store's and index's files as loaded, checked before each batch (link.watch)
+        self.watch = FileWatch.of(store, index.root, index.manifest)
 
     @property
     def threshold(self) -> float:
@@ -425,6 +428,10 @@ class Linker:
                    model=None, pair_prior=None, groups=[], max_candidates=max_candidates,
                    nil_rule=NilRule(nil_score, threshold))
 
+    def files_changed(self) -> str | None:
+        """What changed on disk among the files this linker reads after loading (:mod:`link.watch`), or None."""
+        return self.watch.changed()
+
     def items(self, records: Sequence[Any]) -> list[Item]:
         return [r if isinstance(r, Item) else check_item(r, f"items[{i}]", f"item-{i}")
                 for i, r in enumerate(records)]
@@ -438,7 +445,9 @@ class Linker:
 
     def mentions(self, items: Sequence[Item], encoded: tuple[np.ndarray, np.ndarray] | None = None) -> Mentions:
         """The items as the trainer's :class:`Mentions`: encoded (or their ``(ms, mc)`` rows as given, e.g. read
-        from a store precompute wrote), with their candidates and pair features."""
+        from a store precompute wrote), with their candidates and pair features. Raises
+        :class:`link.watch.StoreChanged` when the store or index was rewritten since the linker loaded them."""
+        self.watch.check()
         if encoded is None:
             encoded = self.encode(items)
         ms, mc = encoded
