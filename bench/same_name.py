@@ -7,7 +7,9 @@ and normalised name matches, the character n-grams, merged). The dense search is
 names do not change: a stub returns the same hits for every mention, so the figures are the names' work alone.
 Batches of ``--mentions`` mentions ``Berlin`` and of a unique name are timed alternately, ``--rounds`` times, on
 one table and generator (each scope's name matcher and n-gram index built before timing); the ratio is of the
-median seconds per mention. Writes ``bench/results/same-name.json`` and prints it.
+median seconds per mention. Writes ``bench/results/same-name.json`` and prints it. ``same-name-before.json`` is this
+script run, right before, on the code before names were ranked at build and n-gram forms scored once (commit
+2d50bae, with ``sources`` + ``merged`` in place of ``link_candidates``, which it lacked).
 """
 
 from __future__ import annotations
