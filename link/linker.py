@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from link.watch import FileWatch
 from precompute.encoding import EncoderSettings, TextEncoder, context_item, mention_item
 from precompute.schema import ISO_639_1, MAX_TEXT_CHARS, check_string, has_word
 from precompute.store import Store, StoreError, open_store
@@ -351,6 +352,8 @@ class Linker:
         self.max_candidates, self.nil_rule = max_candidates, nil_rule
         self.kb_source = kb_source  # None: the run's training KB
         self._uncalibrated_warned: set[str] = set()
+        # the store's and index's files as loaded, checked before each batch (link.watch)
+        self.watch = FileWatch.of(store, index.root, index.manifest)
 
     @property
     def threshold(self) -> float:
@@ -425,6 +428,10 @@ class Linker:
                    model=None, pair_prior=None, groups=[], max_candidates=max_candidates,
                    nil_rule=NilRule(nil_score, threshold))
 
+    def files_changed(self) -> str | None:
+        """What changed on disk among the files this linker reads after loading (:mod:`link.watch`), or None."""
+        return self.watch.changed()
+
     def items(self, records: Sequence[Any]) -> list[Item]:
         return [r if isinstance(r, Item) else check_item(r, f"items[{i}]", f"item-{i}")
                 for i, r in enumerate(records)]
@@ -438,7 +445,9 @@ class Linker:
 
     def mentions(self, items: Sequence[Item], encoded: tuple[np.ndarray, np.ndarray] | None = None) -> Mentions:
         """The items as the trainer's :class:`Mentions`: encoded (or their ``(ms, mc)`` rows as given, e.g. read
-        from a store precompute wrote), with their candidates and pair features."""
+        from a store precompute wrote), with their candidates and pair features. Raises
+        :class:`link.watch.StoreChanged` when the store or index was rewritten since the linker loaded them."""
+        self.watch.check()
         if encoded is None:
             encoded = self.encode(items)
         ms, mc = encoded
@@ -446,8 +455,7 @@ class Linker:
             raise ValueError(f"{len(items)} items but {len(ms)} ms and {len(mc)} mc rows")
         vectors = unit_concat([{"ms": ms, "mc": mc}[part] for part in self.index.query_kind.split("+")])
         refs = [MentionRef(id=it.id, lang=it.lang, surface=it.surface, gold=None, given=None) for it in items]
-        priors, dense, ngram = self.generator.sources(refs, vectors)
-        lists = [self.generator.merged(p, d, g)[: self.max_candidates] for p, d, g in zip(priors, dense, ngram)]
+        lists = self.generator.link_candidates(refs, vectors, self.max_candidates)
         unknown = [c for row in lists for c, _, _ in row if c not in self.kb.table]
         if unknown:
             raise StoreError(f"{self.index.root}: candidate {unknown[0]!r} is not in {self.store.root}'s KB; "

@@ -10,8 +10,11 @@ a CPU or GPU gains nothing from replicas on one machine). Routes:
   ``--max-body-bytes`` (refused by its Content-Length before it is read, or while it streams in), more than
   ``--max-items`` items or a text over 20,000 characters; 422: a bad field, items checked by the rules
   precompute applies). A batch that fails inside the linker answers its requests 500 with a one-line message
-  (the traceback goes to the log); the worker goes on with the next batch;
-* ``GET /health``: ``{"status": "ok", ...}`` while the linking worker runs, else 503 ``"stopped"``, with the
+  (the traceback goes to the log); the worker goes on with the next batch. When the run's store or index was
+  rewritten on disk since the linker loaded it (:mod:`link.watch`), every batch is answered 503 with the
+  message that names the file and says to restart ``xel-serve``;
+* ``GET /health``: ``{"status": "ok", ...}`` while the linking worker runs, else 503 ``"stopped"``, or 503
+  ``"stale"`` with ``stale``: what changed on disk since the linker loaded (restart the service); with the
   failed batches so far, the last failure, the queue length and how long the current batch has run, and
   ``kb``: null for the run's own KB, else the KB linked against and what carried over to it (the ``kb`` field
   of each link, :class:`link.linker.KBSource`);
@@ -56,6 +59,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from link.linker import Item, Link, Linker, LinkError, check_item
 from link.options import FiniteFloat
 from link.page import PAGE
+from link.watch import StoreChanged
 from precompute.encoding import EncodeError
 from precompute.schema import ISO_639_1
 
@@ -86,6 +90,11 @@ class ServiceStopped(Exception):
 
 class LinkingFailed(Exception):
     """A batch failed inside the linker: answered 500 with this one-line message; the traceback is in the log."""
+
+
+class LinkerStale(LinkingFailed):
+    """The linker's store or index changed on disk since it loaded (:class:`link.watch.StoreChanged`): answered
+    503 with the whole message, which says to restart the service."""
 
 
 class Batcher:
@@ -194,12 +203,17 @@ class Batcher:
     def _failed(self, jobs: list[Job], error: BaseException) -> None:
         lines = str(error).strip().splitlines()
         message = f"linking failed: {type(error).__name__}" + (f": {lines[0][:300]}" if lines else "")
-        log.error("a batch of %d request(s) failed; the service goes on", len(jobs),
-                  exc_info=(type(error), error, error.__traceback__))
+        failure = LinkingFailed
+        if isinstance(error, StoreChanged):
+            message, failure = f"linking failed: {type(error).__name__}: {error}", LinkerStale
+            log.error("a batch of %d request(s) failed: %s", len(jobs), error)
+        else:
+            log.error("a batch of %d request(s) failed; the service goes on", len(jobs),
+                      exc_info=(type(error), error, error.__traceback__))
         self.failed_batches += 1
         self.last_failure = message
         for j in jobs:
-            settle(j.future, error=LinkingFailed(message))
+            settle(j.future, error=failure(message))
 
 
 def settle(future: Future, result: Any = None, error: BaseException | None = None) -> None:
@@ -338,15 +352,17 @@ def create_app(linker: Linker, *, max_items: int = MAX_ITEMS, batch_wait_ms: flo
     @app.get("/health")
     def health() -> JSONResponse:
         busy = batcher.busy_since
+        stale = linker.files_changed()
+        status = "stopped" if not batcher.running else "stale" if stale is not None else "ok"
         return JSONResponse(
-            {"status": "ok" if batcher.running else "stopped", "model": name,
+            {"status": status, "stale": stale, "model": name,
              "scorer": "nn" if linker.model is None else linker.model.spec.scorer,
              "kb_entries": len(linker.kb), "kb": None if linker.kb_source is None else linker.kb_source.to_json(),
              "threshold": linker.threshold, "max_items": max_items,
              "max_body_bytes": max_body_bytes, "failed_batches": batcher.failed_batches,
              "last_failure": batcher.last_failure, "queued": batcher.queue.qsize(),
              "busy_s": None if busy is None else round(time.monotonic() - busy, 3)},
-            status_code=200 if batcher.running else 503)
+            status_code=200 if status == "ok" else 503)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -368,6 +384,8 @@ def create_app(linker: Linker, *, max_items: int = MAX_ITEMS, batch_wait_ms: flo
             return JSONResponse({"detail": str(e)}, status_code=503)
         except EncodeError as e:
             return JSONResponse({"detail": str(e)}, status_code=422)
+        except LinkerStale as e:
+            return JSONResponse({"detail": str(e)}, status_code=503)
         except LinkingFailed as e:
             return JSONResponse({"detail": str(e)}, status_code=500)
         return JSONResponse({"links": [x.to_json() for x in links]})

@@ -106,32 +106,42 @@ class NameMatcher:
         p = self.table.position(kb_id) if isinstance(kb_id, str) else None
         return p is not None and bool(self.in_scope[p])
 
-    def _ranked(self, positions: list[int]) -> list[str]:
-        ids = [(max(self.table.link_count(p) or 0, 0), self.table.ids[p]) for p in positions if self.in_scope[p]]
-        return [kb for _, kb in sorted(ids, key=lambda e: (-e[0], e[1]))]
+    def matches(self, surface: str) -> tuple[np.ndarray, np.ndarray]:
+        """The KB positions in scope of the exact matches of ``surface``, and of its normalised matches that are
+        not exact, each ranked (:meth:`retrieval.kb_table.KBTable.named`): array work, however many match."""
+        exact = self.table.named(surface)
+        exact = exact[self.in_scope[exact]]
+        normalised = self.table.normalised_named(normalise_mention(surface))
+        normalised = normalised[self.in_scope[normalised]]
+        return exact, normalised[~np.isin(normalised, exact)]
 
-    def lookup(self, surface: str) -> list[tuple[str, float]]:
-        names = self.table.names
-        exact = self._ranked([p for p in self.table.by_name.positions(surface) if names[p] == surface])
-        out = [(k, NAME_EXACT_SCORE) for k in exact]
-        key = normalise_mention(surface)
-        normalised = self._ranked([p for p in self.table.by_normalised.positions(key)
-                                   if normalise_mention(names[p]) == key])
-        seen = set(exact)
-        out += [(k, NAME_NORMALISED_SCORE) for k in normalised if k not in seen]
-        return out
+    def lookup(self, surface: str, limit: int | None = None, keep: Iterable[str] = ()) -> list[tuple[str, float]]:
+        """``[(kb id, score)]``: the exact matches, then the normalised ones; with ``limit``, the first ``limit``
+        of them and any further one whose id is in ``keep``."""
+        exact, normalised = self.matches(surface)
+        positions = np.concatenate([exact, normalised])
+        scores = np.repeat([NAME_EXACT_SCORE, NAME_NORMALISED_SCORE], [len(exact), len(normalised)])
+        if limit is not None:
+            kept = [p for p in map(self.table.position, keep) if p is not None]
+            picked = (np.arange(len(positions)) < limit) | np.isin(positions, kept)
+            positions, scores = positions[picked], scores[picked]
+        ids = self.table.ids
+        return [(ids[p], s) for p, s in zip(positions.tolist(), scores.tolist())]
 
 
-def prior_candidates(mention: MentionRef, prior: AliasPrior, names: NameMatcher) -> list[tuple[str, float]]:
+def prior_candidates(mention: MentionRef, prior: AliasPrior, names: NameMatcher,
+                     limit: int | None = None) -> list[tuple[str, float]]:
     """Alias-prior candidates among the entries ``names`` covers (the mention's KB), then name matches not
-    already listed; score = prior + match."""
+    already listed; score = prior + match. With ``limit``, the first ``limit`` of that list, read from the first
+    ``limit`` name matches not among the prior's (and the prior's own matches), not from all of them."""
     scores: dict[str, float] = {}
     for k, p in prior.lookup(mention):
         if k in names:
             scores[k] = p
-    for k, s in names.lookup(mention.surface):
+    for k, s in names.lookup(mention.surface, None if limit is None else limit + len(scores), keep=list(scores)):
         scores[k] = scores.get(k, 0.0) + s
-    return sorted(scores.items(), key=lambda kv: -kv[1])
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    return ranked if limit is None else ranked[:limit]
 
 
 def merge(
@@ -330,9 +340,10 @@ class CandidateGenerator:
         return self._scopes[scope]
 
     def sources(
-        self, mentions: Sequence[MentionRef], vectors: np.ndarray
+        self, mentions: Sequence[MentionRef], vectors: np.ndarray, prior_limit: int | None = None,
     ) -> tuple[list[list[tuple[str, float]]], list[list[tuple[str, float]]], list[list[tuple[str, float]]]]:
-        """Per mention (with its unit query vector): its prior, dense and n-gram candidates, each best first."""
+        """Per mention (with its unit query vector): its prior (the first ``prior_limit``; all when None), dense
+        and n-gram candidates, each best first."""
         depth = max(self.k, self.dense_k)
         kb_langs, dense = self.index.search_kbs(vectors, [m.lang for m in mentions], depth, self.kb_lang)
         ngram: list[list[tuple[str, float]]] = [[] for _ in mentions]
@@ -342,8 +353,15 @@ class CandidateGenerator:
                 ngram[i] = hits
         priors = []
         for m, scope in zip(mentions, kb_langs):
-            priors.append(prior_candidates(m, self.prior, self.scope(scope)[0]))
+            priors.append(prior_candidates(m, self.prior, self.scope(scope)[0], prior_limit))
         return priors, dense, ngram
+
+    def link_candidates(self, mentions: Sequence[MentionRef], vectors: np.ndarray, limit: int) -> list[list[Candidate]]:
+        """Per mention, the first ``limit`` of its merged candidates (what :class:`link.linker.Linker` scores): of
+        its prior candidates only the ``max_prior`` that merging keeps are listed, however many entries share its
+        name."""
+        priors, dense, ngram = self.sources(mentions, vectors, prior_limit=self.max_prior)
+        return [self.merged(p, d, g)[:limit] for p, d, g in zip(priors, dense, ngram)]
 
     def merged(self, prior: Sequence[tuple[str, float]], dense: Sequence[tuple[str, float]],
                ngram: Sequence[tuple[str, float]]) -> list[Candidate]:

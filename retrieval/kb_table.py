@@ -11,7 +11,7 @@ Digests that collide are told apart by comparing the strings themselves, so ever
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,48 @@ class Subset(Sequence[str]):
         return (self.column[p] for p in self.positions.tolist())
 
 
+class NameGroups:
+    """KB positions by the 8-byte digest of a string of each entry (``key_of(name)``: its name, or its normalised
+    name), the positions of each digest ranked once, as :class:`retrieval.candidates.NameMatcher` lists name
+    matches: ``links`` descending (null as 0), then id. A digest whose entries hold more than one distinct string
+    (digests that collide) is kept in ``collided``; only a lookup of such a digest compares every entry's string,
+    any other compares one: all of its entries hold the same string."""
+
+    def __init__(self, digests: array, names: Sequence[str], key_of: Callable[[str], str], links: np.ndarray,
+                 ids: Sequence[str]):
+        lookup = DigestLookup(digests)
+        self.sorted, self.order, self.names, self.key_of = lookup.sorted, lookup.order, names, key_of
+        self.collided: set[int] = set()
+        popularity = np.maximum(links, 0)  # null (NO_LINKS) and negative counts rank as 0
+        cuts = np.flatnonzero(self.sorted[1:] != self.sorted[:-1]) + 1
+        starts, ends = np.r_[0, cuts], np.r_[cuts, len(self.sorted)]
+        shared = ends - starts > 1
+        for lo, hi in zip(starts[shared].tolist(), ends[shared].tolist()):
+            members = self.order[lo:hi].tolist()
+            keys: dict[str, str] = {}
+            for p in members:
+                name = names[p]
+                if name not in keys:
+                    keys[name] = key_of(name)
+            if len(set(keys.values())) > 1:
+                self.collided.add(int(self.sorted[lo]))
+            ranked = sorted(zip((-popularity[members]).tolist(), [ids[p] for p in members], members))
+            self.order[lo:hi] = [p for _, _, p in ranked]
+
+    def matches(self, key: str) -> np.ndarray:
+        """The ranked positions of the entries whose string is ``key``."""
+        digest = np.uint64(schema.id_digest(key))
+        lo, hi = np.searchsorted(self.sorted, digest, "left"), np.searchsorted(self.sorted, digest, "right")
+        group = self.order[lo:hi].astype(np.int64)
+        if int(digest) in self.collided:
+            return group[np.asarray([self.key_of(self.names[p]) == key for p in group.tolist()], dtype=bool)]
+        return group if len(group) and self.key_of(self.names[int(group[0])]) == key else group[:0]
+
+
+def _same(name: str) -> str:
+    return name
+
+
 class KBTable:
     """The KB's entries in file order (position ``i`` is line ``i`` of ``kb.jsonl``); see the module docstring."""
 
@@ -63,8 +105,8 @@ class KBTable:
         self.lang_codes = np.frombuffer(lang_codes, dtype=np.uint16).copy()
         self.links = np.frombuffer(links, dtype=np.int64).copy() if len(links) else np.zeros(0, np.int64)
         self.by_id = DigestLookup(id_digests)
-        self.by_name = DigestLookup(name_digests)
-        self.by_normalised = DigestLookup(normalised_digests)
+        self.by_name = NameGroups(name_digests, self.names, _same, self.links, self.ids)
+        self.by_normalised = NameGroups(normalised_digests, self.names, normalise_mention, self.links, self.ids)
 
     @classmethod
     def of_store(cls, store: Any) -> KBTable:
@@ -98,6 +140,15 @@ class KBTable:
     def record(self, i: int) -> dict[str, Any]:
         """The entry's ``id``, ``name``, ``lang`` and ``links`` (the fields the linker reads; no description)."""
         return {"id": self.ids[i], "name": self.names[i], "lang": self.lang(i), "links": self.link_count(i)}
+
+    def named(self, name: str) -> np.ndarray:
+        """The positions of the entries named ``name``, ranked by ``links`` (null as 0) descending, then id."""
+        return self.by_name.matches(name)
+
+    def normalised_named(self, key: str) -> np.ndarray:
+        """The positions of the entries whose :func:`~retrieval.names.normalise_mention` of the name is ``key``,
+        ranked as :meth:`named` ranks them."""
+        return self.by_normalised.matches(key)
 
     def name_of(self, kb_id: str) -> str | None:
         p = self.position(kb_id)

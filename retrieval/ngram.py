@@ -76,16 +76,65 @@ def fit_chunked(names: Sequence[str], chunk: int = CHUNK) -> tuple[TfidfVectoriz
     return vectorizer, matrix
 
 
+def same_rows(matrix: sp.csr_matrix) -> np.ndarray:
+    """Per row of ``matrix`` (sorted indices), the first row whose n-grams and weights are exactly its own: found by
+    two random projections and the row's length, then compared value by value (a row whose projections only
+    collide is its own)."""
+    rng = np.random.default_rng(0)
+    keys = [matrix @ rng.random(matrix.shape[1]), np.diff(matrix.indptr)]
+    keys.append(sp.csr_matrix((np.ones_like(matrix.data), matrix.indices, matrix.indptr), shape=matrix.shape)
+                @ rng.random(matrix.shape[1]))
+    order = np.lexsort((np.arange(matrix.shape[0]), *keys))
+    same = np.ones(len(order), dtype=bool)
+    same[0:1] = False
+    same[1:] = np.logical_and.reduce([k[order[1:]] == k[order[:-1]] for k in keys])
+    first = order[np.maximum.accumulate(np.where(same, 0, np.arange(len(order))))]
+    rep = np.empty(len(order), dtype=np.int64)
+    rep[order] = first
+    lengths = np.diff(matrix.indptr)
+    offsets = np.arange(lengths.sum()) - np.repeat(matrix.indptr[:-1], lengths)
+    mine, theirs = np.repeat(matrix.indptr[:-1], lengths) + offsets, np.repeat(matrix.indptr[rep], lengths) + offsets
+    equal = (matrix.data[mine] == matrix.data[theirs]) & (matrix.indices[mine] == matrix.indices[theirs])
+    row_of = np.repeat(np.arange(matrix.shape[0]), lengths)
+    differs = np.zeros(matrix.shape[0], dtype=bool)
+    differs[row_of[~equal]] = True
+    return np.where(differs, np.arange(matrix.shape[0]), rep)
+
+
 class NgramIndex:
-    """TF-IDF character n-gram vectors of KB names; :meth:`search` returns each query's top-k by cosine."""
+    """TF-IDF character n-gram vectors of KB names; :meth:`search` returns each query's top-k by cosine. Names
+    with the same vector (50,000 entries named "Berlin") are scored once, as one ``form``, and their entries are
+    listed from it in KB order."""
 
     def __init__(self, ids: Sequence[str], names: Sequence[str]):
         self.ids = ids
-        self.vectorizer, self.matrix = fit_chunked(names)  # [E, V]
-        postings = self.matrix.T.tocsr()  # [V, E]: the names holding each n-gram; their weights are not needed
+        self.vectorizer, matrix = fit_chunked(names)  # [E, V]
+        rep = same_rows(matrix)
+        forms, self.form_of = np.unique(rep, return_inverse=True)  # form f: the entries whose row is row forms[f]
+        self.matrix = matrix[forms]  # [F, V]
+        del matrix
+        self.members = np.argsort(self.form_of, kind="stable")  # entries by form, in KB order within each
+        self.member_starts = np.searchsorted(self.form_of[self.members], np.arange(len(forms) + 1))
+        postings = self.matrix.T.tocsr()  # [V, F]: the forms holding each n-gram; their weights are not needed
         self.posting_starts, self.posting_names = postings.indptr, postings.indices
         del postings
-        self.frequency = np.diff(self.posting_starts)
+        held = np.r_[0, np.cumsum(np.diff(self.member_starts)[self.posting_names])]
+        self.frequency = held[self.posting_starts[1:]] - held[self.posting_starts[:-1]]  # entries holding each n-gram
+
+    def top_entries(self, forms: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """Up to ``k`` ``(kb id, score)`` of the entries of ``forms`` scored ``scores`` (> 0), best first, ties by
+        KB order: the entries of the forms that score at least the ``k``-th best form, at most ``k`` of each."""
+        keep = scores > 0
+        forms, scores = forms[keep], scores[keep]
+        if len(forms) > k:
+            cut = np.partition(scores, len(scores) - k)[len(scores) - k]
+            forms, scores = forms[scores >= cut], scores[scores >= cut]
+        firsts = self.member_starts[forms]
+        sizes = np.minimum(self.member_starts[forms + 1] - firsts, k)
+        offsets = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        entries, entry_scores = self.members[np.repeat(firsts, sizes) + offsets], np.repeat(scores, sizes)
+        top = np.lexsort((entries, -entry_scores))[:k]
+        return [(self.ids[e], s) for e, s in zip(entries[top].tolist(), entry_scores[top].tolist())]
 
     def search(self, queries: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
         """Per query, up to ``k`` ``(kb id, cosine)`` with cosine > 0, best first (ties by KB order), among the
@@ -95,9 +144,7 @@ class NgramIndex:
             q = self.vectorizer.transform([latin(t) for t in queries[start : start + BLOCK]]).tocsr()
             if len(self.ids) <= POSTINGS:  # every posting fits: score every name at once, one block of queries
                 for row in (q @ self.matrix.T).toarray():
-                    top = np.argpartition(-row, k)[:k] if len(row) > k else np.arange(len(row))
-                    top = top[np.lexsort((top, -row[top]))]
-                    out.append([(self.ids[j], float(row[j])) for j in top if row[j] > 0])
+                    out.append(self.top_entries(np.arange(len(row)), row, k))
                 continue
             for i in range(q.shape[0]):
                 grams = q.indices[q.indptr[i]:q.indptr[i + 1]]
@@ -108,8 +155,5 @@ class NgramIndex:
                 fit = rarest[: max(1, int(np.searchsorted(np.cumsum(self.frequency[rarest]), POSTINGS, "right")))]
                 names = np.unique(np.concatenate([self.posting_names[self.posting_starts[g]:self.posting_starts[g + 1]]
                                                   for g in fit]))
-                row = (self.matrix[names] @ q[i].T).toarray().ravel()
-                top = np.argpartition(-row, k)[:k] if len(row) > k else np.arange(len(row))
-                top = top[np.lexsort((names[top], -row[top]))]
-                out.append([(self.ids[names[j]], float(row[j])) for j in top if row[j] > 0])
+                out.append(self.top_entries(names, (self.matrix[names] @ q[i].T).toarray().ravel(), k))
         return out

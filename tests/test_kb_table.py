@@ -21,7 +21,15 @@ import retrieval.ngram as ngram
 import retrieval.nn as nn
 from precompute.schema import StringColumn
 from precompute.store import StoreError, open_store
-from retrieval.candidates import NAME_EXACT_SCORE, NAME_NORMALISED_SCORE, NameMatcher, check_entity_rows
+from retrieval.candidates import (
+    NAME_EXACT_SCORE,
+    NAME_NORMALISED_SCORE,
+    AliasPrior,
+    MentionRef,
+    NameMatcher,
+    check_entity_rows,
+    prior_candidates,
+)
 from retrieval.cli import main
 from retrieval.files import read_candidates, read_predictions
 from retrieval.index import RetrievalError
@@ -44,6 +52,7 @@ def records(n: int, seed: int = 0) -> list[dict]:
 def digests(request, monkeypatch):
     if request.param == "colliding":  # 4 buckets for every string: lookups must compare the strings themselves
         monkeypatch.setattr(schema, "id_digest", lambda text: len(text) % 4)
+    return request.param
 
 
 def test_table_answers_as_the_records_do(digests):
@@ -228,3 +237,47 @@ def test_candidates_and_eval_never_hold_the_kb_records(kb_store, tmp_path, monke
         r = run.invoke(main, args, catch_exceptions=False)
         assert r.exit_code == 0, r.output
     assert len(read_candidates(out / "cands" / "candidates.jsonl")) == 70
+
+
+def same_name_records(n: int, seed: int = 0) -> list[dict]:
+    """``n`` entries most of which share a name (and a normalised name), with tied and null ``links``."""
+    rng = random.Random(seed)
+    names = ["Berlin"] * 8 + ["berlin", "BERLIN!", "Berlin 2", "Bonn"]
+    return [{"id": f"Q{rng.randrange(10**6)}-{i}", "name": rng.choice(names), "lang": rng.choice(["en", "de"]),
+             "links": None if i % 5 == 0 else rng.choice([0, 1, 1, 2, 30])} for i in range(n)]
+
+
+def test_many_entries_of_one_name_match_as_the_dict_reference_without_normalising_them(digests, monkeypatch):
+    recs = same_name_records(3000)
+    calls = []
+    for module in ("retrieval.kb_table", "retrieval.candidates"):
+        monkeypatch.setattr(f"{module}.normalise_mention", lambda s: calls.append(s) or normalise_mention(s))
+    table = KBTable(recs)
+    for langs in ({"en", "de"}, {"de"}):
+        matcher = NameMatcher(table, table.lang_mask(langs))
+        for surface in ["Berlin", "berlin", "BERLIN!", "Bonn", "Berlin 2", "Paris"]:
+            calls.clear()
+            expected = reference_lookup(recs, langs, surface)
+            assert matcher.lookup(surface) == expected, surface
+            if digests == "blake2b":  # the mention normalised, and one of the entries: not all of them
+                assert len(calls) <= 2, (surface, len(calls))
+            for limit in (0, 1, 7, 100):
+                assert matcher.lookup(surface, limit) == expected[:limit]
+            keep = [k for k, _ in expected[-3:]]
+            assert matcher.lookup(surface, 2, keep) == expected[:2] + [e for e in expected[2:] if e[0] in keep]
+
+
+def test_prior_candidates_with_a_limit_are_the_first_of_all_of_them(digests):
+    recs = same_name_records(2000, seed=3)
+    table = KBTable(recs)
+    names = NameMatcher(table, table.lang_mask({"en"}))
+    berlins = [r["id"] for r in recs if r["name"] == "Berlin" and r["lang"] == "en"]
+    others = [r["id"] for r in recs if r["name"] == "Bonn"]
+    training = [MentionRef(f"t{i}", "en", "Berlin", gold, None) for i, gold in
+                enumerate([berlins[-1]] * 3 + [berlins[-5], others[0], berlins[0]])]
+    prior = AliasPrior(training, "en")
+    for surface in ("Berlin", "berlin", "Bonn", "Paris"):
+        mention = MentionRef("m", "en", surface, None, None)
+        full = prior_candidates(mention, prior, names)
+        for limit in (1, 3, 10, 50):
+            assert prior_candidates(mention, prior, names, limit) == full[:limit], (surface, limit)

@@ -429,3 +429,38 @@ def test_linker_calibrates_untrained_languages_from_unlabelled_mentions(trained_
     assert sum(linked) == int((decision >= q90 - 1e-5).sum()) < len(german)
     assert [x.pred for x, it in zip(before, items) if it["lang"] == "en"] == \
         [x.pred for x, it in zip(linker.link(items), items) if it["lang"] == "en"]
+
+
+def test_a_store_rewritten_under_a_loaded_linker_is_refused_with_the_restart_message(trained_run, tmp_path):
+    from link.watch import StoreChanged
+    from precompute.store import MANIFEST, atomic_write_json, read_shard, write_shard
+
+    src = trained_run.parent.parent
+    root = tmp_path / "copy"
+    shutil.copytree(src, root)
+    run = root / "train" / "en"
+    config = run / "config.json"
+    config.write_text(config.read_text().replace(str(src), str(root)))
+    store = root / "h5"
+    items, _ = _test_records(run)
+    linker = Linker.load(run)
+    before = [link.to_json() for link in linker.link(items[:4])]
+
+    manifest = json.loads((store / MANIFEST).read_text())
+    atomic_write_json(store / MANIFEST, {**manifest, "last_run_rows": {"es": 0}})  # run statistics only: accepted
+    assert linker.files_changed() is None
+    assert [link.to_json() for link in linker.link(items[:4])] == before
+
+    entry = manifest["kinds"]["es"]["shards"][0]
+    shard = read_shard(store / entry["path"])  # re-encoded rows: valid files, other features
+    entry["checksum"] = write_shard(store / entry["path"], kind="es", start=shard.start, ids=shard.ids,
+                                    langs=shard.langs, features=-shard.features, input_hash=shard.input_hash,
+                                    row_hashes=shard.row_hashes)
+    atomic_write_json(store / MANIFEST, manifest)
+    with pytest.raises(StoreChanged, match="restart xel-serve") as error:
+        linker.link(items[:4])
+    assert str(store) in str(error.value)
+    assert linker.files_changed() == str(error.value)
+    reloaded = Linker.load(run)  # the new files are a valid store: loading again links with them
+    assert reloaded.files_changed() is None
+    assert [link.to_json() for link in reloaded.link(items[:4])] != before

@@ -25,7 +25,7 @@ def names(n: int, seed: int) -> list[str]:
 
 
 def brute_force(index: NgramIndex, queries: list[str], k: int) -> list[list[tuple[str, float]]]:
-    scores = (index.vectorizer.transform([latin(q) for q in queries]) @ index.matrix.T).toarray()
+    scores = (index.vectorizer.transform([latin(q) for q in queries]) @ index.matrix.T).toarray()[:, index.form_of]
     out = []
     for row in scores:
         order = np.lexsort((np.arange(len(row)), -row))[:k]
@@ -68,3 +68,42 @@ def test_chunked_fit_equals_fitting_every_name_at_once():
     np.testing.assert_allclose(matrix.toarray(), want.transform([latin(n) for n in kb]).toarray(), rtol=1e-6)
     queries = ["Karo Melvin", "Moskva"]
     np.testing.assert_allclose(vectorizer.transform(queries).toarray(), want.transform(queries).toarray())
+
+
+def per_entry_search(kb: list[str], queries: list[str], k: int, postings: int) -> list[list[tuple[str, float]]]:
+    """The search as it scored every entry's own row (before entries with the same vector were scored once), ties
+    by KB order: the slow reference."""
+    vectorizer, matrix = ngram.fit_chunked(kb)
+    entry_postings = matrix.T.tocsr()
+    frequency = np.diff(entry_postings.indptr)
+    out = []
+    q = vectorizer.transform([latin(t) for t in queries]).tocsr()
+    for i in range(q.shape[0]):
+        if len(kb) <= postings:
+            scored = np.arange(len(kb))
+        else:
+            grams = q.indices[q.indptr[i]:q.indptr[i + 1]]
+            if not len(grams):
+                out.append([])
+                continue
+            rarest = grams[np.argsort(frequency[grams], kind="stable")]
+            fit = rarest[: max(1, int(np.searchsorted(np.cumsum(frequency[rarest]), postings, "right")))]
+            starts = entry_postings.indptr
+            scored = np.unique(np.concatenate([entry_postings.indices[starts[g]:starts[g + 1]] for g in fit]))
+        row = (matrix[scored] @ q[i].T).toarray().ravel()
+        top = np.lexsort((scored, -row))[:k]
+        out.append([(f"Q{scored[j]}", float(row[j])) for j in top if row[j] > 0])
+    return out
+
+
+def test_entries_sharing_a_name_are_scored_once_and_listed_as_each_entry_would_be(monkeypatch):
+    rng = random.Random(5)
+    kb = [rng.choice(["Berlin", "berlin!", "Berlin Mitte", "Bern"]) if i % 3 else name
+          for i, name in enumerate(names(900, 4))]
+    index = NgramIndex([f"Q{i}" for i in range(len(kb))], kb)
+    assert len(index.member_starts) - 1 < len(kb) - 500  # the Berlins are one form (with "berlin!"), not 600
+    queries = ["Berlin", "Bern", "Berlin Mitte", "Mitte", kb[1], kb[3], "zzz"]
+    for budget in (10_000, 50):  # every name scored; the pruned path
+        monkeypatch.setattr(ngram, "POSTINGS", budget)
+        for k in (1, 5, 30):
+            assert index.search(queries, k) == per_entry_search(kb, queries, k, budget), (budget, k)

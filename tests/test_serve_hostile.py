@@ -27,6 +27,8 @@ from fastapi.testclient import TestClient
 
 from link.linker import Candidate, Link, check_item
 from link.serve import create_app
+from link.watch import FileWatch
+from precompute.store import file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = {"text": "We were in Rome last year.", "start": 11, "end": 15, "lang": "en"}
@@ -42,6 +44,10 @@ class FakeLinker:
     model = None
     kb = range(3)
     threshold = 0.0
+    kb_source = None
+
+    def files_changed(self) -> str | None:
+        return None
 
     def link(self, records, k: int = 10, threshold: float | None = None, encoded=None) -> list[Link]:
         items = [r if not isinstance(r, dict) else check_item(r, "x", "x") for r in records]
@@ -321,3 +327,36 @@ def test_sigterm_stops_the_service_with_requests_in_flight_and_a_slow_client(tmp
         stop_server(proc)
     log = next(tmp_path.glob("server-*.log")).read_text()
     assert "Application shutdown complete" in log and "still in a batch after 2 s; exiting without it" in log
+
+
+class WatchingLinker(FakeLinker):
+    """Checks a file as the real linker checks its store's files (link.watch) before each batch."""
+
+    def __init__(self, path: Path):
+        self.watch = FileWatch([(path, file_sha256(path), file_sha256)])
+
+    def files_changed(self) -> str | None:
+        return self.watch.changed()
+
+    def link(self, records, k: int = 10, threshold: float | None = None, encoded=None) -> list[Link]:
+        self.watch.check()
+        return super().link(records, k, threshold, encoded)
+
+
+def test_a_store_rewritten_under_the_service_is_answered_503_with_the_restart_message(tmp_path):
+    manifest = tmp_path / "h5" / "manifest.json"
+    manifest.parent.mkdir()
+    manifest.write_text('{"dim": 32}')
+    with TestClient(create_app(WatchingLinker(manifest), max_items=4, batch_wait_ms=1)) as client:
+        assert client.post("/link", json={"items": [GOOD]}).status_code == 200
+        manifest.write_text('{"dim": 32}')  # the same content written again: accepted
+        assert client.post("/link", json={"items": [GOOD]}).status_code == 200
+        assert client.get("/health").json()["status"] == "ok"
+        manifest.write_text('{"dim": 64}')
+        response = client.post("/link", json={"items": [GOOD, GOOD]})
+        assert response.status_code == 503
+        detail = response.json()["detail"]
+        assert str(manifest) in detail and "restart xel-serve" in detail and "StoreChanged" in detail
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "stale"
+        assert str(manifest) in health.json()["stale"] and health.json()["last_failure"] == detail
