@@ -13,6 +13,7 @@ from link.options import FiniteFloat
 from precompute.encoding import EncodeError
 from precompute.schema import InputError
 from precompute.store import StoreError, exit_on_sigterm
+from retrieval.files import CandidatesError
 from retrieval.index import RetrievalError
 from retrieval.metrics import format_table
 from train.checkpoint import CheckpointError
@@ -20,7 +21,8 @@ from train.config import ConfigError
 from train.data import DataError
 
 # what a run directory, an index or an input file can be refused with; each message names the file and field
-ERRORS = (LinkError, InputError, EncodeError, StoreError, RetrievalError, CheckpointError, ConfigError, DataError)
+ERRORS = (LinkError, InputError, EncodeError, StoreError, RetrievalError, CheckpointError, ConfigError, DataError,
+          CandidatesError)
 
 
 @click.command(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})

@@ -326,13 +326,17 @@ def run_nil_rule(run: Path, cfg: TrainConfig) -> NilRule:
     were saved, its tuned ``nil_threshold`` with the config's NIL score, uncalibrated."""
     path = run / "metrics.json"
     metrics = _read_json(path, "") if path.is_file() else {}
+    if not isinstance(metrics, dict):
+        raise LinkError(f"{path}: expected a JSON object (xel-train's metrics), got {type(metrics).__name__}")
     if metrics.get("nil_rule") is not None:
         try:
             return NilRule.from_dict(metrics["nil_rule"], str(path))
         except NilRuleError as e:
             raise LinkError(str(e)) from None
     tuned = metrics.get("nil_threshold")
-    return NilRule(cfg.nil_score_name, float(tuned if tuned is not None else cfg.nil_threshold))
+    # such a run's threshold was tuned on the NIL score its version defaulted to: cosine for the residual scorer
+    score = cfg.nil_score or ("model" if cfg.scorer == "paper" else "cosine")
+    return NilRule(score, float(tuned if tuned is not None else cfg.nil_threshold))
 
 
 class Linker:

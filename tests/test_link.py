@@ -45,9 +45,11 @@ def trained_run(tmp_path_factory, tiny_model_dir, ray_session) -> Path:
     run_candidates(CandidatesConfig(search=SearchOptions(index=str(root / "index"), features=str(root / "h5")),
                                     out=str(root / "candidates"), k=5))
     out = root / "train" / "en"
-    run_train(TrainConfig(features=str(root / "h5"), candidates=str(root / "candidates" / "candidates.jsonl"),
-                          out=str(out), train_lang=("en",), epochs=3, tune_nil=True, plots=False, progress=False,
-                          threads=1))
+    with pytest.MonkeyPatch.context() as patch:  # 10 German mentions: calibrate them, so the linker must too
+        patch.setattr(train_nil, "MIN_CALIBRATION_MENTIONS", 3)
+        run_train(TrainConfig(features=str(root / "h5"), candidates=str(root / "candidates" / "candidates.jsonl"),
+                              out=str(out), train_lang=("en",), epochs=3, tune_nil=True, plots=False, progress=False,
+                              threads=1))
     return out
 
 
@@ -87,7 +89,9 @@ def test_the_linker_searches_with_the_candidates_runs_search_parameters(trained_
 def test_link_reproduces_the_trainers_evaluation(trained_run):
     items, preds = _test_records(trained_run)
     assert {it["lang"] for it in items} == {"en", "de"}
-    links = Linker.load(trained_run).link(items, k=100)
+    linker = Linker.load(trained_run)
+    assert set(linker.nil_rule.shifts) == {"de"}  # the saved calibration is part of what must be reproduced
+    links = linker.link(items, k=100)
     assert [x.id for x in links] == list(preds)
     for link in links:
         want = preds[link.id]

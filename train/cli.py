@@ -119,7 +119,9 @@ def option(*decls: str, name: str | None = None, **kwargs: Any):
 @option("--popularity-source", type=click.Choice(POPULARITY_SOURCES),
         help="+P counts: the KB's links or gold links among the training mentions")
 @option("--nil-threshold", type=float, help="NIL when every candidate scores below it")
-@option("--tune-nil/--no-tune-nil", default=None, help="pick the NIL threshold on dev")
+@option("--tune-nil/--no-tune-nil", default=None,
+        help="pick the NIL threshold on dev  [default: the scorer's own: residual yes when --dev-fraction > 0, "
+             "paper no]")
 @click.option("--nil-score", type=click.Choice(NIL_SCORES),
               help="compare the NIL threshold with the best score (model; paper's default), cos(ms, es) of the "
                    "best candidate (cosine), or that cosine minus the mention's background, the mean cosine of its "

@@ -92,7 +92,9 @@ class TrainConfig:
     # "quantile": shift each untrained language's NIL scores so that their 90th percentile is the training
     # language's (train.nil; from unlabelled mentions); default: the scorer's own (paper: none, residual: quantile)
     nil_calibration: str | None = None
-    tune_nil: bool = False
+    # pick the NIL threshold on dev; None: the scorer's own (residual: yes when there is a dev split; paper: no,
+    # the paper's fixed --nil-threshold -1)
+    tune_nil: bool | None = None
     dev_fraction: float = 0.1
     test_fraction: float = 0.2
     equalize: bool = False
@@ -176,6 +178,14 @@ class TrainConfig:
     @property
     def nil_score_name(self) -> str:
         return self.nil_score or self.scorer_kind.default_nil_score
+
+    @property
+    def tunes_nil(self) -> bool:
+        """Whether the NIL threshold is picked on dev: ``--tune-nil``, else the scorer's default where a dev
+        split exists."""
+        if self.tune_nil is not None:
+            return self.tune_nil
+        return self.scorer_kind.tunes_nil and self.dev_fraction > 0
 
     @property
     def nil_calibration_name(self) -> str:

@@ -1,5 +1,6 @@
 """One seeded training run: build the scorer, train for ``--epochs``, evaluate dev and test after each epoch,
-and keep the epoch with the best dev F1 (the last epoch without dev), with its NIL threshold.
+and keep the epoch with the best dev F1 + dev top-candidate recall (the last epoch without dev), with its NIL
+rule (:mod:`train.nil`).
 
 The residual scorer is also evaluated before the first step (epoch 0, where it ranks exactly as nn), and epoch 0
 takes part in the selection: the chosen model is never worse than nn on dev. ``--epochs 0`` is nn itself."""
@@ -59,7 +60,7 @@ def decide_nil(cfg: TrainConfig, model: Ranker, dev: Mentions | None, test: Ment
     calibration = calibration or cfg.nil_calibration_name
     threshold = cfg.nil_threshold
     dev_ranked = rank(model, dev, nil_score=score) if dev is not None else None
-    tuned = dev_ranked is not None and cfg.tune_nil
+    tuned = dev_ranked is not None and cfg.tunes_nil
     if tuned:
         threshold = tune_threshold(dev_ranked, dev)
     rule = tuned_rule(score, threshold, calibration, train_langs, dev_ranked if tuned else None)
@@ -81,7 +82,7 @@ def compare_nil_rules(cfg: TrainConfig, model: Ranker, dev: Mentions | None, tes
 
     out: dict[str, Any] = {"off": {"threshold": None,
                                    "test": keep(evaluate(rank(model, test), test, LINK_ALL))}}
-    if dev is None or not cfg.tune_nil:
+    if dev is None or not cfg.tunes_nil:
         return out
     for score in NIL_SCORES:
         for calibration, name in (("none", score), ("quantile", f"{score}+q")):

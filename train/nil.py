@@ -84,7 +84,7 @@ class NilRule:
 
     def missing(self, langs: Sequence[str]) -> list[str]:
         """Languages among ``langs`` that this rule would calibrate but has no shift for."""
-        if self.calibration != "quantile":
+        if self.calibration != "quantile" or self.reference is None:
             return []
         return sorted(set(langs) - set(self.train_langs) - set(self.shifts))
 
@@ -130,4 +130,7 @@ def tuned_rule(score: str, threshold: float, calibration: str, train_langs: Sequ
     """A rule whose threshold was tuned on ``dev_ranked`` (scored with ``score``), its calibration reference the
     upper quantile of the same scores; no reference (no calibration) without dev."""
     reference = upper_quantile(dev_ranked.decision) if dev_ranked is not None and calibration != "none" else None
-    return NilRule(score, threshold, calibration, tuple(train_langs), reference)
+    # no reference (a fixed threshold, or too few dev mentions): nothing to calibrate against, and the saved rule
+    # says so
+    return NilRule(score, threshold, calibration if reference is not None else "none", tuple(train_langs),
+                   reference)

@@ -108,7 +108,11 @@ def check_candidates_split(cfg: TrainConfig) -> None:
                     "prior is taken to count the training documents of the default split (--dev-fraction %g "
                     "--test-fraction %g)", path, DEV_FRACTION, TEST_FRACTION)
         return
-    dev, test = float(recorded["dev_fraction"]), float(recorded["test_fraction"])
+    try:
+        dev, test = float(recorded["dev_fraction"]), float(recorded["test_fraction"])
+    except (TypeError, ValueError):
+        raise DataError(f"{config_file}: dev_fraction {recorded['dev_fraction']!r} / test_fraction "
+                        f"{recorded['test_fraction']!r}; numbers are required (rerun xel-nn candidates)") from None
     if not (math.isclose(dev, cfg.dev_fraction) and math.isclose(test, cfg.test_fraction)):
         raise DataError(
             f"{path}: its alias prior counted the training documents of --dev-fraction {dev:g} --test-fraction "

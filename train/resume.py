@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 RESUME_TENSORS = "resume.safetensors"
 RESUME_STATE = "resume.json"
-RESUME_FORMAT = "xel-resume-1"
+RESUME_FORMAT = "xel-resume-2"  # 2: epochs chosen on dev F1 + top-candidate recall
 # config keys that do not change what a run computes, so they may differ on --resume
 NOT_COMPARED = ("resume", "progress", "plots", "out")
 RESTART = "rerun without --resume to start the run over"

@@ -17,6 +17,7 @@ class Scorer:
     losses: tuple[str, ...]  # the --loss values its training honours
     default_nil_score: str  # --nil-score when not given (train.evaluate)
     default_nil_calibration: str  # --nil-calibration when not given (train.nil)
+    tunes_nil: bool  # --tune-nil when not given (and there is a dev split): the threshold picked on dev
     # True: epoch 0 is the untrained scorer (the residual's g starts at zero, so epoch 0 ranks exactly as nn),
     # evaluated and eligible for selection, and the training epochs are 1..N; False: epochs 0..N-1 are trained
     evaluates_untrained: bool
@@ -35,12 +36,12 @@ class Scorer:
 
 PAPER = Scorer(
     name="paper", default_loss="hinge", losses=("hinge",), default_nil_score="model",
-    default_nil_calibration="none", evaluates_untrained=False, pair_features=False, min_epochs=1,
+    default_nil_calibration="none", tunes_nil=False, evaluates_untrained=False, pair_features=False, min_epochs=1,
     score_range=(-1.0, 1.0),  # tanh
 )
 RESIDUAL = Scorer(
     name="residual", default_loss="softmax", losses=("hinge", "softmax"), default_nil_score="csls",
-    default_nil_calibration="quantile", evaluates_untrained=True, pair_features=True, min_epochs=0,
+    default_nil_calibration="quantile", tunes_nil=True, evaluates_untrained=True, pair_features=True, min_epochs=0,
     score_range=None,  # cos + g: unbounded
 )
 SCORERS: dict[str, Scorer] = {s.name: s for s in (PAPER, RESIDUAL)}
