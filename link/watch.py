@@ -74,6 +74,9 @@ class FileWatch:
 
     def __init__(self, files: list[tuple[Path, str, Callable[[Path], str]]]):
         self.files = [Watched(path, identity, read, stat_key(path)) for path, identity, read in files]
+        # the first change found: stale stays stale (a reload is the way out), and a rewritten multi-GB index is
+        # hashed once, not again on every batch and /health call
+        self.stale: str | None = None
 
     @classmethod
     def of(cls, store: Store, index_root: Path, index_manifest: dict[str, Any]) -> FileWatch:
@@ -93,6 +96,8 @@ class FileWatch:
     def changed(self) -> str | None:
         """What changed since load, as the error message, or None: a stat per file, an identity read only for a
         file whose stat changed."""
+        if self.stale is not None:
+            return self.stale
         for watched in self.files:
             try:
                 stat = stat_key(watched.path)
@@ -100,9 +105,11 @@ class FileWatch:
                     continue
                 identity = watched.read(watched.path)
             except (OSError, KeyError, ValueError) as e:
-                return self._message(watched.path, f"is gone or unreadable ({type(e).__name__}: {e})")
+                self.stale = self._message(watched.path, f"is gone or unreadable ({type(e).__name__}: {e})")
+                return self.stale
             if identity != watched.identity:
-                return self._message(watched.path, "was rewritten (its content differs from what was loaded)")
+                self.stale = self._message(watched.path, "was rewritten (its content differs from what was loaded)")
+                return self.stale
             watched.stat = stat  # the same content written again: nothing this linker holds is stale
         return None
 

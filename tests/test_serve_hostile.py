@@ -360,3 +360,24 @@ def test_a_store_rewritten_under_the_service_is_answered_503_with_the_restart_me
         health = client.get("/health")
         assert health.status_code == 503 and health.json()["status"] == "stale"
         assert str(manifest) in health.json()["stale"] and health.json()["last_failure"] == detail
+
+
+def test_a_stale_file_watch_reads_the_changed_file_once_and_stays_stale(tmp_path) -> None:
+    path = tmp_path / "index-en.faiss"
+    path.write_bytes(b"old")
+    reads = []
+
+    def read(p):
+        reads.append(p)
+        return file_sha256(p)
+
+    watch = FileWatch([(path, file_sha256(path), read)])
+    assert watch.changed() is None and reads == []  # an unchanged stat reads nothing
+    path.write_bytes(b"new content")
+    message = watch.changed()
+    assert message is not None and str(path) in message and "restart xel-serve" in message
+    for _ in range(5):  # every later batch and /health call: the same answer, no new hash
+        assert watch.changed() == message
+    assert len(reads) == 1
+    path.write_bytes(b"old")  # back to what was loaded: the linker has still served stale answers; reload
+    assert watch.changed() == message
