@@ -34,15 +34,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from precompute import onnx_backend  # noqa: E402
-from precompute.encoding import cpu_has_vnni, encoder_identity  # noqa: E402
-from precompute.ray_session import ray_session  # noqa: E402
-from precompute.run import PrecomputeConfig  # noqa: E402
-from precompute.run import run as run_precompute  # noqa: E402
-from precompute.store import atomic_write_json, open_store  # noqa: E402
-from train.experiment import ExperimentConfig, base_config, retrieve  # noqa: E402
-from train.run import run as run_train  # noqa: E402
-from train.run import set_threads  # noqa: E402
+from xel.precompute import onnx_backend  # noqa: E402
+from xel.precompute.encoding import cpu_has_vnni, encoder_identity  # noqa: E402
+from xel.precompute.ray_session import ray_session  # noqa: E402
+from xel.precompute.run import PrecomputeConfig  # noqa: E402
+from xel.precompute.run import run as run_precompute  # noqa: E402
+from xel.precompute.store import atomic_write_json, open_store  # noqa: E402
+from xel.train.experiment import ExperimentConfig, base_config, retrieve  # noqa: E402
+from xel.train.run import run as run_train  # noqa: E402
+from xel.train.run import set_threads  # noqa: E402
 
 GATE = {"cosine": 0.99, "recall": 0.01, "f1": 0.01}
 

@@ -44,7 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from precompute.store import MANIFEST, open_store, shard_path, write_manifest, write_shard  # noqa: E402
+from xel.precompute.store import MANIFEST, open_store, shard_path, write_manifest, write_shard  # noqa: E402
 
 CONFIGS = [
     "IVF1024,PQ48|nprobe=128,rerank=8",
@@ -90,7 +90,7 @@ def write_store(root: Path, entities: int, queries: int, dim: int, shard: int = 
 
 
 def peak_rss_mb() -> float:
-    from retrieval.bench import peak_rss_mb as peak
+    from xel.retrieval.bench import peak_rss_mb as peak
 
     return peak()
 
@@ -110,8 +110,8 @@ def main() -> None:
               default=ROOT / "bench" / "results" / "kb-scale.json", show_default=True)
 def run(entities: int, queries: int, dim: int, work: Path, configs: tuple[str, ...], out_json: Path) -> None:
     """Write the store, compute the exact answer, run every configuration in its own process."""
-    from retrieval.bench import exact_topk
-    from retrieval.vectors import unit_rows
+    from xel.retrieval.bench import exact_topk
+    from xel.retrieval.vectors import unit_rows
 
     store_dir = work / f"store-{entities}-{dim}"
     t0 = time.perf_counter()
@@ -154,8 +154,8 @@ def run(entities: int, queries: int, dim: int, work: Path, configs: tuple[str, .
 @click.option("--store", "store_dir", type=click.Path(path_type=Path), required=True)
 def ids_only(store_dir: Path) -> None:
     """The part of a configuration's peak that does not grow with the KB: the same libraries and the queries."""
-    import retrieval.bench  # noqa: F401  (faiss, numpy: what every configuration's process loads)
-    from retrieval.vectors import unit_rows
+    import xel.retrieval.bench  # noqa: F401  (faiss, numpy: what every configuration's process loads)
+    from xel.retrieval.vectors import unit_rows
 
     store = open_store(store_dir)
     unit_rows(store, "ms", np.arange(store.count("ms")))
@@ -169,9 +169,9 @@ def one(store_dir: Path, spec: str) -> None:
     """Build, load and link in this process; print one JSON line."""
     import tempfile
 
-    from retrieval.build import build_index
-    from retrieval.index_files import open_index_and_store
-    from retrieval.vectors import unit_rows
+    from xel.retrieval.build import build_index
+    from xel.retrieval.index_files import open_index_and_store
+    from xel.retrieval.vectors import unit_rows
 
     factory, _, params = spec.partition("|")
     store = open_store(store_dir)
@@ -264,7 +264,7 @@ def write_store_directly(data: Path, store: Path, shard_size: int, seed: int = 0
     import hashlib
     import shutil
 
-    from precompute.store import read_jsonl
+    from xel.precompute.store import read_jsonl
 
     rng = np.random.default_rng(seed)
     mix = {kind: rng.normal(size=(8, WRITTEN_DIM)).astype(np.float32) for kind in ("es", "ec")}
@@ -500,9 +500,8 @@ def tokens(data: Path, model: Path, rows: int) -> None:
     from itertools import islice
 
     from transformers import AutoTokenizer
-
-    from precompute.encoding import default_prefix
-    from precompute.store import read_jsonl
+    from xel.precompute.encoding import default_prefix
+    from xel.precompute.store import read_jsonl
 
     tok = AutoTokenizer.from_pretrained(model)
     prefix = default_prefix(model)

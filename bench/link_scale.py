@@ -34,16 +34,17 @@ TEMPLATES = {"en": ["Last year we visited {} with friends.", "The museum in {} w
 
 def build_run(work: Path) -> Path:
     """The tiny model, its store, index, candidates and a one-epoch residual run under ``work``."""
-    from precompute.run import PrecomputeConfig
-    from precompute.run import run as precompute
-    from retrieval.build import BuildConfig, run_build
-    from retrieval.candidate_lists import CandidatesConfig, run_candidates
-    from retrieval.search import SearchOptions
+    from xel.precompute.run import PrecomputeConfig
+    from xel.precompute.run import run as precompute
+    from xel.retrieval.build import BuildConfig, run_build
+    from xel.retrieval.candidate_lists import CandidatesConfig, run_candidates
+    from xel.retrieval.search import SearchOptions
+    from xel.train.config import TrainConfig
+    from xel.train.run import run as train
+    from xel.train.run import set_threads
+
     from tests.tiny import build_tiny_model
     from tests.train_fixtures import capital_cities
-    from train.config import TrainConfig
-    from train.run import run as train
-    from train.run import set_threads
 
     run = work / "train" / "en"
     if (run / "model.safetensors").is_file():

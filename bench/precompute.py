@@ -41,7 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from precompute.encoding import (  # noqa: E402
+from xel.precompute.encoding import (  # noqa: E402
     EncodeItem,
     EncoderSettings,
     TextEncoder,
@@ -51,12 +51,12 @@ from precompute.encoding import (  # noqa: E402
     resolve_dtype,
     resolve_encoder,
 )
-from precompute.ray_session import ray_session  # noqa: E402
-from precompute.run import PrecomputeConfig, actor_options, plan_tasks, run_settings  # noqa: E402
-from precompute.run import run as run_precompute  # noqa: E402
-from precompute.schema import scan_inputs  # noqa: E402
-from precompute.store import read_shard  # noqa: E402
-from precompute.worker import ShardTask, ShardWorker  # noqa: E402
+from xel.precompute.ray_session import ray_session  # noqa: E402
+from xel.precompute.run import PrecomputeConfig, actor_options, plan_tasks, run_settings  # noqa: E402
+from xel.precompute.run import run as run_precompute  # noqa: E402
+from xel.precompute.schema import scan_inputs  # noqa: E402
+from xel.precompute.store import read_shard  # noqa: E402
+from xel.precompute.worker import ShardTask, ShardWorker  # noqa: E402
 
 VARIANTS = (("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx", "int8"))  # in-process steady state
 END_TO_END = (("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"))

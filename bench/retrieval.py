@@ -39,11 +39,10 @@ from pathlib import Path  # noqa: E402
 import click  # noqa: E402
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
-
-from precompute.store import atomic_write_json  # noqa: E402
-from retrieval.bench import pareto_frontier, parse_spec  # noqa: E402
-from retrieval.factory import build_lang_index  # noqa: E402
-from retrieval.index import RetrievalError  # noqa: E402
+from xel.precompute.store import atomic_write_json  # noqa: E402
+from xel.retrieval.bench import pareto_frontier, parse_spec  # noqa: E402
+from xel.retrieval.factory import build_lang_index  # noqa: E402
+from xel.retrieval.index import RetrievalError  # noqa: E402
 
 log = logging.getLogger("bench.retrieval")
 K = 10

@@ -27,9 +27,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from precompute.store import atomic_write_json  # noqa: E402
-from retrieval.candidates import AliasPrior, CandidateGenerator, MentionRef  # noqa: E402
-from retrieval.kb_table import KBTable  # noqa: E402
+from xel.precompute.store import atomic_write_json  # noqa: E402
+from xel.retrieval.candidates import AliasPrior, CandidateGenerator, MentionRef  # noqa: E402
+from xel.retrieval.kb_table import KBTable  # noqa: E402
 
 SAME_NAME = "Berlin"
 UNIQUE_NAME = "Quirinal Tower 17"

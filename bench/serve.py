@@ -40,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from link.linker import Linker  # noqa: E402
+from xel.link.linker import Linker  # noqa: E402
 
 ITEM_KEYS = ("id", "sentence", "start", "end", "lang", "context")
 HOSTILE = ("nan_threshold", "oversized", "malformed")

@@ -24,12 +24,11 @@ from pathlib import Path
 import click
 import torch
 from torch.nn import functional as F
-
-from train.data import KB, Mentions
-from train.evaluate import rank
-from train.loop import LoopSettings, Trainer
-from train.model import ModelSpec, Ranker
-from train.residual import ResidualScorer
+from xel.train.data import KB, Mentions
+from xel.train.evaluate import rank
+from xel.train.loop import LoopSettings, Trainer
+from xel.train.model import ModelSpec, Ranker
+from xel.train.residual import ResidualScorer
 
 
 def synthetic(mentions: int, entities: int, k: int, dim: int) -> Mentions:

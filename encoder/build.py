@@ -52,8 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from precompute.store import make_temp_dir, remove_stale_temp_dirs, replace_dir
+from xel.precompute.store import make_temp_dir, remove_stale_temp_dirs, replace_dir
 
 logger = logging.getLogger(__name__)
 

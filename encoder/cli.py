@@ -9,9 +9,8 @@ import os
 from pathlib import Path
 
 import click
-
-from encoder.build import DEFAULT_OUT, SOURCE_LICENSE, SOURCE_MODEL, BuildError, build_encoder, read_marker
-from precompute.store import exit_on_sigterm
+from xel.encoder.build import DEFAULT_OUT, SOURCE_LICENSE, SOURCE_MODEL, BuildError, build_encoder, read_marker
+from xel.precompute.store import exit_on_sigterm
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

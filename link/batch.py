@@ -27,12 +27,11 @@ from typing import Any
 
 import numpy as np
 from tqdm import tqdm
-
-from link.linker import Item, Linker, LinkError, check_item, kb_candidates_configs, resolve_run_config, same_path
-from precompute.run import PrecomputeConfig
-from precompute.run import run as precompute
-from precompute.schema import iter_records
-from precompute.store import (
+from xel.link.linker import Item, Linker, LinkError, check_item, kb_candidates_configs, resolve_run_config, same_path
+from xel.precompute.run import PrecomputeConfig
+from xel.precompute.run import run as precompute
+from xel.precompute.schema import iter_records
+from xel.precompute.store import (
     Store,
     StoreError,
     atomic_path,
@@ -42,7 +41,7 @@ from precompute.store import (
     refuse_store_out,
     remove_stale_temp_dirs,
 )
-from retrieval.metrics import Scores, score_groups
+from xel.retrieval.metrics import Scores, score_groups
 
 log = logging.getLogger(__name__)
 

@@ -6,19 +6,18 @@ from __future__ import annotations
 import logging
 
 import click
-
-from link.batch import LinkConfig, run
-from link.linker import LinkError
-from link.options import FiniteFloat
-from precompute.encoding import EncodeError
-from precompute.schema import InputError
-from precompute.store import StoreError, exit_on_sigterm
-from retrieval.files import CandidatesError
-from retrieval.index import RetrievalError
-from retrieval.metrics import format_table
-from train.checkpoint import CheckpointError
-from train.config import ConfigError
-from train.data import DataError
+from xel.link.batch import LinkConfig, run
+from xel.link.linker import LinkError
+from xel.link.options import FiniteFloat
+from xel.precompute.encoding import EncodeError
+from xel.precompute.schema import InputError
+from xel.precompute.store import StoreError, exit_on_sigterm
+from xel.retrieval.files import CandidatesError
+from xel.retrieval.index import RetrievalError
+from xel.retrieval.metrics import format_table
+from xel.train.checkpoint import CheckpointError
+from xel.train.config import ConfigError
+from xel.train.data import DataError
 
 # what a run directory, an index or an input file can be refused with; each message names the file and field
 ERRORS = (LinkError, InputError, EncodeError, StoreError, RetrievalError, CheckpointError, ConfigError, DataError,

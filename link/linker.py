@@ -43,27 +43,26 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from link.watch import FileWatch
-from precompute.encoding import EncoderSettings, TextEncoder, context_item, mention_item
-from precompute.schema import ISO_639_1, MAX_TEXT_CHARS, check_string, has_word
-from precompute.store import Store, StoreError, open_store
-from retrieval.candidates import AliasPrior, CandidateGenerator, MentionRef, candidate_generator, kb_table
-from retrieval.files import CANDIDATE_SOURCES
-from retrieval.index import EntityIndex
-from retrieval.index_files import open_index_and_store
-from retrieval.kb_table import KBTable
-from retrieval.splits import DEV_FRACTION, TEST_FRACTION
-from retrieval.vectors import unit_concat
-from train.checkpoint import load_checkpoint
-from train.config import TrainConfig
-from train.data import DataError, KBRows, Mentions, check_stores, popularity_features
-from train.evaluate import Ranked, nn_scores, pick_best, predict, rank, with_nil_score
-from train.model import Ranker
-from train.nil import NilRule, NilRuleError
-from train.outputs import CHECKPOINT
-from train.pairs import pair_features, training_prior
-from train.prepare import Loaded, load_splits, mention_popularity, pair_groups, training_link_counts
+from xel.link.watch import FileWatch
+from xel.precompute.encoding import EncoderSettings, TextEncoder, context_item, mention_item
+from xel.precompute.schema import ISO_639_1, MAX_TEXT_CHARS, check_string, has_word
+from xel.precompute.store import Store, StoreError, open_store
+from xel.retrieval.candidates import AliasPrior, CandidateGenerator, MentionRef, candidate_generator, kb_table
+from xel.retrieval.files import CANDIDATE_SOURCES
+from xel.retrieval.index import EntityIndex
+from xel.retrieval.index_files import open_index_and_store
+from xel.retrieval.kb_table import KBTable
+from xel.retrieval.splits import DEV_FRACTION, TEST_FRACTION
+from xel.retrieval.vectors import unit_concat
+from xel.train.checkpoint import load_checkpoint
+from xel.train.config import TrainConfig
+from xel.train.data import DataError, KBRows, Mentions, check_stores, popularity_features
+from xel.train.evaluate import Ranked, nn_scores, pick_best, predict, rank, with_nil_score
+from xel.train.model import Ranker
+from xel.train.nil import NilRule, NilRuleError
+from xel.train.outputs import CHECKPOINT
+from xel.train.pairs import pair_features, training_prior
+from xel.train.prepare import Loaded, load_splits, mention_popularity, pair_groups, training_link_counts
 
 log = logging.getLogger(__name__)
 

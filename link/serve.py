@@ -55,13 +55,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
-
-from link.linker import Item, Link, Linker, LinkError, check_item
-from link.options import FiniteFloat
-from link.page import PAGE
-from link.watch import StoreChanged
-from precompute.encoding import EncodeError
-from precompute.schema import ISO_639_1
+from xel.link.linker import Item, Link, Linker, LinkError, check_item
+from xel.link.options import FiniteFloat
+from xel.link.page import PAGE
+from xel.link.watch import StoreChanged
+from xel.precompute.encoding import EncodeError
+from xel.precompute.schema import ISO_639_1
 
 log = logging.getLogger(__name__)
 
@@ -478,7 +477,7 @@ def main(model: str, features: str | None, index: str | None, threshold: float |
          max_connections: int, batch_wait_ms: float) -> None:
     """Serve the trained run --model: POST /link, GET /health, a page at GET /, the schema at GET /openapi.json.
     There is no /docs or /redoc (FastAPI's pages load their scripts from a CDN: blank offline)."""
-    from link.cli import ERRORS
+    from xel.link.cli import ERRORS
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from precompute.encoding import EncodeError
-from precompute.run import PrecomputeConfig, PrecomputeError, Stopped, run, stop_on_sigterm, summary_table
-from precompute.schema import InputError
-from precompute.store import KINDS
+from xel.precompute.encoding import EncodeError
+from xel.precompute.run import PrecomputeConfig, PrecomputeError, Stopped, run, stop_on_sigterm, summary_table
+from xel.precompute.schema import InputError
+from xel.precompute.store import KINDS
 
 DEFAULTS = PrecomputeConfig  # every flag's default is the config's (class attributes of the frozen dataclass)
 

@@ -25,9 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from precompute.onnx_backend import QUANTIZE, OnnxEncoder, gate_passed, model_path
-from precompute.store import file_sha256
+from xel.precompute.onnx_backend import QUANTIZE, OnnxEncoder, gate_passed, model_path
+from xel.precompute.store import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from precompute.store import atomic_write_json, file_sha256, make_temp_dir
+from xel.precompute.store import atomic_write_json, file_sha256, make_temp_dir
 
 log = logging.getLogger(__name__)
 

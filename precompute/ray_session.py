@@ -2,8 +2,8 @@
 
 * ``address`` given (``--address``): join that cluster.
 * inside a Ray job (``ray job submit``, which sets ``RAY_ADDRESS``): join the job's cluster.
-* otherwise: start a local Ray head for this process (no dashboard), with the repository on the workers'
-  ``PYTHONPATH`` and its workers at niceness 0 (see ``WORKER_NICENESS``), and shut it down when the session ends.
+* otherwise: start a local Ray head for this process (no dashboard), with
+  its workers at niceness 0 (see ``WORKER_NICENESS``), and shut it down when the session ends.
 
 A Ray that this process has already initialised is used as it is and left running.
 """
@@ -14,11 +14,9 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import ray
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # Ray starts its workers at niceness 15, so on a machine that runs anything else the encoder actors get a small
 # share of the CPU: with the machine loaded by other processes, an actor got 3.7% CPU while the same worker at
 # niceness 0 got 16% (bench/ray_overhead.py). A local Ray that xel starts runs its workers at niceness 0 (the
@@ -37,9 +35,8 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     try:
         if not ray.is_initialized():
             if address is None and not os.environ.get("RAY_ADDRESS"):
-                path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
                 os.environ.setdefault(WORKER_NICENESS, "0")  # read by the raylet this ray.init starts
-                ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, include_dashboard=False,
+                ray.init(include_dashboard=False,
                          logging_level=logging.WARNING)
                 started = True
             else:

@@ -16,47 +16,41 @@ written last. A different encoder or config into the same ``--out`` is refused.
 
 from __future__ import annotations
 
-import sys
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from array import array
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-if __package__ in (None, ""):  # run by path (as `ray job submit ... python precompute/run.py` does)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import dataclasses  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from array import array  # noqa: E402
-from collections import Counter  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import ray  # noqa: E402
-from ray.util import ActorPool  # noqa: E402
-from ray.util.queue import Queue  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from precompute.encoding import (  # noqa: E402
+import numpy as np
+import ray
+from ray.util import ActorPool
+from ray.util.queue import Queue
+from tqdm import tqdm
+from xel.precompute.encoding import (
     EncodeError,
     EncoderSettings,
     resolve_encoder,
     same_encoder,
 )
-from precompute.onnx_backend import CACHE_ENV as ONNX_CACHE_ENV  # noqa: E402
-from precompute.onnx_backend import QUANTIZE as ONNX_QUANTIZE  # noqa: E402
-from precompute.onnx_backend import OnnxBackendError  # noqa: E402
-from precompute.onnx_backend import check_cache as check_onnx_cache  # noqa: E402
-from precompute.onnx_backend import check_dependencies as check_onnx_dependencies  # noqa: E402
-from precompute.ray_session import ray_session  # noqa: E402
-from precompute.schema import FileIndex, InputError, ScannedInputs, read_records, scan_inputs  # noqa: E402
-from precompute.store import (  # noqa: E402
+from xel.precompute.onnx_backend import CACHE_ENV as ONNX_CACHE_ENV
+from xel.precompute.onnx_backend import QUANTIZE as ONNX_QUANTIZE
+from xel.precompute.onnx_backend import OnnxBackendError
+from xel.precompute.onnx_backend import check_cache as check_onnx_cache
+from xel.precompute.onnx_backend import check_dependencies as check_onnx_dependencies
+from xel.precompute.ray_session import ray_session
+from xel.precompute.schema import FileIndex, InputError, ScannedInputs, read_records, scan_inputs
+from xel.precompute.store import (
     KINDS,
     RECORD_FILES,
     RUN_CONFIG,
@@ -70,7 +64,7 @@ from precompute.store import (  # noqa: E402
     write_manifest,
     write_records,
 )
-from precompute.worker import (  # noqa: E402
+from xel.precompute.worker import (
     FAULT_ENV,
     FAULT_MARKER_ENV,
     SOURCE,
@@ -82,7 +76,7 @@ from precompute.worker import (  # noqa: E402
     shard_input_hash,
 )
 
-log = logging.getLogger("precompute.run")
+log = logging.getLogger("xel.precompute.run")
 # Settings that change what is written; a rerun into the same --out must match them.
 GUARDED = ("encoder", "layer", "max_length", "prefix", "dtype", "backend", "shard_size", "kinds")
 UNNAMED = {"backend": "torch"}  # what a setting that run_settings leaves out stands for
@@ -656,6 +650,6 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":  # the command of ray job submit; the flags are xel-precompute's
-    from precompute.cli import main
+    from xel.precompute.cli import main
 
     main()

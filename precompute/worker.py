@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-
-from precompute.encoding import (
+from xel.precompute.encoding import (
     EncodeItem,
     EncoderSettings,
     EncodeStats,
@@ -29,8 +28,8 @@ from precompute.encoding import (
     entity_item,
     mention_item,
 )
-from precompute.schema import InputError, KBEntry, Mention, Record, Text, read_records
-from precompute.store import KINDS, StoreError, read_shard, write_shard
+from xel.precompute.schema import InputError, KBEntry, Mention, Record, Text, read_records
+from xel.precompute.store import KINDS, StoreError, read_shard, write_shard
 
 log = logging.getLogger(__name__)
 

@@ -23,12 +23,11 @@ from typing import Any, TypeVar
 
 import faiss
 import numpy as np
-
-from precompute.store import Store
-from retrieval.build import build_index
-from retrieval.index import FEATURE_KINDS
-from retrieval.index_files import open_index_and_store
-from retrieval.vectors import iter_unit_chunks, unit_rows
+from xel.precompute.store import Store
+from xel.retrieval.build import build_index
+from xel.retrieval.index import FEATURE_KINDS
+from xel.retrieval.index_files import open_index_and_store
+from xel.retrieval.vectors import iter_unit_chunks, unit_rows
 
 log = logging.getLogger(__name__)
 RECALL_WARNING = 0.01  # warn when recall@10 falls this far below exact search (whose recall is 1)

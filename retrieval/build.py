@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from precompute.store import (
+from xel.precompute.store import (
     Store,
     atomic_write_json,
     check_out_dir,
@@ -23,11 +22,11 @@ from precompute.store import (
     replace_dir,
     resolve_out,
 )
-from retrieval.factory import trained_index
-from retrieval.index import FEATURE_KINDS, EntityIndex, LangIndex, RetrievalError
-from retrieval.index_files import INDEX_FORMAT_VERSION, INDEX_MANIFEST, load_index, save_index
-from retrieval.update import update_index
-from retrieval.vectors import iter_unit_chunks, store_row_digests, unit_rows
+from xel.retrieval.factory import trained_index
+from xel.retrieval.index import FEATURE_KINDS, EntityIndex, LangIndex, RetrievalError
+from xel.retrieval.index_files import INDEX_FORMAT_VERSION, INDEX_MANIFEST, load_index, save_index
+from xel.retrieval.update import update_index
+from xel.retrieval.vectors import iter_unit_chunks, store_row_digests, unit_rows
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,13 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from precompute.store import atomic_write_bytes, atomic_write_json, refuse_store_out
-from retrieval.candidates import generate_candidates
-from retrieval.files import write_candidates
-from retrieval.index import RetrievalError
-from retrieval.metrics import RECALL_KS, format_recall_table, plot_recall
-from retrieval.search import SearchOptions
-from retrieval.splits import DEV_FRACTION, TEST_FRACTION
+from xel.precompute.store import atomic_write_bytes, atomic_write_json, refuse_store_out
+from xel.retrieval.candidates import generate_candidates
+from xel.retrieval.files import write_candidates
+from xel.retrieval.index import RetrievalError
+from xel.retrieval.metrics import RECALL_KS, format_recall_table, plot_recall
+from xel.retrieval.search import SearchOptions
+from xel.retrieval.splits import DEV_FRACTION, TEST_FRACTION
 
 log = logging.getLogger(__name__)
 

@@ -29,15 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from precompute.store import ENTITY_KINDS, StoreError
-from retrieval.files import Candidate
-from retrieval.kb_table import KBTable, Subset
-from retrieval.metrics import RECALL_KS, recall_table
-from retrieval.names import normalise_mention
-from retrieval.ngram import NgramIndex
-from retrieval.splits import DEV_FRACTION, TEST_FRACTION, document_of, split_of
-from retrieval.vectors import store_row_digests, unit_rows
+from xel.precompute.store import ENTITY_KINDS, StoreError
+from xel.retrieval.files import Candidate
+from xel.retrieval.kb_table import KBTable, Subset
+from xel.retrieval.metrics import RECALL_KS, recall_table
+from xel.retrieval.names import normalise_mention
+from xel.retrieval.ngram import NgramIndex
+from xel.retrieval.splits import DEV_FRACTION, TEST_FRACTION, document_of, split_of
+from xel.retrieval.vectors import store_row_digests, unit_rows
 
 log = logging.getLogger(__name__)
 

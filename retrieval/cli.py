@@ -21,20 +21,19 @@ from typing import Any, TypeVar
 
 import click
 import faiss
-
-from precompute.encoding import EncodeError
-from precompute.schema import InputError
-from precompute.store import StoreError, atomic_write_json, exit_on_sigterm, open_store
-from retrieval.bench import bench_frontier, format_bench, run_bench
-from retrieval.build import BuildConfig, run_build
-from retrieval.candidate_lists import CandidatesConfig, run_candidates
-from retrieval.devices import SEARCH_DEVICES
-from retrieval.factory import INDEX_PRESETS
-from retrieval.files import CandidatesError
-from retrieval.index import FEATURE_KINDS, RetrievalError
-from retrieval.nn import EvalConfig, run_eval
-from retrieval.query import BatchConfig, QueryConfig, run_batch, run_query
-from retrieval.search import SearchOptions
+from xel.precompute.encoding import EncodeError
+from xel.precompute.schema import InputError
+from xel.precompute.store import StoreError, atomic_write_json, exit_on_sigterm, open_store
+from xel.retrieval.bench import bench_frontier, format_bench, run_bench
+from xel.retrieval.build import BuildConfig, run_build
+from xel.retrieval.candidate_lists import CandidatesConfig, run_candidates
+from xel.retrieval.devices import SEARCH_DEVICES
+from xel.retrieval.factory import INDEX_PRESETS
+from xel.retrieval.files import CandidatesError
+from xel.retrieval.index import FEATURE_KINDS, RetrievalError
+from xel.retrieval.nn import EvalConfig, run_eval
+from xel.retrieval.query import BatchConfig, QueryConfig, run_batch, run_query
+from xel.retrieval.search import SearchOptions
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
-
-from retrieval.index import RetrievalError
+from xel.retrieval.index import RetrievalError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from precompute.store import atomic_write_bytes, to_json
+from xel.precompute.store import atomic_write_bytes, to_json
 
 CANDIDATE_SOURCES = ("prior", "dense", "given", "ngram")
 Candidate = tuple[str, float, str]

@@ -20,10 +20,9 @@ from typing import Any
 
 import faiss
 import numpy as np
-
-from precompute.store import Store, StoreError
-from retrieval.devices import TorchExactSearcher, select_search_device
-from retrieval.rerank import DEFAULT_RERANK, Reranker, is_compressed
+from xel.precompute.store import Store, StoreError
+from xel.retrieval.devices import TorchExactSearcher, select_search_device
+from xel.retrieval.rerank import DEFAULT_RERANK, Reranker, is_compressed
 
 log = logging.getLogger(__name__)
 ALL_LANGS = "*"  # kb_lang_for: the whole KB, every label language

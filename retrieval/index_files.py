@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import faiss
-
-from precompute.store import (
+from xel.precompute.store import (
     Store,
     atomic_path,
     atomic_write_bytes,
@@ -25,8 +24,8 @@ from precompute.store import (
     file_sha256,
     open_store,
 )
-from retrieval.index import EntityIndex, LangIndex, RetrievalError
-from retrieval.vectors import ids_digest
+from xel.retrieval.index import EntityIndex, LangIndex, RetrievalError
+from xel.retrieval.vectors import ids_digest
 
 log = logging.getLogger(__name__)
 

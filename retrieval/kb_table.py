@@ -15,10 +15,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-
-from precompute import schema
-from precompute.schema import DigestLookup, StringColumn
-from retrieval.names import normalise_mention
+from xel.precompute import schema
+from xel.precompute.schema import DigestLookup, StringColumn
+from xel.retrieval.names import normalise_mention
 
 NO_LINKS = -1  # ``links`` null (the count is not known)
 

@@ -21,10 +21,9 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
-
-from precompute.schema import StringColumn
-from retrieval.index import RetrievalError
-from retrieval.names import latin
+from xel.precompute.schema import StringColumn
+from xel.retrieval.index import RetrievalError
+from xel.retrieval.names import latin
 
 NGRAM_RANGE = (2, 4)
 BLOCK = 512

@@ -14,15 +14,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
-from precompute.store import atomic_write_bytes, atomic_write_json, refuse_store_out
-from retrieval.candidate_lists import write_recall
-from retrieval.candidates import MentionVectors, generate_candidates, kb_table, load_mention_vectors
-from retrieval.files import CandidatesError, read_candidates, write_predictions
-from retrieval.index import RetrievalError
-from retrieval.kb_table import KBTable
-from retrieval.metrics import RECALL_KS, Scores, format_table, recall_table, score_groups
-from retrieval.search import SearchOptions
+from xel.precompute.store import atomic_write_bytes, atomic_write_json, refuse_store_out
+from xel.retrieval.candidate_lists import write_recall
+from xel.retrieval.candidates import MentionVectors, generate_candidates, kb_table, load_mention_vectors
+from xel.retrieval.files import CandidatesError, read_candidates, write_predictions
+from xel.retrieval.index import RetrievalError
+from xel.retrieval.kb_table import KBTable
+from xel.retrieval.metrics import RECALL_KS, Scores, format_table, recall_table, score_groups
+from xel.retrieval.search import SearchOptions
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from precompute.encoding import TextEncoder, mention_item
-from precompute.schema import iter_records
-from precompute.store import Store, atomic_write_bytes, refuse_store_out, to_json
-from retrieval.index import EntityIndex, RetrievalError
-from retrieval.search import SearchOptions
-from retrieval.vectors import l2_normalise
+from xel.precompute.encoding import TextEncoder, mention_item
+from xel.precompute.schema import iter_records
+from xel.precompute.store import Store, atomic_write_bytes, refuse_store_out, to_json
+from xel.retrieval.index import EntityIndex, RetrievalError
+from xel.retrieval.search import SearchOptions
+from xel.retrieval.vectors import l2_normalise
 
 
 @dataclass(frozen=True)

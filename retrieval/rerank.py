@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from precompute.store import Store
-from retrieval.vectors import unit_rows
+from xel.precompute.store import Store
+from xel.retrieval.vectors import unit_rows
 
 DEFAULT_RERANK = 4  # a compressed index returns RERANK x k candidates, re-ranked exactly against the store
 

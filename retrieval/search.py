@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from precompute.store import Store
-from retrieval.index import EntityIndex
-from retrieval.index_files import open_index_and_store
+from xel.precompute.store import Store
+from xel.retrieval.index import EntityIndex
+from xel.retrieval.index_files import open_index_and_store
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,11 @@ from typing import Any
 
 import faiss
 import numpy as np
-
-from precompute.store import Store
-from retrieval.factory import build_lang_index
-from retrieval.index import FEATURE_KINDS, EntityIndex, LangIndex, RetrievalError
-from retrieval.index_files import save_index
-from retrieval.vectors import store_row_digests, unit_rows
+from xel.precompute.store import Store
+from xel.retrieval.factory import build_lang_index
+from xel.retrieval.index import FEATURE_KINDS, EntityIndex, LangIndex, RetrievalError
+from xel.retrieval.index_files import save_index
+from xel.retrieval.vectors import store_row_digests, unit_rows
 
 log = logging.getLogger(__name__)
 

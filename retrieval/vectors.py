@@ -10,8 +10,7 @@ import hashlib
 from collections.abc import Iterator
 
 import numpy as np
-
-from precompute.store import Store, StoreError, read_row_hashes
+from xel.precompute.store import Store, StoreError, read_row_hashes
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:

@@ -76,9 +76,7 @@ def ray_session():
     """One local Ray runtime (2 CPUs) for all tests that need one; precompute joins it."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        root = str(Path(__file__).resolve().parent.parent)
-        ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": root}},
-                 log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -86,7 +84,7 @@ def ray_session():
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory, tiny_model_dir, ray_session) -> Path:
     """A store written by the real precompute on the tiny model and tiny data (fp32, shard size 3)."""
-    from precompute.run import PrecomputeConfig, run
+    from xel.precompute.run import PrecomputeConfig, run
 
     root = tmp_path_factory.mktemp("store")
     data = root / "data"

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from precompute.store import shard_path, write_manifest, write_records, write_shard
+from xel.precompute.store import shard_path, write_manifest, write_records, write_shard
 
 FAKE_ENCODER = {"name": "fake", "fingerprint": "fake-encoder-0"}
 

@@ -12,14 +12,14 @@ import faiss
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from xel.precompute.store import open_store
+from xel.retrieval.bench import pareto_frontier
+from xel.retrieval.build import build_index
+from xel.retrieval.factory import INDEX_PRESETS, build_lang_index, make_index
+from xel.retrieval.index import RetrievalError
+from xel.retrieval.index_files import open_index_and_store
+from xel.retrieval.vectors import l2_normalise
 
-from precompute.store import open_store
-from retrieval.bench import pareto_frontier
-from retrieval.build import build_index
-from retrieval.factory import INDEX_PRESETS, build_lang_index, make_index
-from retrieval.index import RetrievalError
-from retrieval.index_files import open_index_and_store
-from retrieval.vectors import l2_normalise
 from tests.fakes import make_store
 
 DIM = 96  # the presets reduce to 64 dims first
@@ -110,7 +110,8 @@ def assert_pareto(front, rows, recall_key, cost_key, key=lambda r: r):
 
 
 def test_xel_nn_bench_prints_and_writes_the_frontier(tmp_path):
-    from retrieval.cli import main
+    from xel.retrieval.cli import main
+
     from tests.test_large_kb import random_store
 
     random_store(tmp_path / "h5")

@@ -21,12 +21,12 @@ import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from xel.encoder import cli as encoder_cli
+from xel.precompute.store import MANIFEST
+from xel.retrieval import cli as nn_cli
+from xel.train import cli as train_cli
 
-from encoder import cli as encoder_cli
-from precompute.store import MANIFEST
-from retrieval import cli as nn_cli
 from tests.train_fixtures import synthetic_store
-from train import cli as train_cli
 
 
 @dataclass(frozen=True)
@@ -276,7 +276,7 @@ def test_bad_input_exits_nonzero_names_the_problem_and_leaves_nothing(case, tmp_
 
 def test_fake_stores_differ_only_where_the_cases_say(tmp_path):
     """The fixtures themselves: the 'other KB' store has the same encoder, the 'other encoder' store another."""
-    from precompute.store import open_store
+    from xel.precompute.store import open_store
 
     a, b = open_store(store(tmp_path)), open_store(other_kb_store(tmp_path))
     c = open_store(other_encoder_store(tmp_path))

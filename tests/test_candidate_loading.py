@@ -12,17 +12,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import xel.train.fit
+from xel.precompute.store import Store, open_store
+from xel.retrieval.files import read_candidates
+from xel.train.config import TrainConfig
+from xel.train.data import KB, Mentions, load_kb
+from xel.train.evaluate import predict
+from xel.train.fit import fit
+from xel.train.prepare import Prepared, prepare
+from xel.train.splits import Splits
 
-import train.fit
-from precompute.store import Store, open_store
-from retrieval.files import read_candidates
 from tests.train_fixtures import synthetic_store
-from train.config import TrainConfig
-from train.data import KB, Mentions, load_kb
-from train.evaluate import predict
-from train.fit import fit
-from train.prepare import Prepared, prepare
-from train.splits import Splits
 
 FAST = dict(hs_sizes=(32,), hc_sizes=(32,), final_sizes=(16,), batch_size=16, plots=False, threads=1, epochs=3)
 N_ENTITIES = 400
@@ -100,7 +100,7 @@ def test_candidate_rows_train_the_same_model_as_the_whole_kb(tmp_path, monkeypat
     s = data.splits
     before = Prepared(Splits(*(on_whole_kb(m, whole) for m in (s.train, s.dev, s.test))), data.train_langs,
                       data.eval_langs, data.l2_langs, data.text, data.dim)
-    monkeypatch.setattr(train.fit, "standardization", whole_kb_standardization)
+    monkeypatch.setattr(xel.train.fit, "standardization", whole_kb_standardization)
     want = fit(cfg, before, 0, progress=False)
     torch.testing.assert_close(got.model.name_mean, want.model.name_mean)
     torch.testing.assert_close(got.model.context_std, want.model.context_std)

@@ -162,7 +162,7 @@ def test_rayjob_gpu_workers_shared_volume_and_hdf5_locking_off(rayjob):
 
 
 def test_rayjob_entrypoint_is_the_readme_command_and_parses(rayjob, launcher):
-    from precompute.cli import main
+    from xel.precompute.cli import main
 
     args = _entrypoint_args(rayjob)
     assert args[:2] == ["python", "precompute/run.py"]
@@ -234,7 +234,7 @@ def test_submit_local_runs_the_job_and_stops_its_own_head(tiny_data, tiny_model_
     assert proc.returncode == 0, log[-4000:]
     assert seconds < 90
 
-    from precompute.store import open_store
+    from xel.precompute.store import open_store
 
     store = open_store(out)
     assert {"ms", "es"} <= set(store.kinds)

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from xel.precompute.store import StoreError, open_store, shard_path
+from xel.retrieval.build import build_index
+from xel.retrieval.index import RetrievalError
+from xel.retrieval.index_files import INDEX_MANIFEST, load_index
+from xel.train.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+from xel.train.model import ModelSpec, Ranker
 
-from precompute.store import StoreError, open_store, shard_path
-from retrieval.build import build_index
-from retrieval.index import RetrievalError
-from retrieval.index_files import INDEX_MANIFEST, load_index
 from tests.fakes import make_store
-from train.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
-from train.model import ModelSpec, Ranker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,7 +70,7 @@ def test_checkpoint_without_checksum_loads_with_a_warning(tmp_path, caplog) -> N
     model = _ranker()
     path = tmp_path / "old.safetensors"
     save_file(model.state_dict(), str(path), metadata={"spec": model.spec.to_json(), "format": "xel-ranker-1"})
-    with caplog.at_level(logging.WARNING, logger="train.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="xel.train.checkpoint"):
         loaded = load_checkpoint(path)
     assert "no checksum" in caplog.text
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
@@ -99,8 +99,7 @@ def test_checkpoint_with_non_finite_weights_is_refused(tmp_path, name, value) ->
 def test_checkpoint_with_an_absurd_spec_is_refused_without_building_it(tmp_path, change) -> None:
     """Issue 25.5: a spec that builds no model raised a raw RuntimeError; a huge one must not be allocated."""
     from safetensors.torch import save_file
-
-    from train.checkpoint import FORMAT, tensors_sha256
+    from xel.train.checkpoint import FORMAT, tensors_sha256
 
     model = _ranker()
     spec = {**json.loads(model.spec.to_json()), **change}
@@ -116,8 +115,8 @@ def test_checkpoint_with_an_absurd_spec_is_refused_without_building_it(tmp_path,
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_no_output_file_ever_holds_a_bare_nan_token(tmp_path, value) -> None:
     """Issue 25.2: json.dumps wrote NaN/Infinity, which no JSON reader accepts; every writer refuses them."""
-    from precompute.store import NotJSONError, StoreError, atomic_write_json, json_line
-    from retrieval.files import write_candidates, write_predictions
+    from xel.precompute.store import NotJSONError, StoreError, atomic_write_json, json_line
+    from xel.retrieval.files import write_candidates, write_predictions
 
     writers = {
         "predictions.jsonl": lambda p: write_predictions(p, [("m1", "Q1", 0.5, [("Q1", value)])]),
@@ -206,7 +205,7 @@ def kb_index(tmp_path) -> tuple[Path, Path]:
 
 
 def _edit_manifest(index: Path, edit, recompute: bool) -> None:
-    from retrieval.index_files import MANIFEST_CHECKSUM, manifest_sha256
+    from xel.retrieval.index_files import MANIFEST_CHECKSUM, manifest_sha256
 
     manifest = json.loads((index / INDEX_MANIFEST).read_text())
     edit(manifest)
@@ -219,7 +218,7 @@ def _swap_two_ids(index: Path, manifest: dict) -> None:
     """Swap the first two ids of KB 'en' and record the ids file's new sha256 and row order digest."""
     import hashlib
 
-    from retrieval.vectors import ids_digest
+    from xel.retrieval.vectors import ids_digest
 
     ids = json.loads((index / "ids-en.json").read_text())
     ids[0], ids[1] = ids[1], ids[0]
@@ -244,7 +243,7 @@ def test_an_edited_index_manifest_field_is_refused_by_its_checksum(kb_index, fie
 def test_an_index_whose_manifest_lies_consistently_is_refused_against_the_store(kb_index, field) -> None:
     """The manifest's checksum recomputed too: the index loads, but its ids and kind are checked against the
     store's rows (their row digests) when the two are used together."""
-    from retrieval.candidates import kb_table
+    from xel.retrieval.candidates import kb_table
 
     store, index = kb_index
     kb_table(open_store(store), load_index(index))  # untouched: accepted
@@ -258,7 +257,7 @@ def test_an_index_whose_manifest_lies_consistently_is_refused_against_the_store(
 
 
 def test_an_index_of_a_kind_the_store_lacks_is_refused(kb_index, tmp_path) -> None:
-    from retrieval.candidates import kb_table
+    from xel.retrieval.candidates import kb_table
 
     store, index = kb_index
     _edit_manifest(index, lambda m: m.update(kind="es+ec"), recompute=True)

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from encoder import build as encoder_build
-from encoder.build import (
+from xel.encoder import build as encoder_build
+from xel.encoder.build import (
     MARKER,
     REQUIRED_FILES,
     SOURCE_MODEL,
@@ -21,7 +20,7 @@ from encoder.build import (
     parse_packed_model,
     read_marker,
 )
-from encoder.cli import main
+from xel.encoder.cli import main
 
 
 def q4_block(d: float, qs: list[int]) -> bytes:

@@ -6,11 +6,11 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from xel.retrieval.files import read_predictions
+from xel.retrieval.metrics import score
+from xel.train.cli import experiment as main
 
-from retrieval.files import read_predictions
-from retrieval.metrics import score
 from tests.train_fixtures import capital_cities
-from train.cli import experiment as main
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from xel.precompute.run import PrecomputeConfig, PrecomputeError, run
+from xel.precompute.store import KINDS, MANIFEST, StoreError, open_store, read_shard, shard_path
 
-from precompute.run import PrecomputeConfig, PrecomputeError, run
-from precompute.store import KINDS, MANIFEST, StoreError, open_store, read_shard, shard_path
 from tests.conftest import write_jsonl
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

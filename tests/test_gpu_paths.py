@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from precompute.encoding import (
+from xel.precompute.encoding import (
     CPU_TOKEN_BUDGET,
     EncodeError,
     TextEncoder,
@@ -15,7 +14,7 @@ from precompute.encoding import (
     resolve_encoder,
     token_budget,
 )
-from precompute.run import PrecomputeConfig, PrecomputeError, actor_device, actor_options
+from xel.precompute.run import PrecomputeConfig, PrecomputeError, actor_device, actor_options
 
 
 def _cfg(**kw) -> PrecomputeConfig:
@@ -68,7 +67,7 @@ def test_encoder_on_cpu_uses_the_cpu_budget(tiny_model_dir):
 def test_bf16_on_gpu_matches_fp32(tiny_model_dir):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from precompute.encoding import mention_item
+    from xel.precompute.encoding import mention_item
 
     items = [mention_item("a", "en", "Barack Obama visited Moscow", 0, 12)]
     cpu = TextEncoder.load(resolve_encoder(tiny_model_dir, device="cpu", dtype="fp32")).encode(items)
@@ -78,7 +77,7 @@ def test_bf16_on_gpu_matches_fp32(tiny_model_dir):
 
 
 def test_auto_dtype_is_bf16_on_gpu_or_amx_and_fp32_on_other_cpus():
-    from precompute.encoding import resolve_dtype
+    from xel.precompute.encoding import resolve_dtype
 
     amx = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
     avx512_bf16_only = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"

@@ -14,13 +14,13 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from xel.precompute.store import open_store
+from xel.retrieval.build import build_index
+from xel.retrieval.cli import main
+from xel.retrieval.index_files import load_index
+from xel.retrieval.update import update_index
+from xel.retrieval.vectors import ids_digest, load_features
 
-from precompute.store import open_store
-from retrieval.build import build_index
-from retrieval.cli import main
-from retrieval.index_files import load_index
-from retrieval.update import update_index
-from retrieval.vectors import ids_digest, load_features
 from tests.fakes import make_store
 
 DIM = 16
@@ -143,7 +143,7 @@ def test_cli_update_reports_per_kb_and_refuses_a_different_factory(tmp_path):
 
 
 def test_an_index_from_before_row_digests_is_rebuilt_and_upgraded(tmp_path):
-    from retrieval.index_files import INDEX_FORMAT_VERSION
+    from xel.retrieval.index_files import INDEX_FORMAT_VERSION
 
     rng = np.random.default_rng(3)
     entities = {f"Q{i}": ("en", rng.normal(size=DIM).astype(np.float16)) for i in range(30)}

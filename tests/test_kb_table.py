@@ -13,15 +13,14 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+import xel.precompute.schema as schema
+import xel.retrieval.ngram as ngram
+import xel.retrieval.nn as nn
 from click.testing import CliRunner
 from sklearn.feature_extraction.text import TfidfVectorizer
-
-import precompute.schema as schema
-import retrieval.ngram as ngram
-import retrieval.nn as nn
-from precompute.schema import StringColumn
-from precompute.store import StoreError, open_store
-from retrieval.candidates import (
+from xel.precompute.schema import StringColumn
+from xel.precompute.store import StoreError, open_store
+from xel.retrieval.candidates import (
     NAME_EXACT_SCORE,
     NAME_NORMALISED_SCORE,
     AliasPrior,
@@ -30,12 +29,13 @@ from retrieval.candidates import (
     check_entity_rows,
     prior_candidates,
 )
-from retrieval.cli import main
-from retrieval.files import read_candidates, read_predictions
-from retrieval.index import RetrievalError
-from retrieval.index_files import load_index
-from retrieval.kb_table import KBTable
-from retrieval.names import normalise_mention
+from xel.retrieval.cli import main
+from xel.retrieval.files import read_candidates, read_predictions
+from xel.retrieval.index import RetrievalError
+from xel.retrieval.index_files import load_index
+from xel.retrieval.kb_table import KBTable
+from xel.retrieval.names import normalise_mention
+
 from tests.test_retrieval import kb_store  # noqa: F401
 
 NAMES = ["Paris", "paris", "PARIS!", "Lyon", "Москва", "Köln", "köln", "Paris", "", "São Paulo", "sao paulo"]
@@ -128,7 +128,7 @@ def test_entity_rows_out_of_kb_order_are_refused(kb_store, tmp_path):  # noqa: F
 
 
 def test_an_ec_kind_out_of_kb_order_is_refused(kb_store, tmp_path):  # noqa: F811
-    from precompute.store import read_shard, write_manifest, write_shard
+    from xel.precompute.store import read_shard, write_manifest, write_shard
 
     index_dir = tmp_path / "index"
     assert CliRunner().invoke(main, ["build", "--features", str(kb_store.root), "--out", str(index_dir)]).exit_code == 0
@@ -215,7 +215,7 @@ def test_a_loaded_index_reads_its_row_digests_only_when_asked(kb_store, tmp_path
 
 
 def test_candidates_and_eval_never_hold_the_kb_records(kb_store, tmp_path, monkeypatch):  # noqa: F811
-    from precompute.store import Store
+    from xel.precompute.store import Store
 
     real_records = Store.records
 
@@ -250,7 +250,7 @@ def same_name_records(n: int, seed: int = 0) -> list[dict]:
 def test_many_entries_of_one_name_match_as_the_dict_reference_without_normalising_them(digests, monkeypatch):
     recs = same_name_records(3000)
     calls = []
-    for module in ("retrieval.kb_table", "retrieval.candidates"):
+    for module in ("xel.retrieval.kb_table", "xel.retrieval.candidates"):
         monkeypatch.setattr(f"{module}.normalise_mention", lambda s: calls.append(s) or normalise_mention(s))
     table = KBTable(recs)
     for langs in ({"en", "de"}, {"de"}):

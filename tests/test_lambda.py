@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from xel.train.config import TrainConfig
+from xel.train.data import KB, Mentions
+from xel.train.fit import fit
+from xel.train.loop import LoopSettings, Trainer
+from xel.train.model import ModelSpec, Ranker
+from xel.train.prepare import prepare
+from xel.train.text import LanguageText
 
 from tests.train_fixtures import synthetic_store
-from train.config import TrainConfig
-from train.data import KB, Mentions
-from train.fit import fit
-from train.loop import LoopSettings, Trainer
-from train.model import ModelSpec, Ranker
-from train.prepare import prepare
-from train.text import LanguageText
 
 DIM = 12
 

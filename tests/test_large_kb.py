@@ -9,12 +9,12 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import pytest
+from xel.precompute.store import StoreError, open_store
+from xel.retrieval.build import build_index
+from xel.retrieval.index_files import open_index_and_store
+from xel.retrieval.rerank import Reranker, is_compressed
+from xel.retrieval.vectors import l2_normalise, load_features
 
-from precompute.store import StoreError, open_store
-from retrieval.build import build_index
-from retrieval.index_files import open_index_and_store
-from retrieval.rerank import Reranker, is_compressed
-from retrieval.vectors import l2_normalise, load_features
 from tests.fakes import make_store
 
 DIM = 32
@@ -115,8 +115,7 @@ def test_bench_command_reports_recall_against_exact_and_warns(tmp_path):
     import json
 
     from click.testing import CliRunner
-
-    from retrieval.cli import main
+    from xel.retrieval.cli import main
 
     random_store(tmp_path / "h5")
     out = tmp_path / "bench.json"
@@ -133,7 +132,7 @@ def test_bench_command_reports_recall_against_exact_and_warns(tmp_path):
 
 
 def test_streamed_exact_topk_equals_brute_force(tmp_path):
-    from retrieval.bench import exact_topk
+    from xel.retrieval.bench import exact_topk
 
     store = random_store(tmp_path / "h5", langs=("en", "de"))
     ids, vectors, langs = load_features(store, "es")
@@ -146,9 +145,8 @@ def test_streamed_exact_topk_equals_brute_force(tmp_path):
 def test_build_candidates_and_eval_never_load_a_whole_table(tmp_path, monkeypatch):
     """Store.load reads all rows of a kind; the linking path must get by with ids, shards and row reads."""
     from click.testing import CliRunner
-
-    from precompute.store import Store
-    from retrieval.cli import main
+    from xel.precompute.store import Store
+    from xel.retrieval.cli import main
 
     random_store(tmp_path / "h5")
 
@@ -167,9 +165,8 @@ def test_build_candidates_and_eval_never_load_a_whole_table(tmp_path, monkeypatc
 
 def test_memory_mapped_index_searches_like_a_loaded_one_and_survives_a_rebuild(tmp_path):
     from click.testing import CliRunner
-
-    from retrieval.cli import main
-    from retrieval.index_files import load_index
+    from xel.retrieval.cli import main
+    from xel.retrieval.index_files import load_index
 
     store = random_store(tmp_path / "h5")
     build_index(store, tmp_path / "index", factory="Flat")

@@ -11,23 +11,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from xel.link import batch as link_batch
+from xel.link.cli import main as link_main
+from xel.link.linker import Linker, LinkError, check_item
+from xel.precompute.run import PrecomputeConfig
+from xel.precompute.run import run as run_precompute
+from xel.precompute.store import open_store
+from xel.retrieval.build import BuildConfig, run_build
+from xel.retrieval.candidate_lists import CandidatesConfig, run_candidates
+from xel.retrieval.files import read_predictions
+from xel.retrieval.index import EntityIndex, RetrievalError
+from xel.retrieval.search import SearchOptions
+from xel.train import nil as train_nil
+from xel.train.config import TrainConfig
+from xel.train.run import run as run_train
 
-from link import batch as link_batch
-from link.cli import main as link_main
-from link.linker import Linker, LinkError, check_item
-from precompute.run import PrecomputeConfig
-from precompute.run import run as run_precompute
-from precompute.store import open_store
-from retrieval.build import BuildConfig, run_build
-from retrieval.candidate_lists import CandidatesConfig, run_candidates
-from retrieval.files import read_predictions
-from retrieval.index import EntityIndex, RetrievalError
-from retrieval.search import SearchOptions
 from tests.conftest import write_jsonl
 from tests.train_fixtures import CAPITALS, capital_cities
-from train import nil as train_nil
-from train.config import TrainConfig
-from train.run import run as run_train
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -221,8 +221,7 @@ def test_check_item_accepts_sentence_or_text_and_defaults():
 @pytest.fixture(scope="module")
 def service(trained_run):
     from fastapi.testclient import TestClient
-
-    from link.serve import create_app
+    from xel.link.serve import create_app
 
     linker = Linker.load(trained_run)
     with TestClient(create_app(linker, max_items=4, name=str(trained_run))) as client:
@@ -277,7 +276,7 @@ def test_serve_refuses_bad_requests_with_a_clear_4xx(service, body, status, prob
 
 
 def test_relative_run_paths_resolve_under_the_run_directorys_parents(tmp_path, monkeypatch):
-    from link.linker import resolve_run_path
+    from xel.link.linker import resolve_run_path
 
     run = tmp_path / "runs" / "sample" / "train" / "en" / "seed-0"
     run.mkdir(parents=True)
@@ -319,8 +318,7 @@ def test_the_page_in_a_real_browser_links_a_mention_selected_with_the_mouse(trai
     import time
 
     import uvicorn
-
-    from link.serve import create_app
+    from xel.link.serve import create_app
 
     sync_playwright = _browser_or_skip()
     linker = Linker.load(trained_run)
@@ -392,7 +390,7 @@ def test_serve_load_bench_runs_against_a_real_server(trained_run, tmp_path):
 def test_linking_reads_only_the_kb_rows_of_its_candidates(trained_run, monkeypatch):
     """Neither loading the linker nor linking reads a whole table; a batch reads the es/ec rows of its own
     candidates, nothing else (a 6M-entity KB stays on disk)."""
-    from precompute.store import Store
+    from xel.precompute.store import Store
 
     read_rows = Store.read_rows
     seen: dict[str, set[int]] = {}
@@ -436,8 +434,8 @@ def test_linker_calibrates_untrained_languages_from_unlabelled_mentions(trained_
 
 
 def test_a_store_rewritten_under_a_loaded_linker_is_refused_with_the_restart_message(trained_run, tmp_path):
-    from link.watch import StoreChanged
-    from precompute.store import MANIFEST, atomic_write_json, read_shard, write_shard
+    from xel.link.watch import StoreChanged
+    from xel.precompute.store import MANIFEST, atomic_write_json, read_shard, write_shard
 
     src = trained_run.parent.parent
     root = tmp_path / "copy"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from xel.link.cli import main as link_main
+from xel.precompute.store import MANIFEST
 
-from link.cli import main as link_main
-from precompute.store import MANIFEST
 from tests.conftest import write_jsonl
 
 ROME = {"id": "a", "text": "We were in Rome.", "start": 11, "end": 15}
@@ -125,7 +125,7 @@ def test_xel_link_refuses_what_precompute_refuses(layout, record, problem):
 
 
 def test_a_rerun_removes_the_temp_files_a_killed_run_left(layout, tmp_path):
-    from link.batch import remove_stale_temp_files
+    from xel.link.batch import remove_stale_temp_files
 
     out = tmp_path / "links.jsonl"
     legacy = tmp_path / ".links.jsonl.k3j_9xq2.tmp"  # atomic_path's name, as xel-link wrote it before
@@ -145,7 +145,7 @@ def test_a_rerun_removes_the_temp_files_a_killed_run_left(layout, tmp_path):
 
 
 def test_a_sigterm_leaves_no_temp_file(layout, tmp_path, monkeypatch):
-    from link import batch
+    from xel.link import batch
 
     def killed(self, batch_items, **kwargs):
         raise SystemExit(143)  # what exit_on_sigterm raises in the main thread

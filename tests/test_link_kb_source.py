@@ -9,10 +9,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-
-from link.linker import KBSource, kb_source
-from retrieval.candidates import AliasPrior, MentionRef
-from train.config import TrainConfig
+from xel.link.linker import KBSource, kb_source
+from xel.retrieval.candidates import AliasPrior, MentionRef
+from xel.train.config import TrainConfig
 
 
 class Table:

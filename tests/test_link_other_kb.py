@@ -19,20 +19,20 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from xel.link.cli import main as link_main
+from xel.link.linker import KBSource, Linker, LinkError
+from xel.precompute.run import PrecomputeConfig
+from xel.precompute.run import run as run_precompute
+from xel.precompute.store import open_store
+from xel.retrieval.build import BuildConfig, run_build
+from xel.retrieval.candidate_lists import CandidatesConfig, run_candidates
+from xel.retrieval.files import read_candidates, read_predictions
+from xel.retrieval.search import SearchOptions
+from xel.train.config import TrainConfig
+from xel.train.run import run as run_train
 
-from link.cli import main as link_main
-from link.linker import KBSource, Linker, LinkError
-from precompute.run import PrecomputeConfig
-from precompute.run import run as run_precompute
-from precompute.store import open_store
-from retrieval.build import BuildConfig, run_build
-from retrieval.candidate_lists import CandidatesConfig, run_candidates
-from retrieval.files import read_candidates, read_predictions
-from retrieval.search import SearchOptions
 from tests.conftest import write_jsonl
 from tests.train_fixtures import CAPITALS, GERMAN_CAPITALS, capital_cities
-from train.config import TrainConfig
-from train.run import run as run_train
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -152,8 +152,7 @@ def test_xel_link_features_writes_the_trainers_predictions_and_says_which_kb(two
 
 def test_serve_health_names_the_kb(two_kbs):
     from fastapi.testclient import TestClient
-
-    from link.serve import create_app
+    from xel.link.serve import create_app
 
     linker = Linker.load(two_kbs["run"], features=two_kbs["b"])
     with TestClient(create_app(linker, name=str(two_kbs["run"]))) as client:

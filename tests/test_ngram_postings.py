@@ -9,11 +9,10 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import xel.retrieval.ngram as ngram
 from sklearn.feature_extraction.text import TfidfVectorizer
-
-import retrieval.ngram as ngram
-from retrieval.names import latin
-from retrieval.ngram import NgramIndex
+from xel.retrieval.names import latin
+from xel.retrieval.ngram import NgramIndex
 
 SYLLABLES = "ka ro mel vin tu sa lo ber gan di na tor phi lex mar quin zo ra li en".split()
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from precompute import onnx_backend
-from precompute.cli import main
-from precompute.encoding import (
+from xel.precompute import onnx_backend
+from xel.precompute.cli import main
+from xel.precompute.encoding import (
     EncodeError,
     TextEncoder,
     auto_dtype,
@@ -22,8 +21,9 @@ from precompute.encoding import (
     mention_item,
     resolve_encoder,
 )
-from precompute.run import PrecomputeConfig, PrecomputeError, run
-from precompute.store import atomic_write_json, open_store
+from xel.precompute.run import PrecomputeConfig, PrecomputeError, run
+from xel.precompute.store import atomic_write_json, open_store
+
 from tests.conftest import LONG, MENTIONS
 from tests.tiny import build_tiny_model
 
@@ -147,7 +147,7 @@ def test_auto_dtype_from_cpu_flags(cpuinfo, gate, want):
 
 
 def test_auto_reads_the_gate_verdict_and_records_why(tiny_model_dir, tmp_path, monkeypatch):
-    import precompute.encoding as encoding
+    import xel.precompute.encoding as encoding
 
     monkeypatch.setenv(onnx_backend.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(encoding, "cpu_flags", lambda cpuinfo=None: {"avx2", "avx512_vnni"})
@@ -167,7 +167,7 @@ def test_auto_reads_the_gate_verdict_and_records_why(tiny_model_dir, tmp_path, m
     ("onnx", "fp32", "cuda", "backend onnx runs on the CPU"),
 ])
 def test_impossible_backend_and_dtype_are_refused(tiny_model_dir, backend, dtype, device, message, monkeypatch):
-    import precompute.encoding as encoding
+    import xel.precompute.encoding as encoding
 
     monkeypatch.setattr(encoding, "_device_kind", lambda requested: requested)
     with pytest.raises(EncodeError, match=message):

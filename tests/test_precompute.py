@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from xel.precompute.cli import main
+from xel.precompute.run import PrecomputeConfig, PrecomputeError, run
+from xel.precompute.store import StoreError, open_store
 
-from precompute.cli import main
-from precompute.run import PrecomputeConfig, PrecomputeError, run
-from precompute.store import StoreError, open_store
 from tests.conftest import KB, MENTIONS, write_jsonl
 
 pytestmark = pytest.mark.ray
@@ -43,7 +43,7 @@ def test_store_rows_follow_input_order_and_features_match_in_process(tiny_store,
     assert store.load("es")[0] == [e["id"] for e in KB]
     assert store.manifest["ec_from_name"] == 1
     assert [r["id"] for r in store.records("mentions")] == ids
-    from precompute.encoding import TextEncoder, mention_item
+    from xel.precompute.encoding import TextEncoder, mention_item
 
     enc = TextEncoder.from_manifest(store.manifest, device="cpu")
     m = MENTIONS[2]
@@ -116,7 +116,7 @@ def test_different_settings_into_the_same_out_are_refused(tiny_data, tiny_model_
 
 
 def test_auto_dtype_is_resolved_before_it_is_recorded(tiny_data, tiny_model_dir, tmp_path, ray_session):
-    from precompute.encoding import resolve_dtype
+    from xel.precompute.encoding import resolve_dtype
 
     out = tmp_path / "h5"
     run(PrecomputeConfig(data=tiny_data, model=tiny_model_dir, out=out, kinds=("es",)))
@@ -236,12 +236,12 @@ def test_bad_input_exits_nonzero_with_a_clear_message_and_writes_nothing(name, r
             write_jsonl(data / file_name, content)
     for file_name, content in files.items():
         (data / file_name).mkdir() if content is None else (data / file_name).write_bytes(content)
-    import precompute.run
+    import xel.precompute.run
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was started for input that validation must refuse")
 
-    monkeypatch.setattr(precompute.run, "ray_session", no_ray)
+    monkeypatch.setattr(xel.precompute.run, "ray_session", no_ray)
     out = tmp_path / "h5"
     result = CliRunner().invoke(main, ["--data", str(data), "--model", str(tiny_model_dir), "--out", str(out)])
     assert result.exit_code != 0
@@ -261,7 +261,7 @@ def test_a_model_that_needs_custom_code_is_refused_up_front(tiny_data, tiny_mode
     """Issue 15.13: an auto_map model once died in the actors after 40 s with a misleading trust_remote_code hint."""
     import shutil
 
-    import precompute.run
+    import xel.precompute.run
 
     model = tmp_path / "custom"
     shutil.copytree(tiny_model_dir, model)
@@ -272,7 +272,7 @@ def test_a_model_that_needs_custom_code_is_refused_up_front(tiny_data, tiny_mode
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was started for a model that must be refused up front")
 
-    monkeypatch.setattr(precompute.run, "ray_session", no_ray)
+    monkeypatch.setattr(xel.precompute.run, "ray_session", no_ray)
     result = CliRunner().invoke(main, ["--data", str(tiny_data), "--model", str(model), "--out", str(tmp_path / "o")])
     assert result.exit_code != 0 and (result.exception is None or isinstance(result.exception, SystemExit))
     assert "'auto_map'" in result.output and "xel never runs a model's own code" in result.output
@@ -337,13 +337,13 @@ def test_relative_model_or_out_inside_a_ray_job_is_refused_saying_why(tiny_data,
 
 SIGTERM_DURING_ENCODING = """
 import os, signal, sys
-import precompute.run
-from precompute.cli import main
-real = precompute.run.execute
+import xel.precompute.run
+from xel.precompute.cli import main
+real = xel.precompute.run.execute
 def terminated(*args):
     os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` once Ray is up and the actors start
     return real(*args)
-precompute.run.execute = terminated
+xel.precompute.run.execute = terminated
 main(sys.argv[1:])
 """
 
@@ -368,7 +368,7 @@ def test_sigterm_ends_precompute_with_one_line_and_exit_143(tiny_data, tiny_mode
 SIGTERM_INSIDE_RAY_WAIT = """
 import os, signal, sys, threading
 import ray
-from precompute.cli import main
+from xel.precompute.cli import main
 real_wait = ray.wait
 def wait(*args, **kwargs):  # the first wait with a timeout: SIGTERM lands while it blocks inside Ray's C++ wait
     if kwargs.get("timeout") and not getattr(wait, "fired", False):
@@ -403,7 +403,7 @@ def test_sigterm_while_waiting_on_ray_is_deferred_to_the_driver_loop():
     import os
     import signal
 
-    from precompute.run import STOP, Stopped, stop_on_sigterm
+    from xel.precompute.run import STOP, Stopped, stop_on_sigterm
 
     previous = signal.getsignal(signal.SIGTERM)
     try:

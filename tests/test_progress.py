@@ -15,13 +15,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from xel.precompute import run as precompute_run
+from xel.precompute.encoding import resolve_encoder
+from xel.precompute.ray_session import WORKER_NICENESS
+from xel.precompute.run import PrecomputeConfig, plan_tasks, run, run_settings
+from xel.precompute.schema import scan_inputs
+from xel.precompute.worker import ShardWorker
 
-from precompute import run as precompute_run
-from precompute.encoding import resolve_encoder
-from precompute.ray_session import WORKER_NICENESS
-from precompute.run import PrecomputeConfig, plan_tasks, run, run_settings
-from precompute.schema import scan_inputs
-from precompute.worker import ShardWorker
 from tests.conftest import KB, MENTIONS, write_jsonl
 
 WORDS = "Barack Obama Moscow Paris London Tokyo Senate Republic Berlin Merkel city river capital".split()
@@ -86,7 +86,7 @@ def test_the_bar_moves_per_batch_with_reports_from_the_actors(tiny_model_dir, ra
 
 NICENESS = """
 import os, ray
-from precompute.ray_session import ray_session
+from xel.precompute.ray_session import ray_session
 with ray_session():
     print(ray.get(ray.remote(num_cpus=0)(lambda: os.nice(0)).remote()))
 """

@@ -6,20 +6,20 @@ import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
+from xel.retrieval.candidates import AliasPrior, MentionRef
+from xel.retrieval.splits import document_of, split_of
+from xel.train.adversarial import grl_scale, reverse_gradient, uniform_target_loss
+from xel.train.config import FEATURE_GROUPS, TrainConfig
+from xel.train.data import KB, Mentions
+from xel.train.evaluate import nn_scores, pick_best, rank
+from xel.train.fit import fit
+from xel.train.model import ModelSpec
+from xel.train.pairs import pair_columns, pair_features, string_similarity, training_prior, transliterate
+from xel.train.prepare import prepare
+from xel.train.probe import probe_accuracy
+from xel.train.residual import ResidualScorer, cosine_features, interaction_features
 
-from retrieval.candidates import AliasPrior, MentionRef
-from retrieval.splits import document_of, split_of
 from tests.train_fixtures import synthetic_store
-from train.adversarial import grl_scale, reverse_gradient, uniform_target_loss
-from train.config import FEATURE_GROUPS, TrainConfig
-from train.data import KB, Mentions
-from train.evaluate import nn_scores, pick_best, rank
-from train.fit import fit
-from train.model import ModelSpec
-from train.pairs import pair_columns, pair_features, string_similarity, training_prior, transliterate
-from train.prepare import prepare
-from train.probe import probe_accuracy
-from train.residual import ResidualScorer, cosine_features, interaction_features
 
 DIM = 12
 FAST = dict(hs_sizes=(16,), hc_sizes=(16,), final_sizes=(16,), batch_size=16, plots=False, threads=1, progress=False)

@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
-
-from precompute.store import StoreError, open_store
-from retrieval.build import build_index
-from retrieval.candidates import (
+from xel.precompute.store import StoreError, open_store
+from xel.retrieval.build import build_index
+from xel.retrieval.candidates import (
     AliasPrior,
     MentionRef,
     NameMatcher,
@@ -18,16 +17,17 @@ from retrieval.candidates import (
     normalise_mention,
     prior_candidates,
 )
-from retrieval.devices import TorchExactSearcher, select_search_device
-from retrieval.factory import build_lang_index
-from retrieval.index import ALL_LANGS, RetrievalError
-from retrieval.index_files import load_index, open_index_and_store
-from retrieval.kb_table import KBTable
-from retrieval.metrics import format_recall_table, recall_at_k, recall_table, score
-from retrieval.nn import nn_link, nn_scores
-from retrieval.query import Query, query_span, search_queries
-from retrieval.splits import document_unit
-from retrieval.vectors import l2_normalise
+from xel.retrieval.devices import TorchExactSearcher, select_search_device
+from xel.retrieval.factory import build_lang_index
+from xel.retrieval.index import ALL_LANGS, RetrievalError
+from xel.retrieval.index_files import load_index, open_index_and_store
+from xel.retrieval.kb_table import KBTable
+from xel.retrieval.metrics import format_recall_table, recall_at_k, recall_table, score
+from xel.retrieval.nn import nn_link, nn_scores
+from xel.retrieval.query import Query, query_span, search_queries
+from xel.retrieval.splits import document_unit
+from xel.retrieval.vectors import l2_normalise
+
 from tests.fakes import make_store
 
 DIM = 16

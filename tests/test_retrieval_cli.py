@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from xel.precompute.store import open_store
+from xel.retrieval.cli import main
+from xel.retrieval.files import read_candidates, read_predictions
+from xel.retrieval.index_files import load_index
+from xel.retrieval.query import Query, encode_queries
+from xel.retrieval.vectors import l2_normalise
 
-from precompute.store import open_store
-from retrieval.cli import main
-from retrieval.files import read_candidates, read_predictions
-from retrieval.index_files import load_index
-from retrieval.query import Query, encode_queries
-from retrieval.vectors import l2_normalise
 from tests.test_retrieval import kb_store  # noqa: F401 (fixture)
 
 
@@ -135,11 +135,11 @@ def test_query_and_batch_commands(tiny_store, tmp_path):
 
 
 def test_every_command_accepts_h() -> None:
-    from encoder.cli import main as encoder_main
-    from precompute.cli import main as precompute_main
-    from retrieval.cli import main as nn_main
-    from train.cli import experiment as experiment_main
-    from train.cli import main as train_main
+    from xel.encoder.cli import main as encoder_main
+    from xel.precompute.cli import main as precompute_main
+    from xel.retrieval.cli import main as nn_main
+    from xel.train.cli import experiment as experiment_main
+    from xel.train.cli import main as train_main
 
     for command, argv in ((nn_main, ["-h"]), (nn_main, ["build", "-h"]), (nn_main, ["query", "-h"]),
                           (encoder_main, ["-h"]), (encoder_main, ["build", "-h"]), (train_main, ["-h"]),
@@ -152,7 +152,7 @@ def test_a_moved_model_is_found_with_model_and_the_fingerprint_ignores_the_folde
     """Issue 15.13: identity by content: a copied or renamed model directory is the same encoder."""
     import shutil
 
-    from precompute.encoding import encoder_identity
+    from xel.precompute.encoding import encoder_identity
 
     store = tmp_path / "h5"
     shutil.copytree(tiny_store, store)
@@ -175,15 +175,15 @@ def test_a_moved_model_is_found_with_model_and_the_fingerprint_ignores_the_folde
 
 SIGTERM_DURING_BUILD = """
 import os, signal, sys, time
-import retrieval.index_files
-from retrieval.cli import main
-real = retrieval.index_files.write_faiss
+import xel.retrieval.index_files
+from xel.retrieval.cli import main
+real = xel.retrieval.index_files.write_faiss
 def write_then_terminated(index, path):
     result = real(index, path)
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(30)
     return result
-retrieval.index_files.write_faiss = write_then_terminated
+xel.retrieval.index_files.write_faiss = write_then_terminated
 main(sys.argv[1:])
 """
 
@@ -225,7 +225,7 @@ def test_build_into_a_symlinked_out_works_and_overwrites(kb_store, tmp_path):  #
 def test_a_full_disk_during_build_is_one_message_and_the_old_index_stays(kb_store, tmp_path, monkeypatch):  # noqa: F811
     import errno
 
-    import retrieval.index_files
+    import xel.retrieval.index_files
 
     out = tmp_path / "index"
     assert invoke("build", "--features", kb_store.root, "--out", out).exit_code == 0
@@ -234,7 +234,7 @@ def test_a_full_disk_during_build_is_one_message_and_the_old_index_stays(kb_stor
     def full(index, path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(retrieval.index_files, "write_faiss", full)
+    monkeypatch.setattr(xel.retrieval.index_files, "write_faiss", full)
     r = CliRunner().invoke(main, ["build", "--features", str(kb_store.root), "--out", str(out), "--overwrite"])
     assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), repr(r.exception)
     assert "No space left on device" in r.output
@@ -246,7 +246,7 @@ def test_outputs_follow_the_umask(kb_store, tmp_path):  # noqa: F811
     """Issue 15.14: files were created 0600 and directories 0700 (mkstemp/mkdtemp) whatever the umask."""
     import stat
 
-    from precompute.store import atomic_write_bytes
+    from xel.precompute.store import atomic_write_bytes
 
     old = os.umask(0o022)
     try:

@@ -13,21 +13,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from xel.precompute.run import PrecomputeConfig
+from xel.precompute.run import run as run_precompute
+from xel.precompute.store import open_store
+from xel.retrieval.build import BuildConfig, run_build
+from xel.retrieval.candidate_lists import CandidatesConfig, run_candidates
+from xel.retrieval.files import read_candidates
+from xel.retrieval.search import SearchOptions
+from xel.retrieval.splits import document_of, split_of
+from xel.train.config import TrainConfig
+from xel.train.evaluate import predict
+from xel.train.fit import fit
+from xel.train.prepare import prepare
 
-from precompute.run import PrecomputeConfig
-from precompute.run import run as run_precompute
-from precompute.store import open_store
-from retrieval.build import BuildConfig, run_build
-from retrieval.candidate_lists import CandidatesConfig, run_candidates
-from retrieval.files import read_candidates
-from retrieval.search import SearchOptions
-from retrieval.splits import document_of, split_of
 from tests.conftest import write_jsonl
 from tests.test_encoder_real import encoder_dir
-from train.config import TrainConfig
-from train.evaluate import predict
-from train.fit import fit
-from train.prepare import prepare
 
 pytestmark = [pytest.mark.real_encoder, pytest.mark.ray, pytest.mark.slow]
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample"

@@ -8,16 +8,16 @@ from dataclasses import replace
 import pytest
 import torch
 from click.testing import CliRunner
+from xel.precompute.store import open_store
+from xel.train.cli import main
+from xel.train.config import DEFAULT_FEATURE_GROUPS, ConfigError, TrainConfig
+from xel.train.data import load_mentions, standardization
+from xel.train.loop import LoopSettings, Trainer
+from xel.train.model import ModelSpec
+from xel.train.residual import ResidualScorer, build_model
+from xel.train.scorers import PAPER, RESIDUAL, SCORERS
 
-from precompute.store import open_store
 from tests.train_fixtures import synthetic_store
-from train.cli import main
-from train.config import DEFAULT_FEATURE_GROUPS, ConfigError, TrainConfig
-from train.data import load_mentions, standardization
-from train.loop import LoopSettings, Trainer
-from train.model import ModelSpec
-from train.residual import ResidualScorer, build_model
-from train.scorers import PAPER, RESIDUAL, SCORERS
 
 
 def test_each_scorers_defaults_come_from_its_description() -> None:

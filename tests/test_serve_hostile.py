@@ -24,11 +24,10 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-
-from link.linker import Candidate, Link, check_item
-from link.serve import create_app
-from link.watch import FileWatch
-from precompute.store import file_sha256
+from xel.link.linker import Candidate, Link, check_item
+from xel.link.serve import create_app
+from xel.link.watch import FileWatch
+from xel.precompute.store import file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = {"text": "We were in Rome last year.", "start": 11, "end": 15, "lang": "en"}
@@ -120,7 +119,7 @@ def test_a_failing_request_does_not_fail_the_requests_batched_with_it(client):
 
 def test_a_request_cancelled_while_batched_does_not_fail_the_others():
     """A request whose client left (its future cancelled) while its batch was collected or linked."""
-    from link.serve import Batcher
+    from xel.link.serve import Batcher
 
     batcher = Batcher(FakeLinker(), wait_s=0.3)
     batcher.start()
@@ -195,10 +194,10 @@ def test_there_is_no_docs_page_that_needs_a_cdn(client):
 
 SERVER = """
 import sys
-import link.serve
+import xel.link.serve
 from tests.test_serve_hostile import FakeLinker
-link.serve.Linker.load = lambda *args, **kwargs: FakeLinker()
-link.serve.main(sys.argv[1:])
+xel.link.serve.Linker.load = lambda *args, **kwargs: FakeLinker()
+xel.link.serve.main(sys.argv[1:])
 """
 
 

@@ -13,11 +13,11 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from xel.precompute import schema
+from xel.precompute.run import PrecomputeConfig, plan_tasks
+from xel.precompute.schema import InputError, load_inputs, read_records, scan_inputs
+from xel.precompute.worker import task_items
 
-from precompute import schema
-from precompute.run import PrecomputeConfig, plan_tasks
-from precompute.schema import InputError, load_inputs, read_records, scan_inputs
-from precompute.worker import task_items
 from tests.conftest import KB, MENTIONS, write_jsonl
 
 SETTINGS = {"encoder": "test", "layer": -1, "max_length": None, "prefix": "", "dtype": "fp32", "shard_size": 0,

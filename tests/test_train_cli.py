@@ -7,11 +7,11 @@ import logging
 import shutil
 
 from click.testing import CliRunner
+from xel.retrieval.files import read_predictions
+from xel.train.checkpoint import load_checkpoint
+from xel.train.cli import main
 
-from retrieval.files import read_predictions
 from tests.train_fixtures import synthetic_store
-from train.checkpoint import load_checkpoint
-from train.cli import main
 
 
 def test_cli_writes_every_output(tmp_path) -> None:
@@ -74,7 +74,7 @@ def test_cli_trains_on_candidates_counted_with_its_split(tmp_path, caplog) -> No
     result = CliRunner().invoke(main, [*common, "--candidates", matching, "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     older = _candidates_beside_a_config(store, tmp_path / "old")
-    with caplog.at_level(logging.WARNING, logger="train.prepare"):
+    with caplog.at_level(logging.WARNING, logger="xel.train.prepare"):
         result = CliRunner().invoke(main, [*common, "--candidates", older, "--out", str(tmp_path / "r-old")])
     assert result.exit_code == 0, result.output
     assert any("no split fractions recorded" in r.getMessage() for r in caplog.records)

@@ -7,11 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
-from tests.train_fixtures import synthetic_store
-from train.config import ConfigError, TrainConfig
-from train.data import KB, DataError, Mentions, popularity_features
-from train.evaluate import (
+from xel.train.config import ConfigError, TrainConfig
+from xel.train.data import KB, DataError, Mentions, popularity_features
+from xel.train.evaluate import (
     Ranked,
     background_cosine,
     evaluate,
@@ -22,8 +20,10 @@ from train.evaluate import (
     tune_threshold,
     with_nil_score,
 )
-from train.nil import NilRule, NilRuleError, tuned_rule
-from train.run import run
+from xel.train.nil import NilRule, NilRuleError, tuned_rule
+from xel.train.run import run
+
+from tests.train_fixtures import synthetic_store
 
 NEG = float("-inf")
 
@@ -104,7 +104,7 @@ def test_bad_config_values_are_named() -> None:
 
 def test_ties_are_not_broken_by_candidate_order() -> None:
     """A collapsed model (every candidate scored alike) must not inherit the retrieval ranking."""
-    from train.evaluate import rank
+    from xel.train.evaluate import rank
 
     m, k = 400, 10
     kb = KB(ids=[f"Q{i}" for i in range(k)], index={}, langs=["en"] * k, es=torch.zeros(k, 2), ec=torch.zeros(k, 2),

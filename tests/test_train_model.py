@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from train.adversarial import adversarial_step, inverted_labels
-from train.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
-from train.data import KB, Mentions
-from train.loop import LoopSettings, Trainer, sample_negatives
-from train.model import ModelSpec, Ranker
-from train.text import LanguageText
+from xel.train.adversarial import adversarial_step, inverted_labels
+from xel.train.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+from xel.train.data import KB, Mentions
+from xel.train.loop import LoopSettings, Trainer, sample_negatives
+from xel.train.model import ModelSpec, Ranker
+from xel.train.text import LanguageText
 
 DIM = 12
 
@@ -122,7 +121,7 @@ def test_main_step_changes_everything_but_hadv() -> None:
 
 
 def test_standardization_travels_with_the_checkpoint(tmp_path) -> None:
-    from train.checkpoint import load_checkpoint, save_checkpoint
+    from xel.train.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     model = Ranker(_spec()).eval()

@@ -11,29 +11,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import xel.train.fit
 from click.testing import CliRunner
 from safetensors.torch import load_file
+from xel.train.checkpoint import CheckpointError
+from xel.train.cli import main
+from xel.train.config import ConfigError, TrainConfig
+from xel.train.resume import RESUME_STATE, RESUME_TENSORS
+from xel.train.run import run
 
-import train.fit
 from tests.train_fixtures import synthetic_store
-from train.checkpoint import CheckpointError
-from train.cli import main
-from train.config import ConfigError, TrainConfig
-from train.resume import RESUME_STATE, RESUME_TENSORS
-from train.run import run
 
 ROOT = Path(__file__).resolve().parent.parent
 # xel-train in a child process that SIGKILLs itself right after writing the resume state of epoch argv[1]
 KILL_AFTER_EPOCH = """
 import os, signal, sys
-import train.fit
-from train.cli import main
-real = train.fit.save_resume_state
+import xel.train.fit
+from xel.train.cli import main
+real = xel.train.fit.save_resume_state
 def save_then_die(run_dir, *args):
     real(run_dir, *args)
     if args[3] == int(sys.argv[1]):
         os.kill(os.getpid(), signal.SIGKILL)
-train.fit.save_resume_state = save_then_die
+xel.train.fit.save_resume_state = save_then_die
 main(sys.argv[2:])
 """
 # dropout > 0 draws from torch's global RNG, +A from the trainer's generator and a second optimizer: all must resume
@@ -54,7 +54,7 @@ class Interrupts:
 @pytest.fixture
 def interrupts(monkeypatch) -> Interrupts:
     """Records every resume-state save and kills the run right after the ones named in ``kill_after``."""
-    real = train.fit.save_resume_state
+    real = xel.train.fit.save_resume_state
     state = Interrupts()
 
     def save_then_maybe_die(run_dir: Path, *args, **kwargs) -> None:
@@ -64,7 +64,7 @@ def interrupts(monkeypatch) -> Interrupts:
         if state.kill_after.get(run_dir.name) == epoch:
             raise Killed
 
-    monkeypatch.setattr(train.fit, "save_resume_state", save_then_maybe_die)
+    monkeypatch.setattr(xel.train.fit, "save_resume_state", save_then_maybe_die)
     return state
 
 
@@ -184,7 +184,7 @@ def test_sigkilled_cli_run_resumes_to_the_same_result(store, tmp_path) -> None:
 def _tamper_tensors(out: Path, change) -> None:
     """Change resume.safetensors with ``change(tensors)`` and record the new tensors' sha256 where a careful forger
     would: in the file's metadata and in resume.json, so that only a check of the content can tell."""
-    from train.checkpoint import read_tensors, write_tensors
+    from xel.train.checkpoint import read_tensors, write_tensors
 
     tensors, meta = read_tensors(out / RESUME_TENSORS)
     change(tensors)

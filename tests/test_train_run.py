@@ -8,20 +8,20 @@ import os
 import numpy as np
 import pytest
 import torch
+from xel.train.config import ConfigError, TrainConfig
+from xel.train.data import load_mentions
+from xel.train.fit import fit
+from xel.train.prepare import Prepared, prepare
+from xel.train.run import run
+from xel.train.splits import Splits, equalize
 
 from tests.train_fixtures import synthetic_store
-from train.config import ConfigError, TrainConfig
-from train.data import load_mentions
-from train.fit import fit
-from train.prepare import Prepared, prepare
-from train.run import run
-from train.splits import Splits, equalize
 
 FAST = dict(hs_sizes=(32,), hc_sizes=(32,), final_sizes=(16,), batch_size=16, plots=False, threads=1)
 
 
 def test_overfits_a_tiny_set(tmp_path) -> None:
-    from precompute.store import open_store
+    from xel.precompute.store import open_store
 
     store = open_store(synthetic_store(tmp_path / "s", langs={"en": 24}, nil_rate=0.0))
     m = load_mentions(store, langs=(), candidates=None, max_candidates=30)
@@ -103,8 +103,7 @@ class Killed(BaseException):
 
 def test_a_different_config_into_a_finished_run_is_refused_and_overwrite_replaces_it(tmp_path) -> None:
     from click.testing import CliRunner
-
-    from train.cli import main
+    from xel.train.cli import main
 
     store = synthetic_store(tmp_path / "s", langs={"en": 60})
     out = tmp_path / "run"
@@ -125,19 +124,19 @@ def test_a_different_config_into_a_finished_run_is_refused_and_overwrite_replace
 
 
 def test_a_rerun_killed_while_writing_leaves_the_old_run_whole(tmp_path, monkeypatch) -> None:
-    import train.run
+    import xel.train.run
 
     store = synthetic_store(tmp_path / "s", langs={"en": 60})
     cfg = TrainConfig(features=str(store), out=str(tmp_path / "run"), epochs=2, **FAST)
     run(cfg)
     before = _files(tmp_path / "run")
-    real = train.run.write_fit
+    real = xel.train.run.write_fit
 
     def write_then_die(result, test, out, *args):
         (out / "metrics.json").write_text("{}")  # half of the new outputs written
         raise Killed
 
-    monkeypatch.setattr(train.run, "write_fit", write_then_die)
+    monkeypatch.setattr(xel.train.run, "write_fit", write_then_die)
     with pytest.raises(ConfigError, match="holds a run with another config"):
         run(cfg.with_(seed=1))
     with pytest.raises(Killed):
@@ -145,15 +144,14 @@ def test_a_rerun_killed_while_writing_leaves_the_old_run_whole(tmp_path, monkeyp
     with pytest.raises(Killed):
         run(cfg.with_(seed=1), overwrite=True)  # ... and so does another one with overwrite
     assert _files(tmp_path / "run") == before
-    monkeypatch.setattr(train.run, "write_fit", real)
+    monkeypatch.setattr(xel.train.run, "write_fit", real)
     run(cfg)  # and the next run removes what the killed one left beside it
     assert not list(tmp_path.glob(".run.*.tmp"))
 
 
 def test_xel_train_help_shows_the_defaults_and_accepts_h() -> None:
     from click.testing import CliRunner
-
-    from train.cli import main
+    from xel.train.cli import main
 
     result = CliRunner().invoke(main, ["-h"])
     assert result.exit_code == 0, result.output
@@ -172,10 +170,9 @@ def test_xel_train_help_shows_the_defaults_and_accepts_h() -> None:
 def test_a_full_disk_is_one_message_and_the_earlier_run_stays(tmp_path, monkeypatch) -> None:
     import errno
 
+    import xel.train.run
     from click.testing import CliRunner
-
-    import train.run
-    from train.cli import main
+    from xel.train.cli import main
 
     store = synthetic_store(tmp_path / "s", langs={"en": 60})
     out = tmp_path / "run"
@@ -187,7 +184,7 @@ def test_a_full_disk_is_one_message_and_the_earlier_run_stays(tmp_path, monkeypa
     def full(result, test, run_dir, *args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run_dir / "model.safetensors"))
 
-    monkeypatch.setattr(train.run, "write_fit", full)
+    monkeypatch.setattr(xel.train.run, "write_fit", full)
     result = CliRunner().invoke(main, flags)
     assert result.exit_code == 1 and (result.exception is None or isinstance(result.exception, SystemExit))
     assert "model.safetensors: No space left on device" in result.output

@@ -10,11 +10,11 @@ import json
 
 import numpy as np
 import pytest
+from xel.precompute.store import Store
+from xel.retrieval.build import build_index
+from xel.retrieval.index_files import load_index
+from xel.retrieval.update import update_index
 
-from precompute.store import Store
-from retrieval.build import build_index
-from retrieval.index_files import load_index
-from retrieval.update import update_index
 from tests.test_index_update import DIM, mutate, write_store
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from xel.retrieval.files import write_candidates
 
-from retrieval.files import write_candidates
 from tests.conftest import write_jsonl
 from tests.fakes import make_store
 

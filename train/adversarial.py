@@ -27,8 +27,7 @@ import math
 
 import torch
 from torch.nn import functional as F
-
-from train.model import Ranker
+from xel.train.model import Ranker
 
 
 def inverted_labels(

@@ -19,10 +19,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
-
-from precompute.store import atomic_write_bytes
-from train.model import ModelSpec, Ranker
-from train.residual import build_model
+from xel.precompute.store import atomic_write_bytes
+from xel.train.model import ModelSpec, Ranker
+from xel.train.residual import build_model
 
 log = logging.getLogger(__name__)
 

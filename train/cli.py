@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from precompute.run import PrecomputeError
-from precompute.schema import InputError
-from precompute.store import StoreError, exit_on_sigterm
-from retrieval.files import CandidatesError
-from retrieval.metrics import format_table
-from train.checkpoint import CheckpointError
-from train.config import (
+from xel.precompute.run import PrecomputeError
+from xel.precompute.schema import InputError
+from xel.precompute.store import StoreError, exit_on_sigterm
+from xel.retrieval.files import CandidatesError
+from xel.retrieval.metrics import format_table
+from xel.train.checkpoint import CheckpointError
+from xel.train.config import (
     ADV_MODES,
     FEATURE_GROUPS,
     LOSSES,
@@ -33,10 +32,10 @@ from train.config import (
     ConfigError,
     TrainConfig,
 )
-from train.data import DataError
-from train.experiment import DEFAULT_MODEL, ExperimentConfig, ExperimentError
-from train.experiment import run as run_experiment
-from train.run import run, set_threads
+from xel.train.data import DataError
+from xel.train.experiment import DEFAULT_MODEL, ExperimentConfig, ExperimentError
+from xel.train.experiment import run as run_experiment
+from xel.train.run import run, set_threads
 
 
 def _langs(value: str | None) -> tuple[str, ...] | None:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from train.scorers import SCORERS, Scorer
+from xel.train.scorers import SCORERS, Scorer
 
 # Appendix Table 3 of the paper: the random-search space of the ranker.
 SEARCH_SPACE: dict[str, list[Any]] = {

@@ -30,13 +30,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-
-from precompute.store import ENTITY_KINDS, RECORD_FILES, Store, StoreError
-from retrieval.files import CANDIDATE_SOURCES, read_candidates
-from retrieval.splits import document_of
+from xel.precompute.store import ENTITY_KINDS, RECORD_FILES, Store, StoreError
+from xel.retrieval.files import CANDIDATE_SOURCES, read_candidates
+from xel.retrieval.splits import document_of
 
 if TYPE_CHECKING:
-    from retrieval.kb_table import KBTable
+    from xel.retrieval.kb_table import KBTable
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-
-from retrieval.metrics import Scores, score_groups
-from train.data import Mentions
-from train.model import Ranker
+from xel.retrieval.metrics import Scores, score_groups
+from xel.train.data import Mentions
+from xel.train.model import Ranker
 
 # how many runner-up candidates make a mention's background similarity (--nil-score csls)
 BACKGROUND_K = 10

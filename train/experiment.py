@@ -32,22 +32,21 @@ from typing import Any
 import numpy as np
 import ray
 from tqdm import tqdm
-
-from encoder.build import build_encoder
-from precompute.ray_session import ray_session
-from precompute.run import PrecomputeConfig, summary_table
-from precompute.run import run as run_precompute
-from precompute.schema import load_inputs
-from precompute.store import atomic_write_bytes, atomic_write_json, file_sha256, open_store
-from retrieval.build import BuildConfig, run_build
-from retrieval.candidate_lists import CandidatesConfig, run_candidates
-from retrieval.metrics import __doc__ as METRIC_DEFINITIONS
-from retrieval.search import SearchOptions
-from train.config import DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS, TrainConfig
-from train.outputs import mean_std
-from train.run import run as run_train
-from train.run import set_threads
-from train.scorers import PAPER, RESIDUAL
+from xel.encoder.build import build_encoder
+from xel.precompute.ray_session import ray_session
+from xel.precompute.run import PrecomputeConfig, summary_table
+from xel.precompute.run import run as run_precompute
+from xel.precompute.schema import load_inputs
+from xel.precompute.store import atomic_write_bytes, atomic_write_json, file_sha256, open_store
+from xel.retrieval.build import BuildConfig, run_build
+from xel.retrieval.candidate_lists import CandidatesConfig, run_candidates
+from xel.retrieval.metrics import __doc__ as METRIC_DEFINITIONS
+from xel.retrieval.search import SearchOptions
+from xel.train.config import DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS, TrainConfig
+from xel.train.outputs import mean_std
+from xel.train.run import run as run_train
+from xel.train.run import set_threads
+from xel.train.scorers import PAPER, RESIDUAL
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = Path("models/multilingual-e5-small")
@@ -144,7 +143,7 @@ def finished_run(cfg: TrainConfig) -> dict[str, Any] | None:
 
 
 def _train_one(train_cfg: TrainConfig) -> dict[str, Any]:
-    logging.getLogger("train").setLevel(logging.WARNING)
+    logging.getLogger("xel.train").setLevel(logging.WARNING)
     set_threads(train_cfg.threads)  # this Ray task's process
     summary = run_train(train_cfg, overwrite=True)  # the experiment owns its run directories
     out = Path(train_cfg.out)

@@ -14,18 +14,17 @@ from typing import Any
 
 import torch
 from tqdm import tqdm
-
-from train.checkpoint import clone_state
-from train.config import NIL_SCORES, TrainConfig
-from train.data import Mentions, standardization
-from train.evaluate import Ranked, evaluate, rank, tune_threshold
-from train.loop import LoopSettings, Trainer
-from train.model import ModelSpec, Ranker
-from train.nil import NilRule, tuned_rule
-from train.prepare import Prepared
-from train.probe import language_probe
-from train.residual import VECTOR_GROUPS, build_model
-from train.resume import Best, load_resume_state, save_resume_state
+from xel.train.checkpoint import clone_state
+from xel.train.config import NIL_SCORES, TrainConfig
+from xel.train.data import Mentions, standardization
+from xel.train.evaluate import Ranked, evaluate, rank, tune_threshold
+from xel.train.loop import LoopSettings, Trainer
+from xel.train.model import ModelSpec, Ranker
+from xel.train.nil import NilRule, tuned_rule
+from xel.train.prepare import Prepared
+from xel.train.probe import language_probe
+from xel.train.residual import VECTOR_GROUPS, build_model
+from xel.train.resume import Best, load_resume_state, save_resume_state
 
 log = logging.getLogger(__name__)
 

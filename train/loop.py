@@ -20,8 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
-
-from train.adversarial import (
+from xel.train.adversarial import (
     adversarial_step,
     classifier_step,
     grl_scale,
@@ -29,10 +28,10 @@ from train.adversarial import (
     reverse_gradient,
     uniform_target_loss,
 )
-from train.data import Mentions
-from train.model import Ranker
-from train.scorers import scorer_named
-from train.text import LanguageText
+from xel.train.data import Mentions
+from xel.train.model import Ranker
+from xel.train.scorers import scorer_named
+from xel.train.text import LanguageText
 
 
 @dataclass(frozen=True)

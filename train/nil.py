@@ -27,9 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from train.data import Mentions
-from train.evaluate import Ranked, with_nil_score
+from xel.train.data import Mentions
+from xel.train.evaluate import Ranked, with_nil_score
 
 QUANTILE = 0.9
 CALIBRATIONS = ("none", "quantile")
@@ -95,7 +94,7 @@ class NilRule:
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> NilRule:
-        from train.config import NIL_SCORES
+        from xel.train.config import NIL_SCORES
 
         def bad(name: str, allowed: str) -> NilRuleError:
             value = data.get(name) if isinstance(data, dict) else data

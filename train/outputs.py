@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from precompute.store import atomic_write_json
-from retrieval.files import write_predictions
-from train.checkpoint import save_checkpoint
-from train.data import Mentions
-from train.evaluate import prediction_rows
-from train.fit import FitResult
-from train.plots import plot_run
+from xel.precompute.store import atomic_write_json
+from xel.retrieval.files import write_predictions
+from xel.train.checkpoint import save_checkpoint
+from xel.train.data import Mentions
+from xel.train.evaluate import prediction_rows
+from xel.train.fit import FitResult
+from xel.train.plots import plot_run
 
 CHECKPOINT = "model.safetensors"
 

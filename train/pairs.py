@@ -23,11 +23,10 @@ from functools import lru_cache
 import numpy as np
 import torch
 from rapidfuzz import fuzz
-
-from retrieval.candidates import AliasPrior, MentionRef
-from retrieval.files import CANDIDATE_SOURCES
-from retrieval.names import latin, normalise_mention
-from train.data import Mentions
+from xel.retrieval.candidates import AliasPrior, MentionRef
+from xel.retrieval.files import CANDIDATE_SOURCES
+from xel.retrieval.names import latin, normalise_mention
+from xel.train.data import Mentions
 
 GROUP_COLUMNS: dict[str, tuple[str, ...]] = {
     "retrieval": ("inverse_rank", "source_prior", "source_dense", "source_ngram"),

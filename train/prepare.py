@@ -11,14 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from precompute.store import Store, open_store
-from retrieval.splits import DEV_FRACTION, TEST_FRACTION
-from train.config import TrainConfig
-from train.data import KB, DataError, Mentions, check_stores, load_mentions, popularity_features
-from train.pairs import PAIR_GROUPS, pair_columns, pair_features, training_prior
-from train.splits import Splits, make_splits
-from train.text import LanguageText, adversarial_text
+from xel.precompute.store import Store, open_store
+from xel.retrieval.splits import DEV_FRACTION, TEST_FRACTION
+from xel.train.config import TrainConfig
+from xel.train.data import KB, DataError, Mentions, check_stores, load_mentions, popularity_features
+from xel.train.pairs import PAIR_GROUPS, pair_columns, pair_features, training_prior
+from xel.train.splits import Splits, make_splits
+from xel.train.text import LanguageText, adversarial_text
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-
-from train.model import Ranker
-from train.text import LanguageText
+from xel.train.model import Ranker
+from xel.train.text import LanguageText
 
 
 def probe_accuracy(features: dict[str, np.ndarray], seed: int = 0) -> tuple[float, float]:

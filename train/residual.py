@@ -26,9 +26,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-from train.model import ModelSpec, Ranker, Scored, _tail
-from train.scorers import PAPER, RESIDUAL, scorer_named
+from xel.train.model import ModelSpec, Ranker, Scored, _tail
+from xel.train.scorers import PAPER, RESIDUAL, scorer_named
 
 VECTOR_GROUPS = ("paper", "cosines", "interactions")
 

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from precompute.store import atomic_write_json
-from train.checkpoint import CheckpointError, check_state_fits, load_state_dict_strict, read_tensors, write_tensors
-from train.config import ConfigError, TrainConfig
-from train.loop import Trainer
+from xel.precompute.store import atomic_write_json
+from xel.train.checkpoint import CheckpointError, check_state_fits, load_state_dict_strict, read_tensors, write_tensors
+from xel.train.config import ConfigError, TrainConfig
+from xel.train.loop import Trainer
 
 log = logging.getLogger(__name__)
 

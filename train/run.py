@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from precompute.store import (
+from xel.precompute.store import (
     atomic_write_json,
     check_out_dir,
     check_writable,
@@ -21,13 +20,13 @@ from precompute.store import (
     replace_dir,
     resolve_out,
 )
-from retrieval.metrics import __doc__ as METRIC_DEFINITIONS
-from train.config import ConfigError, TrainConfig
-from train.fit import fit
-from train.outputs import mean_std, run_metrics, write_fit
-from train.prepare import prepare
-from train.resume import config_differences
-from train.search import search
+from xel.retrieval.metrics import __doc__ as METRIC_DEFINITIONS
+from xel.train.config import ConfigError, TrainConfig
+from xel.train.fit import fit
+from xel.train.outputs import mean_std, run_metrics, write_fit
+from xel.train.prepare import prepare
+from xel.train.resume import config_differences
+from xel.train.search import search
 
 log = logging.getLogger(__name__)
 

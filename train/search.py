@@ -10,9 +10,9 @@ import logging
 import random
 from typing import Any
 
-from train.config import SEARCH_SPACE, TrainConfig
-from train.fit import fit
-from train.prepare import Prepared
+from xel.train.config import SEARCH_SPACE, TrainConfig
+from xel.train.fit import fit
+from xel.train.prepare import Prepared
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,8 @@ import logging
 from dataclasses import dataclass
 
 import torch
-
-from retrieval.splits import split_of
-from train.data import DataError, Mentions
+from xel.retrieval.splits import split_of
+from xel.train.data import DataError, Mentions
 
 log = logging.getLogger(__name__)
 

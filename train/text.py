@@ -21,9 +21,8 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-
-from precompute.store import Store
-from train.data import DataError, Mentions
+from xel.precompute.store import Store
+from xel.train.data import DataError, Mentions
 
 log = logging.getLogger(__name__)
 TEXT_KINDS = ("text", "names", "mentions")
