@@ -16,6 +16,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # 20x slower (a preset test 51 s instead of 2 s); set before either library is imported
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+
+def _installed_from_this_checkout() -> None:
+    """An editable install maps ``xel.*`` to the checkout that ran ``pip install -e``: tests run from another
+    checkout (a git worktree, a second clone) with that environment would test the other checkout's code."""
+    import xel.train
+
+    here = Path(__file__).resolve().parent.parent
+    got = Path(xel.train.__file__).resolve().parent.parent
+    if got != here:
+        pytest.exit(f"xel is installed from {got}, not from this checkout ({here}): run `pip install -e '.[encoder,dev]'`"
+                    " here, in its own virtual environment", returncode=4)
+
+
+_installed_from_this_checkout()
+
 KB = [
     {"id": "Q1", "name": "Barack Obama", "description": "44th president of the United States", "lang": "en",
      "links": 10},
