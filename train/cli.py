@@ -91,7 +91,7 @@ def option(*decls: str, name: str | None = None, **kwargs: Any):
 @click.option("--loss", type=click.Choice(LOSSES),
               help="hinge against the best of --negatives (paper's default) or listwise softmax over all "
                    "candidates (residual's default)")
-@option("--temperature", type=float, help="softmax loss temperature")
+@option("--temperature", type=float, help="softmax loss temperature (--loss softmax only; also the learned NIL's)")
 @option("--weight-decay", type=float, help="Adam weight decay")
 @option("--hs-sizes", help="hs layer sizes, e.g. 512,256")
 @option("--hc-sizes", help="hc layer sizes")
@@ -100,7 +100,7 @@ def option(*decls: str, name: str | None = None, **kwargs: Any):
 @option("--lr", type=float)
 @option("--epochs", type=int)
 @option("--batch-size", type=int)
-@option("--negatives", type=int, help="random negatives per mention in the hinge loss")
+@option("--negatives", type=int, help="random negatives per mention in the paper scorer's hinge loss")
 @option("--margin", type=float, help="hinge margin epsilon")
 @option("--max-candidates", type=int, help="keep the first K candidates of each mention")
 @option("--adversarial/--no-adversarial", default=None, help="+A: the adversarial language classifier")
@@ -124,7 +124,9 @@ def option(*decls: str, name: str | None = None, **kwargs: Any):
 @click.option("--nil-score", type=click.Choice(NIL_SCORES),
               help="compare the NIL threshold with the best score (model; paper's default), cos(ms, es) of the "
                    "best candidate (cosine), or that cosine minus the mention's background, the mean cosine of its "
-                   "next 10 candidates (csls; residual's default: it carries over to other languages and scripts)")
+                   "next 10 candidates (csls; residual's default: it carries over to other languages and scripts), or "
+                   "the best score minus a NIL logit learned from language-independent features (learned; residual "
+                   "only)")
 @click.option("--nil-calibration", type=click.Choice(NIL_CALIBRATIONS),
               help="quantile: shift the NIL scores of each language the run was not trained on so that their 90th "
                    "percentile equals the training language's dev mentions' (from unlabelled mentions; residual's "
@@ -158,6 +160,9 @@ def main(config_file: str | None, verbose: bool, overwrite: bool, **flags: Any) 
             raise click.UsageError("--features is required (or a --config with 'features')")
         values.setdefault("out", "runs/train")
         cfg = TrainConfig.from_dict(values)
+        # an explicit flag the scorer would not read, even at its default value (TrainConfig refuses other values)
+        for problem in cfg.scorer_kind.unread_flags(cfg.loss_name, {k: flags[k] for k in ("negatives", "temperature")}):
+            raise ConfigError(problem)
         set_threads(cfg.threads)
         summary = run(cfg, overwrite=overwrite)
     except (ConfigError, DataError, StoreError, CandidatesError, CheckpointError) as e:

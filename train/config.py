@@ -21,7 +21,7 @@ POPULARITY_MISSING = ("error", "median")
 POPULARITY_SOURCES = ("links", "mentions")
 LOSSES = ("hinge", "softmax")
 ADV_MODES = ("alternating", "grl", "uniform")
-NIL_SCORES = ("model", "cosine", "csls")
+NIL_SCORES = ("model", "cosine", "csls", "learned")
 NIL_CALIBRATIONS = ("none", "quantile")
 # the residual scorer's input groups (train.residual); each can be switched off for an ablation
 FEATURE_GROUPS = ("paper", "cosines", "interactions", "retrieval", "prior", "string")
@@ -61,9 +61,10 @@ class TrainConfig:
     batch_size: int = 32
     negatives: int = 10
     margin: float = 0.5
-    # "hinge" (paper): margin against the best of --negatives sampled negatives; "softmax": listwise cross-entropy
-    # over all candidates of a mention at temperature --temperature. Default: the scorer's own (paper: hinge,
-    # residual: softmax).
+    # "hinge" (paper): margin against the best of --negatives sampled negatives (the paper scorer only; the residual
+    # scorer's hinge is against the best other candidate); "softmax": listwise cross-entropy over all candidates of
+    # a mention at temperature --temperature (also the learned NIL logit's). Default: the scorer's own (paper:
+    # hinge, residual: softmax). A non-default value the run would not read is refused (train.scorers).
     loss: str | None = None
     temperature: float = 0.05
     weight_decay: float = 0.0
@@ -86,8 +87,9 @@ class TrainConfig:
     # NIL and selection
     nil_threshold: float = -1.0
     # what the threshold is compared with: "model" (the best score; the paper), "cosine" (cos(ms, es) of the best
-    # candidate) or "csls" (that cosine minus the mention's background similarity, which carries over to other
-    # languages and scripts); default: the scorer's own (paper: model, residual: csls); see train.evaluate
+    # candidate), "csls" (that cosine minus the mention's background similarity, which carries over to other
+    # languages and scripts) or "learned" (the best score minus the learned NIL logit, train.nil_logit; residual
+    # only); default: the scorer's own (paper: model, residual: csls); see train.evaluate
     nil_score: str | None = None
     # "quantile": shift each untrained language's NIL scores so that their 90th percentile is the training
     # language's (train.nil; from unlabelled mentions); default: the scorer's own (paper: none, residual: quantile)
@@ -146,6 +148,13 @@ class TrainConfig:
              f"only with --scorer {'/'.join(s.name for s in SCORERS.values() if s.pair_features)} "
              f"(--scorer {scorer.name} reads no feature groups)")
         need(self.temperature > 0, "temperature", self.temperature, "> 0")
+        # a value the scorer would not read is refused (one equal to the default is what every config holds);
+        # xel-train also refuses such a flag given explicitly (train.cli)
+        defaults = {f.name: f.default for f in fields(self)}
+        set_values = {name: getattr(self, name) for name in ("negatives", "temperature", "nil_score")
+                      if getattr(self, name) != defaults[name]}
+        for problem in scorer.unread_flags(self.loss_name, set_values):
+            raise ConfigError(problem)
         need(self.nil_score in (None, *NIL_SCORES), "nil_score", self.nil_score, f"one of {list(NIL_SCORES)}")
         need(self.nil_calibration in (None, *NIL_CALIBRATIONS), "nil_calibration", self.nil_calibration,
              f"one of {list(NIL_CALIBRATIONS)}")

@@ -5,6 +5,7 @@ default); otherwise its best-scoring candidate. The NIL score (``--nil-score``) 
 
 * ``model``: the best candidate's score (the paper's rule, the paper scorer's default);
 * ``cosine``: cos(ms, es) of the best candidate (nn's rule as the paper's baseline has it);
+* ``learned``: the best score minus the learned NIL logit (:mod:`train.nil_logit`; the residual scorer);
 * ``csls``: that cosine minus the mention's *background*, the mean cosine of its 2nd to 11th most similar
   candidates (the residual scorer's default). The correction is the mention side of CSLS (Conneau et al.,
   2018, "Word translation without parallel data"): a mention whose script or language differs from the KB's
@@ -28,6 +29,7 @@ import torch
 from xel.retrieval.metrics import Scores, score_groups
 from xel.train.data import Mentions
 from xel.train.model import Ranker
+from xel.train.nil_logit import NIL_FEATURES, nil_features
 
 # how many runner-up candidates make a mention's background similarity (--nil-score csls)
 BACKGROUND_K = 10
@@ -41,6 +43,8 @@ class Ranked:
     tied_top: float = 0.0  # share of mentions whose best score is shared by several candidates
     tied: torch.Tensor | None = None  # [M] bool: this mention's best score is shared by several candidates
     nil_score: torch.Tensor | None = None  # [M] what the NIL threshold is compared with (default: ``best``)
+    nil_logit: torch.Tensor | None = None  # [M] the learned NIL logit (train.nil_logit), for a model with the head
+    nil_features: torch.Tensor | None = None  # [M, F] its inputs
 
     @property
     def decision(self) -> torch.Tensor:
@@ -115,15 +119,21 @@ def background_cosine(cos: torch.Tensor, k: int = BACKGROUND_K) -> torch.Tensor:
 def with_nil_score(ranked: Ranked, mentions: Mentions, nil_score: str) -> Ranked:
     """``ranked`` with the NIL score ``nil_score`` (see the module docstring): ``model`` the best score itself,
     ``cosine`` cos(ms, es) of the best candidate, ``csls`` that cosine minus the mention's background
-    (:func:`background_cosine` over its candidates)."""
+    (:func:`background_cosine` over its candidates), ``learned`` the best score minus the NIL logit."""
     if nil_score == "model":
         return ranked
+    if nil_score == "learned":
+        if ranked.nil_logit is None:
+            raise ValueError("NIL score 'learned' needs a model with a learned NIL logit (the residual scorer, "
+                             "trained by this version of xel-train); allowed here: 'model', 'cosine', 'csls'")
+        value = ranked.best - ranked.nil_logit
+        return replace(ranked, nil_score=torch.where(torch.isfinite(ranked.best), value, ranked.best))
     cos = nn_scores(mentions)
     value = cos.gather(1, ranked.best_pos[:, None]).squeeze(1)
     if nil_score == "csls":
         value = value - background_cosine(cos)
     elif nil_score != "cosine":
-        raise ValueError(f"NIL score {nil_score!r}: allowed 'model', 'cosine', 'csls'")
+        raise ValueError(f"NIL score {nil_score!r}: allowed 'model', 'cosine', 'csls', 'learned'")
     return replace(ranked, nil_score=torch.where(torch.isfinite(ranked.best), value, ranked.best))
 
 
@@ -138,7 +148,16 @@ def rank(model: Ranker, mentions: Mentions, batch_size: int = 256, nil_score: st
             parts.append(model(mentions.ms[sl], mentions.mc[sl], mentions.cand[sl], kb.es, kb.ec, kb.popularity,
                                pair).scores)
     scores = torch.cat(parts) if parts else torch.zeros(mentions.cand.shape)
-    return with_nil_score(pick_best(scores, mentions), mentions, nil_score)
+    ranked = pick_best(scores, mentions)
+    head = getattr(model, "nil_head", None)  # a Ranker has one (None but for the residual scorer)
+    if head is not None:
+        if model.spec.nil_features != NIL_FEATURES:
+            raise ValueError(f"the model's NIL logit reads features {list(model.spec.nil_features)}; this version "
+                             f"computes {list(NIL_FEATURES)}: retrain the run")
+        with torch.inference_mode():
+            features = nil_features(ranked.scores, ranked.best_pos, mentions, float(head.temperature))
+            ranked = replace(ranked, nil_logit=head(features), nil_features=features)
+    return with_nil_score(ranked, mentions, nil_score)
 
 
 def predict(ranked: Ranked, mentions: Mentions, threshold: float) -> list[str | None]:

@@ -17,10 +17,11 @@ from tqdm import tqdm
 from xel.train.checkpoint import clone_state
 from xel.train.config import NIL_SCORES, TrainConfig
 from xel.train.data import Mentions, standardization
-from xel.train.evaluate import Ranked, evaluate, rank, tune_threshold
+from xel.train.evaluate import Ranked, evaluate, rank, tune_threshold, with_nil_score
 from xel.train.loop import LoopSettings, Trainer
 from xel.train.model import ModelSpec, Ranker
 from xel.train.nil import NilRule, tuned_rule
+from xel.train.nil_logit import NIL_FEATURES, NIL_TEMPERATURE
 from xel.train.prepare import Prepared
 from xel.train.probe import language_probe
 from xel.train.residual import VECTOR_GROUPS, build_model
@@ -49,43 +50,52 @@ RULE_METRICS = ("p", "r", "f1", "nil_p", "nil_r", "nil_f1")
 LINK_ALL = -torch.finfo(torch.float32).max  # a threshold every finite score passes (NIL off)
 
 
-def decide_nil(cfg: TrainConfig, model: Ranker, dev: Mentions | None, test: Mentions,
-               train_langs: tuple[str, ...], score: str | None = None,
+def rank_sets(model: Ranker, dev: Mentions | None, test: Mentions) -> tuple[Ranked | None, Ranked]:
+    """dev (None without) and test scored by ``model`` once, before any NIL score (:func:`decide_nil` applies
+    one)."""
+    return (rank(model, dev) if dev is not None else None), rank(model, test)
+
+
+def decide_nil(cfg: TrainConfig, dev_base: Ranked | None, dev: Mentions | None, test_base: Ranked,
+               test: Mentions, train_langs: tuple[str, ...], score: str | None = None,
                calibration: str | None = None) -> tuple[NilRule, Ranked, Ranked | None]:
-    """The NIL rule of ``model`` (:mod:`train.nil`): threshold tuned on dev (``--tune-nil``), calibrated on
-    the test mentions' languages without their labels; returns it, the test mentions ranked with it, and dev
-    ranked with the uncalibrated score."""
+    """The NIL rule of a model whose dev and test rankings are ``dev_base`` and ``test_base``
+    (:func:`rank_sets`; :mod:`train.nil`): threshold tuned on dev (``--tune-nil``), calibrated on the test
+    mentions' languages without their labels; returns it, the test mentions ranked with it, and dev ranked with
+    the uncalibrated score."""
     score = score or cfg.nil_score_name
     calibration = calibration or cfg.nil_calibration_name
     threshold = cfg.nil_threshold
-    dev_ranked = rank(model, dev, nil_score=score) if dev is not None else None
+    dev_ranked = with_nil_score(dev_base, dev, score) if dev_base is not None and dev is not None else None
     tuned = dev_ranked is not None and cfg.tunes_nil
     if tuned:
         threshold = tune_threshold(dev_ranked, dev)
     rule = tuned_rule(score, threshold, calibration, train_langs, dev_ranked if tuned else None)
-    test_ranked = rank(model, test, nil_score=score)
+    test_ranked = with_nil_score(test_base, test, score)
     rule = rule.calibrated(test_ranked, test)
     return rule, rule.apply(test_ranked, test), dev_ranked
 
 
-def compare_nil_rules(cfg: TrainConfig, model: Ranker, dev: Mentions | None, test: Mentions,
-                      train_langs: tuple[str, ...]) -> dict[str, Any]:
-    """Test scores of the chosen model under every NIL score of :data:`train.config.NIL_SCORES`, uncalibrated
-    and calibrated (``+q``, :mod:`train.nil`), each threshold tuned on dev (the training language's labels, the
-    only ones a zero-shot run has), and with NIL off (``off``: the best candidate always linked, so ``r`` is
-    top-candidate recall): the same ranking, only the NIL decision differs. Per ``all`` and language group."""
+def compare_nil_rules(cfg: TrainConfig, dev_base: Ranked | None, dev: Mentions | None, test_base: Ranked,
+                      test: Mentions, train_langs: tuple[str, ...]) -> dict[str, Any]:
+    """Test scores of a model ranked once (:func:`rank_sets`) under every NIL score of
+    :data:`train.config.NIL_SCORES` it has (``learned`` needs the NIL head), uncalibrated and calibrated
+    (``+q``, :mod:`train.nil`), each threshold tuned on dev (the training language's labels, the only ones a
+    zero-shot run has), and with NIL off (``off``: the best candidate always linked, so ``r`` is top-candidate
+    recall): the same ranking, only the NIL decision differs. Per ``all`` and language group."""
 
     def keep(scores: dict) -> dict[str, dict[str, float]]:
         return {g: {m: getattr(v, m) for m in RULE_METRICS} for g, v in scores.items()
                 if g == "all" or g.startswith("lang:")}
 
-    out: dict[str, Any] = {"off": {"threshold": None,
-                                   "test": keep(evaluate(rank(model, test), test, LINK_ALL))}}
-    if dev is None or not cfg.tunes_nil:
+    out: dict[str, Any] = {"off": {"threshold": None, "test": keep(evaluate(test_base, test, LINK_ALL))}}
+    if dev_base is None or not cfg.tunes_nil:
         return out
     for score in NIL_SCORES:
+        if score == "learned" and test_base.nil_logit is None:
+            continue
         for calibration, name in (("none", score), ("quantile", f"{score}+q")):
-            rule, ranked, _ = decide_nil(cfg, model, dev, test, train_langs, score, calibration)
+            rule, ranked, _ = decide_nil(cfg, dev_base, dev, test_base, test, train_langs, score, calibration)
             out[name] = {"threshold": rule.threshold, "shifts": rule.shifts,
                          "test": keep(evaluate(ranked, test, rule.threshold))}
     return out
@@ -103,6 +113,8 @@ def model_spec(cfg: TrainConfig, data: Prepared) -> ModelSpec:
         scorer=cfg.scorer,
         feature_groups=tuple(g for g in cfg.feature_groups if g in VECTOR_GROUPS) if pairs else (),
         pair_dim=int(pair.shape[-1]) if pairs and pair is not None else 0,
+        nil_features=NIL_FEATURES if cfg.scorer_kind.learns_nil else (),
+        nil_temperature=cfg.temperature if cfg.loss_name == "softmax" else NIL_TEMPERATURE,
     )
 
 
@@ -137,11 +149,15 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
 
     def evaluate_epoch(epoch: int, losses: dict[str, float]) -> None:
         nonlocal best
-        rule, test_ranked, dev_ranked = decide_nil(cfg, model, dev, test, data.train_langs)
+        nil_loss = trainer.fit_nil_head()
+        dev_base, test_base = rank_sets(model, dev, test)
+        rule, test_ranked, dev_ranked = decide_nil(cfg, dev_base, dev, test_base, test, data.train_langs)
         entry: dict[str, Any] = {"epoch": epoch, **losses}
+        if nil_loss is not None:
+            entry["nil_loss"] = nil_loss
         if dev_ranked is not None:
             entry["dev"] = _as_dicts(evaluate(dev_ranked, dev, rule.threshold))
-            entry["dev_top_r"] = evaluate(dev_ranked, dev, LINK_ALL)["all"].r
+            entry["dev_top_r"] = evaluate(dev_base, dev, LINK_ALL)["all"].r
         entry["nil_threshold"] = rule.threshold
         entry["nil_rule"] = rule.to_dict()
         entry["test"] = _as_dicts(evaluate(test_ranked, test, rule.threshold))
@@ -171,7 +187,8 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
         evaluate_epoch(epoch, trainer.epoch(epoch - first))
     assert best is not None
     model.load_state_dict(best.state, strict=True)
-    rule, ranked, _ = decide_nil(cfg, model, dev, test, data.train_langs)
+    dev_base, test_base = rank_sets(model, dev, test)
+    rule, ranked, _ = decide_nil(cfg, dev_base, dev, test_base, test, data.train_langs)
     chosen = next(h for h in history if h["epoch"] == best.epoch)
     probe = None
     if data.text is not None and len(data.text.held_out) >= 2:
@@ -181,4 +198,4 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
             log.info("no language probe: %s", e)
     return FitResult(model, seed, best.epoch, rule.threshold, history, chosen.get("dev"),
                      _as_dicts(evaluate(ranked, test, rule.threshold)), ranked, probe, test.langs,
-                     compare_nil_rules(cfg, model, dev, test, data.train_langs), rule)
+                     compare_nil_rules(cfg, dev_base, dev, test_base, test, data.train_langs), rule)

@@ -29,7 +29,9 @@ from xel.train.adversarial import (
     uniform_target_loss,
 )
 from xel.train.data import Mentions
+from xel.train.evaluate import rank
 from xel.train.model import Ranker
+from xel.train.nil_logit import fit_nil_head
 from xel.train.scorers import scorer_named
 from xel.train.text import LanguageText
 
@@ -200,6 +202,20 @@ class Trainer:
             self.adv_optimizer.step()
         self.step_count += 1
         return float(el_loss.detach()), float(lang_loss.detach())
+
+    def fit_nil_head(self) -> float | None:
+        """Fit the model's learned NIL logit (:mod:`train.nil_logit`) to the training mentions with candidates,
+        the ranker fixed and in eval mode; returns its loss (None for a model without the head). Draws no random
+        numbers, so the ranker trains as it would without the head."""
+        head = self.model.nil_head
+        if head is None:
+            return None
+        t = self.train
+        mentions = t.take(torch.nonzero(t.cand_mask.any(dim=1)).flatten())
+        if not len(mentions):
+            return None
+        ranked = rank(self.model, mentions)
+        return fit_nil_head(head, ranked.scores, ranked.nil_features, mentions.gold_pos)
 
     def epoch(self, index: int) -> dict[str, float]:
         """Algorithm 1, one iteration of the outer loop; returns mean losses."""

@@ -36,6 +36,10 @@ class ModelSpec:
     feature_groups: tuple[str, ...] = ()  # residual only: vector feature groups in use
     pair_dim: int = 0  # residual only: width of the pair features (train.pairs)
     interaction_size: int = 64  # residual only: projection width of the interaction features
+    # residual only: the learned NIL logit's features (train.nil_logit.NIL_FEATURES; () for a run without the head,
+    # as every run before it) and its softmax temperature
+    nil_features: tuple[str, ...] = ()
+    nil_temperature: float = 0.05
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -112,6 +116,7 @@ class Ranker(nn.Module):
         else:
             self.hs0 = self.hadv = None
             name_dim = spec.dim
+        self.nil_head: nn.Module | None = None  # the learned NIL logit (train.nil_logit): residual scorer only
         for name in ("name_mean", "context_mean"):
             self.register_buffer(name, torch.zeros(spec.dim))
         for name in ("name_std", "context_std"):

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from xel.train.model import ModelSpec, Ranker, Scored, _tail
+from xel.train.nil_logit import NilHead
 from xel.train.scorers import PAPER, RESIDUAL, scorer_named
 
 VECTOR_GROUPS = ("paper", "cosines", "interactions")
@@ -77,6 +78,8 @@ class ResidualScorer(Ranker):
             nn.Linear(self.input_width, spec.final_sizes[0]),
             _tail(spec.final_sizes[0], spec.final_sizes[1:], spec.dropout), out,
         )
+        # last, and drawing no random numbers: the ranker's initialisation and dropout are those of a model without
+        self.nil_head = NilHead(len(spec.nil_features), spec.nil_temperature) if spec.nil_features else None
 
     def forward(
         self, ms: torch.Tensor, mc: torch.Tensor, cand: torch.Tensor,

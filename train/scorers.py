@@ -27,6 +27,30 @@ class Scorer:
     pair_features: bool
     min_epochs: int  # --epochs below this is refused
     score_range: tuple[float, float] | None  # the range of its scores (a --nil-threshold outside is refused)
+    learns_nil: bool  # it has the learned NIL logit (train.nil_logit): --nil-score learned
+
+    @property
+    def reads_negatives(self) -> bool:
+        """Whether its training samples ``--negatives`` negatives (the pointwise hinge); a pair-features scorer
+        scores every candidate of a mention instead."""
+        return not self.pair_features
+
+    def unread_flags(self, loss: str, given: dict[str, object]) -> list[str]:
+        """The flags among ``given`` (name -> value, the ones a user set) that a run of this scorer with ``loss``
+        would not read, each as ``--flag value: why``; empty when every one is read."""
+        out = []
+        if given.get("negatives") is not None and not self.reads_negatives:
+            out.append(f"--negatives {given['negatives']}: the {self.name} scorer samples no negatives (every "
+                       "candidate of a mention is scored); allowed only with --scorer "
+                       + "/".join(s.name for s in SCORERS.values() if s.reads_negatives))
+        if given.get("temperature") is not None and loss != "softmax":
+            out.append(f"--temperature {given['temperature']}: the {loss} loss has no temperature; allowed only "
+                       "with --loss softmax" + ("" if "softmax" in self.losses else
+                                                f", which --scorer {self.name} does not train"))
+        if given.get("nil_score") == "learned" and not self.learns_nil:
+            out.append(f"--nil-score learned: the {self.name} scorer has no learned NIL logit; allowed only with "
+                       "--scorer " + "/".join(s.name for s in SCORERS.values() if s.learns_nil))
+        return out
 
     @property
     def first_trained_epoch(self) -> int:
@@ -37,12 +61,12 @@ class Scorer:
 PAPER = Scorer(
     name="paper", default_loss="hinge", losses=("hinge",), default_nil_score="model",
     default_nil_calibration="none", tunes_nil=False, evaluates_untrained=False, pair_features=False, min_epochs=1,
-    score_range=(-1.0, 1.0),  # tanh
+    score_range=(-1.0, 1.0), learns_nil=False,  # tanh
 )
 RESIDUAL = Scorer(
     name="residual", default_loss="softmax", losses=("hinge", "softmax"), default_nil_score="csls",
     default_nil_calibration="quantile", tunes_nil=True, evaluates_untrained=True, pair_features=True, min_epochs=0,
-    score_range=None,  # cos + g: unbounded
+    score_range=None, learns_nil=True,  # cos + g: unbounded
 )
 SCORERS: dict[str, Scorer] = {s.name: s for s in (PAPER, RESIDUAL)}
 
