@@ -54,15 +54,14 @@ from xel.retrieval.index_files import open_index_and_store
 from xel.retrieval.kb_table import KBTable
 from xel.retrieval.splits import DEV_FRACTION, TEST_FRACTION
 from xel.retrieval.vectors import unit_concat
-from xel.train.checkpoint import load_checkpoint
+from xel.train.checkpoint import CHECKPOINT, load_checkpoint
 from xel.train.config import TrainConfig
 from xel.train.data import DataError, KBRows, Mentions, check_stores, popularity_features
 from xel.train.evaluate import Ranked, nn_scores, pick_best, predict, rank, with_nil_score
 from xel.train.model import Ranker
 from xel.train.nil import NilRule, NilRuleError
-from xel.train.outputs import CHECKPOINT
-from xel.train.pairs import pair_features, training_prior
-from xel.train.prepare import Loaded, load_splits, mention_popularity, pair_groups, training_link_counts
+from xel.train.pairs import pair_features, pair_groups, training_prior
+from xel.train.splits import Loaded, load_splits, mention_popularity, training_link_counts
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,8 @@ from xel.precompute.store import atomic_write_bytes
 from xel.train.model import ModelSpec, Ranker
 from xel.train.residual import build_model
 
+CHECKPOINT = "model.safetensors"  # a run directory's weights
+
 log = logging.getLogger(__name__)
 
 FORMAT = "xel-ranker-2"  # -2 adds "tensors_sha256"; -1 files (no checksum) still load, with a warning

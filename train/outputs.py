@@ -9,13 +9,11 @@ from typing import Any
 import numpy as np
 from xel.precompute.store import atomic_write_json
 from xel.retrieval.files import write_predictions
-from xel.train.checkpoint import save_checkpoint
+from xel.train.checkpoint import CHECKPOINT, save_checkpoint
 from xel.train.data import Mentions
 from xel.train.evaluate import prediction_rows
 from xel.train.fit import FitResult
 from xel.train.plots import plot_run
-
-CHECKPOINT = "model.safetensors"
 
 
 def run_metrics(result: FitResult) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from rapidfuzz import fuzz
 from xel.retrieval.candidates import AliasPrior, MentionRef
 from xel.retrieval.files import CANDIDATE_SOURCES
 from xel.retrieval.names import latin, normalise_mention
+from xel.train.config import TrainConfig
 from xel.train.data import Mentions
 
 GROUP_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -118,3 +119,8 @@ def pair_features(
     if not blocks:
         return torch.zeros((m, k, 0))
     return torch.from_numpy(np.concatenate(blocks, axis=2) * mask[:, :, None])
+
+
+def pair_groups(cfg: TrainConfig) -> list[str]:
+    """The :mod:`train.pairs` groups the residual scorer of ``cfg`` reads, in its order."""
+    return [g for g in cfg.feature_groups if g in PAIR_GROUPS] + (["popularity"] if cfg.popularity else [])

@@ -1,4 +1,5 @@
-"""Split mentions into train / dev / test for ``xel-train``, and equalise training languages (paper §6).
+"""Split mentions into train / dev / test for ``xel-train``, and equalise training languages (paper §6);
+:func:`load_splits`: the stores of a run and their splits, which a training run and the linker share.
 
 * Different stores (``--eval-features``): train and dev come from the training store's ``--train-lang``
   mentions, test is every ``--eval-lang`` mention of the evaluation store.
@@ -17,11 +18,16 @@ Splits do not depend on the seed, so ``--seeds 3`` trains three models on the sa
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+import numpy as np
 import torch
+from xel.precompute.store import Store, open_store
 from xel.retrieval.splits import split_of
-from xel.train.data import DataError, Mentions
+from xel.train.config import TrainConfig
+from xel.train.data import KB, DataError, Mentions, check_stores, load_mentions, popularity_features
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +101,92 @@ def make_splits(
     log.info("splits: %d train (%d in the loss), %d dev, %d test", len(train), len(train.trainable()),
              len(dev) if dev else 0, len(test))
     return Splits(train=train, dev=dev, test=test)
+
+
+def _langs(store: Store) -> list[str]:
+    return sorted({str(r["lang"]) for r in store.records("mentions")})
+
+
+def _pick(asked: tuple[str, ...], present: list[str], flag: str, store: Store) -> tuple[str, ...]:
+    unknown = [x for x in asked if x not in present]
+    if unknown:
+        raise DataError(f"{flag} {','.join(asked)}: {unknown} have no mentions in {store.root}; it holds {present}")
+    return tuple(asked)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The stores of a :class:`TrainConfig` and their splits, before the residual scorer's pair features."""
+
+    train_store: Store
+    eval_store: Store
+    splits: Splits
+    train_langs: tuple[str, ...]
+    eval_langs: tuple[str, ...]
+
+
+def load_splits(cfg: TrainConfig) -> Loaded:
+    """Open the stores, load the mentions and the KB rows of their candidates and golds (never the whole KB),
+    split them, and count +P from mentions when asked: what a training run and a :class:`link.linker.Linker` of
+    it share."""
+    train_store = open_store(cfg.features)
+    same = cfg.eval_features is None or Path(cfg.eval_features).resolve() == Path(cfg.features).resolve()
+    eval_store = train_store if same else open_store(cfg.eval_features)
+    if not same:
+        check_stores(train_store, eval_store)
+    present = _langs(train_store)
+    default_train = ("en",) if "en" in present else tuple(present)
+    train_langs = _pick(cfg.train_lang or default_train, present, "--train-lang", train_store)
+    eval_langs = _pick(cfg.eval_lang or tuple(_langs(eval_store)), _langs(eval_store), "--eval-lang", eval_store)
+    log.info("training languages %s, evaluation languages %s", list(train_langs), list(eval_langs))
+    kb_args = {"popularity": cfg.popularity and cfg.popularity_source == "links",
+               "popularity_missing": cfg.popularity_missing}
+    pool_langs = tuple(sorted(set(train_langs) | (set(eval_langs) if same else set())))
+    train_pool = load_mentions(train_store, langs=pool_langs, candidates=cfg.candidates,
+                               max_candidates=cfg.max_candidates, **kb_args)
+    test_pool = None
+    if not same:
+        test_pool = load_mentions(eval_store, langs=eval_langs, candidates=cfg.eval_candidates,
+                                  max_candidates=cfg.max_candidates, **kb_args)
+    splits = make_splits(
+        train_pool, test_pool, train_langs=train_langs, eval_langs=eval_langs, dev_fraction=cfg.dev_fraction,
+        test_fraction=cfg.test_fraction, equalize_langs=cfg.equalize, train_size=cfg.train_size, seed=cfg.seed,
+    )
+    if cfg.popularity and cfg.popularity_source == "mentions":
+        splits = with_mention_popularity(splits)
+    return Loaded(train_store, eval_store, splits, train_langs, eval_langs)
+
+
+def _with_kb(mentions: Mentions, kb: KB) -> Mentions:
+    return replace(mentions, kb=kb)
+
+
+def training_link_counts(splits: Splits) -> Counter[str]:
+    """How often each KB id is the gold of a training-split mention (``--popularity-source mentions``)."""
+    return Counter(g for g in splits.train.golds if g is not None)
+
+
+def mention_popularity(ids: list[str], counts: Counter[str]) -> np.ndarray:
+    """+P of the KB entries ``ids`` from training-mention link counts: ``count / median`` of the entries linked
+    at least once (every such entry is a training gold, so any ``ids`` that hold the golds give the same
+    median), and the missing flag where never linked."""
+    return popularity_features([counts.get(k) for k in ids], "median", "training mentions")
+
+
+def with_mention_popularity(splits: Splits) -> Splits:
+    """+P from gold links among the training split's mentions (``--popularity-source mentions``): each KB entry
+    gets ``count / median`` of the entries linked at least once, and the missing flag where it was never linked.
+    A training mention's own link is left out of its own pair features (:func:`train.pairs.pair_features`):
+    without that, every training gold looks popular by construction, and the residual scorer learned "linked
+    once = gold" (on the sample every seed then fell back to epoch 0)."""
+    counts = training_link_counts(splits)
+
+    def kb_of(m: Mentions) -> KB:
+        return replace(m.kb, popularity=torch.from_numpy(mention_popularity(m.kb.ids, counts)),
+                       link_counts=tuple(counts.get(k) for k in m.kb.ids))
+
+    train_kb = kb_of(splits.train)
+    test_kb = train_kb if splits.test.kb is splits.train.kb else kb_of(splits.test)
+    return Splits(train=_with_kb(splits.train, train_kb),
+                  dev=None if splits.dev is None else _with_kb(splits.dev, train_kb),
+                  test=_with_kb(splits.test, test_kb))
