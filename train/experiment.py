@@ -44,6 +44,7 @@ from xel.retrieval.metrics import __doc__ as METRIC_DEFINITIONS
 from xel.retrieval.search import SearchOptions
 from xel.train.config import DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS, TrainConfig
 from xel.train.outputs import mean_std
+from xel.train.plots import experiment_figures
 from xel.train.run import run as run_train
 from xel.train.run import set_threads
 from xel.train.scorers import PAPER, RESIDUAL
@@ -320,44 +321,6 @@ def grid_table(results: dict[str, dict[str, Any]], langs: list[str], chosen: tup
     return "\n".join(lines)
 
 
-def figures(out: Path, rows: dict, langs: list[str], per_setting: dict[str, list]) -> list[Path]:
-    from matplotlib.figure import Figure  # saves through Agg without pyplot: no global backend to set
-
-    paths = []
-    fig = Figure(figsize=(7, 4))
-    ax = fig.subplots()
-    names = list(rows)
-    width = 0.8 / max(len(langs), 1)
-    for j, lang in enumerate(langs):
-        vals = [rows[n].get(f"lang:{lang}", {}).get("f1", (np.nan, 0.0)) for n in names]
-        ax.bar(np.arange(len(names)) + j * width, [v[0] for v in vals], width, yerr=[v[1] for v in vals],
-               label=lang, capsize=3)
-    ax.set_xticks(np.arange(len(names)) + width * (len(langs) - 1) / 2, names)
-    ax.set_ylabel("F1 (mean ± std over seeds)")
-    ax.set_ylim(0, 1)
-    ax.legend()
-    fig.tight_layout()
-    paths.append(out / "f1_by_setting.png")
-    fig.savefig(paths[-1], dpi=100)
-
-    fig = Figure(figsize=(5 * len(langs), 4))
-    axes = fig.subplots(1, len(langs), squeeze=False)
-    for ax, lang in zip(axes[0], langs):
-        for name, runs in per_setting.items():
-            curves = np.array([[e["test"].get(f"lang:{lang}", {}).get("f1", np.nan) for e in
-                                json.loads((Path(r["config"]["out"]) / "metrics.json").read_text())["epochs"]]
-                               for r in runs])
-            ax.plot(np.nanmean(curves, axis=0), label=name)
-        ax.set_title(f"{lang}: test F1 by epoch (mean over seeds; not used for selection)")
-        ax.set_xlabel("epoch")
-        ax.set_ylim(0, 1)
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    paths.append(out / "f1_by_epoch.png")
-    fig.savefig(paths[-1], dpi=100)
-    return paths
-
-
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     load_inputs(cfg.data)  # bad input fails here, before the encoder build and before --out is created
@@ -398,7 +361,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     adv_table = grid_table(adv_grid, shown, chosen) if adv_grid else ""
     recall_text = "\n\n".join(recalls)
     seconds = time.perf_counter() - t0
-    figs = figures(cfg.out, main_rows, shown, {k: v for k, v in per_setting.items() if k in main_rows})
+    figs = experiment_figures(cfg.out, main_rows, shown, {k: v for k, v in per_setting.items() if k in main_rows})
     report = render_report(cfg, table, nil_text, adv_table, ablation, recall_text, figs, seconds, per_setting)
     atomic_write_bytes(cfg.out / "report.md", report.encode("utf-8"))
     atomic_write_json(cfg.out / "results.json", {

@@ -1,10 +1,13 @@
-"""PNG plots of a training run: loss by epoch, dev/test P/R/F1 by epoch, and per-language test bars."""
+"""PNG plots of a training run (loss by epoch, dev/test P/R/F1 by epoch, per-language test bars) and of an
+``xel-experiment`` (F1 by setting, F1 by epoch)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from matplotlib.figure import Figure  # a Figure saves through Agg without pyplot: no global backend to set
 
 
@@ -55,4 +58,42 @@ def plot_run(
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(paths[2], dpi=100)
+    return paths
+
+
+def experiment_figures(out: Path, rows: dict, langs: list[str], per_setting: dict[str, list]) -> list[Path]:
+    """``xel-experiment``'s figures: test F1 by setting and language (mean ± std over seeds), and each setting's
+    test F1 by epoch (mean over seeds) from its runs' ``metrics.json``."""
+    paths = []
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    names = list(rows)
+    width = 0.8 / max(len(langs), 1)
+    for j, lang in enumerate(langs):
+        vals = [rows[n].get(f"lang:{lang}", {}).get("f1", (np.nan, 0.0)) for n in names]
+        ax.bar(np.arange(len(names)) + j * width, [v[0] for v in vals], width, yerr=[v[1] for v in vals],
+               label=lang, capsize=3)
+    ax.set_xticks(np.arange(len(names)) + width * (len(langs) - 1) / 2, names)
+    ax.set_ylabel("F1 (mean ± std over seeds)")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out / "f1_by_setting.png")
+    fig.savefig(paths[-1], dpi=100)
+
+    fig = Figure(figsize=(5 * len(langs), 4))
+    axes = fig.subplots(1, len(langs), squeeze=False)
+    for ax, lang in zip(axes[0], langs):
+        for name, runs in per_setting.items():
+            curves = np.array([[e["test"].get(f"lang:{lang}", {}).get("f1", np.nan) for e in
+                                json.loads((Path(r["config"]["out"]) / "metrics.json").read_text())["epochs"]]
+                               for r in runs])
+            ax.plot(np.nanmean(curves, axis=0), label=name)
+        ax.set_title(f"{lang}: test F1 by epoch (mean over seeds; not used for selection)")
+        ax.set_xlabel("epoch")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    paths.append(out / "f1_by_epoch.png")
+    fig.savefig(paths[-1], dpi=100)
     return paths
