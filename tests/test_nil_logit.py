@@ -139,17 +139,24 @@ def test_nil_features_of_a_mention_do_not_depend_on_the_set_it_is_scored_in() ->
 
 def test_nil_features_by_hand() -> None:
     m = margin_case(4, seed=7, k=3)
-    m = replace(m, surfaces=["name en7-Q0", "x", "y", "z"], cand_source=torch.tensor([[1, 0, 3]] * 4, dtype=torch.int8))
+    m = replace(m, surfaces=["name en7-Q0", "x", "y", "z"])
     scores = torch.tensor([[0.9, 0.5, 0.2], [0.3, 0.9, 0.1], [0.5, float("-inf"), float("-inf")], [0.1, 0.2, 0.3]])
     m = replace(m, cand_mask=torch.isfinite(scores))
     best = torch.tensor([0, 1, 0, 2])
     f = dict(zip(NIL_FEATURES, nil_features(scores, best, m, 0.1).T))
-    assert f["top"].tolist() == pytest.approx([0.9, 0.9, 0.5, 0.3])
     assert f["margin"].tolist() == pytest.approx([0.4, 0.6, 1.0, 0.1])
     assert f["top_prob"][0] == pytest.approx(float(torch.softmax(scores[0] / 0.1, 0)[0]))
-    assert f["rank"].tolist() == pytest.approx([1.0, 0.5, 1.0, 1 / 3])
-    assert (f["dense"].tolist(), f["prior"].tolist(), f["ngram"].tolist()) == ([1, 0, 1, 0], [0, 1, 0, 0],
-                                                                               [0, 0, 0, 1])
+    cos = torch.nn.functional.normalize(m.ms, dim=-1)[:, None, :] @ torch.nn.functional.normalize(
+        m.kb.es[m.cand], dim=-1).transpose(1, 2)
+    cos = cos.squeeze(1).masked_fill(~m.cand_mask, float("-inf"))
+    top_cos = cos.gather(1, best[:, None]).squeeze(1)
+    others = [sorted((c for j, c in enumerate(row.tolist()) if j != b and c != float("-inf")), reverse=True)
+              for row, b in zip(cos, best.tolist())]
+    assert f["cos_margin"].tolist() == pytest.approx([min(1.0, t - o[0]) if o else 1.0
+                                                      for t, o in zip(top_cos.tolist(), others)], abs=1e-6)
+    ranked = [sorted((c for c in row.tolist() if c != float("-inf")), reverse=True)[1:11] for row in cos]
+    assert f["csls"].tolist() == pytest.approx([t - (np.mean(r) if r else 0.0)  # csls's background: 2nd to 11th
+                                                for t, r in zip(top_cos.tolist(), ranked)], abs=1e-6)
     assert f["string"][0] == pytest.approx(1.0) and f["string_set"][0] == pytest.approx(1.0)
     assert f["same_name"].tolist() == [0.0] * 4
 
