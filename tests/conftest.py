@@ -25,8 +25,8 @@ def _installed_from_this_checkout() -> None:
     here = Path(__file__).resolve().parent.parent
     got = Path(xel.train.__file__).resolve().parent.parent
     if got != here:
-        pytest.exit(f"xel is installed from {got}, not from this checkout ({here}): run `pip install -e '.[encoder,dev]'`"
-                    " here, in its own virtual environment", returncode=4)
+        pytest.exit(f"xel is installed from {got}, not from this checkout ({here}): run "
+                    "`pip install -e '.[encoder,dev]'` here, in its own virtual environment", returncode=4)
 
 
 _installed_from_this_checkout()
