@@ -8,7 +8,15 @@ recall/latency frontier.
 Entities are unit vectors at the encoder's dimension: ``--data lowrank`` draws them from a ``latent_dim``-dimensional
 Gaussian projected to ``dim`` plus small isotropic noise (closer to real embeddings, whose intrinsic dimension is
 far below 384), ``random`` isotropically. Each query is a random entity plus Gaussian noise (``--noise``),
-renormalised. The exact top-10 is a brute-force matmul over the entity table (``faiss.knn``, no index copy).
+renormalised. ``--data real`` reads real encoder vectors (``--vectors``, a ``.npy`` of KB name vectors, e.g. the
+``es`` rows of stores) and replicates them to ``--entities`` rows: the real rows first, then copies of them
+plus ``N(0, spread^2 / dim)`` noise per coordinate, renormalised (``--spread`` 0.3: a copy's cosine to its original
+is about 0.96, above the 0.86 median of a real name's nearest other name); its queries are real query vectors
+(``--query-vectors``, e.g. the ``ms`` rows of mentions), else entities plus noise as above::
+
+    python -m bench.retrieval --data real --vectors names.npy --query-vectors mentions.npy --entities 1000000
+
+The exact top-10 is a brute-force matmul over the entity table (``faiss.knn``, no index copy).
 
 Each ``--index`` is ``"FACTORY|search params"`` (a FAISS factory string or a preset name of
 :data:`retrieval.factory.INDEX_PRESETS`, built through :func:`retrieval.factory.build_lang_index`); a factory named
@@ -62,6 +70,9 @@ class BenchConfig:
     queries: int = 2_000
     dim: int = 384
     data: str = "random"
+    vectors: str | None = None  # --data real: the real vectors (.npy) to replicate
+    query_vectors: str | None = None  # --data real: real query vectors (.npy)
+    spread: float = 0.3
     latent_dim: int = 48
     noise: float = 0.05
     indexes: tuple[str, ...] = DEFAULT_INDEXES
@@ -76,6 +87,8 @@ def make_data(cfg: BenchConfig, chunk: int = 65_536) -> tuple[np.ndarray, np.nda
     """``(entities [n, dim], queries [q, dim])``, unit float32, generated ``chunk`` rows at a time so that the peak
     memory is the table itself plus one chunk."""
     rng = np.random.default_rng(cfg.seed)
+    if cfg.data == "real":
+        return real_data(cfg, rng, chunk)
     projection = rng.standard_normal((cfg.latent_dim, cfg.dim), dtype=np.float32)
     base = np.empty((cfg.entities, cfg.dim), np.float32)
     for start in range(0, cfg.entities, chunk):
@@ -89,6 +102,35 @@ def make_data(cfg: BenchConfig, chunk: int = 65_536) -> tuple[np.ndarray, np.nda
     queries = base[rng.integers(0, cfg.entities, cfg.queries)]
     queries += cfg.noise * rng.standard_normal(queries.shape, dtype=np.float32)
     return base, queries / np.linalg.norm(queries, axis=1, keepdims=True)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def real_data(cfg: BenchConfig, rng: np.random.Generator, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """``--data real``: the real vectors, then perturbed copies of them up to ``cfg.entities`` rows; the real
+    queries (the first ``cfg.queries``), or perturbed entities (see the module docstring)."""
+    if not cfg.vectors:
+        raise RetrievalError("--data real needs --vectors FILE.npy (real encoder vectors of KB names)")
+    real = unit(np.load(cfg.vectors))
+    if real.ndim != 2 or real.shape[1] != cfg.dim:
+        raise RetrievalError(f"--vectors {cfg.vectors}: shape {real.shape}, expected [n, {cfg.dim}] (--dim)")
+    base = np.empty((cfg.entities, cfg.dim), np.float32)
+    base[: min(len(real), cfg.entities)] = real[: cfg.entities]
+    for start in range(len(real), cfg.entities, chunk):
+        rows = min(chunk, cfg.entities - start)
+        block = real[np.arange(start, start + rows) % len(real)]
+        block = block + cfg.spread / np.sqrt(cfg.dim) * rng.standard_normal((rows, cfg.dim), dtype=np.float32)
+        base[start:start + rows] = unit(block)
+    if cfg.query_vectors:
+        queries = unit(np.load(cfg.query_vectors))[: cfg.queries]
+        if queries.shape[1] != cfg.dim:
+            raise RetrievalError(f"--query-vectors {cfg.query_vectors}: dim {queries.shape[1]}, expected {cfg.dim}")
+        return base, queries
+    queries = base[rng.integers(0, cfg.entities, cfg.queries)]
+    return base, unit(queries + cfg.noise * rng.standard_normal(queries.shape, dtype=np.float32))
 
 
 def exact_topk(base: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray:
@@ -225,7 +267,13 @@ def _ints(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--entities", default=BenchConfig.entities, show_default=True)
 @click.option("--queries", default=BenchConfig.queries, show_default=True)
 @click.option("--dim", default=BenchConfig.dim, show_default=True, help="multilingual-e5-small's hidden size")
-@click.option("--data", type=click.Choice(["random", "lowrank"]), default=BenchConfig.data, show_default=True)
+@click.option("--data", type=click.Choice(["random", "lowrank", "real"]), default=BenchConfig.data,
+              show_default=True)
+@click.option("--vectors", type=click.Path(dir_okay=False, exists=True), help="--data real: KB name vectors (.npy)")
+@click.option("--query-vectors", type=click.Path(dir_okay=False, exists=True),
+              help="--data real: real query vectors (.npy)  [default: perturbed entities]")
+@click.option("--spread", default=BenchConfig.spread, show_default=True,
+              help="--data real: noise of the replicated rows, N(0, spread^2 / dim) per coordinate")
 @click.option("--noise", default=BenchConfig.noise, show_default=True,
               help="query = entity + noise * N(0, I), renormalised")
 @click.option("--index", "indexes", multiple=True, default=DEFAULT_INDEXES, show_default=True,
@@ -237,14 +285,16 @@ def _ints(ctx, param, value: str) -> tuple[int, ...]:
               help="queries timed one at a time")
 @click.option("--seed", default=BenchConfig.seed, show_default=True)
 @click.option("--out", default=BenchConfig.out, show_default=True)
-def main(entities, queries, dim, data, noise, indexes, threads, train_rows, latency_queries, seed, out) -> None:
+def main(entities, queries, dim, data, vectors, query_vectors, spread, noise, indexes, threads, train_rows,
+         latency_queries, seed, out) -> None:
     """Recall@10 vs exact, build time, size and ms/query of FAISS index configurations; the frontier."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name, value in (("--entities", entities), ("--queries", queries), ("--dim", dim),
                         ("--latency-queries", latency_queries)):
         if value < 1:
             raise click.BadParameter(f"{value}; must be >= 1", param_hint=name)
-    cfg = BenchConfig(entities=entities, queries=queries, dim=dim, data=data, noise=noise, indexes=tuple(indexes),
+    cfg = BenchConfig(entities=entities, queries=queries, dim=dim, data=data, vectors=vectors,
+                      query_vectors=query_vectors, spread=spread, noise=noise, indexes=tuple(indexes),
                       threads=threads, train_rows=train_rows, latency_queries=latency_queries, seed=seed, out=out)
     try:
         report = run(cfg)

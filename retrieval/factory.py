@@ -29,6 +29,11 @@ INDEX_PRESETS: dict[str, IndexPreset] = {
     # KBs of about 1M entities (dim >= 64; docs/results.md has the measurements): PCA to 64 dims with a random
     # rotation, 1,024 inverted lists of which 512 are scanned with 4-bit fast-scan PQ (one code per dimension), the
     # best 8 x k re-ranked exactly against the float32 vectors the index holds (4 x dim + 32 bytes per entity).
+    # Recall@10 against exact: 0.9959 on low-rank synthetic vectors at 1M, but 0.689 on real e5 vectors (16,784
+    # KB names replicated to 200k, real mention queries; 0.835 with k_factor_rf=64): bench/results/ann-real-200k.json.
+    # On those, HNSW32 reached 0.985 at efSearch=128 and 0.995 at efSearch=256 (1.0 and 2.1 CPU ms a query) at
+    # 200k, but only 0.883 / 0.952 / 0.970 at efSearch=128 / 256 / 384 at 500k (0.7 / 1.5 / 2.2 CPU ms;
+    # bench/results/ann-real-500k.json): no configuration measured here holds 0.99 at 1M within 2 ms.
     "ann-1m": IndexPreset("PCAR64,IVF1024,PQ64x4fs,RFlat", "nprobe=512,k_factor_rf=8"),
 }
 

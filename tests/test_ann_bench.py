@@ -166,3 +166,23 @@ def report_config(report):
     cfg = dict(report["config"])
     cfg["indexes"], cfg["threads"] = tuple(cfg["indexes"]), tuple(cfg["threads"])
     return BenchConfig(**cfg)
+
+
+def test_bench_retrieval_real_vectors_are_replicated_with_small_perturbations(tmp_path):
+    from bench.retrieval import BenchConfig, make_data
+
+    rng = np.random.default_rng(0)
+    real, mentions = rng.standard_normal((50, DIM)), rng.standard_normal((7, DIM))
+    np.save(tmp_path / "names.npy", real.astype(np.float16))
+    np.save(tmp_path / "mentions.npy", mentions)
+    cfg = BenchConfig(entities=500, queries=5, dim=DIM, data="real", vectors=str(tmp_path / "names.npy"),
+                      query_vectors=str(tmp_path / "mentions.npy"), spread=0.3)
+    base, queries = make_data(cfg)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(base[:50], unit(real.astype(np.float16).astype(np.float32)), atol=1e-6)
+    np.testing.assert_allclose(queries, unit(mentions)[:5], atol=1e-6)
+    copies = (base[50:] * base[np.arange(50, 500) % 50]).sum(1)  # each copy against its original
+    assert base.shape == (500, DIM) and np.allclose(np.linalg.norm(base, axis=1), 1, atol=1e-5)
+    assert 0.9 < copies.min() and copies.max() < 0.999
+    with pytest.raises(RetrievalError, match="--vectors"):
+        make_data(BenchConfig(entities=100, dim=DIM, data="real"))

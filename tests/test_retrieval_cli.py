@@ -24,7 +24,7 @@ def invoke(*args: str):
 
 
 def test_build_candidates_eval_write_their_files(kb_store, tmp_path, caplog):  # noqa: F811
-    caplog.set_level("INFO", logger="retrieval")
+    caplog.set_level("INFO", logger="xel.retrieval")
     index, out = tmp_path / "index", tmp_path / "out"
     r = invoke("build", "--features", kb_store.root, "--out", index, "--index", "HNSW32")
     assert r.exit_code == 0, r.output
