@@ -62,7 +62,7 @@ def check_document(record: Any, where: str, default_id: str, max_chars: int = MA
         raise fail(unknown[0], f"is unknown; allowed fields: {', '.join(DOCUMENT_FIELDS)}{hint}")
     text = record.get("text")
     if not isinstance(text, str):
-        raise fail("text", f"is {str(text)[:100]!r}; a string (the document's raw text) is required")
+        raise fail("text", f"is {repr(text)[:100]}; a string (the document's raw text) is required")
     if len(text) > max_chars:
         raise fail("text", f"is {len(text):,} characters long; at most {max_chars:,} are allowed: split the document")
     problem = check_string(text)
@@ -70,10 +70,10 @@ def check_document(record: Any, where: str, default_id: str, max_chars: int = MA
         raise fail("text", problem)
     lang = record.get("lang", "en")
     if lang not in ISO_639_1:
-        raise fail("lang", f"is {str(lang)[:20]!r}; an ISO 639-1 code (en, de, ru, ...) is required")
+        raise fail("lang", f"is {repr(lang)[:20]}; an ISO 639-1 code (en, de, ru, ...) is required")
     ident = record.get("id", default_id)
     if not isinstance(ident, str | int) or isinstance(ident, bool) or not str(ident).strip():
-        raise fail("id", f"is {str(ident)[:100]!r}; a non-empty string is required")
+        raise fail("id", f"is {repr(ident)[:100]}; a non-empty string is required")
     problem = check_string(str(ident))
     if problem:
         raise fail("id", problem)
