@@ -19,7 +19,7 @@ from xel.precompute.schema import ISO_639_1
 @click.option("--lang", default="en", help="the language whose train-document sentences are learnt from")
 @click.option("--epochs", type=click.IntRange(min=1), default=20)
 @click.option("--seed", type=int, default=0)
-@click.option("--hidden", type=click.IntRange(min=1), default=256, help="the tagger's hidden width")
+@click.option("--hidden", type=click.IntRange(min=1), default=64, help="the tagger's hidden width")
 @click.option("-v", "--verbose", is_flag=True)
 def main(verbose: bool, **flags) -> None:
     """Train the mention detector of the run --model on its --lang sentences; print the held-out span scores."""

@@ -1,10 +1,11 @@
 """A light BIO tagger on frozen encoder token features, and the decoding of its labels into character spans.
 
-:class:`SpanTagger`: layer norm, a width-5 convolution over the token sequence (each token sees two neighbours
-each side: a bare word marker ``▁`` may stand between a word and the token before it),
-GELU, a linear layer to the labels O, B, I. Texts are trained on as one sequence with zero rows between texts
-(two zero rows: exactly the convolution's zero padding at a text's ends), cut at those rows into chunks of about
-``chunk_tokens`` tokens: the whole training set is one tensor held in memory and indexed, no per-example loader.
+:class:`SpanTagger`: layer norm, a linear layer down to ``hidden`` (64) dimensions, a width-5 convolution over
+the token sequence (each token sees two neighbours each side: a bare word marker ``▁`` may stand between a word
+and the token before it), GELU, a linear layer to the labels O, B, I. Texts are trained on as one sequence with
+zero rows between texts (two: exactly the convolution's zero padding at a text's ends), cut at those rows into
+chunks of about ``chunk_tokens`` tokens: the whole training set is one tensor held in memory and indexed, no
+per-example loader.
 :func:`decode` turns labels into spans: a span starts at a B, or at an I after an O, and runs over the I that
 follow; its characters run from its first token's start to its last token's end, trimmed of spaces and widened to
 whole words (a span never cuts a word: ``Moskau`` of ``Moskaus`` widens to ``Moskaus``). Spans come out sorted
@@ -30,17 +31,18 @@ CONTEXT = 2  # tokens each side that the convolution sees; also the zero rows be
 
 
 class SpanTagger(nn.Module):
-    def __init__(self, dim: int, hidden: int = 256, dropout: float = 0.1):
+    def __init__(self, dim: int, hidden: int = 64, dropout: float = 0.1):
         super().__init__()
         self.dim, self.hidden_size = dim, hidden
         self.norm = nn.LayerNorm(dim)
-        self.conv = nn.Conv1d(dim, hidden, kernel_size=2 * CONTEXT + 1, padding=CONTEXT)
+        self.down = nn.Linear(dim, hidden)
+        self.conv = nn.Conv1d(hidden, hidden, kernel_size=2 * CONTEXT + 1, padding=CONTEXT)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, len(LABELS))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Label logits ``[n, 3]`` of a token sequence ``[n, dim]`` (zero rows separate texts)."""
-        x = self.norm(features) * (features.abs().sum(-1, keepdim=True) > 0)  # separators stay zero
+        x = self.down(self.norm(features)) * (features.abs().sum(-1, keepdim=True) > 0)  # separators stay zero
         x = self.conv(x.T[None])[0].T
         return self.out(self.drop(nn.functional.gelu(x)))
 
@@ -133,7 +135,7 @@ def pack(sequences: Sequence[np.ndarray], chunk_tokens: int) -> tuple[np.ndarray
 
 
 def fit(features: Sequence[np.ndarray], labels: Sequence[np.ndarray], *, epochs: int = 20, seed: int = 0,
-        hidden: int = 256, lr: float = 2e-3, chunk_tokens: int = 2048) -> tuple[SpanTagger, list[float]]:
+        hidden: int = 64, lr: float = 2e-3, chunk_tokens: int = 2048) -> tuple[SpanTagger, list[float]]:
     """A :class:`SpanTagger` trained on texts' token features and labels (seeded; Adam, cross-entropy over
     tokens); returns it in eval mode and the mean loss of each epoch."""
     torch.manual_seed(seed)

@@ -38,7 +38,7 @@ class DetectConfig:
     lang: str = "en"
     epochs: int = 20
     seed: int = 0
-    hidden: int = 256
+    hidden: int = 64
     device: str = "auto"
 
 

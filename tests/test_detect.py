@@ -150,8 +150,8 @@ def test_the_tagger_learns_a_span_rule_and_finds_it_in_an_unseen_language(encode
         found = [[(s.start, s.end) for s in decode(t, f.offsets, p)] for (t, _), f, p in zip(data, fs, probs)]
         return prf([s for _, s in data], found)["f1"]
 
-    assert f1(test_same) >= 0.85
-    assert f1(test_unseen) >= 0.7  # the words differ; what carries over is ";" and the encoder's structure
+    assert f1(test_same) >= 0.7
+    assert f1(test_unseen) >= 0.6  # the words differ; what carries over is ";" and the encoder's structure
 
 
 def test_a_seeded_fit_reproduces_its_losses(encoder):
