@@ -27,7 +27,7 @@ says which (a log line, and a ``kb`` field on every Links file line):
 Each item goes through the code paths of the rest of xel, none re-implemented here: the store's own encoder
 (:class:`precompute.encoding.TextEncoder`, ``ms`` and ``mc`` items as precompute builds them), the candidate
 sources of ``xel-nn candidates`` (:class:`retrieval.candidates.CandidateGenerator`), the trainer's splits and alias
-prior for the pair features (:func:`train.prepare.load_splits`, :func:`train.pairs.pair_features`), its scoring,
+prior for the pair features (:func:`train.splits.load_splits`, :func:`train.pairs.pair_features`), its scoring,
 tie-breaking and NIL rule (:func:`train.evaluate.rank`, :func:`train.evaluate.predict`).
 ``Linker.nn(index_dir)`` is the same API with no model: cos(ms, es) over the same candidates (the nn baseline).
 """

@@ -44,7 +44,7 @@ def resolve_run_path(value: str, run_dir: Path, field: str) -> str:
 
 
 def run_popularity(cfg: TrainConfig, loaded: Loaded, kb: KBTable) -> np.ndarray:
-    """+P of every KB entry as the run's training computed it for its own candidates (:mod:`train.prepare`)."""
+    """+P of every KB entry as the run's training computed it for its own candidates (:mod:`train.splits`)."""
     if not cfg.popularity:
         return np.zeros((len(kb), 0), np.float32)
     if cfg.popularity_source == "mentions":
