@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 from tqdm import tqdm
-from xel.link.linker import Item, Linker, LinkError, check_item, kb_candidates_configs, resolve_run_config, same_path
+from xel.link.items import Item, LinkError, check_item
+from xel.link.linker import Linker
+from xel.link.run_files import kb_candidates_configs, resolve_run_config, same_path
 from xel.precompute.run import PrecomputeConfig
 from xel.precompute.run import run as precompute
 from xel.precompute.schema import iter_records
@@ -63,6 +65,8 @@ class LinkConfig:
     actors: int = 0  # 0: encode in this process; N >= 1: precompute's Ray actors into a temporary store
     address: str | None = None  # the Ray cluster (None: a local Ray, or the job's own inside ray job submit)
     features: str | None = None  # the store whose KB to link against (None: the run's training store)
+    detect: bool = False  # --in holds raw documents {id, text, lang}: find their mentions, then link them
+    spotter: str = "tagger"  # with detect: the run's trained detector, or the gazetteer of the KB's names
 
 
 def read_items(path: Path) -> tuple[list[Item], list[int]]:
@@ -93,6 +97,12 @@ def run(cfg: LinkConfig) -> dict[str, Any]:
                         "must be >= 1, --actors >= 0")
     if cfg.threshold is not None and not math.isfinite(cfg.threshold):
         raise LinkError(f"--threshold {cfg.threshold}: a finite number is required")
+    if cfg.detect:
+        if cfg.actors:
+            raise LinkError(f"--actors {cfg.actors}: --detect encodes in this process; leave --actors out")
+        from xel.detect.batch import run_documents
+
+        return run_documents(cfg)
     ray_at = check_address(cfg.address, cfg.actors)
     refuse_out_over_inputs(cfg)
     for path in remove_stale_temp_files(cfg.output):

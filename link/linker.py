@@ -27,14 +27,13 @@ says which (a log line, and a ``kb`` field on every Links file line):
 Each item goes through the code paths of the rest of xel, none re-implemented here: the store's own encoder
 (:class:`precompute.encoding.TextEncoder`, ``ms`` and ``mc`` items as precompute builds them), the candidate
 sources of ``xel-nn candidates`` (:class:`retrieval.candidates.CandidateGenerator`), the trainer's splits and alias
-prior for the pair features (:func:`train.prepare.load_splits`, :func:`train.pairs.pair_features`), its scoring,
+prior for the pair features (:func:`train.splits.load_splits`, :func:`train.pairs.pair_features`), its scoring,
 tie-breaking and NIL rule (:func:`train.evaluate.rank`, :func:`train.evaluate.predict`).
 ``Linker.nn(index_dir)`` is the same API with no model: cos(ms, es) over the same candidates (the nn baseline).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -43,116 +42,35 @@ from typing import Any
 
 import numpy as np
 import torch
+from xel.link.items import Item, LinkError, check_item
+from xel.link.run_files import (
+    candidate_settings,
+    kb_candidates_config,
+    kb_index_dir,
+    resolve_run_config,
+    run_nil_rule,
+    run_popularity,
+    same_path,
+)
 from xel.link.watch import FileWatch
 from xel.precompute.encoding import EncoderSettings, TextEncoder, context_item, mention_item
-from xel.precompute.schema import ISO_639_1, MAX_TEXT_CHARS, check_string, has_word
 from xel.precompute.store import Store, StoreError, open_store
 from xel.retrieval.candidates import AliasPrior, CandidateGenerator, MentionRef, candidate_generator, kb_table
 from xel.retrieval.files import CANDIDATE_SOURCES
 from xel.retrieval.index import EntityIndex
 from xel.retrieval.index_files import open_index_and_store
 from xel.retrieval.kb_table import KBTable
-from xel.retrieval.splits import DEV_FRACTION, TEST_FRACTION
 from xel.retrieval.vectors import unit_concat
 from xel.train.checkpoint import CHECKPOINT, load_checkpoint
 from xel.train.config import TrainConfig
-from xel.train.data import DataError, KBRows, Mentions, check_stores, popularity_features
+from xel.train.data import DataError, KBRows, Mentions, check_stores
 from xel.train.evaluate import Ranked, nn_scores, pick_best, predict, rank, with_nil_score
 from xel.train.model import Ranker
-from xel.train.nil import NilRule, NilRuleError
+from xel.train.nil import NilRule
 from xel.train.pairs import pair_features, pair_groups, training_prior
-from xel.train.splits import Loaded, load_splits, mention_popularity, training_link_counts
+from xel.train.splits import Loaded, load_splits, training_link_counts
 
 log = logging.getLogger(__name__)
-
-DEFAULT_LANG = "en"
-ITEM_FIELDS = ("id", "text", "sentence", "start", "end", "lang", "context", "gold", "type")
-
-
-class LinkError(ValueError):
-    """An item, run directory or index cannot be used; the message names it, the field and what is allowed."""
-
-
-@dataclass(frozen=True)
-class Item:
-    """One mention to link: ``sentence[start:end]`` in language ``lang``; ``context`` defaults to the sentence."""
-
-    id: str
-    sentence: str
-    start: int
-    end: int
-    lang: str = DEFAULT_LANG
-    context: str | None = None
-    gold: str | None = None  # only for metrics (xel-link); never seen by the linker
-    type: str | None = None
-
-    @property
-    def surface(self) -> str:
-        return self.sentence[self.start:self.end]
-
-
-def check_item(record: Any, where: str, default_id: str) -> Item:
-    """An :class:`Item` from ``{id?, text or sentence, start, end, lang?, context?, gold?}``; a bad field raises
-    :class:`LinkError` naming ``where`` (``file:line`` or ``items[i]``), the field and what is allowed."""
-    def fail(field: str, problem: str) -> LinkError:
-        return LinkError(f"{where}: field {field!r} {problem}")
-
-    def storable(field: str, value: str, text: bool = False) -> None:  # precompute's rules (precompute.schema)
-        if text and len(value) > MAX_TEXT_CHARS:
-            raise fail(field, f"is {len(value):,} characters long; at most {MAX_TEXT_CHARS:,} are allowed (only a "
-                              "window of the encoder's length limit is encoded: cut the text around the mention)")
-        problem = check_string(value)
-        if problem:
-            raise fail(field, problem)
-
-    if not isinstance(record, dict):
-        raise LinkError(f"{where}: expected a JSON object {{text, start, end, lang?, id?, context?}}, got {record!r}")
-    unknown = sorted(set(record) - set(ITEM_FIELDS))
-    if unknown:
-        raise fail(unknown[0], f"is unknown; allowed fields: {', '.join(ITEM_FIELDS)}")
-    if ("text" in record) == ("sentence" in record):
-        raise fail("text", "is missing (or given together with 'sentence'); exactly one of 'text' or 'sentence' "
-                           "(the sentence holding the mention) is required")
-    key = "text" if "text" in record else "sentence"
-    sentence = record[key]
-    if isinstance(sentence, str):
-        storable(key, sentence, text=True)
-    if not isinstance(sentence, str) or not sentence.strip():
-        raise fail(key, f"is {sentence!r}; a non-empty string is required")
-    for name in ("start", "end"):
-        value = record.get(name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise fail(name, f"is {value!r}; an integer character offset into {key!r} is required")
-    start, end = record["start"], record["end"]
-    if not 0 <= start < end <= len(sentence):
-        raise fail("start/end", f"is [{start}, {end}); a non-empty span 0 <= start < end <= {len(sentence)} "
-                                "(character offsets) is required")
-    if not sentence[start:end].strip() or not has_word(sentence[start:end]):
-        raise fail("start/end", f"covers {sentence[start:end]!r}, which holds no word (only spaces, invisible or "
-                                "combining characters); the span must cover text")
-    lang = record.get("lang", DEFAULT_LANG)
-    if lang not in ISO_639_1:
-        raise fail("lang", f"is {lang!r}; an ISO 639-1 code (en, de, ru, ...) is required")
-    ident = record.get("id", default_id)
-    if not isinstance(ident, str | int) or isinstance(ident, bool) or not str(ident).strip():
-        raise fail("id", f"is {ident!r}; a non-empty string is required")
-    storable("id", str(ident))
-    context = record.get("context")
-    if isinstance(context, str):
-        storable("context", context, text=True)
-    if context is not None and (not isinstance(context, str) or not context.strip()):
-        raise fail("context", f"is {context!r}; a non-empty string or null is required")
-    gold = record.get("gold")
-    if gold is not None and not isinstance(gold, str):
-        raise fail("gold", f"is {gold!r}; a KB id string or null (NIL) is required")
-    mtype = record.get("type")
-    if mtype is not None and not isinstance(mtype, str):
-        raise fail("type", f"is {mtype!r}; a string (PER, ORG, ...) or null is required")
-    for name, value in (("gold", gold), ("type", mtype)):
-        if value is not None:
-            storable(name, value)
-    return Item(str(ident), sentence, start, end, lang, context, gold, mtype)
-
 
 @dataclass(frozen=True)
 class Candidate:
@@ -199,103 +117,6 @@ class KBSource:
                 "popularity": self.popularity}
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise LinkError(f"{path}: no such file; {what}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise LinkError(f"{path}: not JSON ({e})") from None
-
-
-def resolve_run_path(value: str, run_dir: Path, field: str) -> str:
-    """A path of a run's ``config.json``: as written when it exists from here; a relative one (``xel-experiment``
-    writes them relative to where it ran) is otherwise looked up under each ancestor of the run directory."""
-    path = Path(value)
-    if path.is_absolute() or path.exists():
-        return value
-    for ancestor in run_dir.resolve().parents:
-        if (ancestor / path).exists():
-            log.info("%s/config.json: %s %s resolved to %s", run_dir, field, value, ancestor / path)
-            return str(ancestor / path)
-    raise LinkError(f"{run_dir}/config.json: {field} {value!r} exists neither from {Path.cwd()} nor under any "
-                    "parent of the run directory; run from the directory the run was trained in")
-
-
-def run_popularity(cfg: TrainConfig, loaded: Loaded, kb: KBTable) -> np.ndarray:
-    """+P of every KB entry as the run's training computed it for its own candidates (:mod:`train.prepare`)."""
-    if not cfg.popularity:
-        return np.zeros((len(kb), 0), np.float32)
-    if cfg.popularity_source == "mentions":
-        return mention_popularity(list(kb.ids), training_link_counts(loaded.splits))
-    return popularity_features(kb.link_counts(), cfg.popularity_missing, "kb.jsonl")
-
-
-def candidate_settings(config_file: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``k``, ``max_prior``, ``train_lang``, ``kb_lang`` and the split fractions of the alias prior of the
-    ``xel-nn candidates`` run whose ``config.json`` is ``config_file`` (beside the candidates file it wrote; files
-    written before the fractions were recorded counted the default split), and its search options: the index it
-    searched and the FAISS search parameters (``nprobe=64``...), which the linker applies to that index so that its
-    dense candidates are the ones the run was trained on."""
-    cfg = _read_json(config_file, "the config.json that xel-nn candidates writes beside candidates.jsonl")
-    return ({"k": cfg["k"], "max_prior": cfg["max_prior"], "train_lang": cfg["train_lang"],
-             "kb_lang": cfg["search"].get("kb_lang"), "dev_fraction": cfg.get("dev_fraction", DEV_FRACTION),
-             "test_fraction": cfg.get("test_fraction", TEST_FRACTION)}, cfg["search"])
-
-
-def same_path(a: str | Path, b: str | Path) -> bool:
-    return Path(a).resolve() == Path(b).resolve()
-
-
-def resolve_run_config(run: Path) -> TrainConfig:
-    """The run's ``config.json`` with its store and candidates paths resolved (:func:`resolve_run_path`)."""
-    cfg = TrainConfig.from_dict(_read_json(run / "config.json", "the run's config is required"))
-    return cfg.with_(**{name: resolve_run_path(getattr(cfg, name), run, name)
-                        for name in ("features", "candidates", "eval_features", "eval_candidates")
-                        if getattr(cfg, name)})
-
-
-def kb_index_dir(store: str, own: bool, index_dir: str | Path | None) -> Path:
-    """The index to search: ``index_dir``, else ``<store>/../index`` (where ``xel-experiment`` builds a store's
-    index: ``<run root>/index`` for the training store); refused without a ``manifest.json``."""
-    index = Path(index_dir) if index_dir is not None else Path(store).parent / "index"
-    if (index / "manifest.json").is_file():
-        return index
-    if own or index_dir is not None:
-        raise LinkError(f"{index}: no FAISS index (manifest.json); pass the index of {store} "
-                        "(xel-nn build --features ...) as --index")
-    raise LinkError(f"--features {store}: no FAISS index at {index} (its manifest.json), where the index built on "
-                    f"that store is looked for; pass it as --index DIR (build one with xel-nn build --features "
-                    f"{store} --out DIR)")
-
-
-def kb_candidates_configs(cfg: TrainConfig, store: str, own: bool) -> list[Path]:
-    """Where the ``config.json`` of the ``xel-nn candidates`` run whose candidates the trainer used for
-    ``store``'s mentions is looked for, in order: beside the run's ``candidates`` for its training store; for
-    another store, beside ``eval_candidates`` when it is the run's ``--eval-features`` store, then in
-    ``<store>/../candidates`` (where ``xel-experiment`` writes it); last, the run's own."""
-    own_config = Path(cfg.candidates).parent / "config.json"
-    if own:
-        return [own_config]
-    paths = []
-    if cfg.eval_features and cfg.eval_candidates and same_path(cfg.eval_features, store):
-        paths.append(Path(cfg.eval_candidates).parent / "config.json")
-    return [*paths, Path(store).parent / "candidates" / "config.json", own_config]
-
-
-def kb_candidates_config(cfg: TrainConfig, store: str, own: bool) -> Path:
-    """The first of :func:`kb_candidates_configs` that exists; the run's own (with a warning) for another store
-    that has none."""
-    *found, own_config = kb_candidates_configs(cfg, store, own)
-    for path in found:
-        if path.is_file():
-            return path
-    if found:
-        log.warning("--features %s: no xel-nn candidates config.json for it (looked for %s); its candidates are "
-                    "drawn with the run's candidate settings (%s)", store, ", ".join(map(str, found)), own_config)
-    return own_config
-
-
 def kb_source(store: str, generator: CandidateGenerator, table: KBTable, pair_prior: AliasPrior | None,
               cfg: TrainConfig, loaded: Loaded) -> KBSource:
     """What of the run's training KB carries over to the KB of ``store`` (see the module docstring), logged."""
@@ -319,31 +140,13 @@ def kb_source(store: str, generator: CandidateGenerator, table: KBTable, pair_pr
     return KBSource(store, candidate_prior, pair, popularity)
 
 
-def run_nil_rule(run: Path, cfg: TrainConfig) -> NilRule:
-    """The NIL rule the run's evaluation used (``metrics.json``'s ``nil_rule``); for a run written before rules
-    were saved, its tuned ``nil_threshold`` with the config's NIL score, uncalibrated."""
-    path = run / "metrics.json"
-    metrics = _read_json(path, "") if path.is_file() else {}
-    if not isinstance(metrics, dict):
-        raise LinkError(f"{path}: expected a JSON object (xel-train's metrics), got {type(metrics).__name__}")
-    if metrics.get("nil_rule") is not None:
-        try:
-            return NilRule.from_dict(metrics["nil_rule"], str(path))
-        except NilRuleError as e:
-            raise LinkError(str(e)) from None
-    tuned = metrics.get("nil_threshold")
-    # such a run's threshold was tuned on the NIL score its version defaulted to: cosine for the residual scorer
-    score = cfg.nil_score or ("model" if cfg.scorer == "paper" else "cosine")
-    return NilRule(score, float(tuned if tuned is not None else cfg.nil_threshold))
-
-
 class Linker:
     """See the module docstring. Not thread-safe: one :meth:`link` at a time (``xel-serve`` serialises them)."""
 
     def __init__(
         self, *, store: Store, index: EntityIndex, encoder_settings: EncoderSettings, kb: KBRows,
         generator: CandidateGenerator, model: Ranker | None, pair_prior: Any, groups: Sequence[str],
-        max_candidates: int, nil_rule: NilRule, kb_source: KBSource | None = None,
+        max_candidates: int, nil_rule: NilRule, kb_source: KBSource | None = None, run_dir: Path | None = None,
     ):
         self.store, self.index, self.kb, self.generator = store, index, kb, generator
         # the store's encoder settings (EncoderSettings.from_manifest): the encoder here, and precompute's actors
@@ -353,6 +156,8 @@ class Linker:
         self.model, self.pair_prior, self.groups = model, pair_prior, list(groups)
         self.max_candidates, self.nil_rule = max_candidates, nil_rule
         self.kb_source = kb_source  # None: the run's training KB
+        self.run_dir = run_dir  # None: Linker.nn, no run (and no mention detector)
+        self._spotters: dict[str, Any] = {}
         self._uncalibrated_warned: set[str] = set()
         # the store's and index's files as loaded, checked before each batch (link.watch)
         self.watch = FileWatch.of(store, index.root, index.manifest)
@@ -411,7 +216,7 @@ class Linker:
             kb=kb, generator=generator, model=model,
             pair_prior=pair_prior, groups=pair_groups(cfg) if pairs else [],
             max_candidates=cfg.max_candidates, nil_rule=rule,
-            kb_source=None if own else kb_source(kb_store, generator, table, pair_prior, cfg, loaded),
+            kb_source=None if own else kb_source(kb_store, generator, table, pair_prior, cfg, loaded), run_dir=run,
         )
 
     @classmethod
@@ -525,3 +330,22 @@ class Linker:
             links.append(Link(it.id, pred, kb.names[kb.index[pred]] if pred is not None else None,
                               float(row[0][0]) if row else -1.0, top, self.kb_source))
         return links
+
+    def spotter(self, kind: str = "tagger") -> Any:
+        """What finds mentions in raw text for this linker (:func:`detect.documents.spotter_of`): ``tagger``, the
+        run's trained detector (``RUN/detector/``, written by ``xel-detect``), or ``gazetteer``, the KB's names and
+        the alias table; built once, on first use."""
+        if kind not in self._spotters:
+            from xel.detect.documents import spotter_of
+
+            self._spotters[kind] = spotter_of(self, kind)
+        return self._spotters[kind]
+
+    def link_text(self, text: str, lang: str = "en", k: int = 10, threshold: float | None = None,
+                  spotter: str = "tagger") -> list[dict[str, Any]]:
+        """Every mention the ``spotter`` finds in ``text``, linked: the ``mentions`` of a documents-file output
+        line (:mod:`detect.documents`), ``[]`` when there is none."""
+        from xel.detect.documents import check_document, link_documents
+
+        doc = check_document({"id": "text", "text": text, "lang": lang}, "link_text", "text")
+        return link_documents(self, self.spotter(spotter), [doc], k=k, threshold=threshold)[0]["mentions"]

@@ -1,4 +1,6 @@
-"""The page ``xel-serve`` answers at ``GET /``: paste a sentence, select the mention, pick the language, link."""
+"""The page ``xel-serve`` answers at ``GET /``: paste a sentence, select the mention, pick the language, link; or
+paste a paragraph and see every mention the run's detector finds, highlighted with its entity, score and NIL
+decision (``POST /link`` with ``documents``)."""
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -15,21 +17,36 @@ PAGE = """<!doctype html>
   #error { color: #b00020; }
   #verdict { margin-top: 1rem; font-size: 1.1rem; }
   small { color: #666; }
+  #marked { margin-top: 1rem; line-height: 1.9; white-space: pre-wrap; }
+  mark { background: #c8e6c9; border-radius: 3px; padding: 0 2px; }
+  mark.nil { background: #ffe0b2; }
+  mark sup { font-size: .7rem; color: #333; margin-left: 2px; }
 </style>
 </head>
 <body>
 <h1>Link a mention</h1>
 <p><small>Model: {{MODEL}}. Paste a sentence, select the mention in it with the mouse (or type it below), pick
-the sentence's language and press Link.</small></p>
+the sentence's language and press Link; or paste a paragraph and press "Find and link all mentions" to see every
+mention the run's detector finds (green: linked, orange: NIL).</small></p>
 <textarea id="text" placeholder="Wir waren letztes Jahr in Moskau im Urlaub."></textarea>
 <div>
   <label>Mention <input id="mention" size="30" placeholder="Moskau"></label>
   <label>Language <select id="lang"></select></label>
   <label>Top <input id="k" type="number" min="1" max="100" value="10" style="width:4rem"></label>
   <button id="go">Link</button>
+  <button id="all" title="find every mention of the text with the run's detector, and link each">Find and link all
+  mentions</button>
+  <label>Spotter <select id="spotter"><option value="tagger">detector</option>
+  <option value="gazetteer">gazetteer (KB names)</option></select></label>
 </div>
 <div id="error" role="alert"></div>
 <div id="verdict"></div>
+<div id="marked"></div>
+<table id="mentions" hidden>
+  <thead><tr><th>Mention</th><th>Characters</th><th>Entity</th><th>KB id</th><th>Score</th><th>Detector</th></tr>
+  </thead>
+  <tbody></tbody>
+</table>
 <table id="results" hidden>
   <thead><tr><th>#</th><th>KB id</th><th>Name</th><th>Score</th><th>Source</th></tr></thead>
   <tbody></tbody>
@@ -59,8 +76,46 @@ function currentSpan() {
   return at < 0 ? null : [at, at + mention.length];
 }
 function cell(row, value) { const td = document.createElement("td"); td.textContent = value; row.appendChild(td); }
-$("go").addEventListener("click", async () => {
+function clear() {
   $("error").textContent = ""; $("verdict").textContent = ""; $("results").hidden = true;
+  $("mentions").hidden = true; $("marked").replaceChildren();
+}
+$("all").addEventListener("click", async () => {
+  clear();
+  const text = $("text").value;
+  const body = {documents: [{id: "page", text: text, lang: $("lang").value}], spotter: $("spotter").value,
+                k: parseInt($("k").value, 10) || 10};
+  const resp = await fetch("/link", {method: "POST", headers: {"Content-Type": "application/json"},
+                                     body: JSON.stringify(body)});
+  const data = await resp.json();
+  if (!resp.ok) { $("error").textContent = data.detail; return; }
+  const mentions = data.documents[0].mentions;
+  $("verdict").textContent = `${mentions.length} mention(s) found, ` +
+    `${mentions.filter((m) => m.pred !== null).length} linked, the rest NIL`;
+  let at = 0;
+  const tbody = $("mentions").querySelector("tbody");
+  tbody.replaceChildren();
+  for (const m of mentions) {
+    $("marked").appendChild(document.createTextNode(text.slice(at, m.start)));
+    const mark = document.createElement("mark");
+    if (m.pred === null) mark.className = "nil";
+    mark.textContent = text.slice(m.start, m.end);
+    mark.title = m.pred === null ? `NIL (best score ${m.score})` : `${m.name} (${m.pred}), score ${m.score}`;
+    const sup = document.createElement("sup");
+    sup.textContent = m.pred === null ? "NIL" : m.name;
+    mark.appendChild(sup);
+    $("marked").appendChild(mark);
+    at = m.end;
+    const row = document.createElement("tr");
+    [m.text, `${m.start}-${m.end}`, m.pred === null ? "NIL" : m.name, m.pred ?? "", m.score.toFixed(4),
+     m.detect_score.toFixed(3)].forEach((v) => cell(row, v));
+    tbody.appendChild(row);
+  }
+  $("marked").appendChild(document.createTextNode(text.slice(at)));
+  $("mentions").hidden = mentions.length === 0;
+});
+$("go").addEventListener("click", async () => {
+  clear();
   const text = $("text").value, s = currentSpan();
   if (!s) {
     $("error").textContent = "Select the mention in the sentence, or type a mention that occurs in it.";

@@ -13,13 +13,17 @@ a CPU or GPU gains nothing from replicas on one machine). Routes:
   (the traceback goes to the log); the worker goes on with the next batch. When the run's store or index was
   rewritten on disk since the linker loaded it (:mod:`link.watch`), every batch is answered 503 with the
   message that names the file and says to restart ``xel-serve``;
+* ``POST /link`` with raw text: ``{"documents": [{id?, text, lang?}, ...], "k"?, "threshold"?, "spotter"?:
+  "tagger" | "gazetteer"}`` -> ``{"documents": [documents-file lines]}``: every mention found (the run's
+  detector, ``xel-detect``; 422 when the run has none) and linked (:mod:`detect.documents`);
 * ``GET /health``: ``{"status": "ok", ...}`` while the linking worker runs, else 503 ``"stopped"``, or 503
   ``"stale"`` with ``stale``: what changed on disk since the linker loaded (restart the service); with the
   failed batches so far, the last failure, the queue length and how long the current batch has run, and
   ``kb``: null for the run's own KB, else the KB linked against and what carried over to it (the ``kb`` field
   of each link, :class:`link.linker.KBSource`);
 * ``GET /``: a page to paste a sentence, select the mention with the mouse (or type it), pick its language and
-  see the ranked entities, their scores and the NIL decision;
+  see the ranked entities, their scores and the NIL decision; or paste a paragraph and see every detected
+  mention highlighted with its entity, score and NIL decision;
 * ``GET /openapi.json``: the schema. There is no ``/docs`` or ``/redoc``: FastAPI's pages load their scripts from
   a CDN, which an offline machine cannot reach.
 
@@ -55,9 +59,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from xel.link.linker import Item, Link, Linker, LinkError, check_item
+from xel.detect.detector import DetectorError
+from xel.detect.documents import Document, link_documents
+from xel.link.linker import Item, Link, Linker
 from xel.link.options import FiniteFloat
 from xel.link.page import PAGE
+from xel.link.requests import BadRequest, LinkRequest, parse_body, parse_json, read_body
 from xel.link.watch import StoreChanged
 from xel.precompute.encoding import EncodeError
 from xel.precompute.schema import ISO_639_1
@@ -65,8 +72,6 @@ from xel.precompute.schema import ISO_639_1
 log = logging.getLogger(__name__)
 
 MAX_ITEMS = 256
-MAX_TEXT_CHARS = 20_000  # per request; precompute's own limit (precompute.schema.MAX_TEXT_CHARS) is checked too
-MAX_K = 100
 MAX_BODY_BYTES = 8 << 20  # 256 items of 20,000 characters fit, escaped ASCII or UTF-8
 REQUEST_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 10.0
@@ -81,6 +86,8 @@ class Job:
     k: int
     threshold: float | None
     future: Future = field(default_factory=Future)
+    documents: list[Document] = field(default_factory=list)  # raw text: detect with ``spotter``, then link
+    spotter: str = "tagger"
 
 
 class ServiceStopped(Exception):
@@ -134,17 +141,18 @@ class Batcher:
             if job is not None:
                 settle(job.future, error=ServiceStopped("the service stopped before linking this request; retry"))
 
-    def submit(self, items: list[Item], k: int, threshold: float | None) -> Future:
+    def submit(self, items: list[Item], k: int, threshold: float | None, documents: list[Document] | None = None,
+               spotter: str = "tagger") -> Future:
         with self.lock:
             if not self.running:
                 raise ServiceStopped("the linking worker is not running (the service is shutting down); retry on "
                                      "another instance")
-            job = Job(items, k, threshold)
+            job = Job(items, k, threshold, documents=documents or [], spotter=spotter)
             self.queue.put(job)
         return job.future
 
     def _collect(self, first: Job) -> tuple[list[Job], bool]:
-        jobs, n = [first], len(first.items)
+        jobs, n = [first], len(first.items) + len(first.documents)
         deadline = time.monotonic() + self.wait_s
         while n < self.max_items:
             try:
@@ -154,7 +162,7 @@ class Batcher:
             if job is None:
                 return jobs, True
             jobs.append(job)
-            n += len(job.items)
+            n += len(job.items) + len(job.documents)
         return jobs, False
 
     def _loop(self) -> None:
@@ -165,6 +173,9 @@ class Batcher:
             jobs, stop = self._collect(first)
             self.busy_since = time.monotonic()
             try:
+                for job in (j for j in jobs if j.documents):
+                    self._run_documents(job)
+                jobs = [j for j in jobs if not j.documents]
                 for threshold in dict.fromkeys(j.threshold for j in jobs):
                     self._run([j for j in jobs if j.threshold == threshold], threshold)
             except BaseException as e:  # the worker outlives any batch: a bug here fails these requests only
@@ -199,6 +210,20 @@ class Batcher:
             start += len(j.items)
             settle(j.future, [replace(x, candidates=x.candidates[: j.k]) for x in mine])
 
+    def _run_documents(self, job: Job) -> None:
+        """One request of raw documents: detected and linked (:func:`detect.documents.link_documents`)."""
+        if job.future.cancelled():
+            return
+        try:
+            lines = link_documents(self.linker, self.linker.spotter(job.spotter), job.documents, job.k,
+                                   job.threshold)
+        except (EncodeError, DetectorError) as e:
+            settle(job.future, error=e)
+        except BaseException as e:
+            self._failed([job], e)
+        else:
+            settle(job.future, lines)
+
     def _failed(self, jobs: list[Job], error: BaseException) -> None:
         lines = str(error).strip().splitlines()
         message = f"linking failed: {type(error).__name__}" + (f": {lines[0][:300]}" if lines else "")
@@ -225,106 +250,6 @@ def settle(future: Future, result: Any = None, error: BaseException | None = Non
             future.set_result(result)
     except InvalidStateError:
         pass
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str, unread: bool = False):
-        super().__init__(message)
-        self.status, self.message, self.unread = status, message, unread  # unread: the body was not read whole
-
-
-async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
-    """The request's body: refused (413) by its Content-Length before a byte is read, or as soon as more than
-    ``max_bytes`` have streamed in (chunked, no Content-Length); 408 when it has not all arrived in ``timeout_s``."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise BadRequest(400, f"Content-Length is {length[:40]!r}; a byte count is required", unread=True)
-        if int(length) > max_bytes:
-            raise BadRequest(413, f"the body is {int(length):,} bytes (Content-Length); at most {max_bytes:,} per "
-                                  "request", unread=True)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    chunks, size = [], 0
-    stream = request.stream().__aiter__()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - loop.time()))
-        except StopAsyncIteration:
-            return b"".join(chunks)
-        except TimeoutError:
-            raise BadRequest(408, f"the body did not arrive within {timeout_s:g} s ({size:,} bytes came); send "
-                                  "it at once", unread=True) from None
-        size += len(chunk)
-        if size > max_bytes:
-            raise BadRequest(413, f"the body is over {max_bytes:,} bytes; at most {max_bytes:,} per request",
-                             unread=True)
-        chunks.append(chunk)
-
-
-class _TooManyObjects(Exception):
-    pass
-
-
-def parse_json(raw: bytes, max_items: int) -> Any:
-    """The JSON of a body; parsing stops (413) at the ``max_items + 2``-th object, so that a body of a million
-    items is refused before a million dicts are built. NaN and Infinity parse (the fields that get them say no)."""
-    objects = 0
-
-    def count(obj: dict[str, Any]) -> dict[str, Any]:
-        nonlocal objects
-        objects += 1
-        if objects > max_items + 1:  # the items and the body
-            raise _TooManyObjects
-        return obj
-
-    try:
-        return json.loads(raw, object_hook=count)
-    except _TooManyObjects:
-        raise BadRequest(413, f"the body holds more than {max_items} items (JSON objects); at most {max_items} per "
-                              "request") from None
-    except RecursionError:
-        raise BadRequest(400, "the body is not JSON we read: it is nested deeper than the parser allows; a body is "
-                              '{"items": [flat objects]}') from None
-    except UnicodeDecodeError as e:
-        raise BadRequest(400, f"the body is not JSON (not UTF-8: {e.reason} at byte {e.start})") from None
-    except ValueError as e:  # JSONDecodeError, or an integer of more than 4,300 digits
-        raise BadRequest(400, f"the body is not JSON ({str(e)[:200]})") from None
-
-
-def parse_body(body: Any, max_items: int) -> tuple[list[Item], int, float | None]:
-    """Items, ``k`` and ``threshold`` of a ``POST /link`` body; :class:`BadRequest` says what is wrong."""
-    if not isinstance(body, dict) or "items" not in body:
-        raise BadRequest(422, 'the body must be a JSON object {"items": [{"text", "start", "end", "lang"?}, ...], '
-                              '"k"?, "threshold"?}')
-    unknown = sorted(set(body) - {"items", "k", "threshold"})
-    if unknown:
-        raise BadRequest(422, f"body field {unknown[0][:100]!r} is unknown; allowed: items, k, threshold")
-    records = body["items"]
-    if not isinstance(records, list) or not records:
-        raise BadRequest(422, f"'items' is {str(records)[:100]!r}; a non-empty list of items is required")
-    if len(records) > max_items:
-        raise BadRequest(413, f"'items' holds {len(records)} items; at most {max_items} per request")
-    k = body.get("k", 10)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise BadRequest(422, f"'k' is {str(k)[:100]}; an integer 1 <= k <= {MAX_K} is required")
-    threshold = body.get("threshold")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)
-                                  or not math.isfinite(threshold)):
-        raise BadRequest(422, f"'threshold' is {str(threshold)[:100]}; a finite number or null (the run's tuned "
-                              "one) is required")
-    items = []
-    for i, record in enumerate(records):
-        for name in ("text", "sentence", "context"):
-            value = record.get(name) if isinstance(record, dict) else None
-            if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
-                raise BadRequest(413, f"items[{i}]: field {name!r} is {len(value):,} characters; at most "
-                                      f"{MAX_TEXT_CHARS:,} per text (xel-link takes longer ones)")
-        try:
-            items.append(check_item(record, f"items[{i}]", f"item-{i}"))
-        except LinkError as e:
-            raise BadRequest(422, str(e)) from None
-    return items, k, None if threshold is None else float(threshold)
 
 
 def create_app(linker: Linker, *, max_items: int = MAX_ITEMS, batch_wait_ms: float = 5.0, name: str = "",
@@ -371,22 +296,25 @@ def create_app(linker: Linker, *, max_items: int = MAX_ITEMS, batch_wait_ms: flo
     async def link(request: Request) -> JSONResponse:
         try:
             raw = await read_body(request, max_body_bytes, request_timeout_s)
-            items, k, threshold = parse_body(parse_json(raw, max_items), max_items)
+            req: LinkRequest = parse_body(parse_json(raw, max_items), max_items)
         except BadRequest as e:
             return JSONResponse({"detail": e.message}, status_code=e.status,
                                 headers={"Connection": "close"} if e.unread else None)
         except ClientDisconnect:
             return JSONResponse({"detail": "the client went away"}, status_code=400)
         try:
-            links = await asyncio.wrap_future(batcher.submit(items, k, threshold))
+            links = await asyncio.wrap_future(batcher.submit(req.items, req.k, req.threshold, req.documents,
+                                                             req.spotter))
         except ServiceStopped as e:
             return JSONResponse({"detail": str(e)}, status_code=503)
-        except EncodeError as e:
+        except (EncodeError, DetectorError) as e:
             return JSONResponse({"detail": str(e)}, status_code=422)
         except LinkerStale as e:
             return JSONResponse({"detail": str(e)}, status_code=503)
         except LinkingFailed as e:
             return JSONResponse({"detail": str(e)}, status_code=500)
+        if req.documents:
+            return JSONResponse({"documents": links})
         return JSONResponse({"links": [x.to_json() for x in links]})
 
     return app

@@ -500,14 +500,25 @@ class TextEncoder:
     @torch.inference_mode()
     def forward(self, ids: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
         """Pooled float32 vectors for one batch of token id rows and pool masks."""
+        pool = np.zeros((len(ids), max(len(x) for x in ids)), dtype=bool)
+        for row, m in enumerate(masks):
+            pool[row, : len(m)] = m
+        hidden = self.hidden(ids)
+        pool_t = torch.from_numpy(pool).to(self.device)
+        pooled = hidden.float().masked_fill(~pool_t[..., None], float("-inf")).amax(dim=1)
+        return pooled.cpu().numpy()
+
+    @torch.inference_mode()
+    def hidden(self, ids: Sequence[np.ndarray]) -> torch.Tensor:
+        """The hidden states of the encoder's ``layer`` ``[rows, longest, dim]`` for one batch of token id rows
+        (padded; the pad positions hold whatever the model gives them): what :meth:`forward` pools, and the
+        token features of the mention detector (:mod:`detect.tokens`)."""
         width = max(len(x) for x in ids)
         input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
         attention = np.zeros((len(ids), width), dtype=np.int64)
-        pool = np.zeros((len(ids), width), dtype=bool)
-        for row, (x, m) in enumerate(zip(ids, masks)):
+        for row, x in enumerate(ids):
             input_ids[row, : len(x)] = x
             attention[row, : len(x)] = 1
-            pool[row, : len(m)] = m
         if self.backend == "onnx":
             hidden = torch.from_numpy(self.model.hidden_state(input_ids, attention, self.layer))
         else:
@@ -519,9 +530,7 @@ class TextEncoder:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
                 out = self.model(**inputs, output_hidden_states=want_all)
             hidden = out.hidden_states[self.layer] if want_all else out.last_hidden_state
-        pool_t = torch.from_numpy(pool).to(self.device)
-        pooled = hidden.float().masked_fill(~pool_t[..., None], float("-inf")).amax(dim=1)
-        return pooled.cpu().numpy()
+        return hidden
 
     def encode(
         self, items: Sequence[EncodeItem], stats: EncodeStats | None = None, chunk_size: int = 2048,

@@ -276,7 +276,7 @@ def test_serve_refuses_bad_requests_with_a_clear_4xx(service, body, status, prob
 
 
 def test_relative_run_paths_resolve_under_the_run_directorys_parents(tmp_path, monkeypatch):
-    from xel.link.linker import resolve_run_path
+    from xel.link.run_files import resolve_run_path
 
     run = tmp_path / "runs" / "sample" / "train" / "en" / "seed-0"
     run.mkdir(parents=True)

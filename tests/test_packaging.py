@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("encoder", "link", "precompute", "retrieval", "train")
+PARTS = ("detect", "encoder", "link", "precompute", "retrieval", "train")
 
 
 @pytest.fixture(scope="module")

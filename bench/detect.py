@@ -1,0 +1,181 @@
+"""Mention detection per language: the tagger (trained on English only) against the gazetteer baseline, span
+precision, recall and F1 (exact match), and the cost of detection against encoding the gold spans.
+
+    python bench/detect.py --wel ../shared/data/wikidata-el --nerel ../shared/data/nerel-rukb \\
+        --out bench/results/detect.json [--seeds 3] [--max-eval 400]
+
+Data (read from the shared converted sets, never copied into the repo; NEREL has no licence file):
+
+* English: the ``en`` sentences of ``wikidata-el`` grouped by sentence (:mod:`detect.spans`); the tagger trains on
+  the ``train`` documents, ``en dev`` is a seeded sample of ``--max-eval`` sentences of the ``dev`` and ``test``
+  documents;
+* German: every ``de`` sentence of ``wikidata-el`` (HIPE-2020 dev), zero-shot;
+* Russian: a seeded sample of ``--max-eval`` sentences of ``nerel-rukb`` (NEREL dev), zero-shot.
+
+The encoder is the default store's (``models/multilingual-e5-small`` with the settings ``xel-precompute`` resolves
+by default); token features are computed once into ``--cache`` and reused by every seed and rerun. The gazetteer
+holds the names of the KB of each set (``wikidata-el``'s English KB for en and de, ``nerel-rukb``'s for ru) and
+the alias table of the English training mentions. Tagger rows are mean ± std over ``--seeds``.
+
+Speed: documents/s and tokens/s of detection (token features and tagging; one sentence = one document) and of the
+gazetteer, against encoding the gold mentions as the linker does (``ms`` and ``mc``, :meth:`Linker.encode`): the
+detector's extra cost over gold-span linking. Measured on this machine as loaded at the time (the JSON records the
+load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "load_1min": round(os.getloadavg()[0], 2)}
+
+
+def sample(items: list, n: int, seed: int) -> list:
+    return items if len(items) <= n else random.Random(seed).sample(items, n)
+
+
+def main() -> None:
+    from xel.detect.gazetteer import Gazetteer
+    from xel.detect.metrics import prf
+    from xel.detect.spans import read_span_sentences, span_stats
+    from xel.detect.tagger import decode, fit, tag, token_labels
+    from xel.detect.train import cached_features
+    from xel.precompute.encoding import TextEncoder, context_item, mention_item, resolve_encoder
+    from xel.precompute.schema import iter_records
+    from xel.retrieval.names import normalise_mention
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--wel", type=Path, default=ROOT.parent / "shared/data/wikidata-el")
+    ap.add_argument("--nerel", type=Path, default=ROOT.parent / "shared/data/nerel-rukb")
+    ap.add_argument("--model", type=Path, default=ROOT / "models/multilingual-e5-small")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/detect.json")
+    ap.add_argument("--cache", type=Path, default=ROOT / "runs/bench-detect")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--max-train", type=int, default=100_000)
+    ap.add_argument("--max-eval", type=int, default=400)
+    args = ap.parse_args()
+
+    wel = read_span_sentences(args.wel)
+    nerel = read_span_sentences(args.nerel)
+    train = sample([s for s in wel if s.lang == "en" and s.split == "train"], args.max_train, 0)
+    evals = {"en": sample([s for s in wel if s.lang == "en" and s.split != "train"], args.max_eval, 0),
+             "de": sample([s for s in wel if s.lang == "de"], args.max_eval, 0),
+             "ru": sample(nerel, args.max_eval, 0)}
+    settings = resolve_encoder(args.model, device="cpu")
+    encoder = TextEncoder.load(settings)
+    texts = [s.text for s in train] + [s.text for rows in evals.values() for s in rows]
+    load_before = machine()
+    t0 = time.perf_counter()
+    feats = cached_features(args.cache, encoder, settings, texts)
+    print(f"token features of {len(texts)} sentences: {time.perf_counter() - t0:.0f} s (cached in {args.cache})",
+          file=sys.stderr)
+    train_feats, at = feats[: len(train)], len(train)
+    eval_feats = {}
+    for lang, rows in evals.items():
+        eval_feats[lang], at = feats[at : at + len(rows)], at + len(rows)
+
+    labels = [token_labels(f.offsets, s.spans) for f, s in zip(train_feats, train)]
+    found: dict[str, list[dict[str, Any]]] = {lang: [] for lang in evals}
+    taggers = []
+    for seed in range(args.seeds):
+        model, losses = fit([f.features for f in train_feats], labels, epochs=args.epochs, seed=seed)
+        taggers.append(model)
+        for lang, rows in evals.items():
+            probs = tag(model, [f.features for f in eval_feats[lang]])
+            spans = [[(x.start, x.end) for x in decode(s.text, f.offsets, p)]
+                     for s, f, p in zip(rows, eval_feats[lang], probs)]
+            found[lang].append(prf([s.spans for s in rows], spans))
+        print(f"seed {seed}: final loss {losses[-1]:.4f}", file=sys.stderr)
+
+    aliases = Counter(normalise_mention(s.text[a:b]) for s in train for (a, b), g in zip(s.spans, s.golds) if g)
+    kb_names = {path: [r["name"] for _, r in iter_records(path / "kb.jsonl")] for path in (args.wel, args.nerel)}
+    gazetteers = {"en": Gazetteer(kb_names[args.wel], aliases), "ru": Gazetteer(kb_names[args.nerel], aliases)}
+    gazetteers["de"] = gazetteers["en"]
+
+    results: dict[str, Any] = {}
+    for lang, rows in evals.items():
+        gaz_spans = [[(x.start, x.end) for x in gazetteers[lang].spot(s.text)] for s in rows]
+        tagger_rows = found[lang]
+        results[lang] = {
+            "sentences": len(rows), "gold_spans": sum(len(s.spans) for s in rows),
+            "tagger": {k: {"mean": statistics.mean(r[k] for r in tagger_rows),
+                           "std": statistics.stdev(r[k] for r in tagger_rows) if len(tagger_rows) > 1 else 0.0}
+                       for k in ("p", "r", "f1")},
+            "gazetteer": prf([s.spans for s in rows], gaz_spans),
+        }
+
+    # speed, on the en dev sentences: detection against encoding their gold mentions as the linker does
+    rows = evals["en"]
+    docs = [s.text for s in rows]
+    from xel.detect.tokens import token_features
+
+    t0 = time.perf_counter()
+    detected_feats = token_features(encoder, docs)
+    probs = tag(taggers[0], [f.features for f in detected_feats])
+    for text, f, p in zip(docs, detected_feats, probs):
+        decode(text, f.offsets, p)
+    detect_s = time.perf_counter() - t0
+    tokens = sum(len(f) for f in detected_feats)
+    t0 = time.perf_counter()
+    for s in rows:
+        gazetteers["en"].spot(s.text)
+    gazetteer_s = time.perf_counter() - t0
+    items = [(f"{i}:{a}", s.text, a, b) for i, s in enumerate(rows) for a, b in s.spans]
+    t0 = time.perf_counter()
+    encoder.encode([mention_item(i, "en", t, a, b) for i, t, a, b in items])
+    encoder.encode([context_item(i, "en", t, t, a, b) for i, t, a, b in items])
+    gold_s = time.perf_counter() - t0
+    speed = {"documents": len(docs), "tokens": tokens, "gold_mentions": len(items),
+             "detector_s": detect_s, "detector_docs_per_s": len(docs) / detect_s, "detector_tokens_per_s":
+             tokens / detect_s, "gazetteer_s": gazetteer_s, "gazetteer_docs_per_s": len(docs) / gazetteer_s,
+             "gold_span_encoding_s": gold_s, "detector_over_gold_span_encoding": detect_s / gold_s}
+
+    stats = {"wikidata-el": span_stats(wel), "nerel-rukb": span_stats(nerel)}
+    upstream = {}
+    for name, path in (("wikidata-el", args.wel), ("nerel-rukb", args.nerel)):
+        per_lang = json.loads((path / "stats.json").read_text())["per_lang"]
+        upstream[name] = {lang: {"kept": v["mentions"], "dropped_no_kb_name": v["dropped_gold_not_in_kb"],
+                                 "dropped_share": round(v["dropped_gold_not_in_kb"] /
+                                                        (v["mentions"] + v["dropped_gold_not_in_kb"]), 3)}
+                          for lang, v in per_lang.items()}
+    out = {"bench": "detect", "machine_before": load_before, "machine_after": machine(),
+           "encoder": {"model": str(args.model), "dtype": settings.dtype, "max_length": settings.max_length},
+           "train_sentences": len(train), "train_tokens": int(sum(len(f) for f in train_feats)),
+           "seeds": args.seeds, "epochs": args.epochs, "results": results, "speed": speed,
+           "span_data": stats, "incomplete_spans_upstream": upstream}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+
+    print("| lang | sentences | gold spans | tagger P | tagger R | tagger F1 | gazetteer P | gazetteer R | "
+          "gazetteer F1 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for lang, r in results.items():
+        t, g = r["tagger"], r["gazetteer"]
+        print(f"| {lang} | {r['sentences']} | {r['gold_spans']} | " + " | ".join(
+            f"{t[k]['mean']:.3f} ± {t[k]['std']:.3f}" for k in ("p", "r", "f1")) + " | " +
+            " | ".join(f"{g[k]:.3f}" for k in ("p", "r", "f1")) + " |")
+    print(f"\nspeed (en dev, {len(docs)} sentences, load {out['machine_after']['load_1min']} on "
+          f"{out['machine_after']['cores']} cores): detector {speed['detector_docs_per_s']:.1f} docs/s, "
+          f"{speed['detector_tokens_per_s']:.0f} tokens/s; gazetteer {speed['gazetteer_docs_per_s']:.0f} docs/s; "
+          f"detection costs {speed['detector_over_gold_span_encoding']:.2f}x the encoding of the gold mentions")
+
+
+if __name__ == "__main__":
+    main()

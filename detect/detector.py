@@ -1,0 +1,73 @@
+"""The mention detector of a trained run, ``RUN/detector/``: a :class:`detect.tagger.SpanTagger` on the token
+features of the run's own encoder (its training store's: same model files, layer, dtype, prefix, max length).
+
+``xel-detect --model RUN`` writes it (:mod:`detect.train`); ``xel-link --detect``, ``Linker.link_text`` and
+``xel-serve`` read it. The directory holds ``tagger.safetensors`` (the weights), ``detector.json`` (the encoder
+it was trained on, its settings, the training data's counts, the losses and the English dev scores) and
+``tokens-*.npz`` (the cached token features of the training sentences, reused by a rerun on the same data and
+encoder).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from xel.detect.tagger import Span, SpanTagger, decode, tag
+from xel.detect.tokens import token_features
+from xel.precompute.encoding import EncoderSettings, TextEncoder
+
+DETECTOR_DIR = "detector"
+WEIGHTS = "tagger.safetensors"
+INFO = "detector.json"
+
+
+class DetectorError(ValueError):
+    """A detector directory is missing, incomplete or was trained on another encoder; the message says which."""
+
+
+class Detector:
+    """Finds mentions in raw text: token features, tagger, :func:`detect.tagger.decode`."""
+
+    def __init__(self, encoder: TextEncoder, tagger: SpanTagger, info: dict[str, Any]):
+        self.encoder, self.tagger, self.info = encoder, tagger, info
+        self.tokens = 0  # tokens tagged so far (speed reports)
+
+    def spans(self, texts: Sequence[str]) -> list[list[Span]]:
+        """The detected spans of each text: character offsets, sorted and non-overlapping."""
+        feats = token_features(self.encoder, texts)
+        self.tokens += sum(len(f) for f in feats)
+        probs = tag(self.tagger, [f.features for f in feats])
+        return [decode(text, f.offsets, p) for text, f, p in zip(texts, feats, probs)]
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(self.tagger.state_dict(), str(folder / WEIGHTS))
+        (folder / INFO).write_text(json.dumps(self.info, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path, encoder: TextEncoder, settings: EncoderSettings) -> Detector:
+        """The detector in ``folder``, on ``encoder`` (the run's, whose ``settings`` must be the ones it was
+        trained with)."""
+        folder = Path(folder)
+        if not (folder / WEIGHTS).is_file() or not (folder / INFO).is_file():
+            raise DetectorError(f"{folder}: no trained detector ({WEIGHTS}, {INFO}); train one with "
+                                f"`xel-detect --model {folder.parent}`")
+        info = json.loads((folder / INFO).read_text(encoding="utf-8"))
+        want = encoder_signature(settings)
+        if info.get("encoder") != want:
+            raise DetectorError(f"{folder}/{INFO}: trained on encoder {info.get('encoder')}, but the run's store "
+                                f"encodes with {want}; retrain it with `xel-detect --model {folder.parent}`")
+        tagger = SpanTagger(info["dim"], info["hidden"])
+        tagger.load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
+        return cls(encoder, tagger.eval(), info)
+
+
+def encoder_signature(settings: EncoderSettings) -> dict[str, Any]:
+    """What makes token features the same: the model files' fingerprint and how they are run."""
+    return {"fingerprint": settings.identity["fingerprint"], "layer": settings.layer,
+            "max_length": settings.max_length, "prefix": settings.prefix, "dtype": settings.dtype,
+            "backend": settings.backend}

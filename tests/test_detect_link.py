@@ -1,0 +1,126 @@
+"""Raw text in, entities out, on a run trained end to end with the tiny model: ``xel-detect`` trains the run's
+detector (token features cached, not recomputed by a rerun), ``xel-link --detect`` writes the documents contract
+(sorted, non-overlapping spans, ``"mentions": []`` for a document without any), ``Linker.link_text`` and
+``POST /link`` with documents give the same, and a bad documents file is refused line by line.
+
+    HF_HUB_OFFLINE=1 pytest tests/test_detect_link.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from xel.detect import train as detect_train
+from xel.detect.cli import main as detect_main
+from xel.link.cli import main as link_main
+from xel.link.linker import Linker
+from xel.precompute.run import PrecomputeConfig
+from xel.precompute.run import run as run_precompute
+from xel.retrieval.build import BuildConfig, run_build
+from xel.retrieval.candidate_lists import CandidatesConfig, run_candidates
+from xel.retrieval.search import SearchOptions
+from xel.train.config import TrainConfig
+from xel.train.run import run as run_train
+
+from tests.conftest import write_jsonl
+from tests.train_fixtures import CAPITALS, capital_cities
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+DOCS = [
+    {"id": "two", "text": f"Last year we visited {CAPITALS[0]} with friends. Then we visited {CAPITALS[1]} alone.",
+     "lang": "en"},
+    {"id": "none", "text": "", "lang": "en"},
+    {"id": "plain", "text": "nothing here is named at all.", "lang": "de"},
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_model_dir, ray_session) -> Path:
+    root = tmp_path_factory.mktemp("detect")
+    data = capital_cities(root / "data")
+    run_precompute(PrecomputeConfig(data=data, model=tiny_model_dir, out=root / "h5", dtype="fp32"))
+    run_build(BuildConfig(features=str(root / "h5"), out=str(root / "index")))
+    run_candidates(CandidatesConfig(search=SearchOptions(index=str(root / "index"), features=str(root / "h5")),
+                                    out=str(root / "candidates"), k=5))
+    out = root / "train" / "en"
+    run_train(TrainConfig(features=str(root / "h5"), candidates=str(root / "candidates" / "candidates.jsonl"),
+                          out=str(out), train_lang=("en",), epochs=2, plots=False, progress=False, threads=1))
+    return out
+
+
+def check_contract(lines: list[dict], docs: list[dict], kb_ids: set[str]) -> None:
+    assert [line["id"] for line in lines] == [d["id"] for d in docs]
+    for line, doc in zip(lines, docs):
+        spans = line["mentions"]
+        assert all(a["end"] <= b["start"] for a, b in zip(spans, spans[1:]))
+        for m in spans:
+            assert set(m) == {"start", "end", "text", "pred", "name", "score", "detect_score", "candidates"}
+            assert doc["text"][m["start"] : m["end"]] == m["text"] and m["text"].strip() == m["text"]
+            assert m["pred"] is None or (m["pred"] in kb_ids and m["name"] in CAPITALS)
+            assert all(c[0] in kb_ids and len(c) == 3 for c in m["candidates"])
+
+
+def test_detect_then_link_documents(run_dir, tmp_path, monkeypatch):
+    docs = write_jsonl(tmp_path / "docs.jsonl", DOCS)
+    kb_ids = {f"Q{i}" for i in range(len(CAPITALS))}
+    runner = CliRunner()
+
+    out = tmp_path / "gaz.jsonl"  # the gazetteer baseline needs no training
+    result = runner.invoke(link_main, ["--model", str(run_dir), "--detect", "--spotter", "gazetteer", "--in",
+                                       str(docs), "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    check_contract(lines, DOCS, kb_ids)
+    assert [m["text"] for m in lines[0]["mentions"]] == CAPITALS[:2]
+    assert lines[1]["mentions"] == [] and lines[2]["mentions"] == []
+
+    out = tmp_path / "tagged.jsonl"  # no detector yet: the message says how to train one
+    result = runner.invoke(link_main, ["--model", str(run_dir), "--detect", "--in", str(docs), "--out", str(out)])
+    assert result.exit_code != 0 and "xel-detect --model" in result.output and not out.exists()
+
+    result = runner.invoke(detect_main, ["--model", str(run_dir), "--epochs", "15"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((run_dir / "detector" / "detector.json").read_text())
+    assert info["held_out"]["f1"] >= 0.8 and len(list((run_dir / "detector").glob("tokens-*.npz"))) == 1
+    encoded = []  # a rerun reads the cached token features back: nothing is encoded
+    monkeypatch.setattr(detect_train, "token_features", lambda *a: encoded.append(a) or [])
+    result = runner.invoke(detect_main, ["--model", str(run_dir), "--epochs", "2"])
+    assert result.exit_code == 0 and encoded == [], result.output
+    monkeypatch.undo()
+
+    result = runner.invoke(link_main, ["--model", str(run_dir), "--detect", "--in", str(docs), "--out", str(out),
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    check_contract(lines, DOCS, kb_ids)
+    assert lines[1]["mentions"] == []
+
+    linker = Linker.load(run_dir)
+    assert [linker.link_text(d["text"], d["lang"]) for d in DOCS] == [line["mentions"] for line in lines]
+
+    from fastapi.testclient import TestClient
+    from xel.link.serve import create_app
+
+    with TestClient(create_app(linker, max_items=4)) as client:
+        resp = client.post("/link", json={"documents": DOCS})
+        assert resp.status_code == 200 and resp.json() == {"documents": lines}
+        resp = client.post("/link", json={"documents": DOCS[:1], "spotter": "gazetteer", "k": 1})
+        assert [m["text"] for m in resp.json()["documents"][0]["mentions"]] == CAPITALS[:2]
+        resp = client.post("/link", json={"documents": [{"text": "x", "start": 0}]})
+        assert resp.status_code == 422 and "documents[0]: field 'start' is unknown" in resp.json()["detail"]
+        resp = client.post("/link", json={"documents": DOCS, "items": []})
+        assert resp.status_code == 422
+        assert "Find and link all mentions" in client.get("/").text
+
+
+def test_a_bad_documents_file_is_refused_before_the_model_loads(run_dir, tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps(DOCS[0]) + "\n" + json.dumps({"id": "b", "text": 3}) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(link_main, ["--model", str(run_dir), "--detect", "--in", str(docs), "--out",
+                                            str(out)])
+    assert result.exit_code != 0 and f"{docs}:2: field 'text' is 3" in result.output and not out.exists()
