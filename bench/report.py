@@ -30,6 +30,7 @@ NOT_RECORDED = "not recorded"
 # (family title, file-name prefixes, the command that writes such files)
 FAMILIES: list[tuple[str, tuple[str, ...], str]] = [
     ("Linking quality against nn", ("quality",), "python bench/quality.py --run NAME=EXPERIMENT_DIR ..."),
+    ("Mention detection (raw text)", ("detect",), "python bench/detect.py --out bench/results/detect.json"),
     ("NIL headroom (oracle thresholds)", ("nil-headroom",), "python bench/nil_headroom.py --data ..."),
     ("Precompute throughput", ("precompute",), "python bench/precompute.py"),
     ("Encoder forward", ("encoder",), "python bench/encoder.py"),
