@@ -35,9 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from xel.precompute import onnx_backend  # noqa: E402
-from xel.precompute.encoding import cpu_has_vnni, encoder_identity  # noqa: E402
+from xel.precompute.config import PrecomputeConfig  # noqa: E402
+from xel.precompute.hardware import cpu_has_vnni  # noqa: E402
+from xel.precompute.identity import encoder_identity  # noqa: E402
 from xel.precompute.ray_session import ray_session  # noqa: E402
-from xel.precompute.run import PrecomputeConfig  # noqa: E402
 from xel.precompute.run import run as run_precompute  # noqa: E402
 from xel.precompute.store import atomic_write_json, open_store  # noqa: E402
 from xel.train.experiment import ExperimentConfig, base_config, retrieve  # noqa: E402

@@ -500,7 +500,7 @@ def tokens(data: Path, model: Path, rows: int) -> None:
     from itertools import islice
 
     from transformers import AutoTokenizer
-    from xel.precompute.encoding import default_prefix
+    from xel.precompute.identity import default_prefix
     from xel.precompute.store import read_jsonl
 
     tok = AutoTokenizer.from_pretrained(model)

@@ -34,7 +34,7 @@ TEMPLATES = {"en": ["Last year we visited {} with friends.", "The museum in {} w
 
 def build_run(work: Path) -> Path:
     """The tiny model, its store, index, candidates and a one-epoch residual run under ``work``."""
-    from xel.precompute.run import PrecomputeConfig
+    from xel.precompute.config import PrecomputeConfig
     from xel.precompute.run import run as precompute
     from xel.retrieval.build import BuildConfig, run_build
     from xel.retrieval.candidate_lists import CandidatesConfig, run_candidates

@@ -41,20 +41,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from xel.precompute.encoding import (  # noqa: E402
-    EncodeItem,
-    EncoderSettings,
-    TextEncoder,
-    cpu_has_native_bf16,
-    cpu_has_vnni,
-    mention_item,
-    resolve_dtype,
-    resolve_encoder,
-)
+from xel.precompute.config import PrecomputeConfig, run_settings  # noqa: E402
+from xel.precompute.encoding import EncodeItem, TextEncoder, mention_item  # noqa: E402
+from xel.precompute.hardware import cpu_has_native_bf16, cpu_has_vnni, resolve_dtype  # noqa: E402
+from xel.precompute.plan import plan_tasks  # noqa: E402
 from xel.precompute.ray_session import ray_session  # noqa: E402
-from xel.precompute.run import PrecomputeConfig, actor_options, plan_tasks, run_settings  # noqa: E402
 from xel.precompute.run import run as run_precompute  # noqa: E402
+from xel.precompute.schedule import actor_options  # noqa: E402
 from xel.precompute.schema import scan_inputs  # noqa: E402
+from xel.precompute.settings import EncoderSettings, resolve_encoder  # noqa: E402
 from xel.precompute.store import read_shard  # noqa: E402
 from xel.precompute.worker import ShardTask, ShardWorker  # noqa: E402
 

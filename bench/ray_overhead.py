@@ -32,9 +32,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from xel.precompute.encoding import resolve_encoder  # noqa: E402
+from xel.precompute.config import PrecomputeConfig  # noqa: E402
 from xel.precompute.ray_session import ray_session  # noqa: E402
-from xel.precompute.run import PrecomputeConfig, actor_options  # noqa: E402
+from xel.precompute.schedule import actor_options  # noqa: E402
+from xel.precompute.settings import resolve_encoder  # noqa: E402
 from xel.precompute.worker import ShardTask, ShardWorker  # noqa: E402
 
 from bench.precompute import plan_shards, sample_items, sample_rows, write_data  # noqa: E402

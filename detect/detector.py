@@ -18,7 +18,8 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from xel.detect.tagger import Span, SpanTagger, decode, tag
 from xel.detect.tokens import token_features
-from xel.precompute.encoding import EncoderSettings, TextEncoder
+from xel.precompute.encoding import TextEncoder
+from xel.precompute.settings import EncoderSettings
 
 DETECTOR_DIR = "detector"
 WEIGHTS = "tagger.safetensors"

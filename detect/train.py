@@ -25,7 +25,8 @@ from xel.detect.spans import SpanSentence, read_span_sentences, span_stats
 from xel.detect.tagger import decode, fit, tag, token_labels
 from xel.detect.tokens import TokenFeatures, token_features
 from xel.link.run_files import resolve_run_config
-from xel.precompute.encoding import EncoderSettings, TextEncoder
+from xel.precompute.encoding import TextEncoder
+from xel.precompute.settings import EncoderSettings
 from xel.precompute.store import open_store
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,9 @@ import os
 from pathlib import Path
 
 import click
-from xel.encoder.build import DEFAULT_OUT, SOURCE_LICENSE, SOURCE_MODEL, BuildError, build_encoder, read_marker
-from xel.precompute.store import exit_on_sigterm
+from xel.encoder.build import DEFAULT_OUT, SOURCE_LICENSE, SOURCE_MODEL, build_encoder, read_marker
+from xel.encoder.packed import BuildError
+from xel.precompute.files import exit_on_sigterm
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -30,19 +30,11 @@ from tqdm import tqdm
 from xel.link.items import Item, LinkError, check_item
 from xel.link.linker import Linker
 from xel.link.run_files import kb_candidates_configs, resolve_run_config, same_path
-from xel.precompute.run import PrecomputeConfig
+from xel.precompute.config import PrecomputeConfig
+from xel.precompute.files import atomic_path, make_temp_dir, remove_stale_temp_dirs
 from xel.precompute.run import run as precompute
 from xel.precompute.schema import iter_records
-from xel.precompute.store import (
-    Store,
-    StoreError,
-    atomic_path,
-    json_line,
-    make_temp_dir,
-    open_store,
-    refuse_store_out,
-    remove_stale_temp_dirs,
-)
+from xel.precompute.store import Store, StoreError, json_line, open_store, refuse_store_out
 from xel.retrieval.metrics import Scores, score_groups
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,10 @@ from xel.detect.detector import DetectorError
 from xel.link.batch import LinkConfig, run
 from xel.link.items import LinkError
 from xel.link.options import FiniteFloat
-from xel.precompute.encoding import EncodeError
+from xel.precompute.files import exit_on_sigterm
+from xel.precompute.identity import EncodeError
 from xel.precompute.schema import InputError
-from xel.precompute.store import StoreError, exit_on_sigterm
+from xel.precompute.store import StoreError
 from xel.retrieval.files import CandidatesError
 from xel.retrieval.index import RetrievalError
 from xel.retrieval.metrics import format_table

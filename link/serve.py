@@ -66,7 +66,7 @@ from xel.link.options import FiniteFloat
 from xel.link.page import PAGE
 from xel.link.requests import BadRequest, LinkRequest, parse_body, parse_json, read_body
 from xel.link.watch import StoreChanged
-from xel.precompute.encoding import EncodeError
+from xel.precompute.identity import EncodeError
 from xel.precompute.schema import ISO_639_1
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-from xel.precompute.store import ENTITY_KINDS, MANIFEST, Store, StoreError, file_sha256
+from xel.precompute.files import file_sha256
+from xel.precompute.store import ENTITY_KINDS, MANIFEST, Store, StoreError
 from xel.retrieval.index_files import INDEX_MANIFEST
 
 # the manifest fields a reader of the store's rows depends on (not the statistics of the run that wrote it)

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from xel.precompute.encoding import EncodeError
-from xel.precompute.run import PrecomputeConfig, PrecomputeError, Stopped, run, stop_on_sigterm, summary_table
+from xel.precompute.config import PrecomputeConfig, PrecomputeError
+from xel.precompute.identity import EncodeError
+from xel.precompute.run import run, summary_table
+from xel.precompute.schedule import Stopped, stop_on_sigterm
 from xel.precompute.schema import InputError
 from xel.precompute.store import KINDS
 

@@ -27,14 +27,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from xel.precompute.store import atomic_write_json, file_sha256, make_temp_dir
+from xel.precompute.files import file_sha256, make_temp_dir
+from xel.precompute.store import atomic_write_json
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "XEL_ONNX_CACHE"
 MODEL_FILE = "model.onnx"
 BUILD_FILE = "build.json"  # what built the directory and the sha256 of each file it wrote ("files")
-GATE_FILE = "int8-gate.json"  # written by bench/int8_gate.py: whether int8 passed the quality gate for the encoder
+# the int8 quality gate's verdicts, by encoder fingerprint and quantisation recipe: written by bench/int8_gate.py,
+# shipped with xel (package data), so that every node of a cluster reads the same verdict for the same encoder
+GATE_FILE = Path(__file__).with_name("int8_gate.json")
 OPSET = 17
 # quantize_dynamic's weights: int8, one scale per output channel. reduce_range (7-bit weights) is off. ONNX Runtime
 # says it "may improve the accuracy for some models running on non-VNNI machines" (u8s8 products summed in pairs into
@@ -213,14 +216,23 @@ def recipe_tag() -> str:
     return hashlib.sha256(json.dumps(QUANTIZE, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def gate_passed(model_dir: str | Path, fingerprint: str) -> bool | None:
-    """Whether int8 passed the quality gate for this encoder (``bench/int8_gate.py`` records it in the cache);
-    None when it was never measured."""
-    path = cache_dir(model_dir, fingerprint) / GATE_FILE
+def gate_passed(fingerprint: str) -> bool | None:
+    """Whether int8 quantised as :data:`QUANTIZE` passed the quality gate for the encoder with this fingerprint
+    (:data:`GATE_FILE`); None when it was never measured."""
     try:
-        return bool(json.loads(path.read_text(encoding="utf-8"))["passed"])
+        return bool(json.loads(GATE_FILE.read_text(encoding="utf-8"))[fingerprint][recipe_tag()]["passed"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def record_gate(fingerprint: str, verdict: dict[str, Any]) -> None:
+    """Record the quality gate's ``verdict`` (``passed`` and what it measured) for this encoder and recipe."""
+    try:
+        verdicts = json.loads(GATE_FILE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        verdicts = {}
+    verdicts.setdefault(fingerprint, {})[recipe_tag()] = {**verdict, "quantize": dict(QUANTIZE)}
+    atomic_write_json(GATE_FILE, verdicts)
 
 
 @dataclass

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,6 +27,21 @@ WORKER_NICENESS = "RAY_worker_niceness"
 
 
 @contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in ``os.environ`` for the block (the processes it starts inherit them), as before after it."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
 def ray_session(address: str | None = None) -> Iterator[None]:
     """Connect to Ray for the duration of the block (see the module docstring); shut down only a Ray it started."""
     started = False
@@ -32,17 +49,21 @@ def ray_session(address: str | None = None) -> Iterator[None]:
     quiet = logging.getLogger("ray._private.authentication.authentication_token_setup")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
+    # ray.init installs a SIGTERM handler that aborts the driver: the entry point's (or none) is put back after it
+    main = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
     try:
         if not ray.is_initialized():
             if address is None and not os.environ.get("RAY_ADDRESS"):
-                os.environ.setdefault(WORKER_NICENESS, "0")  # read by the raylet this ray.init starts
-                ray.init(include_dashboard=False,
-                         logging_level=logging.WARNING)
+                with environment({WORKER_NICENESS: os.environ.get(WORKER_NICENESS, "0")}):  # read by the raylet
+                    ray.init(include_dashboard=False, logging_level=logging.WARNING)
                 started = True
             else:
                 ray.init(address=address, logging_level=logging.WARNING)
     finally:
         quiet.setLevel(level)
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
     try:
         yield
     finally:

@@ -19,16 +19,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from xel.precompute.encoding import (
-    EncodeItem,
-    EncoderSettings,
-    EncodeStats,
-    TextEncoder,
-    context_item,
-    entity_item,
-    mention_item,
-)
+from xel.precompute.encoding import EncodeItem, EncodeStats, TextEncoder, context_item, entity_item, mention_item
 from xel.precompute.schema import InputError, KBEntry, Mention, Record, Text, read_records
+from xel.precompute.settings import EncoderSettings
 from xel.precompute.store import KINDS, StoreError, read_shard, write_shard
 
 log = logging.getLogger(__name__)
@@ -148,7 +141,7 @@ class ShardWorker:
     ``(kind, index, rows done)`` there after every forward batch of a shard (and once at its start)."""
 
     def __init__(self, settings: EncoderSettings, threads: int | None = None, progress: ProgressSink | None = None):
-        self.encoder = TextEncoder.load(settings, threads)
+        self.encoder = TextEncoder.load(settings, threads)  # dtype/device auto decided here, where it runs
         self.progress = progress
 
     def _report(self, task: ShardTask, rows: int) -> None:
@@ -182,6 +175,7 @@ class ShardWorker:
         checksum = write_shard(
             task.path, kind=task.kind, start=task.start, ids=[it.id for it in items],
             langs=[it.lang for it in items], features=features, input_hash=task.input_hash, row_hashes=row_hashes,
+            encoded_with=self.encoder.settings.encoded_with(),
         )
         maybe_inject_fault(task, "written")
         return {
@@ -189,6 +183,7 @@ class ShardWorker:
             "encoded_rows": len(todo), "reused_rows": len(items) - len(todo),
             "tokens": stats.tokens, "padded_tokens": stats.padded_tokens, "windowed": stats.windowed,
             "forward_seconds": stats.forward_seconds, "seconds": time.perf_counter() - t0,
+            "encoded_with": self.encoder.settings.encoded_with(),
         }
 
     @staticmethod

@@ -11,17 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from xel.precompute.store import (
-    Store,
-    atomic_write_json,
-    check_out_dir,
-    check_writable,
-    make_temp_dir,
-    open_store,
-    remove_stale_temp_dirs,
-    replace_dir,
-    resolve_out,
-)
+from xel.precompute.files import check_writable, make_temp_dir, remove_stale_temp_dirs, replace_dir, resolve_out
+from xel.precompute.store import Store, atomic_write_json, check_out_dir, open_store
 from xel.retrieval.factory import trained_index
 from xel.retrieval.index import FEATURE_KINDS, EntityIndex, LangIndex, RetrievalError
 from xel.retrieval.index_files import INDEX_FORMAT_VERSION, INDEX_MANIFEST, load_index, save_index

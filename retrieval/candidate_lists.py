@@ -7,7 +7,8 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from xel.precompute.store import atomic_write_bytes, atomic_write_json, refuse_store_out
+from xel.precompute.files import atomic_write_bytes
+from xel.precompute.store import atomic_write_json, refuse_store_out
 from xel.retrieval.candidates import generate_candidates
 from xel.retrieval.files import write_candidates
 from xel.retrieval.index import RetrievalError

@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 
 import click
 import faiss
-from xel.precompute.encoding import EncodeError
+from xel.precompute.files import exit_on_sigterm
+from xel.precompute.identity import EncodeError
 from xel.precompute.schema import InputError
-from xel.precompute.store import StoreError, atomic_write_json, exit_on_sigterm, open_store
+from xel.precompute.store import StoreError, atomic_write_json, open_store
 from xel.retrieval.bench import bench_frontier, format_bench, run_bench
 from xel.retrieval.build import BuildConfig, run_build
 from xel.retrieval.candidate_lists import CandidatesConfig, run_candidates

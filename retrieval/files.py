@@ -14,7 +14,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from xel.precompute.store import atomic_write_bytes, to_json
+from xel.precompute.files import atomic_write_bytes
+from xel.precompute.store import to_json
 
 CANDIDATE_SOURCES = ("prior", "dense", "given", "ngram")
 Candidate = tuple[str, float, str]

@@ -15,15 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import faiss
-from xel.precompute.store import (
-    Store,
-    atomic_path,
-    atomic_write_bytes,
-    atomic_write_json,
-    check_lang_code,
-    file_sha256,
-    open_store,
-)
+from xel.precompute.files import atomic_path, atomic_write_bytes, file_sha256
+from xel.precompute.store import Store, atomic_write_json, check_lang_code, open_store
 from xel.retrieval.index import EntityIndex, LangIndex, RetrievalError
 from xel.retrieval.vectors import ids_digest
 

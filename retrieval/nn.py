@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from xel.precompute.store import atomic_write_bytes, atomic_write_json, refuse_store_out
+from xel.precompute.files import atomic_write_bytes
+from xel.precompute.store import atomic_write_json, refuse_store_out
 from xel.retrieval.candidate_lists import write_recall
 from xel.retrieval.candidates import MentionVectors, generate_candidates, kb_table, load_mention_vectors
 from xel.retrieval.files import CandidatesError, read_candidates, write_predictions

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 from xel.precompute.encoding import TextEncoder, mention_item
+from xel.precompute.files import atomic_write_bytes
 from xel.precompute.schema import iter_records
-from xel.precompute.store import Store, atomic_write_bytes, refuse_store_out, to_json
+from xel.precompute.store import Store, refuse_store_out, to_json
 from xel.retrieval.index import EntityIndex, RetrievalError
 from xel.retrieval.search import SearchOptions
 from xel.retrieval.vectors import l2_normalise

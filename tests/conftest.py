@@ -99,7 +99,8 @@ def ray_session():
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory, tiny_model_dir, ray_session) -> Path:
     """A store written by the real precompute on the tiny model and tiny data (fp32, shard size 3)."""
-    from xel.precompute.run import PrecomputeConfig, run
+    from xel.precompute.config import PrecomputeConfig
+    from xel.precompute.run import run
 
     root = tmp_path_factory.mktemp("store")
     data = root / "data"

@@ -23,7 +23,8 @@ from xel.detect.spans import span_sentences
 from xel.detect.tagger import Span, decode, fit, tag, token_labels
 from xel.detect.tokens import token_features, windows
 from xel.link.items import LinkError
-from xel.precompute.encoding import TextEncoder, resolve_encoder
+from xel.precompute.encoding import TextEncoder
+from xel.precompute.settings import resolve_encoder
 
 from tests.tiny import CORPUS
 

@@ -17,7 +17,7 @@ from xel.detect import train as detect_train
 from xel.detect.cli import main as detect_main
 from xel.link.cli import main as link_main
 from xel.link.linker import Linker
-from xel.precompute.run import PrecomputeConfig
+from xel.precompute.config import PrecomputeConfig
 from xel.precompute.run import run as run_precompute
 from xel.retrieval.build import BuildConfig, run_build
 from xel.retrieval.candidate_lists import CandidatesConfig, run_candidates

@@ -10,17 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from xel.encoder import build as encoder_build
-from xel.encoder.build import (
-    MARKER,
-    REQUIRED_FILES,
-    SOURCE_MODEL,
-    BuildError,
-    build_encoder,
-    dequantize_q4_0,
-    parse_packed_model,
-    read_marker,
-)
+from xel.encoder.build import MARKER, REQUIRED_FILES, SOURCE_MODEL, build_encoder, read_marker
 from xel.encoder.cli import main
+from xel.encoder.packed import BuildError, dequantize_q4_0, parse_packed_model
 
 
 def q4_block(d: float, qs: list[int]) -> bytes:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from xel.precompute.encoding import EncodeError, TextEncoder, context_item, entity_item, mention_item, resolve_encoder
+from xel.precompute.encoding import TextEncoder, context_item, entity_item, mention_item
+from xel.precompute.identity import EncodeError
+from xel.precompute.settings import resolve_encoder
 
 from tests.conftest import LONG
 
@@ -147,3 +149,10 @@ def test_layer_out_of_range_is_refused(tiny_model_dir):
 def test_not_a_model_directory(tmp_path):
     with pytest.raises(EncodeError, match="not a Hugging Face model directory"):
         TextEncoder.load(resolve_encoder(tmp_path))
+
+
+def test_loading_an_encoder_leaves_the_process_torch_threads_alone(tiny_model_dir):
+    """torch's thread count is the process's, set by entry points (an actor's OMP_NUM_THREADS), not by a library."""
+    before = torch.get_num_threads()
+    TextEncoder.load(resolve_encoder(tiny_model_dir, dtype="fp32", device="cpu"), threads=1 if before > 1 else 2)
+    assert torch.get_num_threads() == before

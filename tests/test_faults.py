@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from xel.precompute.run import PrecomputeConfig, PrecomputeError, run
+from xel.precompute.config import PrecomputeConfig, PrecomputeError
+from xel.precompute.run import run
 from xel.precompute.store import KINDS, MANIFEST, StoreError, open_store, read_shard, shard_path
 
 from tests.conftest import write_jsonl

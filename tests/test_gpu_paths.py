@@ -6,15 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from xel.precompute.encoding import (
-    CPU_TOKEN_BUDGET,
-    EncodeError,
-    TextEncoder,
-    pick_device,
-    resolve_encoder,
-    token_budget,
-)
-from xel.precompute.run import PrecomputeConfig, PrecomputeError, actor_device, actor_options
+from xel.precompute.config import PrecomputeConfig, PrecomputeError, actor_device
+from xel.precompute.encoding import CPU_TOKEN_BUDGET, TextEncoder, token_budget
+from xel.precompute.hardware import pick_device
+from xel.precompute.identity import EncodeError
+from xel.precompute.schedule import actor_options
+from xel.precompute.settings import resolve_encoder
 
 
 def _cfg(**kw) -> PrecomputeConfig:
@@ -77,7 +74,7 @@ def test_bf16_on_gpu_matches_fp32(tiny_model_dir):
 
 
 def test_auto_dtype_is_bf16_on_gpu_or_amx_and_fp32_on_other_cpus():
-    from xel.precompute.encoding import resolve_dtype
+    from xel.precompute.hardware import resolve_dtype
 
     amx = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
     avx512_bf16_only = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
@@ -86,3 +83,19 @@ def test_auto_dtype_is_bf16_on_gpu_or_amx_and_fp32_on_other_cpus():
     assert resolve_dtype("auto", on_gpu=False, cpuinfo=avx512_bf16_only) == "fp32"
     assert resolve_dtype("bf16", on_gpu=False, cpuinfo=avx512_bf16_only) == "bf16"
     assert resolve_dtype("fp32", on_gpu=True) == "fp32"
+
+
+def test_auto_device_means_the_same_for_queries_and_actors(monkeypatch, tiny_model_dir):
+    """``--device auto``: a GPU when the process that runs the encoder has one. A query process decides from what it
+    sees; a precompute actor has a GPU only when Ray gave it one (Ray does not hide the others from it)."""
+    from xel.precompute import hardware
+    from xel.precompute.settings import EncoderSettings
+
+    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: True)
+    assert hardware.resolve_device("auto") == "cuda" == actor_device(_cfg(gpus_per_actor=1))
+    assert actor_device(_cfg()) == "cpu"  # an actor Ray gave no GPU
+    settings = resolve_encoder(tiny_model_dir, dtype="fp32", device="auto")
+    manifest = {**settings.manifest_fields(), "dtype": "fp32", "backend": "torch"}
+    assert EncoderSettings.from_manifest(manifest, tiny_model_dir).device == "auto"  # decided where it loads
+    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: False)
+    assert hardware.resolve_device("auto") == "cpu"

@@ -14,7 +14,9 @@ import random
 
 import numpy as np
 import pytest
-from xel.precompute.run import PREV_DIR, PrecomputeConfig, run
+from xel.precompute.config import PrecomputeConfig
+from xel.precompute.plan import PREV_DIR
+from xel.precompute.run import run
 from xel.precompute.store import open_store, read_shard
 
 from tests.conftest import write_jsonl
@@ -124,7 +126,7 @@ def test_mentions_file_changes_reencode_only_changed_mentions(tiny_model_dir, ra
 
 def test_a_run_killed_after_setting_shards_aside_reuses_them(tiny_model_dir, ray_session, tmp_path, monkeypatch):
     """Shards moved to .prev by a run that then died are still found by the next run."""
-    from xel.precompute.run import PrecomputeError
+    from xel.precompute.config import PrecomputeError
 
     data, out = tmp_path / "data", tmp_path / "h5"
     kb = kb_entries(N_KB)

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from xel.link import batch as link_batch
 from xel.link.cli import main as link_main
 from xel.link.linker import Linker, LinkError, check_item
-from xel.precompute.run import PrecomputeConfig
+from xel.precompute.config import PrecomputeConfig
 from xel.precompute.run import run as run_precompute
 from xel.precompute.store import open_store
 from xel.retrieval.build import BuildConfig, run_build

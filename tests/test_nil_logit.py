@@ -246,7 +246,7 @@ def test_the_linker_reproduces_a_learned_nil_run(tmp_path, tiny_model_dir, ray_s
     import json
 
     from xel.link.linker import Linker
-    from xel.precompute.run import PrecomputeConfig
+    from xel.precompute.config import PrecomputeConfig
     from xel.precompute.run import run as run_precompute
     from xel.precompute.store import open_store
     from xel.retrieval.build import BuildConfig, run_build

@@ -12,17 +12,13 @@ import pytest
 from click.testing import CliRunner
 from xel.precompute import onnx_backend
 from xel.precompute.cli import main
-from xel.precompute.encoding import (
-    EncodeError,
-    TextEncoder,
-    auto_dtype,
-    context_item,
-    entity_item,
-    mention_item,
-    resolve_encoder,
-)
-from xel.precompute.run import PrecomputeConfig, PrecomputeError, run
-from xel.precompute.store import atomic_write_json, open_store
+from xel.precompute.config import PrecomputeConfig, PrecomputeError
+from xel.precompute.encoding import TextEncoder, context_item, entity_item, mention_item
+from xel.precompute.hardware import auto_dtype
+from xel.precompute.identity import EncodeError
+from xel.precompute.run import run
+from xel.precompute.settings import resolve_encoder
+from xel.precompute.store import open_store
 
 from tests.conftest import LONG, MENTIONS
 from tests.tiny import build_tiny_model
@@ -146,19 +142,62 @@ def test_auto_dtype_from_cpu_flags(cpuinfo, gate, want):
     assert auto_dtype(on_gpu=True, cpuinfo=cpuinfo, int8_gate=gate)[0] == "bf16"
 
 
-def test_auto_reads_the_gate_verdict_and_records_why(tiny_model_dir, tmp_path, monkeypatch):
-    import xel.precompute.encoding as encoding
+VNNI_CPU = "flags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
+PLAIN_CPU = "flags\t\t: fpu sse2 avx2\n"
 
+
+def test_auto_is_left_to_where_the_encoder_runs_and_reads_the_gate_verdict(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_backend, "GATE_FILE", tmp_path / "int8_gate.json")
+    settings = resolve_encoder(tiny_model_dir, device="cpu")
+    assert (settings.dtype, settings.backend) == ("auto", None)  # the driver decides nothing machine-dependent
+    here = settings.resolved(cpuinfo=VNNI_CPU)
+    assert (here.dtype, here.backend) == ("fp32", "torch") and "was not run" in here.dtype_reason
+    onnx_backend.record_gate(settings.identity["fingerprint"], {"passed": True})
+    assert onnx_backend.gate_passed(settings.identity["fingerprint"]) is True
+    here = settings.resolved(cpuinfo=VNNI_CPU)
+    assert (here.dtype, here.backend) == ("int8", "onnx") and "passed" in here.dtype_reason
+    assert here.encoded_with() == {"dtype": "int8", "backend": "onnx", "device": "cpu",
+                                   "dtype_reason": here.dtype_reason}
+    assert settings.resolved(cpuinfo=PLAIN_CPU).dtype == "fp32"  # another machine, the same settings
+    assert resolve_encoder(tiny_model_dir, device="cpu", backend="torch").resolved(cpuinfo=VNNI_CPU).dtype == "fp32"
+    onnx_backend.record_gate(settings.identity["fingerprint"], {"passed": False})
+    assert "failed" in settings.resolved(cpuinfo=VNNI_CPU).dtype_reason
+    monkeypatch.setattr(onnx_backend, "QUANTIZE", {**onnx_backend.QUANTIZE, "per_channel": False})
+    assert onnx_backend.gate_passed(settings.identity["fingerprint"]) is None  # a verdict holds for its recipe only
+
+
+def test_each_shard_records_the_dtype_its_own_machine_chose(tiny_data, tiny_model_dir, tmp_path, monkeypatch):
+    """Two workers with the same (auto) settings on machines with different CPU flags: each shard records what its
+    worker ran, and the manifest says which rows ran what (the driver's CPU decides nothing)."""
+    from xel.precompute import hardware
+    from xel.precompute.config import run_settings
+    from xel.precompute.plan import plan_tasks
+    from xel.precompute.run import encoders_of
+    from xel.precompute.schema import scan_inputs
+    from xel.precompute.store import read_shard
+    from xel.precompute.worker import ShardWorker
+
+    monkeypatch.setattr(onnx_backend, "GATE_FILE", tmp_path / "int8_gate.json")
     monkeypatch.setenv(onnx_backend.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(encoding, "cpu_flags", lambda cpuinfo=None: {"avx2", "avx512_vnni"})
     settings = resolve_encoder(tiny_model_dir, device="cpu")
-    assert (settings.dtype, settings.backend) == ("fp32", "torch") and "was not run" in settings.dtype_reason
-    gate = onnx_backend.cache_dir(tiny_model_dir, settings.identity["fingerprint"]) / onnx_backend.GATE_FILE
-    atomic_write_json(gate, {"passed": True})
-    settings = resolve_encoder(tiny_model_dir, device="cpu")
-    assert (settings.dtype, settings.backend) == ("int8", "onnx")
-    assert settings.manifest_fields()["dtype_reason"] == settings.dtype_reason
-    assert resolve_encoder(tiny_model_dir, device="cpu", backend="torch").dtype == "fp32"
+    onnx_backend.record_gate(settings.identity["fingerprint"], {"passed": True})
+    cfg = PrecomputeConfig(data=tiny_data, model=tiny_model_dir, out=tmp_path / "h5", kinds=("ms", "es"))
+    tasks = plan_tasks(cfg, scan_inputs(tiny_data), run_settings(cfg, settings)).tasks
+    ran, real_flags = {}, hardware.cpu_flags
+    for kind, flags in (("ms", VNNI_CPU), ("es", PLAIN_CPU)):  # what each worker's /proc/cpuinfo says
+        monkeypatch.setattr(hardware, "cpu_flags", lambda cpuinfo=None, flags=flags: real_flags(flags))
+        result = ShardWorker(settings, threads=1).run(tasks[kind][0])
+        shard = read_shard(tasks[kind][0].path)
+        assert shard.encoded_with == result["encoded_with"]
+        ran[kind] = shard.encoded_with
+    assert (ran["ms"]["dtype"], ran["ms"]["backend"]) == ("int8", "onnx")
+    assert (ran["es"]["dtype"], ran["es"]["backend"]) == ("fp32", "torch")
+    entries = {kind: [{"rows": tasks[kind][0].rows, **ran[kind]}] for kind in ran}
+    fields = encoders_of(entries, settings)
+    most = max(ran, key=lambda kind: tasks[kind][0].rows)
+    assert fields["dtype"] == ran[most]["dtype"]
+    assert sorted((e["dtype"], e["rows"]) for e in fields["encoded_with"]) == \
+        sorted((ran[kind]["dtype"], tasks[kind][0].rows) for kind in ran)
 
 
 @pytest.mark.parametrize("backend,dtype,device,message", [
@@ -167,9 +206,6 @@ def test_auto_reads_the_gate_verdict_and_records_why(tiny_model_dir, tmp_path, m
     ("onnx", "fp32", "cuda", "backend onnx runs on the CPU"),
 ])
 def test_impossible_backend_and_dtype_are_refused(tiny_model_dir, backend, dtype, device, message, monkeypatch):
-    import xel.precompute.encoding as encoding
-
-    monkeypatch.setattr(encoding, "_device_kind", lambda requested: requested)
     with pytest.raises(EncodeError, match=message):
         resolve_encoder(tiny_model_dir, dtype=dtype, device=device, backend=backend)
 

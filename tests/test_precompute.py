@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from xel.precompute.cli import main
-from xel.precompute.run import PrecomputeConfig, PrecomputeError, run
+from xel.precompute.config import PrecomputeConfig, PrecomputeError
+from xel.precompute.run import run
 from xel.precompute.store import StoreError, open_store
 
 from tests.conftest import KB, MENTIONS, write_jsonl
@@ -116,7 +117,7 @@ def test_different_settings_into_the_same_out_are_refused(tiny_data, tiny_model_
 
 
 def test_auto_dtype_is_resolved_before_it_is_recorded(tiny_data, tiny_model_dir, tmp_path, ray_session):
-    from xel.precompute.encoding import resolve_dtype
+    from xel.precompute.hardware import resolve_dtype
 
     out = tmp_path / "h5"
     run(PrecomputeConfig(data=tiny_data, model=tiny_model_dir, out=out, kinds=("es",)))
@@ -403,7 +404,7 @@ def test_sigterm_while_waiting_on_ray_is_deferred_to_the_driver_loop():
     import os
     import signal
 
-    from xel.precompute.run import STOP, Stopped, stop_on_sigterm
+    from xel.precompute.schedule import STOP, Stopped, stop_on_sigterm
 
     previous = signal.getsignal(signal.SIGTERM)
     try:
@@ -424,3 +425,28 @@ def test_sigterm_while_waiting_on_ray_is_deferred_to_the_driver_loop():
                 pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_ray_session_leaves_the_sigterm_handler_and_environment_as_it_found_them(monkeypatch):
+    """ray.init installs a SIGTERM handler of its own; the session puts the entry point's back, and the worker
+    niceness reaches the raylet without staying in the process's environment."""
+    import os
+    import signal
+
+    from xel.precompute import ray_session as session
+
+    seen = {}
+
+    def fake_init(**kwargs):
+        seen["niceness"] = os.environ.get(session.WORKER_NICENESS)
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)  # as ray.init does
+
+    monkeypatch.setattr(session.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(session.ray, "init", fake_init)
+    monkeypatch.setattr(session.ray, "shutdown", lambda: None)
+    monkeypatch.delenv(session.WORKER_NICENESS, raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+    with session.ray_session():
+        assert signal.getsignal(signal.SIGTERM) is before
+    assert seen["niceness"] == "0" and session.WORKER_NICENESS not in os.environ

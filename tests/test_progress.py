@@ -15,11 +15,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from xel.precompute import run as precompute_run
-from xel.precompute.encoding import resolve_encoder
+from xel.precompute import schedule as precompute_schedule
+from xel.precompute.config import PrecomputeConfig, run_settings
+from xel.precompute.plan import plan_tasks
 from xel.precompute.ray_session import WORKER_NICENESS
-from xel.precompute.run import PrecomputeConfig, plan_tasks, run, run_settings
+from xel.precompute.run import run
 from xel.precompute.schema import scan_inputs
+from xel.precompute.settings import resolve_encoder
 from xel.precompute.worker import ShardWorker
 
 from tests.conftest import KB, MENTIONS, write_jsonl
@@ -57,7 +59,7 @@ def test_the_bar_moves_per_batch_with_reports_from_the_actors(tiny_model_dir, ra
     write_jsonl(data / "mentions.jsonl", [dict(MENTIONS[0], gold=None)])
     events: list[tuple[str, int, int]] = []
     positions: list[int] = []
-    real_event, real_show = precompute_run.Progress.event, precompute_run.Progress.show
+    real_event, real_show = precompute_schedule.Progress.event, precompute_schedule.Progress.show
 
     def event(self, kind, index, rows):
         events.append((kind, index, rows))
@@ -67,8 +69,8 @@ def test_the_bar_moves_per_batch_with_reports_from_the_actors(tiny_model_dir, ra
         real_show(self)
         positions.append(self.bar.n)
 
-    monkeypatch.setattr(precompute_run.Progress, "event", event)
-    monkeypatch.setattr(precompute_run.Progress, "show", show)
+    monkeypatch.setattr(precompute_schedule.Progress, "event", event)
+    monkeypatch.setattr(precompute_schedule.Progress, "show", show)
     summary = run(PrecomputeConfig(data=data, model=tiny_model_dir, out=tmp_path / "h5", kinds=("es",),
                                    dtype="fp32", shard_size=30, max_tokens_per_batch=64, actors=2,
                                    cpus_per_actor=1))

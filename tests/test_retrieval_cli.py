@@ -152,7 +152,7 @@ def test_a_moved_model_is_found_with_model_and_the_fingerprint_ignores_the_folde
     """Issue 15.13: identity by content: a copied or renamed model directory is the same encoder."""
     import shutil
 
-    from xel.precompute.encoding import encoder_identity
+    from xel.precompute.identity import encoder_identity
 
     store = tmp_path / "h5"
     shutil.copytree(tiny_store, store)
@@ -246,7 +246,7 @@ def test_outputs_follow_the_umask(kb_store, tmp_path):  # noqa: F811
     """Issue 15.14: files were created 0600 and directories 0700 (mkstemp/mkdtemp) whatever the umask."""
     import stat
 
-    from xel.precompute.store import atomic_write_bytes
+    from xel.precompute.files import atomic_write_bytes
 
     old = os.umask(0o022)
     try:

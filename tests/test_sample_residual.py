@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from xel.precompute.run import PrecomputeConfig
+from xel.precompute.config import PrecomputeConfig
 from xel.precompute.run import run as run_precompute
 from xel.precompute.store import open_store
 from xel.retrieval.build import BuildConfig, run_build

@@ -27,7 +27,7 @@ from fastapi.testclient import TestClient
 from xel.link.linker import Candidate, Link, check_item
 from xel.link.serve import create_app
 from xel.link.watch import FileWatch
-from xel.precompute.store import file_sha256
+from xel.precompute.files import file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD = {"text": "We were in Rome last year.", "start": 11, "end": 15, "lang": "en"}

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from xel.precompute import schema
-from xel.precompute.run import PrecomputeConfig, plan_tasks
+from xel.precompute.config import PrecomputeConfig
+from xel.precompute.plan import plan_tasks
 from xel.precompute.schema import InputError, load_inputs, read_records, scan_inputs
 from xel.precompute.worker import task_items
 

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
-from xel.precompute.store import atomic_write_bytes
+from xel.precompute.files import atomic_write_bytes
 from xel.train.model import ModelSpec, Ranker
 from xel.train.residual import build_model
 

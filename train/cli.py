@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from xel.precompute.run import PrecomputeError
+from xel.precompute.config import PrecomputeError
+from xel.precompute.files import exit_on_sigterm
 from xel.precompute.schema import InputError
-from xel.precompute.store import StoreError, exit_on_sigterm
+from xel.precompute.store import StoreError
 from xel.retrieval.files import CandidatesError
 from xel.retrieval.metrics import format_table
 from xel.train.checkpoint import CheckpointError

@@ -33,11 +33,13 @@ import numpy as np
 import ray
 from tqdm import tqdm
 from xel.encoder.build import build_encoder
+from xel.precompute.config import PrecomputeConfig
+from xel.precompute.files import atomic_write_bytes, file_sha256
 from xel.precompute.ray_session import ray_session
-from xel.precompute.run import PrecomputeConfig, summary_table
 from xel.precompute.run import run as run_precompute
+from xel.precompute.run import summary_table
 from xel.precompute.schema import load_inputs
-from xel.precompute.store import atomic_write_bytes, atomic_write_json, file_sha256, open_store
+from xel.precompute.store import atomic_write_json, open_store
 from xel.retrieval.build import BuildConfig, run_build
 from xel.retrieval.candidate_lists import CandidatesConfig, run_candidates
 from xel.retrieval.metrics import __doc__ as METRIC_DEFINITIONS

@@ -11,15 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from xel.precompute.store import (
-    atomic_write_json,
-    check_out_dir,
-    check_writable,
-    make_temp_dir,
-    remove_stale_temp_dirs,
-    replace_dir,
-    resolve_out,
-)
+from xel.precompute.files import check_writable, make_temp_dir, remove_stale_temp_dirs, replace_dir, resolve_out
+from xel.precompute.store import atomic_write_json, check_out_dir
 from xel.retrieval.metrics import __doc__ as METRIC_DEFINITIONS
 from xel.train.config import ConfigError, TrainConfig
 from xel.train.fit import fit
