@@ -7,14 +7,21 @@ Precomputes the sample twice with local Ray (``--dtype fp32`` and ``--dtype int8
 stores), then for each store builds the FAISS index and the candidate lists and scores the nn baseline (and, with
 ``--ranker``, one seed of the default ranker, ``en``) exactly as ``xel-experiment`` does. Reports, int8 against fp32:
 
-* the cosine of every ``ms`` and ``es`` row (mean and minimum; gate: both >= 0.99);
-* dense recall@10 of the candidate lists, all mentions and per language (gate: within 0.01);
-* nn F1 and the ranker's F1 per language (gate: within 0.01, either way, as the issue states it; "all" is shown,
-  not gated).
+The gate is one-sided, on what int8 can break (a higher int8 score is no failure: the NIL threshold alone moves F1
+by a few hundredths either way):
 
-Writes ``bench/results/int8_gate.json``, prints the table, and records the verdict for this encoder in its ONNX cache
-(``int8-gate.json``), which ``--dtype auto`` reads on a CPU with VNNI. ``--reduce-range`` quantises with 7-bit weights
-instead (a separate cache, ``$XEL_ONNX_CACHE`` pointed into ``--out``), to compare; it records no verdict.
+* the cosine of every ``ms`` and ``es`` row to fp32 (mean and minimum; gate: both >= 0.99);
+* dense recall@10 of the candidate lists, all mentions and per language (gate: int8 >= fp32 - 0.01);
+* nn top-1 with NIL off (each non-NIL mention's nearest KB name by cosine, brute force), all and per language
+  (gate: int8 >= fp32 - 0.01);
+* the default linker's F1 (one seed of the ranker, ``--ranker``), all and per language (gate: int8 >= fp32 - 0.01);
+* the nn baseline's F1 (its NIL threshold tuned) is shown, not gated.
+
+Writes ``bench/results/int8_gate.json``, prints the table, and records the verdict for this encoder and quantisation
+recipe in ``precompute/int8_gate.json`` (shipped with xel), which ``--dtype auto`` reads where the encoder runs: int8
+on a CPU with VNNI when it passed. Without ``--ranker`` the verdict is not recorded (the linker is part of the gate).
+``--reduce-range`` quantises with 7-bit weights instead (a separate cache, ``$XEL_ONNX_CACHE`` pointed into
+``--out``), to compare; it records no verdict.
 """
 
 from __future__ import annotations
@@ -40,12 +47,42 @@ from xel.precompute.hardware import cpu_has_vnni  # noqa: E402
 from xel.precompute.identity import encoder_identity  # noqa: E402
 from xel.precompute.ray_session import ray_session  # noqa: E402
 from xel.precompute.run import run as run_precompute  # noqa: E402
-from xel.precompute.store import atomic_write_json, open_store  # noqa: E402
+from xel.precompute.store import open_store  # noqa: E402
 from xel.train.experiment import ExperimentConfig, base_config, retrieve  # noqa: E402
 from xel.train.run import run as run_train  # noqa: E402
 from xel.train.run import set_threads  # noqa: E402
 
-GATE = {"cosine": 0.99, "recall": 0.01, "f1": 0.01}
+GATE = {"cosine": 0.99, "drop": 0.01}  # cosine: at least; drop: int8 at most this much below fp32
+
+
+def gate_failures(cos: dict[str, np.ndarray], pairs: dict[str, dict[str, tuple[float, float]]],
+                  gated: tuple[str, ...]) -> list[str]:
+    """What fails the one-sided gate: a row cosine (mean or min) below :data:`GATE` ``cosine``, or a gated measure
+    (``pairs[measure][group] = (fp32, int8)``) where int8 is more than ``drop`` below fp32. int8 above fp32 passes."""
+    failed = [f"cos {kind} {stat}" for kind, c in cos.items() for stat, v in (("mean", c.mean()), ("min", c.min()))
+              if v < GATE["cosine"]]
+    return failed + [f"{measure} {g}" for measure in gated if measure in pairs
+                     for g, (a, b) in pairs[measure].items() if b < a - GATE["drop"] - 1e-12]
+
+
+def nn_top1(store: Path) -> dict[str, float]:
+    """Accuracy of the nearest KB name by cosine (NIL off: every non-NIL mention gets its top-1), all and per
+    language, brute force over every ``es`` row."""
+    s = open_store(store)
+    ms_ids, ms, _ = s.load("ms")
+    es_ids, es, _ = s.load("es")
+    ms = ms.astype(np.float32) / np.linalg.norm(ms.astype(np.float32), axis=1, keepdims=True)
+    es = es.astype(np.float32) / np.linalg.norm(es.astype(np.float32), axis=1, keepdims=True)
+    top = np.asarray(es_ids)[(ms @ es.T).argmax(1)]
+    mentions = {m["id"]: m for m in s.records("mentions")}
+    hits: dict[str, list[bool]] = {}
+    for ident, pred in zip(ms_ids, top):
+        gold = mentions[ident]["gold"]
+        if gold is None:
+            continue
+        for group in ("all", f"lang:{mentions[ident]['lang']}"):
+            hits.setdefault(group, []).append(pred == gold)
+    return {g: float(np.mean(h)) for g, h in sorted(hits.items())}
 
 
 def row_cosines(a: Path, b: Path, kind: str) -> np.ndarray:
@@ -63,7 +100,7 @@ def evaluate(cfg: ExperimentConfig, store: Path, out: Path, ranker: bool) -> dic
     langs = sorted({m["lang"] for m in open_store(store).records("mentions")})
     targets = [x for x in langs if x != cfg.train_lang]
     base = dataclasses.replace(base_config(cfg, {"features": store, "candidates": candidates}, targets), threads=2)
-    result: dict[str, Any] = {"recall": recall, "langs": langs}
+    result: dict[str, Any] = {"recall": recall, "langs": langs, "nn_top1": nn_top1(store)}
     runs = {"nn": dataclasses.replace(base, epochs=0, out=str(out / "train" / "nn"))}
     if ranker:
         runs["ranker"] = dataclasses.replace(base, seed=0, out=str(out / "train" / "en-seed-0"))
@@ -106,42 +143,44 @@ def main(data: Path, model: Path, out: Path, ranker: bool, reduce_range: bool, j
     cos = {kind: row_cosines(stores["fp32"], stores["int8"], kind) for kind in ("ms", "es")}
     fp32, int8 = results["fp32"], results["int8"]
     groups = ["all", *(f"lang:{x}" for x in fp32["langs"])]
-    recall = {g: (fp32["recall"][g]["dense"]["R@10"], int8["recall"][g]["dense"]["R@10"]) for g in groups
-              if g in fp32["recall"]}
-    f1 = {name: {g: (fp32[name][g], int8[name][g]) for g in groups if g in fp32[name]}
-          for name in ("nn", "ranker") if name in fp32}
-    checks = [min(c.mean(), c.min()) >= GATE["cosine"] for c in cos.values()]
-    checks += [abs(b - a) <= GATE["recall"] for a, b in recall.values()]
-    checks += [abs(b - a) <= GATE["f1"] for rows in f1.values() for g, (a, b) in rows.items() if g != "all"]
-    passed = all(checks)
+    pairs = {"dense R@10": {g: (fp32["recall"][g]["dense"]["R@10"], int8["recall"][g]["dense"]["R@10"])
+                            for g in groups if g in fp32["recall"]},
+             "nn top-1, NIL off": {g: (fp32["nn_top1"][g], int8["nn_top1"][g]) for g in groups if g in fp32["nn_top1"]}}
+    pairs.update({f"{name} F1": {g: (fp32[name][g], int8[name][g]) for g in groups if g in fp32[name]}
+                  for name in ("ranker", "nn") if name in fp32})
+    gated = ("dense R@10", "nn top-1, NIL off", "ranker F1")
+    failed = gate_failures(cos, pairs, gated)
+    passed = not failed and ranker
     fingerprint = encoder_identity(model)["fingerprint"]
     result = {
         "machine": {"node": platform.node(), "cpus": os.cpu_count(), "vnni": cpu_has_vnni(), "load": os.getloadavg()},
-        "encoder": fingerprint, "quantize": dict(onnx_backend.QUANTIZE), "gate": GATE, "passed": passed,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "encoder": fingerprint, "quantize": dict(onnx_backend.QUANTIZE), "gate": GATE, "gated": list(gated),
+        "passed": passed, "failed": failed,
         "cosine": {k: {"mean": float(c.mean()), "min": float(c.min()), "rows": len(c)} for k, c in cos.items()},
-        "dense_recall_at_10": {g: {"fp32": a, "int8": b} for g, (a, b) in recall.items()},
-        "f1": {n: {g: {"fp32": a, "int8": b} for g, (a, b) in rows.items()} for n, rows in f1.items()},
+        "measures": {m: {g: {"fp32": a, "int8": b} for g, (a, b) in rows.items()} for m, rows in pairs.items()},
         "precompute": seconds,
     }
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(result, indent=2) + "\n")
-    if not reduce_range:
-        atomic_write_json(onnx_backend.cache_dir(model, fingerprint) / onnx_backend.GATE_FILE,
-                          {"passed": passed, "gate": GATE, "results": str(json_out)})
+    if not reduce_range and ranker:
+        onnx_backend.record_gate(fingerprint, {"passed": passed, "failed": failed, "gate": GATE,
+                                               "measured": str(json_out.relative_to(ROOT)) if json_out.is_relative_to(
+                                                   ROOT) else str(json_out), "date": result["date"]})
     click.echo(f"int8 quality gate, {data} ({'7-bit' if reduce_range else '8-bit'} weights, per channel); "
                f"CPU VNNI: {cpu_has_vnni()}; load average {os.getloadavg()[0]:.1f}")
-    click.echo(f"{'measure':<28}{'fp32':>9}{'int8':>9}{'diff':>9}  gate")
+    click.echo(f"{'measure':<34}{'fp32':>9}{'int8':>9}{'diff':>9}  gate")
     for kind, c in cos.items():
-        click.echo(f"{'cos(fp32, int8) ' + kind:<28}{'mean':>9}{c.mean():>9.4f}{'':>9}  >= {GATE['cosine']}")
-        click.echo(f"{'':<28}{'min':>9}{c.min():>9.4f}{'':>9}  >= {GATE['cosine']}")
-    for g, (a, b) in recall.items():
-        click.echo(f"{'dense R@10 ' + g:<28}{a:>9.3f}{b:>9.3f}{b - a:>+9.3f}  |diff| <= {GATE['recall']}")
-    for name, rows in f1.items():
+        click.echo(f"{'cos(fp32, int8) ' + kind + ' mean':<34}{'':>9}{c.mean():>9.4f}{'':>9}  >= {GATE['cosine']}")
+        click.echo(f"{'cos(fp32, int8) ' + kind + ' min':<34}{'':>9}{c.min():>9.4f}{'':>9}  >= {GATE['cosine']}")
+    for measure, rows in pairs.items():
+        rule = f"int8 >= fp32 - {GATE['drop']}" if measure in gated else "shown, not gated"
         for g, (a, b) in rows.items():
-            click.echo(f"{name + ' F1 ' + g:<28}{a:>9.3f}{b:>9.3f}{b - a:>+9.3f}  |diff| <= {GATE['f1']}")
+            click.echo(f"{measure + ' ' + g:<34}{a:>9.3f}{b:>9.3f}{b - a:>+9.3f}  {rule}")
     click.echo(f"precompute: fp32 {seconds['fp32']['precompute_s']:.1f}s, int8 {seconds['int8']['precompute_s']:.1f}s "
                f"(a rerun reuses the stores)")
-    click.echo(f"gate {'PASSED' if passed else 'FAILED'}; wrote {json_out}")
+    verdict = "PASSED" if passed else ("FAILED: " + ", ".join(failed) if failed else "not decided (--no-ranker)")
+    click.echo(f"gate {verdict}; wrote {json_out}")
 
 
 if __name__ == "__main__":

@@ -16,10 +16,16 @@ tokens/s of
 * ``end to end``: ``xel-precompute`` itself (``precompute.run.run``: a new local Ray, the actor, the store, the
   manifest) on the same texts as ``mc`` rows, once per torch fp32, onnx fp32 and onnx int8;
 
-and reports the speed-ups over naive, the Ray overhead over in-process, the padding fraction, and each variant's
-fraction of its own GEMM peak (fp32 and bf16 with torch, fp32 and int8 with ONNX Runtime, all measured in this run
-on a 2048 x 1024 x 4096 product; FLOPs/token from the model config). Writes ``bench/results/precompute.json`` and
-prints the tables.
+``--default-vs-naive`` measures only what a user gets (the issue's goal, as one ratio): on a sample of the bundled
+data (``--mentions`` mentions and ``--kb`` KB entries), the naive loop end to end (load the model, then every
+mention sentence, context and KB name one text at a time in torch fp32) against ``xel-precompute`` with default flags
+(``--kinds ms,mc,es``: a new local Ray, the actors, the store), alternating ``--repeats`` times; writes
+``bench/results/precompute_default_vs_naive.json``.
+
+The full run reports the speed-ups over naive, the Ray overhead over in-process, the padding fraction, and each
+variant's fraction of its own GEMM peak (fp32 and bf16 with torch, fp32 and int8 with ONNX Runtime, all measured in
+this run on a 2048 x 1024 x 4096 product; FLOPs/token from the model config). Writes ``bench/results/precompute.json``
+and prints the tables.
 """
 
 from __future__ import annotations
@@ -42,16 +48,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from xel.precompute.config import PrecomputeConfig, run_settings  # noqa: E402
-from xel.precompute.encoding import EncodeItem, TextEncoder, mention_item  # noqa: E402
+from xel.precompute.encoding import EncodeItem, EncodeStats, TextEncoder, mention_item  # noqa: E402
 from xel.precompute.hardware import cpu_has_native_bf16, cpu_has_vnni, resolve_dtype  # noqa: E402
 from xel.precompute.plan import plan_tasks  # noqa: E402
 from xel.precompute.ray_session import ray_session  # noqa: E402
 from xel.precompute.run import run as run_precompute  # noqa: E402
 from xel.precompute.schedule import actor_options  # noqa: E402
-from xel.precompute.schema import scan_inputs  # noqa: E402
+from xel.precompute.schema import load_inputs, scan_inputs  # noqa: E402
 from xel.precompute.settings import EncoderSettings, resolve_encoder  # noqa: E402
 from xel.precompute.store import read_shard  # noqa: E402
-from xel.precompute.worker import ShardTask, ShardWorker  # noqa: E402
+from xel.precompute.worker import ShardTask, ShardWorker, build_items  # noqa: E402
 
 VARIANTS = (("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx", "int8"))  # in-process steady state
 END_TO_END = (("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8"))
@@ -249,6 +255,44 @@ def end_to_end(model_dir: Path, rows: list[dict], out_dir: Path, naive: float) -
     return result
 
 
+def default_vs_naive(model_dir: Path, mentions: int, kb: int, out_dir: Path, repeats: int) -> dict:
+    """The naive loop and ``xel-precompute`` with default flags, end to end on the same data, alternating."""
+    rng = np.random.default_rng(0)
+    data = out_dir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for name, n in (("mentions", mentions), ("kb", kb)):
+        lines = (ROOT / f"data/sample/{name}.jsonl").read_text(encoding="utf-8").splitlines()
+        picked = sorted(rng.choice(len(lines), size=min(n, len(lines)), replace=False))
+        (data / f"{name}.jsonl").write_text("".join(lines[i] + "\n" for i in picked), encoding="utf-8")
+    kinds = ("ms", "mc", "es")
+    inputs = load_inputs(data)
+    items = [it for kind in kinds for it in build_items(inputs.kb if kind == "es" else inputs.mentions, kind)]
+    runs: dict[str, list[dict]] = {"naive": [], "default": []}
+    for repeat in range(repeats):
+        t0 = time.perf_counter()
+        encoder = TextEncoder.load(resolve_encoder(model_dir, dtype="fp32", backend="torch", device="cpu"))
+        stats = EncodeStats()
+        for it in items:
+            encoder.encode([it], stats)
+        runs["naive"].append({"seconds": time.perf_counter() - t0, "tokens": stats.tokens})
+        del encoder
+        t0 = time.perf_counter()
+        summary = run_precompute(PrecomputeConfig(data=data, model=model_dir, out=out_dir / f"store-{repeat}",
+                                                  kinds=kinds))
+        seconds = time.perf_counter() - t0
+        m = summary["manifest"]
+        runs["default"].append({"seconds": seconds, "tokens": summary["tokens"], "dtype": m["dtype"],
+                                "backend": m["backend"], "dtype_reason": m.get("dtype_reason", ""),
+                                "padding_fraction": summary["padding_fraction"]})
+        shutil.rmtree(out_dir / f"store-{repeat}")
+    naive_s = [r["seconds"] for r in runs["naive"]]
+    default_s = [r["seconds"] for r in runs["default"]]
+    return {"mentions": len(inputs.mentions), "kb": len(inputs.kb), "texts": len(items), "kinds": list(kinds),
+            "tokens": runs["naive"][0]["tokens"], "runs": runs,
+            "ratio_per_repeat": [a / b for a, b in zip(naive_s, default_s)],
+            "ratio_of_medians": float(np.median(naive_s) / np.median(default_s))}
+
+
 def make_base_model(path: Path, tokenizer_dir: Path) -> Path:
     from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
 
@@ -268,8 +312,34 @@ def make_base_model(path: Path, tokenizer_dir: Path) -> Path:
 @click.option("--skip-base", is_flag=True, help="Skip the XLM-R-base-shaped random model.")
 @click.option("--skip-bf16", is_flag=True, help="Skip torch bf16 autocast in-process (slower than fp32 without AMX).")
 @click.option("--out", type=click.Path(path_type=Path), default=ROOT / "bench/results/precompute.json")
-def main(model: Path, texts: int, skip_base: bool, skip_bf16: bool, out: Path) -> None:
+@click.option("--default-vs-naive", is_flag=True, help="Only xel-precompute's default flags against the naive loop, "
+              "end to end on mention sentences, contexts and KB names.")
+@click.option("--mentions", default=400, show_default=True, help="With --default-vs-naive: mentions sampled.")
+@click.option("--kb", default=600, show_default=True, help="With --default-vs-naive: KB entries sampled.")
+@click.option("--repeats", default=2, show_default=True, help="With --default-vs-naive: alternating repeats.")
+def main(model: Path, texts: int, skip_base: bool, skip_bf16: bool, out: Path, default_vs_naive: bool,
+         mentions: int, kb: int, repeats: int) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if default_vs_naive:
+        load_before = os.getloadavg()
+        with tempfile.TemporaryDirectory() as tmp:
+            result = default_vs_naive(model, mentions, kb, Path(tmp), repeats)
+        result["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                             "vnni": cpu_has_vnni(), "amx_bf16": cpu_has_native_bf16(),
+                             "load_average_before": load_before, "load_average_after": os.getloadavg()}
+        result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        out = out.with_name("precompute_default_vs_naive.json") if out.name == "precompute.json" else out
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        first = result["runs"]["default"][0]
+        click.echo(f"{result['texts']:,} texts ({result['mentions']} mentions: sentences and contexts; {result['kb']} "
+                   f"KB names), {result['tokens']:,} tokens; default flags ran {first['dtype']} on {first['backend']} "
+                   f"({first['dtype_reason'] or 'given'}); load average {load_before[0]:.1f} -> "
+                   f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        click.echo(f"{'repeat':<8}{'naive s':>10}{'default s':>11}{'ratio':>8}")
+        for i, (a, b) in enumerate(zip(result["runs"]["naive"], result["runs"]["default"])):
+            click.echo(f"{i:<8}{a['seconds']:>10.1f}{b['seconds']:>11.1f}{a['seconds'] / b['seconds']:>7.2f}x")
+        click.echo(f"ratio of medians: {result['ratio_of_medians']:.2f}x; wrote {out}")
+        return
     rows_in = sample_rows(texts)
     items = sample_items(rows_in)
     variants = tuple(v for v in VARIANTS if not (skip_bf16 and v == ("torch", "bf16")))

@@ -324,5 +324,47 @@ def test_int8_without_the_onnx_runtime_is_refused_before_any_work_naming_the_ext
     result = CliRunner().invoke(main, ["--data", str(tiny_data), "--model", str(tiny_model_dir), "--out", str(out),
                                        "--dtype", "int8"])
     assert result.exit_code == 1
-    assert "needs onnxruntime" in result.output and "pip install -e '.[encoder]'" in result.output
+    assert "needs onnxruntime" in result.output and "pip install onnxruntime onnx" in result.output
     assert not (out / "manifest.json").exists()
+
+
+def test_auto_that_would_pick_int8_without_the_onnx_runtime_is_refused_before_ray(tiny_data, tiny_model_dir,
+                                                                                 tmp_path, monkeypatch):
+    """--dtype auto (the default) on a VNNI CPU, int8 passed the gate: a missing runtime is named before Ray."""
+    import importlib.util
+
+    import ray
+    from xel.precompute import hardware
+
+    monkeypatch.setattr(onnx_backend, "GATE_FILE", tmp_path / "int8_gate.json")
+    onnx_backend.record_gate(resolve_encoder(tiny_model_dir).identity["fingerprint"], {"passed": True})
+    real_flags, real_spec = hardware.cpu_flags, importlib.util.find_spec
+    monkeypatch.setattr(hardware, "cpu_flags", lambda cpuinfo=None: real_flags(VNNI_CPU))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real_spec(name, *a))
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started before the dependency check"))
+    out = tmp_path / "h5"
+    result = CliRunner().invoke(main, ["--data", str(tiny_data), "--model", str(tiny_model_dir), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "needs onnxruntime" in result.output and "--dtype auto on a CPU with VNNI" in result.output
+    assert not (out / "manifest.json").exists()
+
+
+
+def test_the_int8_gate_is_one_sided():
+    """int8 above fp32 (NIL-threshold noise) passes; more than 0.01 below, or a row cosine under 0.99, fails."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "int8_gate.py"
+    spec = importlib.util.spec_from_file_location("int8_gate", path)
+    gate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gate)
+    good = {"ms": np.array([0.999, 0.995]), "es": np.array([0.998, 0.994])}
+    gated = ("dense R@10", "ranker F1")
+    pairs = {"dense R@10": {"all": (0.90, 0.89), "lang:de": (0.78, 0.79)},  # -0.01 exactly, and better
+             "ranker F1": {"all": (0.60, 0.70)},  # far better: passes
+             "nn F1": {"all": (0.60, 0.40)}}  # shown, not gated
+    assert gate.gate_failures(good, pairs, gated) == []
+    worse = {**pairs, "ranker F1": {"all": (0.60, 0.589), "lang:en": (0.70, 0.70)}}
+    assert gate.gate_failures(good, worse, gated) == ["ranker F1 all"]
+    assert gate.gate_failures({**good, "es": np.array([0.999, 0.989])}, pairs, gated) == ["cos es min"]
