@@ -37,7 +37,7 @@ from xel.precompute.plan import drop_set_aside, plan_reuse, plan_tasks, remove_s
 from xel.precompute.ray_session import ray_session
 from xel.precompute.schedule import execute
 from xel.precompute.schema import ScannedInputs, scan_inputs
-from xel.precompute.settings import EncoderSettings
+from xel.precompute.settings import DEFAULT_BACKEND, EncoderSettings
 from xel.precompute.store import (
     ENCODED_WITH,
     KINDS,
@@ -153,7 +153,10 @@ def summary_table(summary: dict[str, Any]) -> str:
     lines = [
         f"store {summary['out']}: encoder {m['encoder']['name']} ({m['encoder']['fingerprint'][:12]}), dim {m['dim']}, "
         f"layer {m['layer']}, max length {m['max_length']}, prefix {m['prefix']!r}, {m['dtype']} on "
-        f"{m.get('backend', 'torch')}" + (f" (--dtype auto: {m['dtype_reason']})" if m.get("dtype_reason") else ""),
+        f"{m.get('backend', DEFAULT_BACKEND)}"
+        + (f" (--dtype auto: {m['dtype_reason']})" if m.get("dtype_reason") else "")
+        + ("; the actors differed: " + ", ".join(f"{e['dtype']} on {e['backend']} ({e['rows']:,} rows)"
+                                                 for e in m["encoded_with"]) if m.get("encoded_with") else ""),
         f"{'kind':<6}{'rows':>9}{'shards':>8}",
     ]
     for kind, info in m["kinds"].items():

@@ -116,17 +116,22 @@ def test_different_settings_into_the_same_out_are_refused(tiny_data, tiny_model_
         run(_cfg(tiny_data, tiny_model_dir, out, kinds=("es",), layer=1))
 
 
-def test_auto_dtype_is_resolved_before_it_is_recorded(tiny_data, tiny_model_dir, tmp_path, ray_session):
+def test_auto_dtype_is_decided_by_the_actor_and_recorded_per_shard(tiny_data, tiny_model_dir, tmp_path,
+                                                                   ray_session):
+    """The actor decides ``auto`` on its machine; each shard and the manifest record what it ran, the guard what was
+    asked (so a resumed run keeps shards whichever machine wrote them, and another dtype is refused)."""
     from xel.precompute.hardware import resolve_dtype
 
     out = tmp_path / "h5"
     run(PrecomputeConfig(data=tiny_data, model=tiny_model_dir, out=out, kinds=("es",)))
-    expected = resolve_dtype("auto", on_gpu=False)
-    assert open_store(out).manifest["dtype"] == expected
-    run(PrecomputeConfig(data=tiny_data, model=tiny_model_dir, out=out, kinds=("es",), dtype=expected))  # same store
-    other = "bf16" if expected == "fp32" else "fp32"
-    with pytest.raises(PrecomputeError, match=f"dtype: store has '{expected}', this run asks '{other}'"):
-        run(PrecomputeConfig(data=tiny_data, model=tiny_model_dir, out=out, kinds=("es",), dtype=other))
+    expected = resolve_dtype("auto", on_gpu=False)  # the tiny model has no int8 gate verdict
+    store = open_store(out)
+    assert store.manifest["dtype"] == expected and store.manifest["settings"]["dtype"] == "auto"
+    assert [e["dtype"] for e in store.manifest["kinds"]["es"]["shards"]] == [expected]
+    assert [shard.encoded_with["dtype"] for shard in store.iter_shards("es")] == [expected]
+    assert run(PrecomputeConfig(data=tiny_data, model=tiny_model_dir, out=out, kinds=("es",)))["kept_shards"] == 1
+    with pytest.raises(PrecomputeError, match=f"dtype: store has 'auto', this run asks '{expected}'"):
+        run(PrecomputeConfig(data=tiny_data, model=tiny_model_dir, out=out, kinds=("es",), dtype=expected))
 
 
 def test_corrupted_shard_is_detected_with_its_path(tiny_data, tiny_model_dir, tmp_path, ray_session):
