@@ -177,15 +177,15 @@ RUNTIME_MODULES = ("onnxruntime", "onnx")
 
 
 def check_dependencies() -> None:
-    """Refuse, before any work starts, a run of this backend without the packages it needs (in xel's default
-    install): without this check the first actor failed after Ray had started."""
+    """Refuse, before any work starts, a run of this backend without the packages it needs (the ``encoder``
+    extra): without this check the first actor failed after Ray had started."""
     import importlib.util
 
     missing = [m for m in RUNTIME_MODULES if importlib.util.find_spec(m) is None]
     if missing:
         raise OnnxBackendError(f"--backend onnx (and int8, which runs on it: --dtype int8, or --dtype auto on a CPU "
-                               f"with VNNI) needs {', '.join(missing)}, which is not installed although xel depends on "
-                               "it; install it: pip install onnxruntime onnx (or reinstall xel), or pass --dtype "
+                               f"with VNNI) needs {', '.join(missing)}, which is not installed; install the encoder "
+                               "extra: pip install -e '.[encoder]' (or pip install onnxruntime onnx), or pass --dtype "
                                "fp32 --backend torch")
 
 

@@ -324,7 +324,7 @@ def test_int8_without_the_onnx_runtime_is_refused_before_any_work_naming_the_ext
     result = CliRunner().invoke(main, ["--data", str(tiny_data), "--model", str(tiny_model_dir), "--out", str(out),
                                        "--dtype", "int8"])
     assert result.exit_code == 1
-    assert "needs onnxruntime" in result.output and "pip install onnxruntime onnx" in result.output
+    assert "needs onnxruntime" in result.output and "pip install -e '.[encoder]'" in result.output
     assert not (out / "manifest.json").exists()
 
 
