@@ -255,15 +255,22 @@ def end_to_end(model_dir: Path, rows: list[dict], out_dir: Path, naive: float) -
     return result
 
 
-def default_vs_naive(model_dir: Path, mentions: int, kb: int, out_dir: Path, repeats: int) -> dict:
+def measure_default_vs_naive(model_dir: Path, mentions: int, kb: int, out_dir: Path, repeats: int) -> dict:
     """The naive loop and ``xel-precompute`` with default flags, end to end on the same data, alternating."""
     rng = np.random.default_rng(0)
     data = out_dir / "data"
     data.mkdir(parents=True, exist_ok=True)
-    for name, n in (("mentions", mentions), ("kb", kb)):
+    picked = {}
+    for name, n in (("kb", kb), ("mentions", mentions)):
         lines = (ROOT / f"data/sample/{name}.jsonl").read_text(encoding="utf-8").splitlines()
-        picked = sorted(rng.choice(len(lines), size=min(n, len(lines)), replace=False))
-        (data / f"{name}.jsonl").write_text("".join(lines[i] + "\n" for i in picked), encoding="utf-8")
+        picked[name] = [json.loads(lines[i]) for i in sorted(rng.choice(len(lines), size=min(n, len(lines)),
+                                                                         replace=False))]
+    kb_ids = {e["id"] for e in picked["kb"]}
+    for m in picked["mentions"]:  # a gold outside the sampled KB is NIL here (speed only; no scores are computed)
+        m["gold"] = m["gold"] if m["gold"] in kb_ids else None
+    for name, records in picked.items():
+        (data / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                                            encoding="utf-8")
     kinds = ("ms", "mc", "es")
     inputs = load_inputs(data)
     items = [it for kind in kinds for it in build_items(inputs.kb if kind == "es" else inputs.mentions, kind)]
@@ -323,7 +330,7 @@ def main(model: Path, texts: int, skip_base: bool, skip_bf16: bool, out: Path, d
     if default_vs_naive:
         load_before = os.getloadavg()
         with tempfile.TemporaryDirectory() as tmp:
-            result = default_vs_naive(model, mentions, kb, Path(tmp), repeats)
+            result = measure_default_vs_naive(model, mentions, kb, Path(tmp), repeats)
         result["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                              "vnni": cpu_has_vnni(), "amx_bf16": cpu_has_native_bf16(),
                              "load_average_before": load_before, "load_average_after": os.getloadavg()}
