@@ -157,7 +157,7 @@ def main() -> None:
                                                         (v["mentions"] + v["dropped_gold_not_in_kb"]), 3)}
                           for lang, v in per_lang.items()}
     out = {"bench": "detect", "machine_before": load_before, "machine_after": machine(),
-           "encoder": {"model": str(args.model), "dtype": settings.dtype, "max_length": settings.max_length},
+           "encoder": {"model": str(args.model), "dtype": encoder.settings.dtype, "max_length": settings.max_length},
            "train_sentences": len(train), "train_tokens": int(sum(len(f) for f in train_feats)),
            "seeds": args.seeds, "epochs": args.epochs, "results": results, "speed": speed,
            "span_data": stats, "incomplete_spans_upstream": upstream}
