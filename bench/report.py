@@ -31,6 +31,7 @@ NOT_RECORDED = "not recorded"
 FAMILIES: list[tuple[str, tuple[str, ...], str]] = [
     ("Linking quality against nn", ("quality",), "python bench/quality.py --run NAME=EXPERIMENT_DIR ..."),
     ("Mention detection (raw text)", ("detect",), "python bench/detect.py --out bench/results/detect.json"),
+    ("Mention detection, end to end", ("detect-e2e",), "python bench/detect_e2e.py --run RUN_DIR"),
     ("NIL headroom (oracle thresholds)", ("nil-headroom",), "python bench/nil_headroom.py --data ..."),
     ("Precompute throughput", ("precompute",), "python bench/precompute.py"),
     ("Encoder forward", ("encoder",), "python bench/encoder.py"),

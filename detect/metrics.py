@@ -21,3 +21,19 @@ def prf(gold: Sequence[Iterable[Any]], pred: Sequence[Iterable[Any]]) -> dict[st
     recall = tp / n_gold if n_gold else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"p": precision, "r": recall, "f1": f1, "tp": tp, "gold": n_gold, "pred": n_pred}
+
+
+def end_to_end(gold: Sequence[Iterable[tuple[int, int, str | None]]],
+               pred: Sequence[Iterable[tuple[int, int, str | None]]], with_nil: bool = False) -> dict[str, float | int]:
+    """End-to-end P, R and F1: a predicted ``(start, end, kb id or None)`` is right when the gold of text ``i``
+    has the same span with the same entity.
+
+    ``with_nil=False`` (the convention of ``docs/metrics.md``): NIL is no link, so a span predicted NIL is not a
+    prediction and a gold NIL span is not in the recall; on gold spans this is exactly
+    :func:`retrieval.metrics.score`'s ``p``, ``r`` and ``f1``. ``with_nil=True`` (TAC's strong all match): NIL is
+    a label like a KB id, so a gold NIL span predicted NIL at the same span is right, and a span found where the
+    gold has none counts against precision even when linked to NIL."""
+    def keep(items: Iterable[tuple[int, int, str | None]]) -> set[tuple[int, int, str | None]]:
+        return {(a, b, e) for a, b, e in items if with_nil or e is not None}
+
+    return prf([keep(g) for g in gold], [keep(p) for p in pred])

@@ -234,3 +234,32 @@ def test_a_valid_documents_file_reads_back_and_an_empty_one_is_refused(tmp_path)
         read_documents(path)
     with pytest.raises(LinkError, match="at most 10 are allowed"):
         check_document({"text": "x" * 11}, "here", "d", max_chars=10)
+
+
+def test_end_to_end_needs_span_and_entity_and_scores_nil_by_the_convention():
+    from xel.detect.metrics import end_to_end
+
+    gold = [[(0, 5, "Q1"), (10, 15, None), (20, 25, "Q2")], [(3, 7, "Q3")]]
+    pred = [[(0, 5, "Q1"), (10, 15, None), (20, 24, "Q2"), (30, 35, None)], [(3, 7, "Q9")]]
+    # NIL excluded: one right link (0-5 Q1) of 3 predicted links (20-24 wrong span, 3-7 wrong entity), 3 gold links
+    assert end_to_end(gold, pred) == {"p": 1 / 3, "r": 1 / 3, "f1": pytest.approx(1 / 3), "tp": 1, "gold": 3,
+                                      "pred": 3}
+    # NIL as a label: the gold NIL 10-15 predicted NIL is right; the spurious 30-35 NIL counts against precision
+    scores = end_to_end(gold, pred, with_nil=True)
+    assert (scores["tp"], scores["gold"], scores["pred"]) == (2, 4, 5)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_end_to_end_on_gold_spans_is_the_linking_metric(seed):
+    from xel.detect.metrics import end_to_end
+    from xel.retrieval.metrics import score
+
+    rng = random.Random(seed)
+    ids = ["Q1", "Q2", "Q3", None]
+    golds = [rng.choice(ids) for _ in range(40)]
+    preds = [rng.choice(ids) for _ in range(40)]
+    spans = [(i * 10, i * 10 + 5) for i in range(40)]
+    e2e = end_to_end([[(a, b, g) for (a, b), g in zip(spans, golds)]],
+                     [[(a, b, p) for (a, b), p in zip(spans, preds)]])
+    ref = score(golds, preds)
+    assert (e2e["p"], e2e["r"], e2e["f1"]) == pytest.approx((ref.p, ref.r, ref.f1))
