@@ -31,6 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,6 +64,7 @@ def main() -> None:
     from xel.detect.documents import Document, link_documents
     from xel.detect.metrics import end_to_end, prf
     from xel.detect.spans import sentence_key, span_sentences
+    from xel.link.items import ITEM_FIELDS
     from xel.link.linker import Linker
     from xel.link.run_files import resolve_run_config
     from xel.precompute.schema import iter_records
@@ -71,6 +74,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--split", default="test", choices=("train", "dev", "test"))
     ap.add_argument("--lang", action="append", default=None, help="repeatable; default: every language of --data")
+    ap.add_argument("--max-sentences", type=int, default=None, help="a seeded sample of at most this many per language")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/detect-e2e.json")
     args = ap.parse_args()
 
@@ -83,6 +87,10 @@ def main() -> None:
     by_key = {k: s for k, s in zip(keys, sentences)}
     langs = args.lang or sorted({s.lang for s in sentences})
     held = {lang: [s for s in sentences if s.lang == lang and s.split == args.split] for lang in langs}
+    if args.max_sentences is not None:
+        held = {lang: rows if len(rows) <= args.max_sentences else
+                [rows[i] for i in sorted(random.Random(0).sample(range(len(rows)), args.max_sentences))]
+                for lang, rows in held.items()}
     for lang, rows in held.items():
         if not rows:
             raise SystemExit(f"{data}: no {lang!r} sentences in its {args.split} documents")
@@ -109,11 +117,12 @@ def main() -> None:
                          "e2e_with_nil": end_to_end(gold_links, found, with_nil=True),
                          "linked": sum(e is not None for f in found for _, _, e in f),
                          "seconds": seconds, "docs_per_s": len(docs) / seconds}
+            print(f"{lang} {name}: {seconds:.1f} s, e2e {out[name]['e2e']}", file=sys.stderr, flush=True)
         # the normal path: the mention records of the kept gold spans, each with its own context
         kept = [(r, s) for r in records if (s := by_key[sentence_key(r)]).lang == lang and s.split == args.split
                 and (r["start"], r["end"]) in s.spans]
         t0 = time.perf_counter()
-        links = linker.link([{k: v for k, v in r.items() if k != "gold"} for r, _ in kept])
+        links = linker.link([{k: v for k, v in r.items() if k in ITEM_FIELDS and k != "gold"} for r, _ in kept])
         seconds = time.perf_counter() - t0
         index = {id(s): i for i, s in enumerate(rows)}
         found_records: list[list[tuple[int, int, str | None]]] = [[] for _ in rows]
@@ -129,6 +138,7 @@ def main() -> None:
         results[lang] = out
 
     report = {"bench": "detect-e2e", "run": str(args.run), "data": str(data), "split": args.split,
+              "max_sentences": args.max_sentences,
               "machine_before": load_before, "machine_after": machine(), "nil_threshold": linker.threshold,
               "nil_calibrated_langs": sorted(linker.nil_rule.shifts), "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
