@@ -119,12 +119,12 @@ def main() -> None:
                          "seconds": seconds, "docs_per_s": len(docs) / seconds}
             print(f"{lang} {name}: {seconds:.1f} s, e2e {out[name]['e2e']}", file=sys.stderr, flush=True)
         # the normal path: the mention records of the kept gold spans, each with its own context
-        kept = [(r, s) for r in records if (s := by_key[sentence_key(r)]).lang == lang and s.split == args.split
-                and (r["start"], r["end"]) in s.spans]
+        index = {id(s): i for i, s in enumerate(rows)}
+        kept = [(r, s) for r in records
+                if id(s := by_key[sentence_key(r)]) in index and (r["start"], r["end"]) in s.spans]
         t0 = time.perf_counter()
         links = linker.link([{k: v for k, v in r.items() if k in ITEM_FIELDS and k != "gold"} for r, _ in kept])
         seconds = time.perf_counter() - t0
-        index = {id(s): i for i, s in enumerate(rows)}
         found_records: list[list[tuple[int, int, str | None]]] = [[] for _ in rows]
         for (r, s), link in zip(kept, links):
             found_records[index[id(s)]].append((r["start"], r["end"], link.pred))
