@@ -87,6 +87,37 @@ def tiny_data(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def capital_run(tmp_path_factory, tiny_model_dir, ray_session) -> Path:
+    """A residual run trained end to end on the tiny model and the capital-cities data, laid out as xel-experiment
+    lays it out: ``<root>/h5``, ``<root>/index``, ``<root>/candidates``, the run ``<root>/train/en``. Shared by the
+    linker's and the detector's tests; a test that writes into the run works on a copy."""
+    from xel.precompute.config import PrecomputeConfig
+    from xel.precompute.run import run as run_precompute
+    from xel.retrieval.build import BuildConfig, run_build
+    from xel.retrieval.candidate_lists import CandidatesConfig, run_candidates
+    from xel.retrieval.search import SearchOptions
+    from xel.train import nil as train_nil
+    from xel.train.config import TrainConfig
+    from xel.train.run import run as run_train
+
+    from tests.train_fixtures import capital_cities
+
+    root = tmp_path_factory.mktemp("capital-run")
+    data = capital_cities(root / "data")
+    run_precompute(PrecomputeConfig(data=data, model=tiny_model_dir, out=root / "h5", dtype="fp32"))
+    run_build(BuildConfig(features=str(root / "h5"), out=str(root / "index")))
+    run_candidates(CandidatesConfig(search=SearchOptions(index=str(root / "index"), features=str(root / "h5")),
+                                    out=str(root / "candidates"), k=5))
+    out = root / "train" / "en"
+    with pytest.MonkeyPatch.context() as patch:  # 10 German mentions: calibrate them, so the linker must too
+        patch.setattr(train_nil, "MIN_CALIBRATION_MENTIONS", 3)
+        run_train(TrainConfig(features=str(root / "h5"), candidates=str(root / "candidates" / "candidates.jsonl"),
+                              out=str(out), train_lang=("en",), epochs=3, tune_nil=True, plots=False, progress=False,
+                              threads=1))
+    return out
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One local Ray runtime (2 CPUs) for all tests that need one; precompute joins it."""
     ray = pytest.importorskip("ray")

@@ -142,8 +142,8 @@ def test_the_tagger_learns_a_span_rule_and_finds_it_in_an_unseen_language(encode
 
     feats = token_features(encoder, [t for t, _ in train])
     model, losses = fit([f.features for f in feats], [token_labels(f.offsets, s) for f, (_, s) in zip(feats, train)],
-                        epochs=15, seed=0, hidden=32, lr=3e-3, chunk_tokens=512)
-    assert losses[-1] < losses[0] / 2
+                        epochs=40, seed=0, hidden=32, lr=3e-3, chunk_tokens=512)
+    assert losses[-1] < losses[0] / 3
 
     def f1(data):
         fs = token_features(encoder, [t for t, _ in data])
@@ -151,8 +151,10 @@ def test_the_tagger_learns_a_span_rule_and_finds_it_in_an_unseen_language(encode
         found = [[(s.start, s.end) for s in decode(t, f.offsets, p)] for (t, _), f, p in zip(data, fs, probs)]
         return prf([s for _, s in data], found)["f1"]
 
+    # Margins measured over 3 tiny-model seeds x 3 fit seeds at 40 epochs (worst .82 and .60): at 15 epochs one
+    # pair fell to .40, and CI's CPU found .47 where this one found .87. Exact-span F1 of chance is about 0.
     assert f1(test_same) >= 0.7
-    assert f1(test_unseen) >= 0.6  # the words differ; what carries over is ";" and the encoder's structure
+    assert f1(test_unseen) >= 0.5  # the words differ; what carries over is ";" and the encoder's structure
 
 
 def test_a_seeded_fit_reproduces_its_losses(encoder):

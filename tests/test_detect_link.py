@@ -9,6 +9,7 @@ detector (token features cached, not recomputed by a rerun), ``xel-link --detect
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,16 +18,9 @@ from xel.detect import train as detect_train
 from xel.detect.cli import main as detect_main
 from xel.link.cli import main as link_main
 from xel.link.linker import Linker
-from xel.precompute.config import PrecomputeConfig
-from xel.precompute.run import run as run_precompute
-from xel.retrieval.build import BuildConfig, run_build
-from xel.retrieval.candidate_lists import CandidatesConfig, run_candidates
-from xel.retrieval.search import SearchOptions
-from xel.train.config import TrainConfig
-from xel.train.run import run as run_train
 
 from tests.conftest import write_jsonl
-from tests.train_fixtures import CAPITALS, capital_cities
+from tests.train_fixtures import CAPITALS
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -39,16 +33,10 @@ DOCS = [
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_model_dir, ray_session) -> Path:
-    root = tmp_path_factory.mktemp("detect")
-    data = capital_cities(root / "data")
-    run_precompute(PrecomputeConfig(data=data, model=tiny_model_dir, out=root / "h5", dtype="fp32"))
-    run_build(BuildConfig(features=str(root / "h5"), out=str(root / "index")))
-    run_candidates(CandidatesConfig(search=SearchOptions(index=str(root / "index"), features=str(root / "h5")),
-                                    out=str(root / "candidates"), k=5))
-    out = root / "train" / "en"
-    run_train(TrainConfig(features=str(root / "h5"), candidates=str(root / "candidates" / "candidates.jsonl"),
-                          out=str(out), train_lang=("en",), epochs=2, plots=False, progress=False, threads=1))
+def run_dir(capital_run, tmp_path_factory) -> Path:
+    """A copy of the session's trained run (``tests/conftest.py``): xel-detect writes its detector into it."""
+    out = tmp_path_factory.mktemp("detect") / "en"
+    shutil.copytree(capital_run, out)
     return out
 
 

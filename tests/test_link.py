@@ -14,20 +14,13 @@ from click.testing import CliRunner
 from xel.link import batch as link_batch
 from xel.link.cli import main as link_main
 from xel.link.linker import Linker, LinkError, check_item
-from xel.precompute.config import PrecomputeConfig
-from xel.precompute.run import run as run_precompute
 from xel.precompute.store import open_store
-from xel.retrieval.build import BuildConfig, run_build
-from xel.retrieval.candidate_lists import CandidatesConfig, run_candidates
 from xel.retrieval.files import read_predictions
 from xel.retrieval.index import EntityIndex, RetrievalError
-from xel.retrieval.search import SearchOptions
 from xel.train import nil as train_nil
-from xel.train.config import TrainConfig
-from xel.train.run import run as run_train
 
 from tests.conftest import write_jsonl
-from tests.train_fixtures import CAPITALS, capital_cities
+from tests.train_fixtures import CAPITALS
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -35,22 +28,10 @@ CITIES = CAPITALS
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tiny_model_dir, ray_session) -> Path:
+def trained_run(capital_run) -> Path:
     """``<root>/h5``, ``<root>/index``, ``<root>/candidates`` and a residual run ``<root>/train/en``, as
-    xel-experiment lays them out."""
-    root = tmp_path_factory.mktemp("link")
-    data = capital_cities(root / "data")
-    run_precompute(PrecomputeConfig(data=data, model=tiny_model_dir, out=root / "h5", dtype="fp32"))
-    run_build(BuildConfig(features=str(root / "h5"), out=str(root / "index")))
-    run_candidates(CandidatesConfig(search=SearchOptions(index=str(root / "index"), features=str(root / "h5")),
-                                    out=str(root / "candidates"), k=5))
-    out = root / "train" / "en"
-    with pytest.MonkeyPatch.context() as patch:  # 10 German mentions: calibrate them, so the linker must too
-        patch.setattr(train_nil, "MIN_CALIBRATION_MENTIONS", 3)
-        run_train(TrainConfig(features=str(root / "h5"), candidates=str(root / "candidates" / "candidates.jsonl"),
-                              out=str(out), train_lang=("en",), epochs=3, tune_nil=True, plots=False, progress=False,
-                              threads=1))
-    return out
+    xel-experiment lays them out (the session's shared run, see ``tests/conftest.py``)."""
+    return capital_run
 
 
 def _test_records(run: Path) -> tuple[list[dict], dict[str, dict]]:
