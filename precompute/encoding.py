@@ -294,13 +294,14 @@ class TextEncoder:
 
     def encode(
         self, items: Sequence[EncodeItem], stats: EncodeStats | None = None, chunk_size: int = 2048,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
         """Span max-pooled float16 features ``[len(items), dim]`` in the order of ``items``.
 
         Items are tokenized in chunks on a background thread (the fast tokenizer releases the GIL), so the
         next chunk is tokenized while the model runs on this one; within a chunk, batches are length-bucketed.
-        ``on_batch(rows)`` is called after each forward batch (progress reporting).
+        ``on_batch(rows, tokens)`` is called after each forward batch with its rows and unpadded tokens (progress
+        reporting).
         """
         out = np.zeros((len(items), self.dim), dtype=np.float16)
         starts = list(range(0, len(items), chunk_size))
@@ -319,7 +320,7 @@ class TextEncoder:
                     pooled = self.forward([tok.ids[i] for i in idx], [tok.pool_masks[i] for i in idx])
                     out[start + idx] = pooled
                     if on_batch is not None:
-                        on_batch(len(idx))
+                        on_batch(len(idx), int(lengths[idx].sum()))
                 total.add(EncodeStats(
                     texts=len(tok.ids), tokens=int(lengths.sum()), padded_tokens=padded, windowed=tok.windowed,
                     forward_seconds=time.perf_counter() - t0,

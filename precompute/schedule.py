@@ -124,35 +124,35 @@ POLL_SECONDS = 0.5  # how often the driver looks at the actors' progress (and le
 
 class Progress:
     """The tqdm bar over rows: rows of finished shards plus, for each shard in flight, the latest count its actor
-    reported after a forward batch; tokens/s exact for finished shards, and for the rows of shards in flight
-    estimated at the tokens per encoded row seen so far (the encoder reports rows per batch, not tokens)."""
+    reported after a forward batch; tokens/s over the tokens of finished shards and those reported by shards in
+    flight, so the rate shows from the first batch on, not only once a shard is written."""
 
     def __init__(self, bar: tqdm, total: int):
         self.bar, self.total = bar, total
-        self.in_flight: dict[tuple[str, int], int] = {}
-        self.rows = self.tokens = self.encoded = 0
+        self.in_flight: dict[tuple[str, int], tuple[int, int]] = {}
+        self.rows = self.tokens = 0
         self.t0 = time.perf_counter()
 
     def started(self, task: ShardTask) -> None:
-        self.in_flight[(task.kind, task.index)] = 0
+        self.in_flight[(task.kind, task.index)] = (0, 0)
 
-    def event(self, kind: str, index: int, rows: int) -> None:
-        """An actor's report: ``rows`` of shard ``kind:index`` done (a retried shard counts from 0 again)."""
+    def event(self, kind: str, index: int, rows: int, tokens: int) -> None:
+        """An actor's report: ``rows`` of shard ``kind:index`` done, ``tokens`` of them encoded (a retried shard
+        counts from 0 again)."""
         if (kind, index) in self.in_flight:
-            self.in_flight[(kind, index)] = rows
+            self.in_flight[(kind, index)] = (rows, tokens)
 
     def finished(self, result: dict[str, Any]) -> None:
         self.in_flight.pop((result["kind"], result["index"]), None)
         self.rows += result["rows"]
         self.tokens += result["tokens"]
-        self.encoded += result["encoded_rows"]
 
     def show(self) -> None:
-        encoding = sum(self.in_flight.values())
-        self.bar.update(min(self.total, self.rows + encoding) - self.bar.n)
-        per_row = self.tokens / self.encoded if self.encoded else 0.0
+        rows = self.rows + sum(r for r, _ in self.in_flight.values())
+        tokens = self.tokens + sum(t for _, t in self.in_flight.values())
+        self.bar.update(min(self.total, rows) - self.bar.n)
         seconds = max(time.perf_counter() - self.t0, 1e-9)
-        self.bar.set_postfix(tokens_per_s=f"{(self.tokens + encoding * per_row) / seconds:,.0f}", refresh=False)
+        self.bar.set_postfix(tokens_per_s=f"{tokens / seconds:,.0f}", refresh=False)
 
 
 def drain(queue: Queue) -> list[tuple[str, int, int]]:

@@ -144,11 +144,11 @@ class ShardWorker:
         self.encoder = TextEncoder.load(settings, threads)  # dtype/device auto decided here, where it runs
         self.progress = progress
 
-    def _report(self, task: ShardTask, rows: int) -> None:
+    def _report(self, task: ShardTask, rows: int, tokens: int) -> None:
         if self.progress is None:
             return
         try:
-            self.progress.put_nowait((task.kind, task.index, rows))
+            self.progress.put_nowait((task.kind, task.index, rows, tokens))
         except Exception as e:  # progress is a courtesy (a full or dead queue); the shard itself is what counts
             log.debug("cannot report progress of shard %s:%d: %s", task.kind, task.index, e)
 
@@ -161,12 +161,14 @@ class ShardWorker:
         features = np.zeros((len(items), self.encoder.dim), dtype=np.float16)
         todo = self._copy_reused(task, row_hashes, features)
         done = len(items) - len(todo)
-        self._report(task, done)
+        tokens = 0
+        self._report(task, done, tokens)
 
-        def on_batch(rows: int) -> None:
-            nonlocal done
+        def on_batch(rows: int, batch_tokens: int) -> None:
+            nonlocal done, tokens
             done += rows
-            self._report(task, done)
+            tokens += batch_tokens
+            self._report(task, done, tokens)
 
         if todo:
             features[todo] = self.encoder.encode([items[i] for i in todo], stats, on_batch=on_batch)

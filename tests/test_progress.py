@@ -13,6 +13,7 @@ import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from xel.precompute import schedule as precompute_schedule
@@ -42,11 +43,13 @@ def test_the_worker_reports_rows_after_every_batch(tiny_model_dir, tmp_path):
     cfg = PrecomputeConfig(data=data, model=tiny_model_dir, out=tmp_path / "h5", kinds=("ms",))
     task = plan_tasks(cfg, scan_inputs(data), run_settings(cfg, settings)).tasks["ms"][0]
     reports: queue.Queue = queue.Queue()
-    ShardWorker(settings, threads=1, progress=reports).run(task)
+    result = ShardWorker(settings, threads=1, progress=reports).run(task)
     seen = [reports.get_nowait() for _ in range(reports.qsize())]
-    rows = [r for kind, index, r in seen if (kind, index) == ("ms", 0)]
+    rows = [r for kind, index, r, _ in seen if (kind, index) == ("ms", 0)]
+    tokens = [t for kind, index, _, t in seen if (kind, index) == ("ms", 0)]
     assert len(seen) == len(rows) > 3, seen  # the start, then one report per forward batch
     assert rows[0] == 0 and rows == sorted(rows) and len(set(rows)) == len(rows) and rows[-1] == len(MENTIONS)
+    assert tokens[0] == 0 and tokens == sorted(tokens) and tokens[-1] == result["tokens"] > 0
 
 
 @pytest.mark.ray
@@ -57,13 +60,13 @@ def test_the_bar_moves_per_batch_with_reports_from_the_actors(tiny_model_dir, ra
     data = tmp_path / "data"
     write_jsonl(data / "kb.jsonl", kb_entries(120))
     write_jsonl(data / "mentions.jsonl", [dict(MENTIONS[0], gold=None)])
-    events: list[tuple[str, int, int]] = []
+    events: list[tuple[str, int, int, int]] = []
     positions: list[int] = []
     real_event, real_show = precompute_schedule.Progress.event, precompute_schedule.Progress.show
 
-    def event(self, kind, index, rows):
-        events.append((kind, index, rows))
-        real_event(self, kind, index, rows)
+    def event(self, kind, index, rows, tokens):
+        events.append((kind, index, rows, tokens))
+        real_event(self, kind, index, rows, tokens)
 
     def show(self):
         real_show(self)
@@ -76,14 +79,39 @@ def test_the_bar_moves_per_batch_with_reports_from_the_actors(tiny_model_dir, ra
                                    cpus_per_actor=1))
     assert summary["encoded_shards"] == 4
     by_shard: dict[tuple[str, int], list[int]] = defaultdict(list)
-    for kind, index, rows in events:
+    tokens_by_shard: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for kind, index, rows, tokens in events:
         by_shard[(kind, index)].append(rows)
+        tokens_by_shard[(kind, index)].append(tokens)
     assert sorted(by_shard) == [("es", i) for i in range(4)]
     for shard, rows in by_shard.items():
         assert rows[0] == 0 and rows == sorted(rows) and rows[-1] == 30, (shard, rows)
         assert len(rows) > 2, f"{shard}: {rows} (one report per forward batch expected)"
+        tokens = tokens_by_shard[shard]
+        assert tokens[0] == 0 and tokens == sorted(tokens) and len(set(tokens)) == len(tokens), (shard, tokens)
+    assert sum(t[-1] for t in tokens_by_shard.values()) == summary["tokens"]  # the actors' counts add up
     assert len(events) > 2 * 4
     assert positions == sorted(positions) and positions[-1] == 120
+
+
+def test_the_rate_shows_from_the_first_batch_before_any_shard_is_written():
+    """tokens/s counts what shards in flight reported, not only finished shards (it read 0 until the first
+    shard was written)."""
+    import io
+
+    from tqdm import tqdm
+
+    with tqdm(total=60, file=io.StringIO()) as bar:
+        progress = precompute_schedule.Progress(bar, 60)
+        progress.started(SimpleNamespace(kind="es", index=0))
+        progress.event("es", 0, 10, 250)
+        progress.show()
+        assert bar.n == 10
+        assert float(bar.postfix.split("=")[1].replace(",", "")) > 0
+        progress.event("es", 1, 5, 99)  # a shard not in flight (a late report of a finished one) is ignored
+        progress.finished({"kind": "es", "index": 0, "rows": 30, "tokens": 700})
+        progress.show()
+        assert bar.n == 30 and progress.tokens == 700 and not progress.in_flight
 
 
 NICENESS = """
