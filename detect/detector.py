@@ -10,15 +10,17 @@ encoder).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 from xel.detect.tagger import Span, SpanTagger, decode, tag
 from xel.detect.tokens import token_features
 from xel.precompute.encoding import TextEncoder
+from xel.precompute.files import atomic_write_bytes
 from xel.precompute.settings import EncoderSettings
 
 DETECTOR_DIR = "detector"
@@ -45,9 +47,13 @@ class Detector:
         return [decode(text, f.offsets, p) for text, f, p in zip(texts, feats, probs)]
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file(self.tagger.state_dict(), str(folder / WEIGHTS))
-        (folder / INFO).write_text(json.dumps(self.info, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        """Weights, then ``detector.json`` with their sha256, each written atomically with the umask's mode: a
+        detector that loads is whole, and one whose weights were changed on disk is refused."""
+        weights = save(self.tagger.state_dict())
+        atomic_write_bytes(Path(folder) / WEIGHTS, weights)
+        self.info = {**self.info, "weights_sha256": hashlib.sha256(weights).hexdigest()}
+        atomic_write_bytes(Path(folder) / INFO,
+                           (json.dumps(self.info, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
 
     @classmethod
     def load(cls, folder: Path, encoder: TextEncoder, settings: EncoderSettings) -> Detector:
@@ -62,8 +68,14 @@ class Detector:
         if info.get("encoder") != want:
             raise DetectorError(f"{folder}/{INFO}: trained on encoder {info.get('encoder')}, but the run's store "
                                 f"encodes with {want}; retrain it with `xel-detect --model {folder.parent}`")
+        weights = (folder / WEIGHTS).read_bytes()
+        got, want_sha = hashlib.sha256(weights).hexdigest(), str(info.get("weights_sha256"))
+        if got != want_sha:
+            raise DetectorError(f"{folder / WEIGHTS}: sha256 {got[:12]}… is not the {want_sha[:12]}… that {INFO} "
+                                f"recorded (changed or damaged on disk); retrain it with "
+                                f"`xel-detect --model {folder.parent}`")
         tagger = SpanTagger(info["dim"], info["hidden"])
-        tagger.load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
+        tagger.load_state_dict(load(weights), strict=True)
         return cls(encoder, tagger.eval(), info)
 
 

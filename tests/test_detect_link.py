@@ -112,3 +112,27 @@ def test_a_bad_documents_file_is_refused_before_the_model_loads(run_dir, tmp_pat
     result = CliRunner().invoke(link_main, ["--model", str(run_dir), "--detect", "--in", str(docs), "--out",
                                             str(out)])
     assert result.exit_code != 0 and f"{docs}:2: field 'text' is 3" in result.output and not out.exists()
+
+
+def test_a_detector_is_written_with_the_umasks_mode_and_refused_once_changed_on_disk(run_dir, tmp_path):
+    """Runs after ``test_detect_then_link_documents`` trained ``run_dir``'s detector."""
+    import os
+    import stat
+
+    folder = tmp_path / "en"
+    shutil.copytree(run_dir, folder)
+    weights = folder / "detector" / "tagger.safetensors"
+    assert weights.is_file(), "test_detect_then_link_documents trains the detector first"
+    old = os.umask(0o022)
+    os.umask(old)
+    assert stat.S_IMODE(weights.stat().st_mode) == 0o666 & ~old
+    Linker.load(folder).link_text(DOCS[0]["text"], "en")  # loads as written
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of the last weight
+    weights.write_bytes(bytes(data))
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps(DOCS[0]) + "\n", encoding="utf-8")
+    result = CliRunner().invoke(link_main, ["--model", str(folder), "--detect", "--in", str(docs), "--out",
+                                            str(tmp_path / "out.jsonl")])
+    assert result.exit_code != 0 and "tagger.safetensors: sha256" in result.output, result.output
+    assert "changed or damaged on disk" in result.output and "xel-detect --model" in result.output
