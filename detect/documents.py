@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from xel.detect.tagger import Span
+from xel.link.items import read_checked
 from xel.link.linker import Item, Linker, LinkError
-from xel.precompute.schema import ISO_639_1, check_string, iter_records
+from xel.precompute.schema import ISO_639_1, check_string
 
 DOCUMENT_FIELDS = ("id", "text", "lang")
 MAX_DOCUMENT_CHARS = 1_000_000
@@ -82,18 +83,8 @@ def check_document(record: Any, where: str, default_id: str, max_chars: int = MA
 
 def read_documents(path: Path) -> list[Document]:
     """The checked documents of a JSONL file; ids must be unique."""
-    docs: list[Document] = []
-    seen: dict[str, int] = {}
-    for lineno, record in iter_records(path):
-        doc = check_document(record, f"{path}:{lineno}", f"line-{lineno}")
-        if doc.id in seen:
-            raise LinkError(f"{path}:{lineno}: field 'id' is {doc.id!r}, a duplicate of line {seen[doc.id]}; ids "
-                            "must be unique")
-        seen[doc.id] = lineno
-        docs.append(doc)
-    if not docs:
-        raise LinkError(f"{path}: no documents; at least one line {{id, text, lang}} is required")
-    return docs
+    return [doc for _, doc in read_checked(path, check_document,
+                                           "no documents; at least one line {id, text, lang} is required")]
 
 
 def sentences(text: str) -> list[tuple[int, int]]:

@@ -27,13 +27,12 @@ from typing import Any
 
 import numpy as np
 from tqdm import tqdm
-from xel.link.items import Item, LinkError, check_item
+from xel.link.items import Item, LinkError, check_item, read_checked
 from xel.link.linker import Linker
 from xel.link.run_files import kb_candidates_configs, resolve_run_config, same_path
 from xel.precompute.config import PrecomputeConfig
 from xel.precompute.files import atomic_path, make_temp_dir, remove_stale_temp_dirs
 from xel.precompute.run import run as precompute
-from xel.precompute.schema import iter_records
 from xel.precompute.store import Store, StoreError, json_line, open_store, refuse_store_out
 from xel.retrieval.metrics import Scores, score_groups
 
@@ -63,21 +62,8 @@ class LinkConfig:
 
 def read_items(path: Path) -> tuple[list[Item], list[int]]:
     """The checked items of a JSONL file, and the positions of those with a ``gold`` field (null: NIL)."""
-    items: list[Item] = []
-    seen: dict[str, int] = {}
-    gold_rows: list[int] = []
-    for lineno, record in iter_records(path):
-        item = check_item(record, f"{path}:{lineno}", f"line-{lineno}")
-        if item.id in seen:
-            raise LinkError(f"{path}:{lineno}: field 'id' is {item.id!r}, a duplicate of line {seen[item.id]}; "
-                            "ids must be unique")
-        seen[item.id] = lineno
-        if "gold" in record:
-            gold_rows.append(len(items))
-        items.append(item)
-    if not items:
-        raise LinkError(f"{path}: no mentions; at least one line {{text, start, end, lang?}} is required")
-    return items, gold_rows
+    lines = read_checked(path, check_item, "no mentions; at least one line {text, start, end, lang?} is required")
+    return [item for _, item in lines], [i for i, (record, _) in enumerate(lines) if "gold" in record]
 
 
 def run(cfg: LinkConfig) -> dict[str, Any]:

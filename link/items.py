@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
-from xel.precompute.schema import ISO_639_1, MAX_TEXT_CHARS, check_string, has_word
+from xel.precompute.schema import ISO_639_1, MAX_TEXT_CHARS, check_string, has_word, iter_records
+
+T = TypeVar("T")
 
 DEFAULT_LANG = "en"
 ITEM_FIELDS = ("id", "text", "sentence", "start", "end", "lang", "context", "gold", "type")
@@ -96,3 +100,22 @@ def check_item(record: Any, where: str, default_id: str) -> Item:
             storable(name, value)
     return Item(str(ident), sentence, start, end, lang, context, gold, mtype)
 
+
+
+def read_checked(path: Path, check: Callable[[Any, str, str], T], empty: str) -> list[tuple[dict, T]]:
+    """Each line of the JSONL file ``path`` with what ``check(record, "path:line", "line-N")`` made of it (an
+    object with an ``id``), in file order; a duplicate id, or a file without lines (``empty`` says what one
+    holds), is refused naming the line."""
+    out: list[tuple[dict, T]] = []
+    seen: dict[str, int] = {}
+    for lineno, record in iter_records(path):
+        obj = check(record, f"{path}:{lineno}", f"line-{lineno}")
+        ident = obj.id  # type: ignore[attr-defined]
+        if ident in seen:
+            raise LinkError(f"{path}:{lineno}: field 'id' is {ident!r}, a duplicate of line {seen[ident]}; ids "
+                            "must be unique")
+        seen[ident] = lineno
+        out.append((record, obj))
+    if not out:
+        raise LinkError(f"{path}: {empty}")
+    return out
