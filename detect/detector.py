@@ -69,7 +69,10 @@ class Detector:
             raise DetectorError(f"{folder}/{INFO}: trained on encoder {info.get('encoder')}, but the run's store "
                                 f"encodes with {want}; retrain it with `xel-detect --model {folder.parent}`")
         weights = (folder / WEIGHTS).read_bytes()
-        got, want_sha = hashlib.sha256(weights).hexdigest(), str(info.get("weights_sha256"))
+        got, want_sha = hashlib.sha256(weights).hexdigest(), info.get("weights_sha256")
+        if want_sha is None:
+            raise DetectorError(f"{folder}/{INFO}: records no sha256 of {WEIGHTS} (an older xel-detect wrote it); "
+                                f"retrain it with `xel-detect --model {folder.parent}`")
         if got != want_sha:
             raise DetectorError(f"{folder / WEIGHTS}: sha256 {got[:12]}… is not the {want_sha[:12]}… that {INFO} "
                                 f"recorded (changed or damaged on disk); retrain it with "

@@ -101,7 +101,6 @@ def check_item(record: Any, where: str, default_id: str) -> Item:
     return Item(str(ident), sentence, start, end, lang, context, gold, mtype)
 
 
-
 def read_checked(path: Path, check: Callable[[Any, str, str], T], empty: str) -> list[tuple[dict, T]]:
     """Each line of the JSONL file ``path`` with what ``check(record, "path:line", "line-N")`` made of it (an
     object with an ``id``), in file order; a duplicate id, or a file without lines (``empty`` says what one

@@ -155,7 +155,7 @@ class Progress:
         self.bar.set_postfix(tokens_per_s=f"{tokens / seconds:,.0f}", refresh=False)
 
 
-def drain(queue: Queue) -> list[tuple[str, int, int]]:
+def drain(queue: Queue) -> list[tuple[str, int, int, int]]:
     """Every progress report waiting in ``queue`` (the driver is its only reader)."""
     waiting = queue.size()
     return queue.get_nowait_batch(waiting) if waiting else []

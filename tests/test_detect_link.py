@@ -136,3 +136,10 @@ def test_a_detector_is_written_with_the_umasks_mode_and_refused_once_changed_on_
                                             str(tmp_path / "out.jsonl")])
     assert result.exit_code != 0 and "tagger.safetensors: sha256" in result.output, result.output
     assert "changed or damaged on disk" in result.output and "xel-detect --model" in result.output
+    info_file = folder / "detector" / "detector.json"
+    info = json.loads(info_file.read_text(encoding="utf-8"))
+    del info["weights_sha256"]
+    info_file.write_text(json.dumps(info), encoding="utf-8")
+    result = CliRunner().invoke(link_main, ["--model", str(folder), "--detect", "--in", str(docs), "--out",
+                                            str(tmp_path / "out.jsonl")])
+    assert result.exit_code != 0 and "records no sha256 of tagger.safetensors" in result.output, result.output
