@@ -340,7 +340,9 @@ def test_the_page_in_a_real_browser_links_a_mention_selected_with_the_mouse(trai
     assert (tmp_path / "page.png").stat().st_size > 1000
     assert [c[1] for c in cells] == [c.id for c in want.candidates]
     assert [c[2] for c in cells] == [c.name for c in want.candidates]
-    assert cells[0][3] == f"{want.candidates[0].score:.4f}"
+    # the page shows 4 decimals; the same link computed twice in one process can differ in the last bit, which
+    # once moved the rounding (0.9553 on the page, 0.9552 here)
+    assert float(cells[0][3]) == pytest.approx(want.candidates[0].score, abs=1.5e-4)
     if want.pred is None:
         assert "is NIL" in verdict
     else:
@@ -388,10 +390,15 @@ def test_linking_reads_only_the_kb_rows_of_its_candidates(trained_run, monkeypat
     linker = Linker.load(trained_run)
     seen.clear()
     items, _ = _test_records(trained_run)
-    links = linker.link(items[:3], k=100)
     ids = list(linker.kb.table.ids)
-    scored = {ids.index(c.id) for link in links for c in link.candidates}
-    assert seen["es"] == seen["ec"] == scored and len(scored) < len(ids)
+    for item in items:  # one mention at a time until one whose candidates are not the whole (10-entry) KB
+        seen.clear()
+        links = linker.link([item], k=100)
+        scored = {ids.index(c.id) for link in links for c in link.candidates}
+        assert seen["es"] == seen["ec"] == scored
+        if len(scored) < len(ids):
+            break
+    assert len(scored) < len(ids), "every test mention has the whole KB as candidates: the check says nothing"
 
 
 def test_linker_calibrates_untrained_languages_from_unlabelled_mentions(trained_run, monkeypatch, caplog):
