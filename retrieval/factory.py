@@ -36,7 +36,9 @@ INDEX_PRESETS: dict[str, IndexPreset] = {
     # The lists limit recall, not the codes: nprobe=128 / 192 / 384 give 0.987 / 0.994 / 0.998, k_factor_rf=32 /
     # 128 give 0.994 / 0.997. At the same 1M, HNSW32 reached only 0.945 at efSearch=1024 (4.1 CPU ms), and the
     # preset before this one (PCAR64,IVF1024,PQ64x4fs,RFlat, tuned on random low-rank vectors) 0.481 (0.695 at
-    # k_factor_rf=64): its 64-dim PCA codes cannot rank near-identical names.
+    # k_factor_rf=64): its 64-dim PCA codes cannot rank near-identical names. Two thirds of that exact top-10 are
+    # perturbed copies; with copies as far from their original as a real name's nearest other name (--spread 0.6,
+    # bench/results/ann-real-1m-spread06.json) the preset gives 0.978, and nprobe=384 0.990 at about 2x the CPU.
     "ann-1m": IndexPreset("IVF8192,PQ192x4fs,RFlat", "nprobe=256,k_factor_rf=64"),
 }
 
