@@ -26,15 +26,20 @@ class IndexPreset:
 
 
 INDEX_PRESETS: dict[str, IndexPreset] = {
-    # KBs of about 1M entities (dim >= 64; docs/results.md has the measurements): PCA to 64 dims with a random
-    # rotation, 1,024 inverted lists of which 512 are scanned with 4-bit fast-scan PQ (one code per dimension), the
-    # best 8 x k re-ranked exactly against the float32 vectors the index holds (4 x dim + 32 bytes per entity).
-    # Recall@10 against exact: 0.9959 on low-rank synthetic vectors at 1M, but 0.689 on real e5 vectors (16,784
-    # KB names replicated to 200k, real mention queries; 0.835 with k_factor_rf=64): bench/results/ann-real-200k.json.
-    # On those, HNSW32 reached 0.985 at efSearch=128 and 0.995 at efSearch=256 (1.0 and 2.1 CPU ms a query) at
-    # 200k, but only 0.883 / 0.952 / 0.970 at efSearch=128 / 256 / 384 at 500k (0.7 / 1.5 / 2.2 CPU ms;
-    # bench/results/ann-real-500k.json): no configuration measured here holds 0.99 at 1M within 2 ms.
-    "ann-1m": IndexPreset("PCAR64,IVF1024,PQ64x4fs,RFlat", "nprobe=512,k_factor_rf=8"),
+    # KBs of about 1M entities (dim divisible by 192: 384 for e5-small, 768 for e5-base): 8,192 inverted lists of
+    # which 256 are scanned with 4-bit fast-scan PQ (two dimensions per code), the best 64 x k re-ranked exactly
+    # against the float32 vectors the index holds (4 x dim + 104 bytes per entity). Measured on real e5 vectors
+    # (python -m bench.retrieval --data real: the 13,102 distinct KB names of the sample, WEL-X and NEREL KBs,
+    # replicated with small perturbations to 1M rows; 2,000 real de/en/ru mention queries; 2 cores, load 4-6):
+    # recall@10 against exact 0.9962 at 1.10 CPU ms a query batched (goal >= 0.99 at <= 2 ms; 3.2 ms one query at
+    # a time), trained on the recommended 409,600 rows (500 s to build); bench/results/ann-real-1m.json.
+    # The lists limit recall, not the codes: nprobe=128 / 192 / 384 give 0.987 / 0.994 / 0.998, k_factor_rf=32 /
+    # 128 give 0.994 / 0.997. At the same 1M, HNSW32 reached only 0.945 at efSearch=1024 (4.1 CPU ms), and the
+    # preset before this one (PCAR64,IVF1024,PQ64x4fs,RFlat, tuned on random low-rank vectors) 0.481 (0.695 at
+    # k_factor_rf=64): its 64-dim PCA codes cannot rank near-identical names. Two thirds of that exact top-10 are
+    # perturbed copies; with copies as far from their original as a real name's nearest other name (--spread 0.6,
+    # bench/results/ann-real-1m-spread06.json) the preset gives 0.978, and nprobe=384 0.990 at about 2x the CPU.
+    "ann-1m": IndexPreset("IVF8192,PQ192x4fs,RFlat", "nprobe=256,k_factor_rf=64"),
 }
 
 
