@@ -239,36 +239,25 @@ def test_xel_train_with_the_learned_nil_saves_its_rule(tmp_path) -> None:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_the_linker_reproduces_a_learned_nil_run(tmp_path, tiny_model_dir, ray_session, monkeypatch) -> None:
+def test_the_linker_reproduces_a_learned_nil_run(tmp_path, capital_run, monkeypatch) -> None:
     """``xel-link`` decides NIL with the learned logit exactly as the trainer's evaluation did: same predictions and
     scores, the saved rule with its calibration (the features are computed per mention, from the linker's own
-    candidates, names and mention strings)."""
+    candidates, names and mention strings). Trained on the session's capital-cities store (``tests/conftest.py``)."""
     import json
 
     from xel.link.linker import Linker
-    from xel.precompute.config import PrecomputeConfig
-    from xel.precompute.run import run as run_precompute
     from xel.precompute.store import open_store
-    from xel.retrieval.build import BuildConfig, run_build
-    from xel.retrieval.candidate_lists import CandidatesConfig, run_candidates
     from xel.retrieval.files import read_predictions
-    from xel.retrieval.search import SearchOptions
     from xel.train import nil as train_nil
     from xel.train.run import run as run_train
 
-    from tests.train_fixtures import capital_cities
-
-    data = capital_cities(tmp_path / "data")
-    run_precompute(PrecomputeConfig(data=data, model=tiny_model_dir, out=tmp_path / "h5", dtype="fp32"))
-    run_build(BuildConfig(features=str(tmp_path / "h5"), out=str(tmp_path / "index")))
-    run_candidates(CandidatesConfig(search=SearchOptions(index=str(tmp_path / "index"), features=str(tmp_path / "h5")),
-                                    out=str(tmp_path / "candidates"), k=5))
+    root = capital_run.parent.parent  # h5, index, candidates
     out = tmp_path / "train" / "en"
     monkeypatch.setattr(train_nil, "MIN_CALIBRATION_MENTIONS", 3)
-    run_train(TrainConfig(features=str(tmp_path / "h5"), candidates=str(tmp_path / "candidates" / "candidates.jsonl"),
+    run_train(TrainConfig(features=str(root / "h5"), candidates=str(root / "candidates" / "candidates.jsonl"),
                           out=str(out), train_lang=("en",), epochs=2, tune_nil=True, plots=False, progress=False,
                           threads=1, nil_score="learned"))
-    by_id = {r["id"]: r for r in open_store(str(tmp_path / "h5")).records("mentions")}
+    by_id = {r["id"]: r for r in open_store(str(root / "h5")).records("mentions")}
     preds = {p["id"]: p for p in read_predictions(out / "predictions.jsonl")}
     items = [{k: by_id[m][k] for k in ("id", "sentence", "start", "end", "lang", "context")} for m in preds]
     linker = Linker.load(out)
