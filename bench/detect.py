@@ -1,21 +1,21 @@
 """Mention detection per language: the tagger (trained on English only) against the gazetteer baseline, span
 precision, recall and F1 (exact match), and the cost of detection against encoding the gold spans.
 
-    python bench/detect.py --wel ../shared/data/wikidata-el --nerel ../shared/data/nerel-rukb \\
-        --out bench/results/detect.json [--seeds 3] [--max-eval 400]
+    python bench/detect.py [--data data/spans] [--data runs/spans-nerel] \\
+        [--kb ../shared/data/wikidata-el/kb.jsonl] [--kb ru=../shared/data/nerel-rukb/kb.jsonl] \\
+        --out bench/results/detect.json [--seeds 3] [--max-eval 1500]
 
-Data (read from the shared converted sets, never copied into the repo; NEREL has no licence file):
-
-* English: the ``en`` sentences of ``wikidata-el`` grouped by sentence (:mod:`detect.spans`); the tagger trains on
-  the ``train`` documents, ``en dev`` is a seeded sample of ``--max-eval`` sentences of the ``dev`` and ``test``
-  documents;
-* German: every ``de`` sentence of ``wikidata-el`` (HIPE-2020 dev), zero-shot;
-* Russian: a seeded sample of ``--max-eval`` sentences of ``nerel-rukb`` (NEREL dev), zero-shot.
+Data: span-complete sentences (:mod:`detect.spans`; every mention marked, sentences without mentions included),
+by default the shipped ``data/spans/`` (English Wikipedia from ELEVANT and HIPE-2022 English, German and French
+newspapers); NEREL's Russian is converted on the user's machine (``data/spans/convert.py nerel``) and added with
+another ``--data``. The tagger trains on the ``train`` sentences of ``en``, as ``xel-detect --data`` does; each
+language is scored on its sentences outside ``train`` (for ``en``: held-out documents; the others are zero-shot),
+a seeded sample of at most ``--max-eval`` per language.
 
 The encoder is the default store's (``models/multilingual-e5-small`` with the settings ``xel-precompute`` resolves
 by default); token features are computed once into ``--cache`` and reused by every seed and rerun. The gazetteer
-holds the names of the KB of each set (``wikidata-el``'s English KB for en and de, ``nerel-rukb``'s for ru) and
-the alias table of the English training mentions. Tagger rows are mean ± std over ``--seeds``.
+holds the names of a KB (``--kb [LANG=]PATH``: a bare path serves every language without its own) and the alias
+table of the English training spans that have a gold id. Tagger rows are mean ± std over ``--seeds``.
 
 Speed: documents/s and tokens/s of detection (token features and tagging; one sentence = one document) and of the
 gazetteer, against encoding the gold mentions as the linker does (``ms`` and ``mc``, :meth:`Linker.encode`): the
@@ -62,23 +62,26 @@ def main() -> None:
     from xel.retrieval.names import normalise_mention
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--wel", type=Path, default=ROOT.parent / "shared/data/wikidata-el")
-    ap.add_argument("--nerel", type=Path, default=ROOT.parent / "shared/data/nerel-rukb")
+    ap.add_argument("--data", type=Path, action="append", help="span-sentence files or folders (default data/spans)")
+    ap.add_argument("--kb", action="append", help="[LANG=]kb.jsonl whose names the gazetteer spots (default: "
+                    "../shared/data/wikidata-el/kb.jsonl for all, ru=../shared/data/nerel-rukb/kb.jsonl)")
     ap.add_argument("--model", type=Path, default=ROOT / "models/multilingual-e5-small")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/detect.json")
     ap.add_argument("--cache", type=Path, default=ROOT / "runs/bench-detect")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--max-train", type=int, default=100_000)
-    ap.add_argument("--max-eval", type=int, default=400)
+    ap.add_argument("--max-eval", type=int, default=1500)
     args = ap.parse_args()
+    shared = ROOT.parent / "shared/data"
+    kb_paths = dict(kb.split("=", 1) if "=" in kb else ("*", kb) for kb in args.kb or
+                    [str(shared / "wikidata-el/kb.jsonl"), f"ru={shared / 'nerel-rukb/kb.jsonl'}"])
 
-    wel = read_span_sentences(args.wel)
-    nerel = read_span_sentences(args.nerel)
-    train = sample([s for s in wel if s.lang == "en" and s.split == "train"], args.max_train, 0)
-    evals = {"en": sample([s for s in wel if s.lang == "en" and s.split != "train"], args.max_eval, 0),
-             "de": sample([s for s in wel if s.lang == "de"], args.max_eval, 0),
-             "ru": sample(nerel, args.max_eval, 0)}
+    sentences = [s for path in args.data or [ROOT / "data/spans"] for s in read_span_sentences(path)]
+    train = sample([s for s in sentences if s.lang == "en" and s.split == "train"], args.max_train, 0)
+    langs = sorted({s.lang for s in sentences}, key=lambda x: (x != "en", x))
+    evals = {lang: sample([s for s in sentences if s.lang == lang and s.split != "train"], args.max_eval, 0)
+             for lang in langs}
     settings = resolve_encoder(args.model, device="cpu")
     encoder = TextEncoder.load(settings)
     texts = [s.text for s in train] + [s.text for rows in evals.values() for s in rows]
@@ -106,13 +109,12 @@ def main() -> None:
         print(f"seed {seed}: final loss {losses[-1]:.4f}", file=sys.stderr)
 
     aliases = Counter(normalise_mention(s.text[a:b]) for s in train for (a, b), g in zip(s.spans, s.golds) if g)
-    kb_names = {path: [r["name"] for _, r in iter_records(path / "kb.jsonl")] for path in (args.wel, args.nerel)}
-    gazetteers = {"en": Gazetteer(kb_names[args.wel], aliases), "ru": Gazetteer(kb_names[args.nerel], aliases)}
-    gazetteers["de"] = gazetteers["en"]
+    kb_names = {lang: [r["name"] for _, r in iter_records(Path(path))] for lang, path in kb_paths.items()}
+    gazetteers = {lang: Gazetteer(names, aliases) for lang, names in kb_names.items()}
 
     results: dict[str, Any] = {}
     for lang, rows in evals.items():
-        gaz_spans = [[(x.start, x.end) for x in gazetteers[lang].spot(s.text)] for s in rows]
+        gaz_spans = [[(x.start, x.end) for x in gazetteers.get(lang, gazetteers["*"]).spot(s.text)] for s in rows]
         tagger_rows = found[lang]
         results[lang] = {
             "sentences": len(rows), "gold_spans": sum(len(s.spans) for s in rows),
@@ -148,19 +150,12 @@ def main() -> None:
              tokens / detect_s, "gazetteer_s": gazetteer_s, "gazetteer_docs_per_s": len(docs) / gazetteer_s,
              "gold_span_encoding_s": gold_s, "detector_over_gold_span_encoding": detect_s / gold_s}
 
-    stats = {"wikidata-el": span_stats(wel), "nerel-rukb": span_stats(nerel)}
-    upstream = {}
-    for name, path in (("wikidata-el", args.wel), ("nerel-rukb", args.nerel)):
-        per_lang = json.loads((path / "stats.json").read_text())["per_lang"]
-        upstream[name] = {lang: {"kept": v["mentions"], "dropped_no_kb_name": v["dropped_gold_not_in_kb"],
-                                 "dropped_share": round(v["dropped_gold_not_in_kb"] /
-                                                        (v["mentions"] + v["dropped_gold_not_in_kb"]), 3)}
-                          for lang, v in per_lang.items()}
     out = {"bench": "detect", "machine_before": load_before, "machine_after": machine(),
            "encoder": {"model": str(args.model), "dtype": encoder.settings.dtype, "max_length": settings.max_length},
            "train_sentences": len(train), "train_tokens": int(sum(len(f) for f in train_feats)),
            "seeds": args.seeds, "epochs": args.epochs, "results": results, "speed": speed,
-           "span_data": stats, "incomplete_spans_upstream": upstream}
+           "data": [str(p) for p in args.data or [ROOT / "data/spans"]], "kb": kb_paths,
+           "span_data": span_stats(sentences)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
 

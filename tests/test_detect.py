@@ -19,12 +19,14 @@ import torch
 from xel.detect.documents import check_document, mention_items, read_documents, sentences
 from xel.detect.gazetteer import Gazetteer
 from xel.detect.metrics import prf
-from xel.detect.spans import span_sentences
+from xel.detect.spans import read_span_sentences, span_sentences
 from xel.detect.tagger import Span, decode, fit, tag, token_labels
 from xel.detect.tokens import token_features, windows
 from xel.link.items import LinkError
 from xel.precompute.encoding import TextEncoder
+from xel.precompute.schema import InputError
 from xel.precompute.settings import resolve_encoder
+from xel.retrieval.splits import split_of
 
 from tests.tiny import CORPUS
 
@@ -186,6 +188,43 @@ def test_span_sentences_group_by_sentence_keep_the_longest_of_nested_spans():
     assert len(got) == 2
     assert got[0].spans == ((16, 56), (62, 71)) and got[0].golds == ("Q1", None) and got[0].nested_dropped == 2
     assert got[1].spans == ((16, 56),) and got[0].split == got[1].split
+
+
+def span_line(**fields) -> str:
+    record = {"id": "s:1:0-20", "doc": "s:1", "lang": "en", "split": "dev", "text": "Anna met Bob in Rome.",
+              "spans": [{"start": 0, "end": 4, "type": "PER", "gold": "Q1"}, {"start": 16, "end": 20, "gold": None}]}
+    return json.dumps({**record, **fields})
+
+
+def test_span_sentence_files_read_with_sentences_without_spans_and_their_own_split(tmp_path):
+    path = tmp_path / "en.jsonl"
+    path.write_text(span_line() + "\n" + span_line(id="s:2:0-5", doc="s:2", text="Quiet.", spans=[],
+                                                   split=None) + "\n", encoding="utf-8")
+    got = read_span_sentences(path)
+    assert [(s.text, s.spans, s.golds, s.split) for s in got] == [
+        ("Anna met Bob in Rome.", ((0, 4), (16, 20)), ("Q1", None), "dev"),
+        ("Quiet.", (), (), split_of("s:2"))]
+    # a directory reads every *.jsonl in it (here with a mentions-shaped file beside: read as mentions)
+    (tmp_path / "more.jsonl").write_text(json.dumps({"id": "m:3:0-4", "lang": "de", "sentence": "Anna kam.",
+                                                     "start": 0, "end": 4, "gold": None}) + "\n", encoding="utf-8")
+    assert [s.lang for s in read_span_sentences(tmp_path)] == ["en", "en", "de"]
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"text": ""}, "field 'text' is ''; a non-empty string"),
+    ({"lang": "eng"}, "field 'lang' is 'eng'; an ISO 639-1 code"),
+    ({"split": "val"}, "field 'split' is 'val'; one of train, dev, test"),
+    ({"spans": [{"start": 16, "end": 99}]}, "field 'spans[0]' is {'start': 16, 'end': 99}; {start, end} with 0 <="),
+    ({"spans": [{"start": 3, "end": 9}]}, "field 'spans[0]' covers 'a met '; a span must not start or end"),
+    ({"spans": [{"start": 9, "end": 12}, {"start": 0, "end": 4}]}, "field 'spans[1]' starts at 0, inside or before"),
+    ({"spans": [{"start": 0, "end": 4, "gold": 7}]}, "field 'spans[0].gold' is 7; a KB id string or null"),
+])
+def test_a_bad_span_sentence_is_refused_with_its_line_and_field(tmp_path, fields, message):
+    path = tmp_path / "en.jsonl"
+    path.write_text(span_line() + "\n" + span_line(**fields) + "\n", encoding="utf-8")
+    with pytest.raises(InputError) as e:
+        read_span_sentences(path)
+    assert f"{path}:2: " in str(e.value) and message in str(e.value)
 
 
 def test_prf_counts_exact_matches():
