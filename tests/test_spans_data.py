@@ -70,6 +70,7 @@ def write_elevant(root: Path) -> None:
     t = ELEVANT_TEXT
     labels = [
         label(t, "John Smith", "Q1", "Q215627"),
+        label(t, "John Smith", "Q9", "Q215627"),  # a second entity for the same span: the first label wins
         label(t, "University of Paris", "Q2", "Q43229"),
         label(t, "Paris", "Q3", "Q27096213|Q43229"),  # nested in the ORG: the outermost kept span wins
         label(t, "He", "Q1", "Q215627", coref=True),
@@ -112,6 +113,7 @@ def test_elevant_sentences_spans_and_drops(tmp_path: Path) -> None:
     assert file_stats["dropped"]["nested inside a kept span"] == 1
     assert file_stats["dropped"]["lower-case (a concept, not a name)"] == 1
     assert file_stats["dropped"]["coreference"] == 1
+    assert file_stats["dropped"]["same span as a kept one (first label kept)"] == 1
     assert file_stats["sentences_without_spans"] == 3 and file_stats["types"] == {"ORG": 2, "PER": 2}
 
 

@@ -323,9 +323,13 @@ def read_nerel(tree: Tree, ann_path: str, split: str, drops: Counter) -> Documen
 # ----------------------------------------------------------------------------------------------------------- common
 
 def outermost(spans: Iterable[Span], drops: Counter) -> list[Span]:
-    """Spans sorted, non-overlapping: a span inside a kept one goes; a span crossing a kept one goes too."""
+    """Spans sorted, non-overlapping: a span inside a kept one goes, and so do a span crossing a kept one and a
+    second label of the same characters (ELEVANT gives some spans two entities)."""
     kept: list[Span] = []
-    for span in sorted(set(spans), key=lambda s: (s.start, -s.end, s.type)):
+    for span in sorted(spans, key=lambda s: (s.start, -s.end)):  # stable: of equal spans, the source's first wins
+        if kept and (span.start, span.end) == (kept[-1].start, kept[-1].end):
+            drops["same span as a kept one (first label kept)"] += 1
+            continue
         if kept and span.start < kept[-1].end:
             drops["nested inside a kept span" if span.end <= kept[-1].end else "crosses a kept span"] += 1
             continue
