@@ -50,6 +50,11 @@ def sample(items: list, n: int, seed: int) -> list:
     return items if len(items) <= n else random.Random(seed).sample(items, n)
 
 
+def source_of(sentence: Any) -> str:
+    """The corpus of a sentence: its document id up to the first colon (``hipe/hipe2020/dev``)."""
+    return sentence.doc.split(":", 1)[0]
+
+
 def main() -> None:
     from xel.detect.gazetteer import Gazetteer
     from xel.detect.metrics import prf
@@ -79,9 +84,10 @@ def main() -> None:
 
     sentences = [s for path in args.data or [ROOT / "data/spans"] for s in read_span_sentences(path)]
     train = sample([s for s in sentences if s.lang == "en" and s.split == "train"], args.max_train, 0)
-    langs = sorted({s.lang for s in sentences}, key=lambda x: (x != "en", x))
-    evals = {lang: sample([s for s in sentences if s.lang == lang and s.split != "train"], args.max_eval, 0)
-             for lang in langs}
+    sets = sorted({(s.lang, source_of(s)) for s in sentences}, key=lambda x: (x[0] != "en", x))
+    evals = {f"{lang} {source}": sample([s for s in sentences if s.lang == lang and source_of(s) == source
+                                         and s.split != "train"], args.max_eval, 0) for lang, source in sets}
+    evals = {name: rows for name, rows in evals.items() if rows}
     settings = resolve_encoder(args.model, device="cpu")
     encoder = TextEncoder.load(settings)
     texts = [s.text for s in train] + [s.text for rows in evals.values() for s in rows]
@@ -114,7 +120,8 @@ def main() -> None:
 
     results: dict[str, Any] = {}
     for lang, rows in evals.items():
-        gaz_spans = [[(x.start, x.end) for x in gazetteers.get(lang, gazetteers["*"]).spot(s.text)] for s in rows]
+        gazetteer = gazetteers.get(lang.split()[0], gazetteers["*"])
+        gaz_spans = [[(x.start, x.end) for x in gazetteer.spot(s.text)] for s in rows]
         tagger_rows = found[lang]
         results[lang] = {
             "sentences": len(rows), "gold_spans": sum(len(s.spans) for s in rows),
@@ -125,7 +132,7 @@ def main() -> None:
         }
 
     # speed, on the en dev sentences: detection against encoding their gold mentions as the linker does
-    rows = evals["en"]
+    rows = [s for name, rows in evals.items() if name.startswith("en ") for s in rows]
     docs = [s.text for s in rows]
     from xel.detect.tokens import token_features
 
@@ -138,7 +145,7 @@ def main() -> None:
     tokens = sum(len(f) for f in detected_feats)
     t0 = time.perf_counter()
     for s in rows:
-        gazetteers["en"].spot(s.text)
+        gazetteers.get("en", gazetteers["*"]).spot(s.text)
     gazetteer_s = time.perf_counter() - t0
     items = [(f"{i}:{a}", s.text, a, b) for i, s in enumerate(rows) for a, b in s.spans]
     t0 = time.perf_counter()
@@ -159,7 +166,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
 
-    print("| lang | sentences | gold spans | tagger P | tagger R | tagger F1 | gazetteer P | gazetteer R | "
+    print("| lang, corpus | sentences | gold spans | tagger P | tagger R | tagger F1 | gazetteer P | gazetteer R | "
           "gazetteer F1 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for lang, r in results.items():
