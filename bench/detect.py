@@ -26,6 +26,7 @@ load).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -56,6 +57,7 @@ def source_of(sentence: Any) -> str:
 
 
 def main() -> None:
+    from xel.detect.detector import at_layer, middle_layer
     from xel.detect.gazetteer import Gazetteer
     from xel.detect.metrics import prf
     from xel.detect.spans import read_span_sentences, span_stats
@@ -75,6 +77,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=ROOT / "runs/bench-detect")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--layer", type=int, action="append", help="the encoder layer the tagger reads; repeat to "
+                    "compare (rows per layer; the first gives the headline and speed rows) [default: the middle]")
     ap.add_argument("--max-train", type=int, default=100_000)
     ap.add_argument("--max-eval", type=int, default=1500)
     args = ap.parse_args()
@@ -88,31 +92,45 @@ def main() -> None:
     evals = {f"{lang} {source}": sample([s for s in sentences if s.lang == lang and source_of(s) == source
                                          and s.split != "train"], args.max_eval, 0) for lang, source in sets}
     evals = {name: rows for name, rows in evals.items() if rows}
-    settings = resolve_encoder(args.model, device="cpu")
-    encoder = TextEncoder.load(settings)
+    base = resolve_encoder(args.model, device="cpu")
+    base_encoder = encoder = TextEncoder.load(base)  # the linker's (its store's layer)
+    layers = args.layer or [middle_layer(encoder)]
     texts = [s.text for s in train] + [s.text for rows in evals.values() for s in rows]
     load_before = machine()
-    t0 = time.perf_counter()
-    feats = cached_features(args.cache, encoder, settings, texts)
-    print(f"token features of {len(texts)} sentences: {time.perf_counter() - t0:.0f} s (cached in {args.cache})",
-          file=sys.stderr)
-    train_feats, at = feats[: len(train)], len(train)
-    eval_feats = {}
-    for lang, rows in evals.items():
-        eval_feats[lang], at = feats[at : at + len(rows)], at + len(rows)
-
-    labels = [token_labels(f.offsets, s.spans) for f, s in zip(train_feats, train)]
-    found: dict[str, list[dict[str, Any]]] = {lang: [] for lang in evals}
+    per_layer: dict[int, dict[str, list[dict[str, Any]]]] = {}
     taggers = []
-    for seed in range(args.seeds):
-        model, losses = fit([f.features for f in train_feats], labels, epochs=args.epochs, seed=seed)
-        taggers.append(model)
-        for lang, rows in evals.items():
-            probs = tag(model, [f.features for f in eval_feats[lang]])
-            spans = [[(x.start, x.end) for x in decode(s.text, f.offsets, p)]
-                     for s, f, p in zip(rows, eval_feats[lang], probs)]
-            found[lang].append(prf([s.spans for s in rows], spans))
-        print(f"seed {seed}: final loss {losses[-1]:.4f}", file=sys.stderr)
+    for layer in layers:
+        settings = dataclasses.replace(base, layer=layer)
+        encoder = at_layer(encoder, layer)
+        t0 = time.perf_counter()
+        feats = cached_features(args.cache / f"layer{layer}", encoder, settings, texts)
+        print(f"layer {layer}: token features of {len(texts)} sentences: {time.perf_counter() - t0:.0f} s "
+              f"(cached in {args.cache})", file=sys.stderr)
+        train_feats, at = feats[: len(train)], len(train)
+        eval_feats = {}
+        for name, rows in evals.items():
+            eval_feats[name], at = feats[at : at + len(rows)], at + len(rows)
+        labels = [token_labels(f.offsets, s.spans) for f, s in zip(train_feats, train)]
+        found: dict[str, list[dict[str, Any]]] = {name: [] for name in evals}
+        for seed in range(args.seeds):
+            model, losses = fit([f.features for f in train_feats], labels, epochs=args.epochs, seed=seed)
+            if layer == layers[0]:
+                taggers.append(model)
+            for name, rows in evals.items():
+                probs = tag(model, [f.features for f in eval_feats[name]])
+                spans = [[(x.start, x.end) for x in decode(s.text, f.offsets, p)]
+                         for s, f, p in zip(rows, eval_feats[name], probs)]
+                found[name].append(prf([s.spans for s in rows], spans))
+            print(f"layer {layer} seed {seed}: final loss {losses[-1]:.4f}", file=sys.stderr)
+        per_layer[layer] = found
+    encoder = at_layer(encoder, layers[0])
+    train_tokens = int(sum(len(f) for f in cached_features(args.cache / f"layer{layers[0]}", encoder,
+                                                           dataclasses.replace(base, layer=layers[0]),
+                                                           texts)[: len(train)]))
+
+    def mean_std(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+        return {k: {"mean": statistics.mean(r[k] for r in rows),
+                    "std": statistics.stdev(r[k] for r in rows) if len(rows) > 1 else 0.0} for k in ("p", "r", "f1")}
 
     aliases = Counter(normalise_mention(s.text[a:b]) for s in train for (a, b), g in zip(s.spans, s.golds) if g)
     kb_names = {lang: [r["name"] for _, r in iter_records(Path(path))] for lang, path in kb_paths.items()}
@@ -122,13 +140,11 @@ def main() -> None:
     for lang, rows in evals.items():
         gazetteer = gazetteers.get(lang.split()[0], gazetteers["*"])
         gaz_spans = [[(x.start, x.end) for x in gazetteer.spot(s.text)] for s in rows]
-        tagger_rows = found[lang]
         results[lang] = {
             "sentences": len(rows), "gold_spans": sum(len(s.spans) for s in rows),
-            "tagger": {k: {"mean": statistics.mean(r[k] for r in tagger_rows),
-                           "std": statistics.stdev(r[k] for r in tagger_rows) if len(tagger_rows) > 1 else 0.0}
-                       for k in ("p", "r", "f1")},
+            "tagger": mean_std(per_layer[layers[0]][lang]),
             "gazetteer": prf([s.spans for s in rows], gaz_spans),
+            "tagger_by_layer": {str(layer): mean_std(found[lang]) for layer, found in per_layer.items()},
         }
 
     # speed, on the en dev sentences: detection against encoding their gold mentions as the linker does
@@ -137,7 +153,7 @@ def main() -> None:
     from xel.detect.tokens import token_features
 
     t0 = time.perf_counter()
-    detected_feats = token_features(encoder, docs)
+    detected_feats = token_features(encoder, docs)  # the first --layer's
     probs = tag(taggers[0], [f.features for f in detected_feats])
     for text, f, p in zip(docs, detected_feats, probs):
         decode(text, f.offsets, p)
@@ -149,8 +165,8 @@ def main() -> None:
     gazetteer_s = time.perf_counter() - t0
     items = [(f"{i}:{a}", s.text, a, b) for i, s in enumerate(rows) for a, b in s.spans]
     t0 = time.perf_counter()
-    encoder.encode([mention_item(i, "en", t, a, b) for i, t, a, b in items])
-    encoder.encode([context_item(i, "en", t, t, a, b) for i, t, a, b in items])
+    base_encoder.encode([mention_item(i, "en", t, a, b) for i, t, a, b in items])
+    base_encoder.encode([context_item(i, "en", t, t, a, b) for i, t, a, b in items])
     gold_s = time.perf_counter() - t0
     speed = {"documents": len(docs), "tokens": tokens, "gold_mentions": len(items),
              "detector_s": detect_s, "detector_docs_per_s": len(docs) / detect_s, "detector_tokens_per_s":
@@ -158,8 +174,9 @@ def main() -> None:
              "gold_span_encoding_s": gold_s, "detector_over_gold_span_encoding": detect_s / gold_s}
 
     out = {"bench": "detect", "machine_before": load_before, "machine_after": machine(),
-           "encoder": {"model": str(args.model), "dtype": encoder.settings.dtype, "max_length": settings.max_length},
-           "train_sentences": len(train), "train_tokens": int(sum(len(f) for f in train_feats)),
+           "encoder": {"model": str(args.model), "dtype": base.dtype, "max_length": base.max_length,
+                       "layer": layers[0], "layers_compared": layers},
+           "train_sentences": len(train), "train_tokens": train_tokens,
            "seeds": args.seeds, "epochs": args.epochs, "results": results, "speed": speed,
            "data": [str(p) for p in args.data or [ROOT / "data/spans"]], "kb": kb_paths,
            "span_data": span_stats(sentences)}
@@ -174,6 +191,13 @@ def main() -> None:
         print(f"| {lang} | {r['sentences']} | {r['gold_spans']} | " + " | ".join(
             f"{t[k]['mean']:.3f} ± {t[k]['std']:.3f}" for k in ("p", "r", "f1")) + " | " +
             " | ".join(f"{g[k]:.3f}" for k in ("p", "r", "f1")) + " |")
+    if len(layers) > 1:
+        print("\ntagger span F1 by encoder layer (hidden-state index):\n")
+        print("| lang, corpus | " + " | ".join(f"layer {x}" for x in layers) + " |")
+        print("|---|" + "---|" * len(layers))
+        for lang, r in results.items():
+            cells = [r["tagger_by_layer"][str(x)]["f1"] for x in layers]
+            print(f"| {lang} | " + " | ".join(f"{c['mean']:.3f} ± {c['std']:.3f}" for c in cells) + " |")
     print(f"\nspeed (en dev, {len(docs)} sentences, load {out['machine_after']['load_1min']} on "
           f"{out['machine_after']['cores']} cores): detector {speed['detector_docs_per_s']:.1f} docs/s, "
           f"{speed['detector_tokens_per_s']:.0f} tokens/s; gazetteer {speed['gazetteer_docs_per_s']:.0f} docs/s; "

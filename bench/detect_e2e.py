@@ -29,6 +29,7 @@ machine as loaded at the time (the JSON records the load), and each row's time o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -63,7 +64,7 @@ class GoldSpotter:
 def main() -> None:
     from xel.detect.documents import Document, link_documents
     from xel.detect.metrics import end_to_end, prf
-    from xel.detect.spans import sentence_key, span_sentences
+    from xel.detect.spans import read_span_sentences, sentence_key, span_files, span_sentences
     from xel.link.items import ITEM_FIELDS
     from xel.link.linker import Linker
     from xel.link.run_files import resolve_run_config
@@ -72,30 +73,42 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--data", type=Path, default=None)
-    ap.add_argument("--split", default="test", choices=("train", "dev", "test"))
+    ap.add_argument("--split", default=None, choices=("train", "dev", "test", "held-out"),
+                    help="the sentences scored: a split, or held-out (dev and test); default test for a mentions "
+                         "file, held-out for span sentences")
     ap.add_argument("--lang", action="append", default=None, help="repeatable; default: every language of --data")
     ap.add_argument("--max-sentences", type=int, default=None, help="a seeded sample of at most this many per language")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/detect-e2e.json")
     args = ap.parse_args()
 
     data = args.data or Path(resolve_run_config(args.run).features) / "inputs" / "mentions.jsonl"
-    if data.is_dir():
-        data = data / "mentions.jsonl"
-    records = [r for _, r in iter_records(data)]
-    sentences = span_sentences(records)
-    keys = list(dict.fromkeys(sentence_key(r) for r in records))  # span_sentences' order
-    by_key = {k: s for k, s in zip(keys, sentences)}
+    files = span_files(data)
+    first = next((r for _, r in iter_records(files[0])), {})
+    if len(files) == 1 and "sentence" in first:  # a mentions file: its records also give the gold_records row
+        records: list[dict[str, Any]] | None = [r for _, r in iter_records(files[0])]
+        sentences = span_sentences(records)
+        keys = list(dict.fromkeys(sentence_key(r) for r in records))  # span_sentences' order
+        by_key = {k: s for k, s in zip(keys, sentences)}
+    else:  # span sentences: every mention marked; ids outside the run's KB are NIL for this KB
+        records = None
+        sentences = read_span_sentences(data)
+    linker = Linker.load(args.run)
+    if records is None:
+        in_kb = set(linker.store.load_ids("es")[0])
+        sentences = [dataclasses.replace(s, golds=tuple(g if g in in_kb else None for g in s.golds))
+                     for s in sentences]
     langs = args.lang or sorted({s.lang for s in sentences})
-    held = {lang: [s for s in sentences if s.lang == lang and s.split == args.split] for lang in langs}
+    split = args.split or ("test" if records is not None else "held-out")
+    held = {lang: [s for s in sentences if s.lang == lang and (s.split == split or split == "held-out" and
+                                                               s.split != "train")] for lang in langs}
     if args.max_sentences is not None:
         held = {lang: rows if len(rows) <= args.max_sentences else
                 [rows[i] for i in sorted(random.Random(0).sample(range(len(rows)), args.max_sentences))]
                 for lang, rows in held.items()}
     for lang, rows in held.items():
         if not rows:
-            raise SystemExit(f"{data}: no {lang!r} sentences in its {args.split} documents")
+            raise SystemExit(f"{data}: no {lang!r} sentences in its {split} documents")
 
-    linker = Linker.load(args.run)
     load_before = machine()
     results: dict[str, Any] = {}
     for lang, rows in held.items():
@@ -118,6 +131,12 @@ def main() -> None:
                          "linked": sum(e is not None for f in found for _, _, e in f),
                          "seconds": seconds, "docs_per_s": len(docs) / seconds}
             print(f"{lang} {name}: {seconds:.1f} s, e2e {out[name]['e2e']}", file=sys.stderr, flush=True)
+        if records is None:
+            for name in ROWS:
+                out[name]["seconds_over_gold"] = out[name]["seconds"] / out["gold"]["seconds"]
+            out["tagger_minus_gazetteer_e2e_f1"] = out["tagger"]["e2e"]["f1"] - out["gazetteer"]["e2e"]["f1"]
+            results[lang] = out
+            continue
         # the normal path: the mention records of the kept gold spans, each with its own context
         index = {id(s): i for i, s in enumerate(rows)}
         kept = [(r, s) for r in records
@@ -137,7 +156,7 @@ def main() -> None:
         out["tagger_minus_gazetteer_e2e_f1"] = out["tagger"]["e2e"]["f1"] - out["gazetteer"]["e2e"]["f1"]
         results[lang] = out
 
-    report = {"bench": "detect-e2e", "run": str(args.run), "data": str(data), "split": args.split,
+    report = {"bench": "detect-e2e", "run": str(args.run), "data": str(data), "split": split,
               "max_sentences": args.max_sentences,
               "machine_before": load_before, "machine_after": machine(), "nil_threshold": linker.threshold,
               "nil_calibrated_langs": sorted(linker.nil_rule.shifts), "results": results}

@@ -14,12 +14,17 @@ from xel.precompute.schema import ISO_639_1
 @click.option("--model", required=True, type=click.Path(file_okay=False, exists=True),
               help="a trained run directory (xel-train's); the detector is written to its detector/ folder")
 @click.option("--data", type=click.Path(exists=True), default=None,
-              help="mentions file (or directory with mentions.jsonl) whose sentences teach the spans  "
-                   "[default: the mentions the run's store was computed from]")
+              help="span-sentence files (every mention marked: data/spans/ ships English, German and French) or "
+                   "a mentions file, or a directory of either, whose --lang train sentences teach the spans  "
+                   "[default: the mentions the run's store was computed from, whose sentences miss mentions "
+                   "that had no KB entry]")
 @click.option("--lang", default="en", help="the language whose train-document sentences are learnt from")
 @click.option("--epochs", type=click.IntRange(min=1), default=20)
 @click.option("--seed", type=int, default=0)
 @click.option("--hidden", type=click.IntRange(min=1), default=64, help="the tagger's hidden width")
+@click.option("--layer", type=int, default=None,
+              help="the encoder's hidden-state index whose token features are tagged (0: embeddings, -1: last) "
+                   " [default: the middle layer, 6 of 12]")
 @click.option("-v", "--verbose", is_flag=True)
 def main(verbose: bool, **flags) -> None:
     """Train the mention detector of the run --model on its --lang sentences; print the held-out span scores."""

@@ -1,5 +1,9 @@
 """The mention detector of a trained run, ``RUN/detector/``: a :class:`detect.tagger.SpanTagger` on the token
-features of the run's own encoder (its training store's: same model files, layer, dtype, prefix, max length).
+features of the run's own encoder (its training store's: same model files, dtype, prefix, max length), read at
+the detector's own layer: by default the middle of the network (:func:`middle_layer`), whose token features hold
+more of the word and its neighbours than the last layer's, which a sentence-embedding model such as e5 trains
+for its pooled vector (``bench/detect.py --layer`` measures the choice). The linker's encoder is shared: the
+detector reads another of its layers, with no second copy of the model.
 
 ``xel-detect --model RUN`` writes it (:mod:`detect.train`); ``xel-link --detect``, ``Linker.link_text`` and
 ``xel-serve`` read it. The directory holds ``tagger.safetensors`` (the weights), ``detector.json`` (the encoder
@@ -10,6 +14,8 @@ encoder).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -64,7 +70,8 @@ class Detector:
             raise DetectorError(f"{folder}: no trained detector ({WEIGHTS}, {INFO}); train one with "
                                 f"`xel-detect --model {folder.parent}`")
         info = json.loads((folder / INFO).read_text(encoding="utf-8"))
-        want = encoder_signature(settings)
+        layer = info.get("encoder", {}).get("layer", settings.layer)
+        want = encoder_signature(dataclasses.replace(settings, layer=layer))
         if info.get("encoder") != want:
             raise DetectorError(f"{folder}/{INFO}: trained on encoder {info.get('encoder')}, but the run's store "
                                 f"encodes with {want}; retrain it with `xel-detect --model {folder.parent}`")
@@ -79,7 +86,25 @@ class Detector:
                                 f"`xel-detect --model {folder.parent}`")
         tagger = SpanTagger(info["dim"], info["hidden"])
         tagger.load_state_dict(load(weights), strict=True)
-        return cls(encoder, tagger.eval(), info)
+        return cls(at_layer(encoder, layer), tagger.eval(), info)
+
+
+def middle_layer(encoder: TextEncoder) -> int:
+    """The hidden-state index of the middle of ``encoder`` (6 of a 12-layer model; 0 is the embeddings)."""
+    return int(encoder.model.config.num_hidden_layers) // 2
+
+
+def at_layer(encoder: TextEncoder, layer: int) -> TextEncoder:
+    """``encoder`` reading hidden-state ``layer`` (as :class:`precompute.encoding.TextEncoder`'s ``layer``): the
+    encoder itself when it already does, else a shallow copy that shares its model and tokenizer."""
+    n = int(encoder.model.config.num_hidden_layers)
+    if not -n - 1 <= layer <= n:
+        raise DetectorError(f"layer {layer} is out of range for a {n}-layer encoder; allowed -{n + 1}..{n}")
+    if layer % (n + 1) == encoder.layer % (n + 1):
+        return encoder
+    out = copy.copy(encoder)
+    out.layer = layer
+    return out
 
 
 def encoder_signature(settings: EncoderSettings) -> dict[str, Any]:

@@ -10,6 +10,7 @@ another seed reads them back instead of encoding again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from xel.detect.detector import DETECTOR_DIR, Detector, DetectorError, encoder_signature
+from xel.detect.detector import DETECTOR_DIR, Detector, DetectorError, at_layer, encoder_signature, middle_layer
 from xel.detect.metrics import prf
 from xel.detect.spans import SpanSentence, read_span_sentences, span_stats
 from xel.detect.tagger import decode, fit, tag, token_labels
@@ -40,6 +41,7 @@ class DetectConfig:
     epochs: int = 20
     seed: int = 0
     hidden: int = 64
+    layer: int | None = None  # the encoder layer whose token features are tagged; None: the middle one
     device: str = "auto"
 
 
@@ -87,6 +89,9 @@ def run(cfg: DetectConfig) -> dict[str, Any]:
                             "learns from them (--lang names the language with annotations)")
     settings = EncoderSettings.from_manifest(store.manifest, device=cfg.device)
     encoder = TextEncoder.load(settings)
+    layer = middle_layer(encoder) if cfg.layer is None else cfg.layer
+    encoder = at_layer(encoder, layer)
+    settings = dataclasses.replace(settings, layer=layer)
     folder = run_dir / DETECTOR_DIR
     t0 = time.perf_counter()
     feats = cached_features(folder, encoder, settings, [s.text for s in train + held])

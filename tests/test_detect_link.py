@@ -8,16 +8,21 @@ detector (token features cached, not recomputed by a rerun), ``xel-link --detect
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from xel.detect import train as detect_train
 from xel.detect.cli import main as detect_main
+from xel.detect.tagger import tag
+from xel.detect.tokens import token_features
 from xel.link.cli import main as link_main
 from xel.link.linker import Linker
+from xel.precompute.encoding import TextEncoder
 
 from tests.conftest import write_jsonl
 from tests.train_fixtures import CAPITALS
@@ -89,6 +94,19 @@ def test_detect_then_link_documents(run_dir, tmp_path, monkeypatch):
 
     linker = Linker.load(run_dir)
     assert [linker.link_text(d["text"], d["lang"]) for d in DOCS] == [line["mentions"] for line in lines]
+
+    # the detector reads its own layer (the middle one by default) of the linker's encoder, sharing the model
+    detector = linker.spotter("tagger")
+    assert info["encoder"]["layer"] == detector.encoder.layer == 1 and linker.encoder.layer == -1
+    assert detector.encoder.model is linker.encoder.model
+    texts = [d["text"] for d in DOCS]
+    got = tag(detector.tagger, [f.features for f in token_features(detector.encoder, texts)])
+    for layer, same in ((1, True), (-1, False)):
+        fresh = TextEncoder.load(dataclasses.replace(linker.encoder_settings, layer=layer))
+        want = tag(detector.tagger, [f.features for f in token_features(fresh, texts)])
+        assert all(np.allclose(g, w, atol=1e-5) for g, w in zip(got, want)) == same
+    result = runner.invoke(detect_main, ["--model", str(run_dir), "--epochs", "1", "--layer", "3"])
+    assert result.exit_code != 0 and "layer 3 is out of range for a 2-layer encoder; allowed -3..2" in result.output
 
     from fastapi.testclient import TestClient
     from xel.link.serve import create_app
