@@ -26,7 +26,6 @@ load).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -57,7 +56,7 @@ def source_of(sentence: Any) -> str:
 
 
 def main() -> None:
-    from xel.detect.detector import at_layer, middle_layer
+    from xel.detect.detector import check_layers, default_layers
     from xel.detect.gazetteer import Gazetteer
     from xel.detect.metrics import prf
     from xel.detect.spans import read_span_sentences, span_stats
@@ -77,8 +76,9 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=ROOT / "runs/bench-detect")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--layer", type=int, action="append", help="the encoder layer the tagger reads; repeat to "
-                    "compare (rows per layer; the first gives the headline and speed rows) [default: the middle]")
+    ap.add_argument("--layers", action="append", help="comma-separated hidden-state indices the tagger reads, "
+                    "concatenated (as xel-detect --layer); repeat to compare (rows per set; the first gives the "
+                    "headline and speed rows) [default: the middle and the last]")
     ap.add_argument("--max-train", type=int, default=100_000)
     ap.add_argument("--max-eval", type=int, default=1500)
     args = ap.parse_args()
@@ -93,40 +93,39 @@ def main() -> None:
                                          and s.split != "train"], args.max_eval, 0) for lang, source in sets}
     evals = {name: rows for name, rows in evals.items() if rows}
     base = resolve_encoder(args.model, device="cpu")
-    base_encoder = encoder = TextEncoder.load(base)  # the linker's (its store's layer)
-    layers = args.layer or [middle_layer(encoder)]
+    encoder = TextEncoder.load(base)  # the linker's: its store's layer, and the detector's layers from one forward
+    layer_sets = [check_layers(encoder, [int(x) for x in arg.split(",")]) for arg in args.layers or []] or \
+        [default_layers(encoder)]
     texts = [s.text for s in train] + [s.text for rows in evals.values() for s in rows]
     load_before = machine()
-    per_layer: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    per_set: dict[str, dict[str, list[dict[str, Any]]]] = {}
     taggers = []
-    for layer in layers:
-        settings = dataclasses.replace(base, layer=layer)
-        encoder = at_layer(encoder, layer)
+    for layers in layer_sets:
+        key = ",".join(map(str, layers))
         t0 = time.perf_counter()
-        feats = cached_features(args.cache / f"layer{layer}", encoder, settings, texts)
-        print(f"layer {layer}: token features of {len(texts)} sentences: {time.perf_counter() - t0:.0f} s "
+        feats = cached_features(args.cache / f"layers{key}", encoder, base, texts, layers)
+        print(f"layers {key}: token features of {len(texts)} sentences: {time.perf_counter() - t0:.0f} s "
               f"(cached in {args.cache})", file=sys.stderr)
         train_feats, at = feats[: len(train)], len(train)
         eval_feats = {}
         for name, rows in evals.items():
             eval_feats[name], at = feats[at : at + len(rows)], at + len(rows)
+        if layers == layer_sets[0]:
+            train_tokens = int(sum(len(f) for f in train_feats))
         labels = [token_labels(f.offsets, s.spans) for f, s in zip(train_feats, train)]
         found: dict[str, list[dict[str, Any]]] = {name: [] for name in evals}
         for seed in range(args.seeds):
             model, losses = fit([f.features for f in train_feats], labels, epochs=args.epochs, seed=seed)
-            if layer == layers[0]:
+            if layers == layer_sets[0]:
                 taggers.append(model)
             for name, rows in evals.items():
                 probs = tag(model, [f.features for f in eval_feats[name]])
                 spans = [[(x.start, x.end) for x in decode(s.text, f.offsets, p)]
                          for s, f, p in zip(rows, eval_feats[name], probs)]
                 found[name].append(prf([s.spans for s in rows], spans))
-            print(f"layer {layer} seed {seed}: final loss {losses[-1]:.4f}", file=sys.stderr)
-        per_layer[layer] = found
-    encoder = at_layer(encoder, layers[0])
-    train_tokens = int(sum(len(f) for f in cached_features(args.cache / f"layer{layers[0]}", encoder,
-                                                           dataclasses.replace(base, layer=layers[0]),
-                                                           texts)[: len(train)]))
+            print(f"layers {key} seed {seed}: final loss {losses[-1]:.4f}", file=sys.stderr)
+        per_set[key] = found
+    keys = list(per_set)
 
     def mean_std(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         return {k: {"mean": statistics.mean(r[k] for r in rows),
@@ -142,9 +141,9 @@ def main() -> None:
         gaz_spans = [[(x.start, x.end) for x in gazetteer.spot(s.text)] for s in rows]
         results[lang] = {
             "sentences": len(rows), "gold_spans": sum(len(s.spans) for s in rows),
-            "tagger": mean_std(per_layer[layers[0]][lang]),
+            "tagger": mean_std(per_set[keys[0]][lang]),
             "gazetteer": prf([s.spans for s in rows], gaz_spans),
-            "tagger_by_layer": {str(layer): mean_std(found[lang]) for layer, found in per_layer.items()},
+            "tagger_by_layers": {key: mean_std(found[lang]) for key, found in per_set.items()},
         }
 
     # speed, on the en dev sentences: detection against encoding their gold mentions as the linker does
@@ -153,7 +152,7 @@ def main() -> None:
     from xel.detect.tokens import token_features
 
     t0 = time.perf_counter()
-    detected_feats = token_features(encoder, docs)  # the first --layer's
+    detected_feats = token_features(encoder, docs, layer_sets[0])
     probs = tag(taggers[0], [f.features for f in detected_feats])
     for text, f, p in zip(docs, detected_feats, probs):
         decode(text, f.offsets, p)
@@ -165,8 +164,8 @@ def main() -> None:
     gazetteer_s = time.perf_counter() - t0
     items = [(f"{i}:{a}", s.text, a, b) for i, s in enumerate(rows) for a, b in s.spans]
     t0 = time.perf_counter()
-    base_encoder.encode([mention_item(i, "en", t, a, b) for i, t, a, b in items])
-    base_encoder.encode([context_item(i, "en", t, t, a, b) for i, t, a, b in items])
+    encoder.encode([mention_item(i, "en", t, a, b) for i, t, a, b in items])
+    encoder.encode([context_item(i, "en", t, t, a, b) for i, t, a, b in items])
     gold_s = time.perf_counter() - t0
     speed = {"documents": len(docs), "tokens": tokens, "gold_mentions": len(items),
              "detector_s": detect_s, "detector_docs_per_s": len(docs) / detect_s, "detector_tokens_per_s":
@@ -175,7 +174,7 @@ def main() -> None:
 
     out = {"bench": "detect", "machine_before": load_before, "machine_after": machine(),
            "encoder": {"model": str(args.model), "dtype": base.dtype, "max_length": base.max_length,
-                       "layer": layers[0], "layers_compared": layers},
+                       "layers": list(layer_sets[0]), "layer_sets_compared": keys},
            "train_sentences": len(train), "train_tokens": train_tokens,
            "seeds": args.seeds, "epochs": args.epochs, "results": results, "speed": speed,
            "data": [str(p) for p in args.data or [ROOT / "data/spans"]], "kb": kb_paths,
@@ -191,12 +190,12 @@ def main() -> None:
         print(f"| {lang} | {r['sentences']} | {r['gold_spans']} | " + " | ".join(
             f"{t[k]['mean']:.3f} ± {t[k]['std']:.3f}" for k in ("p", "r", "f1")) + " | " +
             " | ".join(f"{g[k]:.3f}" for k in ("p", "r", "f1")) + " |")
-    if len(layers) > 1:
-        print("\ntagger span F1 by encoder layer (hidden-state index):\n")
-        print("| lang, corpus | " + " | ".join(f"layer {x}" for x in layers) + " |")
-        print("|---|" + "---|" * len(layers))
+    if len(keys) > 1:
+        print("\ntagger span F1 by the encoder layers it reads (hidden-state indices):\n")
+        print("| lang, corpus | " + " | ".join(f"layers {x}" for x in keys) + " |")
+        print("|---|" + "---|" * len(keys))
         for lang, r in results.items():
-            cells = [r["tagger_by_layer"][str(x)]["f1"] for x in layers]
+            cells = [r["tagger_by_layers"][x]["f1"] for x in keys]
             print(f"| {lang} | " + " | ".join(f"{c['mean']:.3f} ± {c['std']:.3f}" for c in cells) + " |")
     print(f"\nspeed (en dev, {len(docs)} sentences, load {out['machine_after']['load_1min']} on "
           f"{out['machine_after']['cores']} cores): detector {speed['detector_docs_per_s']:.1f} docs/s, "

@@ -22,9 +22,10 @@ from xel.precompute.schema import ISO_639_1
 @click.option("--epochs", type=click.IntRange(min=1), default=20)
 @click.option("--seed", type=int, default=0)
 @click.option("--hidden", type=click.IntRange(min=1), default=64, help="the tagger's hidden width")
-@click.option("--layer", type=int, default=None,
-              help="the encoder's hidden-state index whose token features are tagged (0: embeddings, -1: last) "
-                   " [default: the middle layer, 6 of 12]")
+@click.option("--layer", "layers", type=int, multiple=True,
+              help="a hidden-state index of the encoder (0: embeddings, -1: the last) whose token features the "
+                   "tagger reads; repeat it to read several, concatenated  [default: the middle and the last: "
+                   "--layer 6 --layer -1 for a 12-layer encoder]")
 @click.option("-v", "--verbose", is_flag=True)
 def main(verbose: bool, **flags) -> None:
     """Train the mention detector of the run --model on its --lang sentences; print the held-out span scores."""
@@ -34,7 +35,7 @@ def main(verbose: bool, **flags) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
     if flags["lang"] not in ISO_639_1:
         raise click.BadParameter(f"{flags['lang']!r}; an ISO 639-1 code is required", param_hint="--lang")
-    cfg = DetectConfig(**flags)
+    cfg = DetectConfig(**{**flags, "layers": tuple(flags["layers"]) or None})
     try:
         info = run(cfg)
     except ERRORS as e:

@@ -1,9 +1,9 @@
 """The mention detector of a trained run, ``RUN/detector/``: a :class:`detect.tagger.SpanTagger` on the token
 features of the run's own encoder (its training store's: same model files, dtype, prefix, max length), read at
-the detector's own layer: by default the middle of the network (:func:`middle_layer`), whose token features hold
-more of the word and its neighbours than the last layer's, which a sentence-embedding model such as e5 trains
-for its pooled vector (``bench/detect.py --layer`` measures the choice). The linker's encoder is shared: the
-detector reads another of its layers, with no second copy of the model.
+the detector's own layers: by default the middle of the network and the last (:func:`default_layers`),
+concatenated. The middle layer holds more of the word and its neighbours than the last one, which a
+sentence-embedding model such as e5 trains for its pooled vector; ``bench/detect.py --layers`` measures the
+choice. Both come from one forward of the linker's own encoder: no second copy of the model.
 
 ``xel-detect --model RUN`` writes it (:mod:`detect.train`); ``xel-link --detect``, ``Linker.link_text`` and
 ``xel-serve`` read it. The directory holds ``tagger.safetensors`` (the weights), ``detector.json`` (the encoder
@@ -14,8 +14,6 @@ encoder).
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -43,11 +41,12 @@ class Detector:
 
     def __init__(self, encoder: TextEncoder, tagger: SpanTagger, info: dict[str, Any]):
         self.encoder, self.tagger, self.info = encoder, tagger, info
+        self.layers = layers_of(info["encoder"])
         self.tokens = 0  # tokens tagged so far (speed reports)
 
     def spans(self, texts: Sequence[str]) -> list[list[Span]]:
         """The detected spans of each text: character offsets, sorted and non-overlapping."""
-        feats = token_features(self.encoder, texts)
+        feats = token_features(self.encoder, texts, self.layers)
         self.tokens += sum(len(f) for f in feats)
         probs = tag(self.tagger, [f.features for f in feats])
         return [decode(text, f.offsets, p) for text, f, p in zip(texts, feats, probs)]
@@ -70,9 +69,9 @@ class Detector:
             raise DetectorError(f"{folder}: no trained detector ({WEIGHTS}, {INFO}); train one with "
                                 f"`xel-detect --model {folder.parent}`")
         info = json.loads((folder / INFO).read_text(encoding="utf-8"))
-        layer = info.get("encoder", {}).get("layer", settings.layer)
-        want = encoder_signature(dataclasses.replace(settings, layer=layer))
-        if info.get("encoder") != want:
+        trained = info.get("encoder")
+        want = encoder_signature(settings, layers_of(trained) if isinstance(trained, dict) else None)
+        if trained != want:
             raise DetectorError(f"{folder}/{INFO}: trained on encoder {info.get('encoder')}, but the run's store "
                                 f"encodes with {want}; retrain it with `xel-detect --model {folder.parent}`")
         weights = (folder / WEIGHTS).read_bytes()
@@ -86,29 +85,37 @@ class Detector:
                                 f"`xel-detect --model {folder.parent}`")
         tagger = SpanTagger(info["dim"], info["hidden"])
         tagger.load_state_dict(load(weights), strict=True)
-        return cls(at_layer(encoder, layer), tagger.eval(), info)
+        return cls(encoder, tagger.eval(), info)
 
 
-def middle_layer(encoder: TextEncoder) -> int:
-    """The hidden-state index of the middle of ``encoder`` (6 of a 12-layer model; 0 is the embeddings)."""
-    return int(encoder.model.config.num_hidden_layers) // 2
+def default_layers(encoder: TextEncoder) -> tuple[int, int]:
+    """The hidden-state indices the tagger reads by default: the middle of ``encoder`` (6 of a 12-layer model; 0
+    is the embeddings) and the last."""
+    return int(encoder.model.config.num_hidden_layers) // 2, -1
 
 
-def at_layer(encoder: TextEncoder, layer: int) -> TextEncoder:
-    """``encoder`` reading hidden-state ``layer`` (as :class:`precompute.encoding.TextEncoder`'s ``layer``): the
-    encoder itself when it already does, else a shallow copy that shares its model and tokenizer."""
+def check_layers(encoder: TextEncoder, layers: Sequence[int]) -> tuple[int, ...]:
+    """``layers`` as a tuple, each a hidden-state index of ``encoder``; else :class:`DetectorError`."""
     n = int(encoder.model.config.num_hidden_layers)
-    if not -n - 1 <= layer <= n:
-        raise DetectorError(f"layer {layer} is out of range for a {n}-layer encoder; allowed -{n + 1}..{n}")
-    if layer % (n + 1) == encoder.layer % (n + 1):
-        return encoder
-    out = copy.copy(encoder)
-    out.layer = layer
-    return out
+    for layer in layers:
+        if not -n - 1 <= layer <= n:
+            raise DetectorError(f"layer {layer} is out of range for a {n}-layer encoder; allowed -{n + 1}..{n}")
+    if not layers:
+        raise DetectorError("no layers; the tagger reads at least one hidden state")
+    return tuple(layers)
 
 
-def encoder_signature(settings: EncoderSettings) -> dict[str, Any]:
-    """What makes token features the same: the model files' fingerprint and how they are run."""
-    return {"fingerprint": settings.identity["fingerprint"], "layer": settings.layer,
+def layers_of(signature: dict[str, Any]) -> tuple[int, ...]:
+    """The layers a detector's ``encoder`` record names (a detector of an older xel read one, an int)."""
+    layer = signature.get("layer", -1)
+    return (layer,) if isinstance(layer, int) else tuple(layer)
+
+
+def encoder_signature(settings: EncoderSettings, layers: Sequence[int] | None = None) -> dict[str, Any]:
+    """What makes token features the same: the model files' fingerprint and how they are run (``layers``: the
+    hidden states read, by default the settings' one layer)."""
+    layer: int | list[int] = settings.layer if layers is None else (
+        layers[0] if len(layers) == 1 else list(layers))
+    return {"fingerprint": settings.identity["fingerprint"], "layer": layer,
             "max_length": settings.max_length, "prefix": settings.prefix, "dtype": settings.dtype,
             "backend": settings.backend}

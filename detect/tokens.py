@@ -52,8 +52,11 @@ def windows(n: int, budget: int) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def token_features(encoder: TextEncoder, texts: Sequence[str]) -> list[TokenFeatures]:
-    """The :class:`TokenFeatures` of each text (see the module docstring); an empty text has none."""
+def token_features(encoder: TextEncoder, texts: Sequence[str],
+                   layers: Sequence[int] | None = None) -> list[TokenFeatures]:
+    """The :class:`TokenFeatures` of each text (see the module docstring), from the encoder's ``layer`` or, with
+    ``layers``, those hidden states concatenated (:meth:`precompute.encoding.TextEncoder.hidden`); an empty text
+    has none."""
     enc = encoder.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True,
                             return_attention_mask=False)
     rows: list[np.ndarray] = []  # token ids of each window, specials and prefix included
@@ -66,10 +69,11 @@ def token_features(encoder: TextEncoder, texts: Sequence[str]) -> list[TokenFeat
         for lo, hi, keep_lo, keep_hi in windows(len(ids), encoder.budget) if len(ids) else []:
             rows.append(np.concatenate([encoder.head, encoder.prefix_ids, ids[lo:hi], encoder.tail]))
             plan.append((t, n_head + keep_lo - lo, keep_lo, keep_hi - keep_lo))
-    features = [np.zeros((len(o), encoder.dim), dtype=np.float16) for o in offsets]
+    dim = encoder.dim * (1 if layers is None else len(layers))
+    features = [np.zeros((len(o), dim), dtype=np.float16) for o in offsets]
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     for idx in encoder.batches(lengths) if len(rows) else []:
-        hidden = encoder.hidden([rows[i] for i in idx]).float().cpu().numpy()
+        hidden = encoder.hidden([rows[i] for i in idx], layers).float().cpu().numpy()
         for b, i in enumerate(idx.tolist()):
             t, at, keep_lo, count = plan[i]
             features[t][keep_lo : keep_lo + count] = hidden[b, at : at + count]

@@ -10,7 +10,6 @@ another seed reads them back instead of encoding again.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from xel.detect.detector import DETECTOR_DIR, Detector, DetectorError, at_layer, encoder_signature, middle_layer
+from xel.detect.detector import DETECTOR_DIR, Detector, DetectorError, check_layers, default_layers, encoder_signature
 from xel.detect.metrics import prf
 from xel.detect.spans import SpanSentence, read_span_sentences, span_stats
 from xel.detect.tagger import decode, fit, tag, token_labels
@@ -41,15 +40,16 @@ class DetectConfig:
     epochs: int = 20
     seed: int = 0
     hidden: int = 64
-    layer: int | None = None  # the encoder layer whose token features are tagged; None: the middle one
+    layers: tuple[int, ...] | None = None  # the hidden states tagged, concatenated; None: the middle and the last
     device: str = "auto"
 
 
-def cached_features(folder: Path, encoder: TextEncoder, settings: EncoderSettings,
-                    texts: list[str]) -> list[TokenFeatures]:
+def cached_features(folder: Path, encoder: TextEncoder, settings: EncoderSettings, texts: list[str],
+                    layers: tuple[int, ...] | None = None) -> list[TokenFeatures]:
     """The token features of ``texts``, from ``folder/tokens-<hash>.npz`` when it holds them, else encoded once
     and written there (older caches removed)."""
-    key = hashlib.sha256(json.dumps([encoder_signature(settings), texts], ensure_ascii=False).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([encoder_signature(settings, layers), texts],
+                                    ensure_ascii=False).encode()).hexdigest()
     path = folder / f"tokens-{key[:16]}.npz"
     if path.is_file():
         with np.load(path) as cache:
@@ -58,13 +58,14 @@ def cached_features(folder: Path, encoder: TextEncoder, settings: EncoderSetting
         cuts = np.cumsum(lengths)[:-1]
         return [TokenFeatures(f, o) for f, o in zip(np.split(feats, cuts), np.split(offs, cuts))]
     t0 = time.perf_counter()
-    out = token_features(encoder, texts)
+    out = token_features(encoder, texts, layers)
     log.info("encoded %d texts (%d tokens) in %.1f s", len(texts), sum(map(len, out)), time.perf_counter() - t0)
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("tokens-*.npz"):
         old.unlink()
     tmp = folder / f".{path.name}.tmp.npz"
-    np.savez(tmp, features=np.concatenate([f.features for f in out]) if out else np.zeros((0, encoder.dim)),
+    dim = encoder.dim * (1 if layers is None else len(layers))
+    np.savez(tmp, features=np.concatenate([f.features for f in out]) if out else np.zeros((0, dim)),
              offsets=np.concatenate([f.offsets for f in out]) if out else np.zeros((0, 2), np.int64),
              lengths=np.asarray([len(f) for f in out], dtype=np.int64))
     tmp.replace(path)
@@ -89,12 +90,10 @@ def run(cfg: DetectConfig) -> dict[str, Any]:
                             "learns from them (--lang names the language with annotations)")
     settings = EncoderSettings.from_manifest(store.manifest, device=cfg.device)
     encoder = TextEncoder.load(settings)
-    layer = middle_layer(encoder) if cfg.layer is None else cfg.layer
-    encoder = at_layer(encoder, layer)
-    settings = dataclasses.replace(settings, layer=layer)
+    layers = check_layers(encoder, cfg.layers or default_layers(encoder))
     folder = run_dir / DETECTOR_DIR
     t0 = time.perf_counter()
-    feats = cached_features(folder, encoder, settings, [s.text for s in train + held])
+    feats = cached_features(folder, encoder, settings, [s.text for s in train + held], layers)
     encode_s = time.perf_counter() - t0
     labels = [token_labels(f.offsets, s.spans) for f, s in zip(feats, train)]
     t0 = time.perf_counter()
@@ -104,7 +103,7 @@ def run(cfg: DetectConfig) -> dict[str, Any]:
     held_feats = feats[len(train):]
     probs = tag(tagger, [f.features for f in held_feats])
     found = [[(x.start, x.end) for x in decode(s.text, f.offsets, p)] for s, f, p in zip(held, held_feats, probs)]
-    info = {"encoder": encoder_signature(settings), "dim": encoder.dim, "hidden": cfg.hidden,
+    info = {"encoder": encoder_signature(settings, layers), "dim": encoder.dim * len(layers), "hidden": cfg.hidden,
             "config": asdict(cfg), "data": str(data), "data_stats": span_stats(sentences),
             "train_sentences": len(train), "train_tokens": int(sum(len(f) for f in feats[: len(train)])),
             "losses": [round(x, 5) for x in losses], "encode_seconds": round(encode_s, 1),

@@ -269,10 +269,12 @@ class TextEncoder:
         return pooled.cpu().numpy()
 
     @torch.inference_mode()
-    def hidden(self, ids: Sequence[np.ndarray]) -> torch.Tensor:
+    def hidden(self, ids: Sequence[np.ndarray], layers: Sequence[int] | None = None) -> torch.Tensor:
         """The hidden states of the encoder's ``layer`` ``[rows, longest, dim]`` for one batch of token id rows
-        (padded; the pad positions hold whatever the model gives them): what :meth:`forward` pools, and the
-        token features of the mention detector (:mod:`detect.tokens`)."""
+        (padded; the pad positions hold whatever the model gives them): what :meth:`forward` pools. With
+        ``layers``, those hidden states (indices as ``layer``'s) concatenated, ``[rows, longest, dim * len]``, from
+        one forward: the token features of the mention detector (:mod:`detect.tokens`)."""
+        layers = [self.layer] if layers is None else list(layers)
         width = max(len(x) for x in ids)
         input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
         attention = np.zeros((len(ids), width), dtype=np.int64)
@@ -280,17 +282,17 @@ class TextEncoder:
             input_ids[row, : len(x)] = x
             attention[row, : len(x)] = 1
         if self.backend == "onnx":
-            hidden = torch.from_numpy(self.model.hidden_state(input_ids, attention, self.layer))
-        else:
-            inputs = {
-                "input_ids": torch.from_numpy(input_ids).to(self.device, non_blocking=True),
-                "attention_mask": torch.from_numpy(attention).to(self.device, non_blocking=True),
-            }
-            want_all = self.layer != -1
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
-                out = self.model(**inputs, output_hidden_states=want_all)
-            hidden = out.hidden_states[self.layer] if want_all else out.last_hidden_state
-        return hidden
+            return torch.from_numpy(self.model.hidden_state(input_ids, attention, layers))
+        inputs = {
+            "input_ids": torch.from_numpy(input_ids).to(self.device, non_blocking=True),
+            "attention_mask": torch.from_numpy(attention).to(self.device, non_blocking=True),
+        }
+        want_all = layers != [-1]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
+            out = self.model(**inputs, output_hidden_states=want_all)
+        if not want_all:
+            return out.last_hidden_state
+        return torch.cat([out.hidden_states[x] for x in layers], dim=-1)
 
     def encode(
         self, items: Sequence[EncodeItem], stats: EncodeStats | None = None, chunk_size: int = 2048,

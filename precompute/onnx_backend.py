@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -267,9 +268,11 @@ class OnnxEncoder:
                                  getattr(config, "intermediate_size", 4 * config.hidden_size),
                                  config.num_hidden_layers, config.max_position_embeddings)
 
-    def hidden_state(self, input_ids: np.ndarray, attention_mask: np.ndarray, layer: int) -> np.ndarray:
-        """Hidden states ``[batch, length, hidden]`` (float32) of ``layer`` (-1: the last)."""
-        index = layer % (self.config.num_hidden_layers + 1)
-        (out,) = self.session.run([f"hidden_state_{index}"], {"input_ids": input_ids,
-                                                               "attention_mask": attention_mask})
-        return out
+    def hidden_state(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                     layer: int | Sequence[int]) -> np.ndarray:
+        """Hidden states ``[batch, length, hidden]`` (float32) of ``layer`` (-1: the last); of several layers, in
+        one run, concatenated along the last axis (``[batch, length, hidden * len(layer)]``)."""
+        layers = [layer] if isinstance(layer, int) else list(layer)
+        names = [f"hidden_state_{x % (self.config.num_hidden_layers + 1)}" for x in layers]
+        outs = self.session.run(names, {"input_ids": input_ids, "attention_mask": attention_mask})
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=-1)

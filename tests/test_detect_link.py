@@ -75,7 +75,7 @@ def test_detect_then_link_documents(run_dir, tmp_path, monkeypatch):
     result = runner.invoke(link_main, ["--model", str(run_dir), "--detect", "--in", str(docs), "--out", str(out)])
     assert result.exit_code != 0 and "xel-detect --model" in result.output and not out.exists()
 
-    result = runner.invoke(detect_main, ["--model", str(run_dir), "--epochs", "15"])
+    result = runner.invoke(detect_main, ["--model", str(run_dir), "--epochs", "40"])
     assert result.exit_code == 0, result.output
     info = json.loads((run_dir / "detector" / "detector.json").read_text())
     assert info["held_out"]["f1"] >= 0.8 and len(list((run_dir / "detector").glob("tokens-*.npz"))) == 1
@@ -95,16 +95,17 @@ def test_detect_then_link_documents(run_dir, tmp_path, monkeypatch):
     linker = Linker.load(run_dir)
     assert [linker.link_text(d["text"], d["lang"]) for d in DOCS] == [line["mentions"] for line in lines]
 
-    # the detector reads its own layer (the middle one by default) of the linker's encoder, sharing the model
+    # the detector reads the middle and the last hidden states of the linker's own encoder, concatenated
     detector = linker.spotter("tagger")
-    assert info["encoder"]["layer"] == detector.encoder.layer == 1 and linker.encoder.layer == -1
-    assert detector.encoder.model is linker.encoder.model
+    assert info["encoder"]["layer"] == [1, -1] and detector.layers == (1, -1) and detector.encoder is linker.encoder
     texts = [d["text"] for d in DOCS]
-    got = tag(detector.tagger, [f.features for f in token_features(detector.encoder, texts)])
-    for layer, same in ((1, True), (-1, False)):
-        fresh = TextEncoder.load(dataclasses.replace(linker.encoder_settings, layer=layer))
-        want = tag(detector.tagger, [f.features for f in token_features(fresh, texts)])
-        assert all(np.allclose(g, w, atol=1e-5) for g, w in zip(got, want)) == same
+    got = tag(detector.tagger, [f.features for f in token_features(detector.encoder, texts, detector.layers)])
+    one_by_one = [token_features(TextEncoder.load(dataclasses.replace(linker.encoder_settings, layer=x)), texts)
+                  for x in (1, -1)]
+    want = tag(detector.tagger, [np.concatenate([a.features, b.features], axis=1) for a, b in zip(*one_by_one)])
+    assert all(np.allclose(g, w, atol=1e-4) for g, w in zip(got, want))
+    swapped = tag(detector.tagger, [np.concatenate([b.features, a.features], axis=1) for a, b in zip(*one_by_one)])
+    assert not all(np.allclose(g, w, atol=1e-4) for g, w in zip(got, swapped))
     result = runner.invoke(detect_main, ["--model", str(run_dir), "--epochs", "1", "--layer", "3"])
     assert result.exit_code != 0 and "layer 3 is out of range for a 2-layer encoder; allowed -3..2" in result.output
 
