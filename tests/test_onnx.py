@@ -64,6 +64,23 @@ def test_onnx_fp32_equals_torch(tiny_model_dir, in_cache, layer):
     np.testing.assert_allclose(got.astype(np.float32), one_by_one.astype(np.float32), atol=2e-3)
 
 
+def test_several_layers_in_one_forward_equal_each_layer_alone_on_both_backends(tiny_model_dir, in_cache):
+    """The mention detector's token features: ``hidden(ids, layers)`` concatenates the layers' hidden states."""
+    from xel.detect.tokens import token_features
+
+    texts = [it.text for it in ITEMS]
+    for backend in ("torch", "onnx"):
+        encoders = {x: TextEncoder.load(resolve_encoder(tiny_model_dir, dtype="fp32", device="cpu", layer=x,
+                                                        backend=backend)) for x in (1, -1)}
+        both = token_features(encoders[-1], texts, (1, -1))
+        alone = [token_features(encoders[x], texts) for x in (1, -1)]
+        for got, a, b in zip(both, *alone):
+            np.testing.assert_allclose(got.features.astype(np.float32),
+                                       np.concatenate([a.features, b.features], axis=1).astype(np.float32),
+                                       atol=2e-3)
+            assert not np.allclose(a.features, b.features, atol=1e-2)  # two different layers
+
+
 def test_int8_runs_and_agrees_with_torch(tiny_model_dir, in_cache):
     settings = resolve_encoder(tiny_model_dir, dtype="int8", device="cpu")
     assert settings.backend == "onnx"  # int8 picks the onnx backend
