@@ -30,8 +30,9 @@ NOT_RECORDED = "not recorded"
 # (family title, file-name prefixes, the command that writes such files)
 FAMILIES: list[tuple[str, tuple[str, ...], str]] = [
     ("Linking quality against nn", ("quality",), "python bench/quality.py --run NAME=EXPERIMENT_DIR ..."),
-    ("Mention detection (raw text)", ("detect",), "python bench/detect.py --out bench/results/detect.json"),
-    ("Mention detection, end to end", ("detect-e2e",), "python bench/detect_e2e.py --run RUN_DIR"),
+    ("Mention detection (raw text)", ("detect",), "python bench/detect.py --data data/spans --data DATA_SPANS_RU "
+     "--layers 6,-1 --layers 6 --layers -1 --layers 8"),
+    ("Mention detection, end to end", ("detect-e2e",), "python bench/detect_e2e.py --run RUN_DIR --data DIR"),
     ("NIL headroom (oracle thresholds)", ("nil-headroom",), "python bench/nil_headroom.py --data ..."),
     ("Precompute throughput", ("precompute",), "python bench/precompute.py"),
     ("Encoder forward", ("encoder",), "python bench/encoder.py"),
