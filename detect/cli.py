@@ -40,10 +40,9 @@ def main(verbose: bool, **flags) -> None:
         info = run(cfg)
     except ERRORS as e:
         raise click.ClickException(str(e)) from None
-    held = info["held_out"]
     click.echo(f"trained on {info['train_sentences']} {cfg.lang} sentences ({info['train_tokens']} tokens) in "
                f"{info['train_seconds']:.1f} s; token features {info['encode_seconds']:.1f} s")
-    if held:
-        click.echo(f"held-out {cfg.lang} documents: span P {held['p']:.3f} R {held['r']:.3f} F1 {held['f1']:.3f} "
-                   f"({held['gold']} gold spans)")
+    for corpus, held in info["held_out_by_corpus"].items():
+        click.echo(f"held-out {cfg.lang} documents of {corpus}: span P {held['p']:.3f} R {held['r']:.3f} "
+                   f"F1 {held['f1']:.3f} ({held['gold']} gold spans)")
     click.echo(f"wrote {cfg.model}/detector/")

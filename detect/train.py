@@ -72,6 +72,14 @@ def cached_features(folder: Path, encoder: TextEncoder, settings: EncoderSetting
     return out
 
 
+def by_corpus(sentences: list[SpanSentence]) -> dict[str, list[int]]:
+    """The positions of ``sentences`` per corpus: the document id up to its first colon (``hipe/hipe2020/dev``)."""
+    out: dict[str, list[int]] = {}
+    for i, s in enumerate(sentences):
+        out.setdefault(s.doc.split(":", 1)[0], []).append(i)
+    return out
+
+
 def score(sentences: list[SpanSentence], found: list[list[tuple[int, int]]]) -> dict[str, float | int]:
     return prf([s.spans for s in sentences], found)
 
@@ -83,9 +91,9 @@ def run(cfg: DetectConfig) -> dict[str, Any]:
     store = open_store(train_cfg.features)
     data = Path(cfg.data) if cfg.data else store.root / "inputs" / "mentions.jsonl"
     sentences = [s for s in read_span_sentences(data) if s.lang == cfg.lang]
-    train = [s for s in sentences if s.split == "train" and s.spans]
+    train = [s for s in sentences if s.split == "train"]  # with sentences that hold no mention: they teach O
     held = [s for s in sentences if s.split != "train"]
-    if not train:
+    if not any(s.spans for s in train):
         raise DetectorError(f"{data}: no {cfg.lang!r} sentences with mentions in its train documents; the detector "
                             "learns from them (--lang names the language with annotations)")
     settings = EncoderSettings.from_manifest(store.manifest, device=cfg.device)
@@ -107,6 +115,8 @@ def run(cfg: DetectConfig) -> dict[str, Any]:
             "config": asdict(cfg), "data": str(data), "data_stats": span_stats(sentences),
             "train_sentences": len(train), "train_tokens": int(sum(len(f) for f in feats[: len(train)])),
             "losses": [round(x, 5) for x in losses], "encode_seconds": round(encode_s, 1),
-            "train_seconds": round(train_s, 1), "held_out": score(held, found) if held else None}
+            "train_seconds": round(train_s, 1), "held_out": score(held, found) if held else None,
+            "held_out_by_corpus": {corpus: score([held[i] for i in rows], [found[i] for i in rows])
+                                   for corpus, rows in by_corpus(held).items()}}
     Detector(encoder, tagger, info).save(folder)
     return info

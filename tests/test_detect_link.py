@@ -162,3 +162,25 @@ def test_a_detector_is_written_with_the_umasks_mode_and_refused_once_changed_on_
     result = CliRunner().invoke(link_main, ["--model", str(folder), "--detect", "--in", str(docs), "--out",
                                             str(tmp_path / "out.jsonl")])
     assert result.exit_code != 0 and "records no sha256 of tagger.safetensors" in result.output, result.output
+
+
+def test_the_detector_learns_from_span_sentences_with_and_without_mentions(run_dir, tmp_path):
+    """``--data`` with span-sentence files: train sentences without a mention are trained on (they teach O), and
+    the held-out sentences are scored per corpus."""
+    folder = tmp_path / "en"
+    shutil.copytree(run_dir, folder)
+    rows = []
+    for i, city in enumerate(CAPITALS * 2):
+        text = f"Last year we visited {city} with friends."
+        corpus, split = ("wiki", "train") if i < len(CAPITALS) else ("news", "dev")
+        rows.append({"id": f"{corpus}:{i}:0-{len(text)}", "doc": f"{corpus}:{i}", "lang": "en", "split": split,
+                     "text": text, "spans": [{"start": 21, "end": 21 + len(city), "type": "LOC", "gold": None}]})
+        rows.append({"id": f"{corpus}:{i}:99-120", "doc": f"{corpus}:{i}", "lang": "en", "split": split,
+                     "text": "nothing here is named at all.", "spans": []})
+    data = write_jsonl(tmp_path / "spans.jsonl", rows)
+    result = CliRunner().invoke(detect_main, ["--model", str(folder), "--data", str(data), "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((folder / "detector" / "detector.json").read_text())
+    assert info["train_sentences"] == 2 * len(CAPITALS)  # half of them without a mention
+    assert set(info["held_out_by_corpus"]) == {"news"} and info["held_out_by_corpus"]["news"]["gold"] == len(CAPITALS)
+    assert "held-out en documents of news: span P" in result.output
