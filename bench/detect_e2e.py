@@ -4,10 +4,13 @@ all linked by the same linker with the same NIL rule, in one run.
     python bench/detect_e2e.py --run RUN_DIR [--data MENTIONS] [--split test] [--lang en --lang de] \\
         --out bench/results/detect-e2e.json
 
-``RUN_DIR`` is a trained run (``xel-train``) with a detector (``xel-detect --model RUN_DIR``); ``--data`` defaults
-to the mentions its store was computed from (``<store>/inputs/mentions.jsonl``, as ``xel-detect``), grouped by
-sentence and split by document (:mod:`detect.spans`); the ``--split`` documents' sentences are scored (``test``:
-held out from the linker and from the detector). One sentence is one document.
+``RUN_DIR`` is a trained run (``xel-train``) with a detector (``xel-detect --model RUN_DIR``). ``--data``: span
+sentences (:mod:`detect.spans`; a file, or a folder of them such as ``data/spans``), whose sentences outside
+their train documents are scored (``--split held-out``, the default for them), a gold id that is not in the run's
+KB counting as NIL; or a mentions file (the default: the mentions the run's store was computed from,
+``<store>/inputs/mentions.jsonl``, as ``xel-detect``), grouped by sentence and split by document, whose
+``--split`` (default ``test``) documents are scored, with the ``gold_records`` row below. One sentence is one
+document.
 
 Rows, each linked by :func:`detect.documents.link_documents` (the path of ``xel-link --detect`` and
 ``Linker.link_text``: each span with its sentence as context):
@@ -15,8 +18,9 @@ Rows, each linked by :func:`detect.documents.link_documents` (the path of ``xel-
 * ``tagger``: the run's detector (``RUN/detector/``) finds the spans;
 * ``gazetteer``: the KB's names and the training alias table find them (``--spotter gazetteer``);
 * ``gold``: the gold spans, the reference ceiling (the same path, so only the spans differ);
-* ``gold_records``: the gold spans as the mentions file gives them, linked by ``Linker.link`` (the normal path,
-  each mention with its own ``context``), for the cost of linking a span with only its sentence around it.
+* ``gold_records`` (a mentions file only): the gold spans as the mentions file gives them, linked by
+  ``Linker.link`` (the normal path, each mention with its own ``context``), for the cost of linking a span with
+  only its sentence around it.
 
 Scores (:func:`detect.metrics.end_to_end`, exact span match and the same KB id): ``e2e`` follows
 ``docs/metrics.md`` (a NIL prediction is no link; gold NIL spans are outside the recall), so ``gold`` scores as
@@ -166,7 +170,7 @@ def main() -> None:
     print("| lang | row | sentences | span F1 | e2e P | e2e R | e2e F1 | e2e F1 with NIL | docs/s | time / gold |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for lang, r in results.items():
-        for name in (*ROWS, "gold_records"):
+        for name in [x for x in (*ROWS, "gold_records") if x in r]:
             row = r[name]
             span = f"{row['span']['f1']:.3f}" if "span" in row else "–"
             ratio = f"{row['seconds'] / r['gold']['seconds']:.2f}x"
