@@ -64,6 +64,19 @@ TEXT = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """CLI tests run entry points in this process (``xel-train --threads``, ``xel-detect``), which set torch's
+    process-wide thread count: restore it after each test, so that no test's float sums depend on which tests ran
+    before it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
