@@ -191,6 +191,7 @@ def test_compare_nil_rules_ranks_once(monkeypatch) -> None:
     out = compare_nil_rules(cfg, dev_base, data.splits.dev, test_base, test, ("en",))
     assert len(calls) == 2  # dev and test, once each
     assert set(out) == {"off"} | {f"{s}{q}" for s in ("model", "cosine", "csls", "learned") for q in ("", "+q")}
+    # "shared" needs hs0 (+A): this run has none, so it is not compared
     assert out == result.nil_rules  # what the run reported, from the same ranking
 
 
@@ -200,6 +201,32 @@ def test_learned_needs_the_head() -> None:
     ranked = rank(result.model, m)
     with pytest.raises(ValueError, match="'learned' needs a model with a learned NIL logit"):
         with_nil_score(replace(ranked, nil_logit=None), m, "learned")
+
+
+def test_the_shared_nil_score_is_csls_in_hs0_space_by_hand() -> None:
+    """``--nil-score shared`` (+A): cos(hs0(ms), hs0(es)) of the best candidate minus the mean of the 2nd to 11th
+    best such cosines; a model without hs0 has none, and the rule is refused without --adversarial."""
+    m = margin_case(12, seed=11, k=14)
+    torch.manual_seed(0)
+    spec = ModelSpec(dim=16, hs_sizes=(8,), hc_sizes=(8,), final_sizes=(8,), dropout=0.0, scorer="residual",
+                     feature_groups=("cosines",), shared_size=6, languages=("de", "en"))
+    model = build_model(spec).eval()
+    ranked = rank(model, m, nil_score="shared")
+    with torch.no_grad():
+        hm = torch.nn.functional.normalize(model.hs0((m.ms - model.name_mean) / model.name_std), dim=-1)
+        he = torch.nn.functional.normalize(model.hs0((m.kb.es - model.name_mean) / model.name_std), dim=-1)
+    want = []
+    for i, best in enumerate(ranked.best_pos.tolist()):
+        cos = [float(hm[i] @ he[c]) for c, ok in zip(m.cand[i].tolist(), m.cand_mask[i].tolist()) if ok]
+        top = float(hm[i] @ he[m.cand[i, best]])
+        want.append(top - np.mean(sorted(cos, reverse=True)[1:11]))
+    assert ranked.nil_score.tolist() == pytest.approx(want, abs=1e-5)
+    assert not torch.allclose(ranked.nil_score, rank(model, m, nil_score="csls").nil_score)  # another space
+    plain = build_model(replace(spec, shared_size=None, languages=())).eval()
+    with pytest.raises(ValueError, match="'shared' needs a model with the shared layer hs0"):
+        rank(plain, m, nil_score="shared")
+    with pytest.raises(ConfigError, match="'shared' only with --adversarial"):
+        TrainConfig(features="x", nil_score="shared")
 
 
 @pytest.mark.parametrize(("changes", "message"), [

@@ -125,8 +125,9 @@ def option(*decls: str, name: str | None = None, **kwargs: Any):
 @click.option("--nil-score", type=click.Choice(NIL_SCORES),
               help="compare the NIL threshold with the best score (model; paper's default), cos(ms, es) of the "
                    "best candidate (cosine), or that cosine minus the mention's background, the mean cosine of its "
-                   "next 10 candidates (csls; residual's default: it carries over to other languages and scripts), or "
-                   "the best score minus a NIL logit learned from language-independent features (learned; residual "
+                   "next 10 candidates (csls; residual's default: it carries over to other languages and scripts), the "
+                   "same in the shared layer hs0's space (shared; --adversarial only), or the best score minus a NIL "
+                   "logit learned from language-independent features (learned; residual "
                    "only)")
 @click.option("--nil-calibration", type=click.Choice(NIL_CALIBRATIONS),
               help="quantile: shift the NIL scores of each language the run was not trained on so that their 90th "

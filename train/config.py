@@ -21,7 +21,7 @@ POPULARITY_MISSING = ("error", "median")
 POPULARITY_SOURCES = ("links", "mentions")
 LOSSES = ("hinge", "softmax")
 ADV_MODES = ("alternating", "grl", "uniform")
-NIL_SCORES = ("model", "cosine", "csls", "learned")
+NIL_SCORES = ("model", "cosine", "csls", "shared", "learned")
 NIL_CALIBRATIONS = ("none", "quantile")
 # the residual scorer's input groups (train.residual); each can be switched off for an ablation
 FEATURE_GROUPS = ("paper", "cosines", "interactions", "retrieval", "prior", "string")
@@ -156,6 +156,8 @@ class TrainConfig:
         for problem in scorer.unread_flags(self.loss_name, set_values):
             raise ConfigError(problem)
         need(self.nil_score in (None, *NIL_SCORES), "nil_score", self.nil_score, f"one of {list(NIL_SCORES)}")
+        need(self.nil_score != "shared" or self.adversarial, "nil_score", self.nil_score,
+             "'shared' only with --adversarial (it reads the shared layer hs0)")
         need(self.nil_calibration in (None, *NIL_CALIBRATIONS), "nil_calibration", self.nil_calibration,
              f"one of {list(NIL_CALIBRATIONS)}")
         need(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")

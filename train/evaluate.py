@@ -12,7 +12,9 @@ default); otherwise its best-scoring candidate. The NIL score (``--nil-score``) 
   names has lower cosines to every entity, right or wrong, so a raw-cosine threshold tuned on English calls
   most of its correct links NIL; the background moves with that shift and the difference does not. It needs
   no target-language data, labelled or not, and is computed per mention, so a batch of one links as the
-  whole set does.
+  whole set does;
+* ``shared`` (+A only): ``csls`` in the shared space, cos(hs0(ms), hs0(es)) of the best candidate minus the
+  mean of its runner-ups', where the adversary pushes the two languages' name features together.
 
 The model's own score is not the residual scorer's NIL score: features that only English mentions have (an
 alias prior, an exact name match) raise its scores of English links, so a threshold tuned on English dev on
@@ -45,6 +47,7 @@ class Ranked:
     nil_score: torch.Tensor | None = None  # [M] what the NIL threshold is compared with (default: ``best``)
     nil_logit: torch.Tensor | None = None  # [M] the learned NIL logit (train.nil_logit), for a model with the head
     nil_features: torch.Tensor | None = None  # [M, F] its inputs
+    shared_cos: torch.Tensor | None = None  # [M, K] cos(hs0(ms), hs0(es)) of a +A model (-inf where padded)
 
     @property
     def decision(self) -> torch.Tensor:
@@ -119,7 +122,8 @@ def background_cosine(cos: torch.Tensor, k: int = BACKGROUND_K) -> torch.Tensor:
 def with_nil_score(ranked: Ranked, mentions: Mentions, nil_score: str) -> Ranked:
     """``ranked`` with the NIL score ``nil_score`` (see the module docstring): ``model`` the best score itself,
     ``cosine`` cos(ms, es) of the best candidate, ``csls`` that cosine minus the mention's background
-    (:func:`background_cosine` over its candidates), ``learned`` the best score minus the NIL logit."""
+    (:func:`background_cosine` over its candidates), ``shared`` the same in hs0's space (+A), ``learned`` the
+    best score minus the NIL logit."""
     if nil_score == "model":
         return ranked
     if nil_score == "learned":
@@ -128,12 +132,15 @@ def with_nil_score(ranked: Ranked, mentions: Mentions, nil_score: str) -> Ranked
                              "trained by this version of xel-train); allowed here: 'model', 'cosine', 'csls'")
         value = ranked.best - ranked.nil_logit
         return replace(ranked, nil_score=torch.where(torch.isfinite(ranked.best), value, ranked.best))
-    cos = nn_scores(mentions)
+    if nil_score == "shared" and ranked.shared_cos is None:
+        raise ValueError("NIL score 'shared' needs a model with the shared layer hs0 (trained with --adversarial); "
+                         "allowed here: 'model', 'cosine', 'csls'")
+    cos = ranked.shared_cos if nil_score == "shared" else nn_scores(mentions)
     value = cos.gather(1, ranked.best_pos[:, None]).squeeze(1)
-    if nil_score == "csls":
+    if nil_score in ("csls", "shared"):
         value = value - background_cosine(cos)
     elif nil_score != "cosine":
-        raise ValueError(f"NIL score {nil_score!r}: allowed 'model', 'cosine', 'csls', 'learned'")
+        raise ValueError(f"NIL score {nil_score!r}: allowed 'model', 'cosine', 'csls', 'shared', 'learned'")
     return replace(ranked, nil_score=torch.where(torch.isfinite(ranked.best), value, ranked.best))
 
 
@@ -149,6 +156,12 @@ def rank(model: Ranker, mentions: Mentions, batch_size: int = 256, nil_score: st
                                pair).scores)
     scores = torch.cat(parts) if parts else torch.zeros(mentions.cand.shape)
     ranked = pick_best(scores, mentions)
+    if getattr(model, "hs0", None) is not None:
+        with torch.inference_mode():
+            m = torch.nn.functional.normalize(model.shared(mentions.ms), dim=-1)
+            e = torch.nn.functional.normalize(model.shared(kb.es), dim=-1)
+            shared = torch.einsum("md,mkd->mk", m, e[mentions.cand]).masked_fill(~mentions.cand_mask, float("-inf"))
+        ranked = replace(ranked, shared_cos=shared)
     head = getattr(model, "nil_head", None)  # a Ranker has one (None but for the residual scorer)
     if head is not None:
         if model.spec.nil_features != NIL_FEATURES:

@@ -94,7 +94,7 @@ def compare_nil_rules(cfg: TrainConfig, dev_base: Ranked | None, dev: Mentions |
     if dev_base is None or not cfg.tunes_nil:
         return out
     for score in NIL_SCORES:
-        if score == "learned" and test_base.nil_logit is None:
+        if score == "learned" and test_base.nil_logit is None or score == "shared" and test_base.shared_cos is None:
             continue
         for calibration, name in (("none", score), ("quantile", f"{score}+q")):
             rule, ranked, _ = decide_nil(cfg, dev_base, dev, test_base, test, train_langs, score, calibration)
