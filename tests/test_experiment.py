@@ -68,3 +68,23 @@ def test_experiment_runs_every_stage_and_resumes(tiny_model_dir, tmp_path, ray_s
     assert again.exit_code == 0, again.output
     assert "wrote 0 shards (0 rows encoded" in again.output and "reusing" in again.output
     assert json.loads((out / "results.json").read_text())["table"] == results["table"]
+
+
+def test_xel_train_with_no_quality_flag_trains_the_experiments_shipped_linker(tmp_path):
+    """The experiment's ``en`` row (the linker the README reports) is ``xel-train --features h5/`` with no quality
+    flag: its config differs from xel-train's defaults only in where things are and what is evaluated."""
+    from dataclasses import fields, replace
+
+    from xel.train.config import TrainConfig
+    from xel.train.experiment import SETTINGS, ExperimentConfig, base_config
+
+    stores = {"features": tmp_path / "h5", "candidates": tmp_path / "candidates.jsonl"}
+    shipped = replace(base_config(ExperimentConfig(data=tmp_path, out=tmp_path / "x"), stores, ["de"]),
+                      **SETTINGS["en"])
+    user = TrainConfig(features=str(stores["features"]), candidates=str(stores["candidates"]))
+    differs = {f.name for f in fields(TrainConfig) if getattr(shipped, f.name) != getattr(user, f.name)}
+    # train_lang: en, xel-train's own default when the store has it; tune_nil: the residual scorer's default
+    # (on, with a dev split), the threshold then tuned; threads and progress: how it runs, not what it learns
+    assert differs <= {"eval_lang", "train_lang", "tune_nil", "nil_threshold", "threads", "progress"}, differs
+    assert shipped.train_lang == ("en",) and shipped.tune_nil and user.scorer_kind.name == "residual"
+    assert user.dev_fraction > 0  # so xel-train tunes the NIL threshold as the experiment does
