@@ -34,6 +34,7 @@ FAMILIES: list[tuple[str, tuple[str, ...], str]] = [
      "--layers 6,-1 --layers 6 --layers -1 --layers 8"),
     ("Mention detection, end to end", ("detect-e2e",), "python bench/detect_e2e.py --run RUN_DIR --data DIR"),
     ("NIL headroom (oracle thresholds)", ("nil-headroom",), "python bench/nil_headroom.py --data ..."),
+    ("NIL rules on the same models", ("nil-rules",), "python bench/nil_rules.py --runs NAME=GLOB ..."),
     ("Precompute throughput", ("precompute",), "python bench/precompute.py"),
     ("Encoder forward", ("encoder",), "python bench/encoder.py"),
     ("Ray overhead", ("ray_overhead",), "python bench/ray_overhead.py"),
