@@ -3,7 +3,7 @@ precision, recall and F1 (exact match), and the cost of detection against encodi
 
     python bench/detect.py [--data data/spans] [--data runs/spans-nerel] \\
         [--kb ../shared/data/wikidata-el/kb.jsonl] [--kb ru=../shared/data/nerel-rukb/kb.jsonl] \\
-        --out bench/results/detect.json [--seeds 3] [--max-eval 1500]
+        [--layers 6,-1 --layers -1] --out bench/results/detect.json [--seeds 3] [--max-eval 1500]
 
 Data: span-complete sentences (:mod:`detect.spans`; every mention marked, sentences without mentions included),
 by default the shipped ``data/spans/`` (English Wikipedia from ELEVANT and HIPE-2022 English, German and French
