@@ -41,6 +41,15 @@ SETTINGS = dict(hs_sizes=(32,), hc_sizes=(32,), final_sizes=(16,), batch_size=16
                 progress=False, epochs=5, dropout=0.2, adversarial=True, popularity=True, tune_nil=True, adv_steps=2)
 
 
+@pytest.fixture(autouse=True)
+def _the_threads_xel_train_sets():
+    """``run(cfg)`` leaves torch's thread count alone, ``xel-train --resume`` sets it to ``--threads``: train both
+    ways with that count, or float sums differ (conftest restores the count after each test)."""
+    from xel.train.run import set_threads
+
+    set_threads(SETTINGS["threads"])
+
+
 class Killed(BaseException):
     """Stands in for the process being killed right after a resume state was written."""
 
