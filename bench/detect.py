@@ -50,11 +50,6 @@ def sample(items: list, n: int, seed: int) -> list:
     return items if len(items) <= n else random.Random(seed).sample(items, n)
 
 
-def source_of(sentence: Any) -> str:
-    """The corpus of a sentence: its document id up to the first colon (``hipe/hipe2020/dev``)."""
-    return sentence.doc.split(":", 1)[0]
-
-
 def main() -> None:
     from xel.detect.detector import check_layers, default_layers
     from xel.detect.gazetteer import Gazetteer
@@ -88,8 +83,8 @@ def main() -> None:
 
     sentences = [s for path in args.data or [ROOT / "data/spans"] for s in read_span_sentences(path)]
     train = sample([s for s in sentences if s.lang == "en" and s.split == "train"], args.max_train, 0)
-    sets = sorted({(s.lang, source_of(s)) for s in sentences}, key=lambda x: (x[0] != "en", x))
-    evals = {f"{lang} {source}": sample([s for s in sentences if s.lang == lang and source_of(s) == source
+    sets = sorted({(s.lang, s.corpus) for s in sentences}, key=lambda x: (x[0] != "en", x))
+    evals = {f"{lang} {source}": sample([s for s in sentences if s.lang == lang and s.corpus == source
                                          and s.split != "train"], args.max_eval, 0) for lang, source in sets}
     evals = {name: rows for name, rows in evals.items() if rows}
     base = resolve_encoder(args.model, device="cpu")

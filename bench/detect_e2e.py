@@ -68,7 +68,7 @@ class GoldSpotter:
 def main() -> None:
     from xel.detect.documents import Document, link_documents
     from xel.detect.metrics import end_to_end, prf
-    from xel.detect.spans import read_span_sentences, sentence_key, span_files, span_sentences
+    from xel.detect.spans import is_span_sentence, read_span_sentences, sentence_key, span_files, span_sentences
     from xel.link.items import ITEM_FIELDS
     from xel.link.linker import Linker
     from xel.link.run_files import resolve_run_config
@@ -88,7 +88,7 @@ def main() -> None:
     data = args.data or Path(resolve_run_config(args.run).features) / "inputs" / "mentions.jsonl"
     files = span_files(data)
     first = next((r for _, r in iter_records(files[0])), {})
-    if len(files) == 1 and "sentence" in first:  # a mentions file: its records also give the gold_records row
+    if len(files) == 1 and not is_span_sentence(first):  # a mentions file: its records give the gold_records row
         records: list[dict[str, Any]] | None = [r for _, r in iter_records(files[0])]
         sentences = span_sentences(records)
         keys = list(dict.fromkeys(sentence_key(r) for r in records))  # span_sentences' order

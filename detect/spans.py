@@ -41,6 +41,11 @@ class SpanSentence:
     split: str
     nested_dropped: int = 0
 
+    @property
+    def corpus(self) -> str:
+        """The corpus of the sentence: its document id up to the first colon (``hipe/hipe2020/dev``)."""
+        return self.doc.split(":", 1)[0]
+
 
 def sentence_key(record: dict[str, Any]) -> tuple[str, str, int]:
     doc = document_of(record)
@@ -130,6 +135,11 @@ def span_files(path: Path) -> list[Path]:
     return found
 
 
+def is_span_sentence(record: Any) -> bool:
+    """Whether a record has the span-sentence shape (``text`` and ``spans``) rather than a mention's."""
+    return isinstance(record, dict) and "spans" in record and "text" in record
+
+
 def read_span_sentences(path: Path, **fractions: float) -> list[SpanSentence]:
     """The sentences of ``path`` (:func:`span_files`): each file read as span sentences when its first record has
     ``text`` and ``spans``, else as mentions (:func:`span_sentences`)."""
@@ -139,7 +149,7 @@ def read_span_sentences(path: Path, **fractions: float) -> list[SpanSentence]:
         first = next(records, None)
         if first is None:
             raise InputError(f"{file}: no records; one JSON object a line is required")
-        if isinstance(first[1], dict) and "spans" in first[1] and "text" in first[1]:
+        if is_span_sentence(first[1]):
             out.extend(check_span_sentence(r, f"{file}:{n}", **fractions) for n, r in [first, *records])
         else:
             out.extend(span_sentences((r for _, r in [first, *records]), **fractions))

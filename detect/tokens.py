@@ -52,6 +52,11 @@ def windows(n: int, budget: int) -> list[tuple[int, int, int, int]]:
     return out
 
 
+def feature_dim(encoder: TextEncoder, layers: Sequence[int] | None = None) -> int:
+    """The width of a token feature: the encoder's, times the number of ``layers`` concatenated."""
+    return encoder.dim * (1 if layers is None else len(layers))
+
+
 def token_features(encoder: TextEncoder, texts: Sequence[str],
                    layers: Sequence[int] | None = None) -> list[TokenFeatures]:
     """The :class:`TokenFeatures` of each text (see the module docstring), from the encoder's ``layer`` or, with
@@ -69,8 +74,7 @@ def token_features(encoder: TextEncoder, texts: Sequence[str],
         for lo, hi, keep_lo, keep_hi in windows(len(ids), encoder.budget) if len(ids) else []:
             rows.append(np.concatenate([encoder.head, encoder.prefix_ids, ids[lo:hi], encoder.tail]))
             plan.append((t, n_head + keep_lo - lo, keep_lo, keep_hi - keep_lo))
-    dim = encoder.dim * (1 if layers is None else len(layers))
-    features = [np.zeros((len(o), dim), dtype=np.float16) for o in offsets]
+    features = [np.zeros((len(o), feature_dim(encoder, layers)), dtype=np.float16) for o in offsets]
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     for idx in encoder.batches(lengths) if len(rows) else []:
         hidden = encoder.hidden([rows[i] for i in idx], layers).float().cpu().numpy()

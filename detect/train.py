@@ -23,7 +23,7 @@ from xel.detect.detector import DETECTOR_DIR, Detector, DetectorError, check_lay
 from xel.detect.metrics import prf
 from xel.detect.spans import SpanSentence, read_span_sentences, span_stats
 from xel.detect.tagger import decode, fit, tag, token_labels
-from xel.detect.tokens import TokenFeatures, token_features
+from xel.detect.tokens import TokenFeatures, feature_dim, token_features
 from xel.link.run_files import resolve_run_config
 from xel.precompute.encoding import TextEncoder
 from xel.precompute.settings import EncoderSettings
@@ -64,8 +64,8 @@ def cached_features(folder: Path, encoder: TextEncoder, settings: EncoderSetting
     for old in folder.glob("tokens-*.npz"):
         old.unlink()
     tmp = folder / f".{path.name}.tmp.npz"
-    dim = encoder.dim * (1 if layers is None else len(layers))
-    np.savez(tmp, features=np.concatenate([f.features for f in out]) if out else np.zeros((0, dim)),
+    np.savez(tmp, features=np.concatenate([f.features for f in out]) if out else
+             np.zeros((0, feature_dim(encoder, layers))),
              offsets=np.concatenate([f.offsets for f in out]) if out else np.zeros((0, 2), np.int64),
              lengths=np.asarray([len(f) for f in out], dtype=np.int64))
     tmp.replace(path)
@@ -73,10 +73,10 @@ def cached_features(folder: Path, encoder: TextEncoder, settings: EncoderSetting
 
 
 def by_corpus(sentences: list[SpanSentence]) -> dict[str, list[int]]:
-    """The positions of ``sentences`` per corpus: the document id up to its first colon (``hipe/hipe2020/dev``)."""
+    """The positions of ``sentences`` per corpus (:attr:`detect.spans.SpanSentence.corpus`)."""
     out: dict[str, list[int]] = {}
     for i, s in enumerate(sentences):
-        out.setdefault(s.doc.split(":", 1)[0], []).append(i)
+        out.setdefault(s.corpus, []).append(i)
     return out
 
 
@@ -111,7 +111,7 @@ def run(cfg: DetectConfig) -> dict[str, Any]:
     held_feats = feats[len(train):]
     probs = tag(tagger, [f.features for f in held_feats])
     found = [[(x.start, x.end) for x in decode(s.text, f.offsets, p)] for s, f, p in zip(held, held_feats, probs)]
-    info = {"encoder": encoder_signature(settings, layers), "dim": encoder.dim * len(layers), "hidden": cfg.hidden,
+    info = {"encoder": encoder_signature(settings, layers), "dim": feature_dim(encoder, layers), "hidden": cfg.hidden,
             "config": asdict(cfg), "data": str(data), "data_stats": span_stats(sentences),
             "train_sentences": len(train), "train_tokens": int(sum(len(f) for f in feats[: len(train)])),
             "losses": [round(x, 5) for x in losses], "encode_seconds": round(encode_s, 1),
