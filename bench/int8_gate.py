@@ -1,7 +1,7 @@
 """The int8 quality gate: the bundled sample encoded in fp32 (torch) and in int8 (ONNX Runtime), compared.
 
     python bench/int8_gate.py [--data data/sample] [--model models/multilingual-e5-small] [--out runs/int8-gate]
-                              [--ranker/--no-ranker] [--reduce-range]
+                              [--ranker/--no-ranker]
 
 Precomputes the sample twice with local Ray (``--dtype fp32`` and ``--dtype int8``; resumable: a rerun reuses both
 stores), then for each store builds the FAISS index and the candidate lists and scores the nn baseline (and, with
@@ -21,8 +21,10 @@ Writes ``bench/results/int8_gate.json``, prints the table, and records the verdi
 recipe in ``precompute/int8_gate.json`` (shipped with xel), which ``--dtype auto`` reads where the encoder runs: int8
 on a CPU with VNNI when it passed. Without ``--ranker`` the verdict is not recorded (the linker is part of the gate),
 nor on a CPU without VNNI (ONNX Runtime's int8 products differ there; the results go to ``int8_gate_no_vnni.json``).
-``--reduce-range`` quantises with 7-bit weights instead (a separate cache, ``$XEL_ONNX_CACHE`` pointed into
-``--out``), to compare; it records no verdict.
+To gate another recipe, change ``QUANTIZE`` in ``precompute/onnx_backend.py`` (the actors quantise with the module's
+own value, so a recipe set only in this process would not reach them) and point ``$XEL_ONNX_CACHE`` elsewhere; the
+verdict is recorded under that recipe. 7-bit weights (``reduce_range``) were measured that way on a CPU without VNNI
+(``bench/results/int8_gate_no_vnni_7bit.json``): they failed.
 """
 
 from __future__ import annotations
@@ -120,18 +122,13 @@ def evaluate(cfg: ExperimentConfig, store: Path, out: Path, ranker: bool) -> dic
               show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=ROOT / "runs/int8-gate", show_default=True)
 @click.option("--ranker/--no-ranker", default=True, show_default=True, help="Also train one ranker seed per store.")
-@click.option("--reduce-range", is_flag=True, help="Quantise with 7-bit weights (compare only; no verdict).")
 @click.option("--json-out", type=click.Path(path_type=Path), default=ROOT / "bench/results/int8_gate.json",
               show_default=True)
-def main(data: Path, model: Path, out: Path, ranker: bool, reduce_range: bool, json_out: Path) -> None:
+def main(data: Path, model: Path, out: Path, ranker: bool, json_out: Path) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not cpu_has_vnni() and json_out.name == "int8_gate.json":
         json_out = json_out.with_name("int8_gate_no_vnni.json")
-    if reduce_range:
-        onnx_backend.QUANTIZE["reduce_range"] = True
-        os.environ[onnx_backend.CACHE_ENV] = str((out / "onnx-reduce-range").resolve())
-        json_out = json_out.with_name(json_out.stem + "_reduce_range.json")
     cfg = ExperimentConfig(data=data, out=out, model=model)
     stores, seconds, results = {}, {}, {}
     with ray_session():
@@ -168,13 +165,13 @@ def main(data: Path, model: Path, out: Path, ranker: bool, reduce_range: bool, j
     json_out.write_text(json.dumps(result, indent=2) + "\n")
     # ONNX Runtime multiplies u8 x s8 differently without VNNI (pairs summed into int16, which can saturate): a
     # verdict measured there says nothing of the VNNI CPUs where --dtype auto runs int8, so none is recorded
-    recorded = not reduce_range and ranker and cpu_has_vnni()
+    recorded = ranker and cpu_has_vnni()
     if recorded:
         onnx_backend.record_gate(fingerprint, {"passed": passed, "failed": failed, "gate": GATE,
                                                "measured": str(json_out.relative_to(ROOT)) if json_out.is_relative_to(
                                                    ROOT) else str(json_out), "date": result["date"]})
-    click.echo(f"int8 quality gate, {data} ({'7-bit' if reduce_range else '8-bit'} weights, per channel); "
-               f"CPU VNNI: {cpu_has_vnni()}; load average {os.getloadavg()[0]:.1f}")
+    click.echo(f"int8 quality gate, {data} ({'7' if onnx_backend.QUANTIZE['reduce_range'] else '8'}-bit weights, "
+               f"per channel); CPU VNNI: {cpu_has_vnni()}; load average {os.getloadavg()[0]:.1f}")
     click.echo(f"{'measure':<34}{'fp32':>9}{'int8':>9}{'diff':>9}  gate")
     for kind, c in cos.items():
         click.echo(f"{'cos(fp32, int8) ' + kind + ' mean':<34}{'':>9}{c.mean():>9.4f}{'':>9}  >= {GATE['cosine']}")
@@ -187,7 +184,7 @@ def main(data: Path, model: Path, out: Path, ranker: bool, reduce_range: bool, j
                f"(a rerun reuses the stores)")
     verdict = "PASSED" if passed else ("FAILED: " + ", ".join(failed) if failed else "not decided (--no-ranker)")
     why_not = "" if recorded else " (not recorded for --dtype auto: " + (
-        "7-bit weights" if reduce_range else "no --ranker" if not ranker else "this CPU has no VNNI") + ")"
+        "no --ranker" if not ranker else "this CPU has no VNNI") + ")"
     click.echo(f"gate {verdict}; wrote {json_out}{why_not}")
 
 
