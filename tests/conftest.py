@@ -100,18 +100,16 @@ def tiny_data(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def capital_run(tmp_path_factory, tiny_model_dir, ray_session) -> Path:
-    """A residual run trained end to end on the tiny model and the capital-cities data, laid out as xel-experiment
-    lays it out: ``<root>/h5``, ``<root>/index``, ``<root>/candidates``, the run ``<root>/train/en``. Shared by the
-    linker's and the detector's tests; a test that writes into the run works on a copy."""
+def capital_stores(tmp_path_factory, tiny_model_dir, ray_session) -> Path:
+    """The capital-cities data (:func:`tests.train_fixtures.capital_cities`) precomputed on the tiny model, indexed,
+    and its candidates (``k=5``), laid out as xel-experiment lays them out: ``<root>/data``, ``<root>/h5``,
+    ``<root>/index``, ``<root>/candidates``. Read only: :func:`capital_run` trains on it, and a test that needs the
+    same store beside stores of its own (``tests/test_link_other_kb.py``) copies it."""
     from xel.precompute.config import PrecomputeConfig
     from xel.precompute.run import run as run_precompute
     from xel.retrieval.build import BuildConfig, run_build
     from xel.retrieval.candidate_lists import CandidatesConfig, run_candidates
     from xel.retrieval.search import SearchOptions
-    from xel.train import nil as train_nil
-    from xel.train.config import TrainConfig
-    from xel.train.run import run as run_train
 
     from tests.train_fixtures import capital_cities
 
@@ -121,6 +119,19 @@ def capital_run(tmp_path_factory, tiny_model_dir, ray_session) -> Path:
     run_build(BuildConfig(features=str(root / "h5"), out=str(root / "index")))
     run_candidates(CandidatesConfig(search=SearchOptions(index=str(root / "index"), features=str(root / "h5")),
                                     out=str(root / "candidates"), k=5))
+    return root
+
+
+@pytest.fixture(scope="session")
+def capital_run(capital_stores) -> Path:
+    """A residual run trained end to end on :func:`capital_stores`: the run ``<root>/train/en`` beside the store's
+    ``<root>/h5``, ``<root>/index`` and ``<root>/candidates``. Shared by the linker's and the detector's tests; a
+    test that writes into the run works on a copy."""
+    from xel.train import nil as train_nil
+    from xel.train.config import TrainConfig
+    from xel.train.run import run as run_train
+
+    root = capital_stores
     out = root / "train" / "en"
     with pytest.MonkeyPatch.context() as patch:  # 10 German mentions: calibrate them, so the linker must too
         patch.setattr(train_nil, "MIN_CALIBRATION_MENTIONS", 3)
@@ -132,10 +143,15 @@ def capital_run(tmp_path_factory, tiny_model_dir, ray_session) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray runtime (2 CPUs) for all tests that need one; precompute joins it."""
+    """One local Ray runtime (2 CPUs) for all tests that need one; precompute joins it. Its workers run at the
+    niceness xel-precompute's own local Ray gives them (``precompute/ray_session.py``), not at Ray's default of 15,
+    at which the encoder actors got a small share of the CPU whenever anything else ran beside the suite."""
     ray = pytest.importorskip("ray")
+    from xel.precompute.ray_session import WORKER_NICENESS, environment
+
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        with environment({WORKER_NICENESS: os.environ.get(WORKER_NICENESS, "0")}):  # read by the raylet
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

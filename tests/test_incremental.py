@@ -11,6 +11,7 @@ run on the new input.
 from __future__ import annotations
 
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -60,11 +61,28 @@ def assert_same_store(a, b, kinds):
         np.testing.assert_allclose(feats_a.astype(np.float32), feats_b.astype(np.float32), atol=2e-3, rtol=2e-3)
 
 
-def test_adding_12_entities_encodes_12_rows_and_equals_a_fresh_run(tiny_model_dir, ray_session, tmp_path):
-    data, out = tmp_path / "data", tmp_path / "h5"
+@pytest.fixture(scope="module")
+def first_store(tiny_model_dir, ray_session, tmp_path_factory):
+    """The store of a first run on ``kb_entries(N_KB)`` (``es``, ``ec``) and that run's summary; the tests that change
+    its input work on a copy (:func:`copy_of_first`)."""
+    root = tmp_path_factory.mktemp("incremental-first")
+    write(root / "data", kb_entries(N_KB))
+    summary = run(cfg(root / "data", tiny_model_dir, root / "h5"))
+    return root, summary
+
+
+def copy_of_first(first_store, tmp_path):
+    """The data and store of :func:`first_store`, copied into ``tmp_path`` (a run into a store rewrites it)."""
+    root, _ = first_store
+    for part in ("data", "h5"):
+        shutil.copytree(root / part, tmp_path / part)
+    return tmp_path / "data", tmp_path / "h5"
+
+
+def test_adding_12_entities_encodes_12_rows_and_equals_a_fresh_run(tiny_model_dir, first_store, tmp_path):
+    data, out = copy_of_first(first_store, tmp_path)
     kb = kb_entries(N_KB)
-    write(data, kb)
-    first = run(cfg(data, tiny_model_dir, out))
+    first = first_store[1]
     assert first["encoded_rows"] == 2 * N_KB and first["reused_rows"] == 0
 
     # 12 new entities: 4 at the front (every later row moves to another shard), 4 in the middle, 4 at the end
@@ -82,11 +100,9 @@ def test_adding_12_entities_encodes_12_rows_and_equals_a_fresh_run(tiny_model_di
     assert_same_store(out, fresh, ("es", "ec"))
 
 
-def test_changes_deletions_and_appends_cost_only_what_changed(tiny_model_dir, ray_session, tmp_path):
-    data, out = tmp_path / "data", tmp_path / "h5"
+def test_changes_deletions_and_appends_cost_only_what_changed(tiny_model_dir, first_store, tmp_path):
+    data, out = copy_of_first(first_store, tmp_path)
     kb = kb_entries(N_KB)
-    write(data, kb)
-    run(cfg(data, tiny_model_dir, out))
 
     edited = [dict(e) for e in kb]
     edited[10]["name"] = "Renamed entity"  # es and ec (its description is null: ec encodes the name) change

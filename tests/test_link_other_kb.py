@@ -32,7 +32,7 @@ from xel.train.config import TrainConfig
 from xel.train.run import run as run_train
 
 from tests.conftest import write_jsonl
-from tests.train_fixtures import CAPITALS, GERMAN_CAPITALS, capital_cities
+from tests.train_fixtures import CAPITALS, GERMAN_CAPITALS
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -68,17 +68,18 @@ def german_mention(mid: str, sentence: str, surface: str, gold: str | None) -> d
 
 
 @pytest.fixture(scope="module")
-def two_kbs(tmp_path_factory, tiny_model_dir, ray_session) -> dict[str, Path]:
-    """Store A (``h5``, ``index``, ``candidates``), store B (``b/h5``, ``b/index``, ``b/candidates``) and a run
-    ``train/en`` trained on A and evaluated on B's German mentions (``--eval-features b/h5``)."""
+def two_kbs(tmp_path_factory, tiny_model_dir, capital_stores) -> dict[str, Path]:
+    """Store A (``h5``, ``index``, ``candidates``: a copy of the session's capital-cities store, which is built as
+    store B is, with ``k=5``), store B (``b/h5``, ``b/index``, ``b/candidates``) and a run ``train/en`` trained on
+    A and evaluated on B's German mentions (``--eval-features b/h5``)."""
     root = tmp_path_factory.mktemp("other-kb")
-    stores = {"a": root, "b": root / "b"}
-    for name, data in (("a", capital_cities(root / "data")), ("b", other_kb(root / "b" / "data"))):
-        base = stores[name]
-        run_precompute(PrecomputeConfig(data=data, model=tiny_model_dir, out=base / "h5", dtype="fp32"))
-        run_build(BuildConfig(features=str(base / "h5"), out=str(base / "index")))
-        run_candidates(CandidatesConfig(search=SearchOptions(index=str(base / "index"), features=str(base / "h5")),
-                                        out=str(base / "candidates"), k=5 if name == "a" else 4))
+    for part in ("data", "h5", "index", "candidates"):
+        shutil.copytree(capital_stores / part, root / part)
+    base, data = root / "b", other_kb(root / "b" / "data")
+    run_precompute(PrecomputeConfig(data=data, model=tiny_model_dir, out=base / "h5", dtype="fp32"))
+    run_build(BuildConfig(features=str(base / "h5"), out=str(base / "index")))
+    run_candidates(CandidatesConfig(search=SearchOptions(index=str(base / "index"), features=str(base / "h5")),
+                                    out=str(base / "candidates"), k=4))
     out = root / "train" / "en"
     run_train(TrainConfig(features=str(root / "h5"), candidates=str(root / "candidates" / "candidates.jsonl"),
                           eval_features=str(root / "b" / "h5"),
