@@ -20,6 +20,9 @@ NUM_GPUS="${XEL_RAY_NUM_GPUS:-0}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"  # a private head on 127.0.0.1; no token to hand around
 export RAY_USAGE_STATS_ENABLED=0
+# Ray starts its workers at niceness 15, so the encoder actors of this private head got a small share of the CPU
+# whenever anything else ran; xel's own local Ray runs them at 0 (precompute/ray_session.py); a value given wins
+export RAY_worker_niceness="${RAY_worker_niceness:-0}"
 export HDF5_USE_FILE_LOCKING="${HDF5_USE_FILE_LOCKING:-FALSE}"
 
 args=()

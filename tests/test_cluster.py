@@ -184,6 +184,25 @@ def test_submit_local_is_strict_bash():
     subprocess.run(["bash", "-n", str(CLUSTER / "submit_local.sh")], check=True)
 
 
+@pytest.mark.parametrize("given,expected", [(None, "0"), ("7", "7")])
+def test_submit_local_starts_its_head_with_the_workers_at_xels_niceness(given, expected, tmp_path):
+    """Ray's default worker niceness 15 starved the job's encoder actors whenever anything else ran; the private
+    head runs them at 0, as xel's own local Ray does, unless ``RAY_worker_niceness`` is given. A stand-in ``ray``
+    records what ``ray start`` was given and exits, so the script stops there."""
+    fake_ray = tmp_path / "ray"
+    seen = tmp_path / "seen"
+    fake_ray.write_text(f'#!/bin/sh\necho "$1 ${{RAY_worker_niceness-unset}}" >> {seen}\nexit 3\n')
+    fake_ray.chmod(0o755)
+    env = {k: v for k, v in _submit_env().items() if k != "RAY_worker_niceness"}
+    if given is not None:
+        env["RAY_worker_niceness"] = given
+    proc = subprocess.run(["bash", "cluster/submit_local.sh", "--data", str(tmp_path), "--model", str(tmp_path),
+                           "--out", str(tmp_path / "h5")], cwd=REPO, env={**env, "RAY": str(fake_ray)},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "ray head exited before its dashboard came up" in proc.stderr, proc.stderr
+    assert seen.read_text().splitlines() == [f"start {expected}"]
+
+
 def _live_processes(session: int, text: str) -> list[str]:
     """Processes (zombies aside) in ``session`` or whose command line mentions ``text``."""
     found = []

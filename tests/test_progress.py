@@ -135,3 +135,11 @@ def test_a_local_ray_runs_the_actors_at_normal_priority():
         shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == str(os.nice(0)), out.stdout
+
+
+@pytest.mark.ray
+def test_the_suites_ray_runs_its_workers_at_xels_niceness(ray_session):
+    """The tests' shared Ray (``tests/conftest.py``) runs its workers as xel's own local Ray does: at the driver's
+    niceness, not 15 above it, at which the encoder actors crawled whenever anything else ran beside the suite."""
+    worker = ray_session.get(ray_session.remote(num_cpus=0)(lambda: os.nice(0)).remote())
+    assert worker == os.nice(0)
