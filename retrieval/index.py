@@ -161,6 +161,9 @@ class EntityIndex:
         for lang_index in self.langs.values():
             for item in params.split(","):
                 name, _, value = item.partition("=")
+                if name.strip() == "ht":  # xel trains no polysemous codes (retrieval.factory.make_index)
+                    raise RetrievalError(f"search parameter {item!r}: polysemous filtering (ht) is not supported; "
+                                         "xel's PQ codes are not ordered for it")
                 if name.strip() == "rerank":
                     if not value.strip().isdigit() or int(value) < 1:
                         raise RetrievalError(f"search parameter {item!r}: rerank takes an integer >= 1 (1: off)")

@@ -111,6 +111,28 @@ def test_rerank_restores_exact_order_and_recall(tmp_path):
     assert recall(default) >= recall(plain) and recall(default) > 0.9, (recall(plain), recall(default))
 
 
+@pytest.mark.parametrize("factory", ["IVF8,PQ4", "PQ4", "PQ16,RFlat", "IVF64,PQ8,Refine(Flat)"])
+def test_pq_codes_are_trained_without_the_polysemous_ordering_xel_never_searches_with(factory):
+    """FAISS renumbers 8-bit PQ codes for polysemous (Hamming-threshold) search by default, which cost the 600-row
+    ``IVF8,PQ4`` build 20 s of CPU; xel searches without the threshold, so its indexes skip that training."""
+    from xel.retrieval.factory import _wrapped, make_index
+
+    index = make_index(factory, DIM)
+    ivf = faiss.try_extract_index_ivf(index)
+    parts = [*_wrapped(index), *([faiss.downcast_index(ivf)] if ivf is not None else [])]
+    pq_parts = [part for part in parts if hasattr(part, "do_polysemous_training")]
+    assert pq_parts and not any(part.do_polysemous_training for part in pq_parts)
+
+
+def test_the_polysemous_threshold_is_refused_saying_why(tmp_path):
+    from xel.retrieval.index import RetrievalError
+
+    build_index(random_store(tmp_path / "h5", n=300), tmp_path / "pq", factory="IVF8,PQ4", train_rows=300)
+    index, _ = open_index_and_store(tmp_path / "pq")
+    with pytest.raises(RetrievalError, match=r"search parameter 'ht=20': polysemous filtering \(ht\) is not"):
+        index.set_search_params("nprobe=8,ht=20")
+
+
 def test_bench_command_reports_recall_against_exact_and_warns(tmp_path):
     import json
 
