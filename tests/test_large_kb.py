@@ -114,7 +114,8 @@ def test_rerank_restores_exact_order_and_recall(tmp_path):
 @pytest.mark.parametrize("factory", ["IVF8,PQ4", "PQ4", "PQ16,RFlat", "IVF64,PQ8,Refine(Flat)"])
 def test_pq_codes_are_trained_without_the_polysemous_ordering_xel_never_searches_with(factory):
     """FAISS renumbers 8-bit PQ codes for polysemous (Hamming-threshold) search by default, which cost the 600-row
-    ``IVF8,PQ4`` build 20 s of CPU; xel searches without the threshold, so its indexes skip that training."""
+    ``IVF8,PQ4`` build 15-23 s on 2 busy cores; xel searches without the threshold, so its indexes skip that
+    training."""
     from xel.retrieval.factory import _wrapped, make_index
 
     index = make_index(factory, DIM)
