@@ -43,16 +43,14 @@ def _kinds(value: str) -> tuple[str, ...]:
               help="Text put before every input [default: the encoder's, e5: 'query: '].")
 @click.option("--dtype", type=click.Choice(["auto", "bf16", "fp32", "int8"]), default=DEFAULTS.dtype,
               show_default=True,
-              help="bf16: autocast (weights in bf16 on GPU); fp32: exact reference (torch); int8: dynamic int8 "
-              "quantisation (ONNX Runtime); auto: bf16 on GPU or on a CPU with AMX, int8 on a CPU with VNNI once "
-              "int8 passed the quality gate for this encoder (bench/int8_gate.py), else fp32 on ONNX Runtime (the "
-              "same model, faster on the CPU). The store records the one used and why.")
+              help="bf16: autocast (weights in bf16 on GPU); fp32: exact reference; int8: dynamic int8 quantisation "
+              "(ONNX Runtime); auto: bf16 on GPU or on a CPU with AMX, int8 on a CPU with VNNI once int8 passed "
+              "the quality gate for this encoder (bench/int8_gate.py), else fp32. The store records the one used "
+              "and why.")
 @click.option("--backend", type=click.Choice(["torch", "onnx"]), default=DEFAULTS.backend,
               help="torch: the Hugging Face model in PyTorch; onnx: the encoder exported once to ONNX (and quantised "
               "for int8), cached in the model directory's onnx/ ($XEL_ONNX_CACHE to move it), run by ONNX Runtime "
-              "on the CPU [default: onnx on the CPU under --dtype auto (fp32 or int8) and for --dtype int8, falling "
-              "back to torch for fp32 when the model cannot be exported; torch on a GPU, for bf16 and for an "
-              "explicit --dtype fp32].")
+              "on the CPU [default: onnx for int8, else torch].")
 @click.option("--max-tokens-per-batch", type=click.IntRange(min=64), default=DEFAULTS.max_tokens_per_batch,
               help="Token budget per forward batch (rows x longest row) [default: 16384 on CPU, sized from free "
               "memory on GPU].")

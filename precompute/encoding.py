@@ -13,7 +13,6 @@ are never shifted by hand. Special tokens never enter a pool.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -166,24 +165,14 @@ class TextEncoder:
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
-        asked = settings
         settings = settings.resolved()
         tokenizer = AutoTokenizer.from_pretrained(settings.model)
         if not tokenizer.is_fast:
             raise EncodeError(f"{settings.model}: the tokenizer is not a fast tokenizer; offsets are required")
-        model = None
         if settings.backend == "onnx":
-            try:
-                path = model_path(settings.model, settings.identity["fingerprint"], settings.dtype)
-                model = OnnxEncoder(path, AutoConfig.from_pretrained(settings.model), threads)
-            except Exception as e:  # the export runs the model's own code: any error, not only OnnxBackendError
-                if not (asked.backend is None and settings.dtype == "fp32"):  # onnx asked, or int8: no fallback
-                    raise
-                log.warning("%s: ONNX Runtime cannot run it (%s); encoding with torch instead", settings.model, e)
-                settings = dataclasses.replace(asked, backend="torch").resolved()
-                settings = dataclasses.replace(settings, dtype_reason=f"{settings.dtype_reason}; on torch: the ONNX "
-                                               f"export failed ({type(e).__name__})")
-        if model is None:
+            path = model_path(settings.model, settings.identity["fingerprint"], settings.dtype)
+            model = OnnxEncoder(path, AutoConfig.from_pretrained(settings.model), threads)
+        else:
             model = AutoModel.from_pretrained(settings.model)
         encoder = cls(model, tokenizer, layer=settings.layer, max_length=settings.max_length, prefix=settings.prefix,
                       dtype=settings.dtype, device=pick_device(settings.device),

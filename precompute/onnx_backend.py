@@ -1,7 +1,6 @@
 """The ONNX Runtime backend of the encoder: export once, quantise to int8 once, run with ONNX Runtime.
 
-Used by ``xel-precompute --backend onnx --dtype fp32|int8`` (and ``--dtype auto`` on a CPU: fp32, or int8 on a CPU with
-VNNI once int8 passed its quality gate for the encoder) through
+Used by ``xel-precompute --backend onnx --dtype fp32|int8`` (and ``--dtype auto`` on a CPU with VNNI) through
 :meth:`precompute.encoding.TextEncoder.load`; tokenizing, windowing, the prefix and span pooling stay in
 :class:`~precompute.encoding.TextEncoder`: this module only turns token ids into hidden states.
 
@@ -46,7 +45,7 @@ OPSET = 17
 # int16 can saturate there); on a VNNI CPU (one u8s8 -> int32 instruction, no saturation) it only costs precision:
 # e5-small, 128 sample mentions, cosine to torch fp32 mean/min 0.99436/0.98869 with 8-bit weights, 0.99400/0.98819
 # with 7-bit ones. --dtype auto picks int8 only on VNNI CPUs, so no store it writes needs 7-bit weights. On a CPU
-# without VNNI 7-bit weights do avoid the saturation (row cosine to fp32 min 0.9949 instead of 0.9879) but still
+# without VNNI 7-bit weights do avoid the saturation (row cosine to fp32, es min 0.9949 instead of 0.9782) but still
 # fail the gate there (nn top-1 English -0.010, one ranker seed's F1 -0.020; bench/results/int8_gate_no_vnni_7bit.json).
 # The feed-forward down-projections (``layer.N/output/dense``: their input is the GELU output, whose long tail one
 # uint8 scale per batch cannot hold) stay fp32: quantising them too cost the gate on the bundled sample (e5-small,
@@ -180,25 +179,17 @@ def export_fp32(model_dir: str | Path, out: Path) -> dict[str, Any]:
 RUNTIME_MODULES = ("onnxruntime", "onnx")
 
 
-def onnx_runtime_installed() -> bool:
-    """Whether this environment has the packages of this backend (:data:`RUNTIME_MODULES`)."""
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None for m in RUNTIME_MODULES)
-
-
 def check_dependencies() -> None:
-    """Refuse, before any work starts, a run of this backend in an environment that lacks its packages (they are
-    xel's dependencies, but an environment assembled by hand may miss them): without this check the first actor
-    failed after Ray had started."""
+    """Refuse, before any work starts, a run of this backend without the packages it needs (the ``encoder``
+    extra): without this check the first actor failed after Ray had started."""
     import importlib.util
 
     missing = [m for m in RUNTIME_MODULES if importlib.util.find_spec(m) is None]
     if missing:
         raise OnnxBackendError(f"--backend onnx (and int8, which runs on it: --dtype int8, or --dtype auto on a CPU "
-                               f"with VNNI) needs {', '.join(missing)}, which is not installed in this environment; "
-                               f"install xel's dependencies: pip install {' '.join(missing)} (or pip install -e . "
-                               "again), or pass --dtype fp32 --backend torch")
+                               f"with VNNI) needs {', '.join(missing)}, which is not installed; install the encoder "
+                               "extra: pip install -e '.[encoder]' (or pip install onnxruntime onnx), or pass --dtype "
+                               "fp32 --backend torch")
 
 
 def quantize_int8(fp32: Path, out: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from xel.precompute.hardware import auto_dtype, resolve_device
 from xel.precompute.identity import EncodeError, default_prefix, encoder_identity, same_encoder
-from xel.precompute.onnx_backend import QUANTIZE, check_dependencies, gate_passed, onnx_runtime_installed
+from xel.precompute.onnx_backend import QUANTIZE, check_dependencies, gate_passed
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,6 @@ def max_length_limit(model_type: str | None, max_position_embeddings: int, token
 
 
 DEFAULT_BACKEND = "torch"  # what a store that names no backend ran (stores written before backends existed)
-# --dtype auto runs fp32 on the CPU in ONNX Runtime when no backend is asked: the same model (cosine to torch's rows
-# >= 0.9999, tests/test_onnx.py), faster on both CPUs measured (bench/results/precompute.json); an export that fails
-# (a model torch.onnx.export cannot trace, an unwritable cache) falls back to torch (TextEncoder.load)
-AUTO_ONNX_WHY = "fp32 faster there than in torch; --backend torch for torch"
 BACKENDS = {"torch": ("fp32", "bf16"), "onnx": ("fp32", "int8")}  # the dtypes each backend runs
 
 
@@ -65,16 +61,14 @@ class EncoderSettings:
         (:func:`~precompute.hardware.resolve_device`), then the dtype (:func:`~precompute.hardware.auto_dtype`,
         with the int8 quality gate's verdict for this encoder) and the backend (:func:`resolve_backend`)."""
         device = resolve_device(self.device)
-        dtype, reason, backend = self.dtype, self.dtype_reason, self.backend
+        dtype, reason = self.dtype, self.dtype_reason
         if dtype == "auto":
             dtype, reason = auto_dtype(on_gpu=device == "cuda", cpuinfo=cpuinfo,
                                        int8_gate=gate_passed(self.identity["fingerprint"]))
-            if dtype == "int8" and backend == "torch":
+            if dtype == "int8" and self.backend == "torch":
                 dtype, reason = "fp32", f"{reason}; but --backend torch runs no int8"
-            if backend is None and dtype == "fp32" and device == "cpu" and onnx_runtime_installed():
-                backend, reason = "onnx", f"{reason}; on ONNX Runtime ({AUTO_ONNX_WHY})"
             log.info("--dtype auto: %s (%s)", dtype, reason)
-        backend = resolve_backend(backend, dtype, device)
+        backend = resolve_backend(self.backend, dtype, device)
         if backend == "onnx":
             check_dependencies()
         return dataclasses.replace(self, dtype=dtype, device=device, backend=backend, dtype_reason=reason)
@@ -153,8 +147,7 @@ def resolve_encoder(
 
 
 def resolve_backend(backend: str | None, dtype: str, device: str) -> str:
-    """``None``: onnx for int8, else :data:`DEFAULT_BACKEND` (``--dtype auto`` decides fp32's backend before, in
-    :meth:`EncoderSettings.resolved`). Refuses what a backend cannot run: int8 on torch,
+    """``None``: onnx for int8, else :data:`DEFAULT_BACKEND`. Refuses what a backend cannot run: int8 on torch,
     bf16 on onnx, onnx on a GPU (xel installs ONNX Runtime's CPU build)."""
     backend = backend or ("onnx" if dtype == "int8" else DEFAULT_BACKEND)
     if backend not in BACKENDS:

@@ -168,8 +168,7 @@ def test_auto_is_left_to_where_the_encoder_runs_and_reads_the_gate_verdict(tiny_
     settings = resolve_encoder(tiny_model_dir, device="cpu")
     assert (settings.dtype, settings.backend) == ("auto", None)  # the driver decides nothing machine-dependent
     here = settings.resolved(cpuinfo=VNNI_CPU)
-    assert (here.dtype, here.backend) == ("fp32", "onnx") and "was not run" in here.dtype_reason
-    assert "ONNX Runtime" in here.dtype_reason
+    assert (here.dtype, here.backend) == ("fp32", "torch") and "was not run" in here.dtype_reason
     onnx_backend.record_gate(settings.identity["fingerprint"], {"passed": True})
     assert onnx_backend.gate_passed(settings.identity["fingerprint"]) is True
     here = settings.resolved(cpuinfo=VNNI_CPU)
@@ -209,53 +208,13 @@ def test_each_shard_records_the_dtype_its_own_machine_chose(tiny_data, tiny_mode
         assert shard.encoded_with == result["encoded_with"]
         ran[kind] = shard.encoded_with
     assert (ran["ms"]["dtype"], ran["ms"]["backend"]) == ("int8", "onnx")
-    assert (ran["es"]["dtype"], ran["es"]["backend"]) == ("fp32", "onnx")
+    assert (ran["es"]["dtype"], ran["es"]["backend"]) == ("fp32", "torch")
     entries = {kind: [{"rows": tasks[kind][0].rows, **ran[kind]}] for kind in ran}
     fields = encoders_of(entries, settings)
     most = max(ran, key=lambda kind: tasks[kind][0].rows)
     assert fields["dtype"] == ran[most]["dtype"]
     assert sorted((e["dtype"], e["rows"]) for e in fields["encoded_with"]) == \
         sorted((ran[kind]["dtype"], tasks[kind][0].rows) for kind in ran)
-
-
-def test_auto_runs_fp32_on_onnx_runtime_on_the_cpu_and_an_asked_fp32_on_torch(tiny_model_dir, tmp_path, monkeypatch):
-    """--dtype auto on a CPU without int8 or bf16: fp32 in ONNX Runtime (the same model, faster); ``--dtype fp32``
-    stays torch's exact reference; ``--backend torch`` is kept; a GPU runs torch."""
-    monkeypatch.setattr(onnx_backend, "GATE_FILE", tmp_path / "int8_gate.json")
-    auto = resolve_encoder(tiny_model_dir, device="cpu")
-    here = auto.resolved(cpuinfo=AVX2)
-    assert (here.dtype, here.backend) == ("fp32", "onnx") and "ONNX Runtime" in here.dtype_reason
-    assert resolve_encoder(tiny_model_dir, dtype="fp32", device="cpu").resolved(cpuinfo=AVX2).backend == "torch"
-    assert resolve_encoder(tiny_model_dir, device="cpu", backend="torch").resolved(cpuinfo=AVX2).backend == "torch"
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    assert auto.resolved(cpuinfo=AVX2).backend == "torch"  # no runtime: torch, not an error
-
-
-def test_auto_falls_back_to_torch_when_the_export_fails_and_an_asked_onnx_does_not(tiny_model_dir, tmp_path,
-                                                                                  monkeypatch):
-    """A model torch.onnx.export cannot trace (any error from the export): --dtype auto encodes with torch and says
-    why in the store's dtype_reason; --backend onnx asked fails with the error."""
-    monkeypatch.setenv(onnx_backend.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(onnx_backend, "GATE_FILE", tmp_path / "int8_gate.json")
-
-    def cannot_export(*args):
-        raise RuntimeError("Unsupported: an operator this exporter does not know")
-
-    from xel.precompute import hardware
-
-    real_flags = hardware.cpu_flags
-    monkeypatch.setattr(hardware, "cpu_flags", lambda cpuinfo=None: real_flags(AVX2))  # no AMX, no VNNI: fp32
-    monkeypatch.setattr(onnx_backend, "export_fp32", cannot_export)
-    enc = TextEncoder.load(resolve_encoder(tiny_model_dir, device="cpu"))
-    assert enc.backend == "torch" and enc.settings.backend == "torch" and enc.settings.dtype == "fp32"
-    assert "ONNX export failed (RuntimeError)" in enc.settings.dtype_reason
-    reference = TextEncoder.load(resolve_encoder(tiny_model_dir, dtype="fp32", device="cpu"))
-    assert np.array_equal(enc.encode(ITEMS), reference.encode(ITEMS))
-    with pytest.raises(RuntimeError, match="Unsupported"):
-        TextEncoder.load(resolve_encoder(tiny_model_dir, device="cpu", backend="onnx"))
 
 
 @pytest.mark.parametrize("backend,dtype,device,message", [
@@ -382,7 +341,7 @@ def test_int8_without_the_onnx_runtime_is_refused_before_any_work_naming_the_ext
     result = CliRunner().invoke(main, ["--data", str(tiny_data), "--model", str(tiny_model_dir), "--out", str(out),
                                        "--dtype", "int8"])
     assert result.exit_code == 1
-    assert "needs onnxruntime" in result.output and "pip install onnxruntime" in result.output
+    assert "needs onnxruntime" in result.output and "pip install -e '.[encoder]'" in result.output
     assert not (out / "manifest.json").exists()
 
 
