@@ -105,8 +105,8 @@ def _no_polysemous_training(index: faiss.Index) -> None:
     """Switch off the polysemous code ordering FAISS trains for 8-bit PQ codes by default. It renumbers each
     sub-quantizer's centroids by simulated annealing (15-23 s on 2 busy cores for the 600-row ``IVF8,PQ4`` of
     ``tests/test_large_kb.py``, 0.3-0.8 s without it) and serves only searches that filter by a Hamming threshold
-    (``ht``), which xel refuses (:meth:`~retrieval.index.Index.set_search_params`); the distances a search computes do
-    not depend on the numbering."""
+    (``ht``), which xel refuses (:meth:`~retrieval.index.EntityIndex.set_search_params`); the distances a search
+    computes do not depend on the numbering."""
     ivf = faiss.try_extract_index_ivf(index)
     for part in (*_wrapped(index), faiss.downcast_index(ivf) if ivf is not None else None):
         if part is not None and hasattr(part, "do_polysemous_training"):
