@@ -37,8 +37,14 @@ while (($#)); do
   esac
 done
 
-free_port() {
-  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+free_ports() {  # N distinct free ports: every socket stays bound until all are chosen, so none is handed out twice
+  "$PYTHON" -c '
+import socket, sys
+sockets = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in sockets:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in sockets))
+' "$1"
 }
 
 TEMP_DIR="$(mktemp -d /tmp/xel-ray.XXXXXX)"
@@ -78,10 +84,9 @@ trap stop_head EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-GCS_PORT="$(free_port)"
-DASHBOARD_PORT="$(free_port)"
-CLIENT_PORT="$(free_port)"
-AGENT_PORT="$(free_port)"
+# one call: four separate calls could get the same port back (it is free again once the socket closes); Ray then
+# refuses to start ("trying to use a port number … that is used by other components")
+read -r GCS_PORT DASHBOARD_PORT CLIENT_PORT AGENT_PORT < <(free_ports 4)
 # setsid: the head and every process it starts share a new session whose id is HEAD_PID
 setsid "$RAY" start --head --block --temp-dir "$TEMP_DIR" --port "$GCS_PORT" \
   --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \

@@ -203,6 +203,25 @@ def test_submit_local_starts_its_head_with_the_workers_at_xels_niceness(given, e
     assert seen.read_text().splitlines() == [f"start {expected}"]
 
 
+def test_submit_local_gives_each_ray_component_its_own_port(tmp_path):
+    """Each port was picked by its own call, and the OS may hand a just-closed port out again: once the GCS and
+    the client server got the same one and Ray refused to start. A stand-in ``ray`` records its arguments."""
+    fake_ray = tmp_path / "ray"
+    seen = tmp_path / "seen"
+    fake_ray.write_text(f'#!/bin/sh\necho "$@" >> {seen}\nexit 3\n')
+    fake_ray.chmod(0o755)
+    for _ in range(3):
+        proc = subprocess.run(["bash", "cluster/submit_local.sh", "--data", str(tmp_path), "--model", str(tmp_path),
+                               "--out", str(tmp_path / "h5")], cwd=REPO, env={**_submit_env(), "RAY": str(fake_ray)},
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1, proc.stderr
+    flags = ["--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port"]
+    for line in seen.read_text().splitlines():
+        args = line.split()
+        ports = [int(args[args.index(flag) + 1]) for flag in flags]
+        assert len(set(ports)) == len(flags) and all(1024 < port < 65536 for port in ports), line
+
+
 def _live_processes(session: int, text: str) -> list[str]:
     """Processes (zombies aside) in ``session`` or whose command line mentions ``text``."""
     found = []
