@@ -342,12 +342,18 @@ def _doc_block(start: str) -> list[str]:
     raise AssertionError(f"no bash block of {CLUSTER_DOC} starts with {start!r}")
 
 
-def _free_port() -> int:
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: all stay bound until every one is chosen (a closed port may be handed out again)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @pytest.mark.ray
@@ -379,9 +385,10 @@ def test_the_docs_ray_job_submit_line_runs_verbatim(tiny_model_dir, tmp_path):
     env.update(HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     import tempfile
 
-    temp_dir, dashboard = Path(tempfile.mkdtemp(prefix="xel-ray.", dir="/tmp")), _free_port()  # short: socket paths
-    private = (f" --block --temp-dir {temp_dir} --port {_free_port()} --dashboard-port {dashboard}"
-               f" --dashboard-agent-listen-port {_free_port()} --ray-client-server-port {_free_port()}"
+    temp_dir = Path(tempfile.mkdtemp(prefix="xel-ray.", dir="/tmp"))  # short: socket paths
+    gcs, dashboard, agent, client = _free_ports(4)
+    private = (f" --block --temp-dir {temp_dir} --port {gcs} --dashboard-port {dashboard}"
+               f" --dashboard-agent-listen-port {agent} --ray-client-server-port {client}"
                " --num-cpus 2 --disable-usage-stats")
     log = open(tmp_path / "head.log", "wb")
     head = subprocess.Popen(["bash", "-c", f"{head_line}{private}"], cwd=repo, env=env, start_new_session=True,
