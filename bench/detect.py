@@ -64,8 +64,9 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, action="append", help="span-sentence files or folders (default data/spans)")
-    ap.add_argument("--kb", action="append", help="[LANG=]kb.jsonl whose names the gazetteer spots (default: "
-                    "../shared/data/wikidata-el/kb.jsonl for all, ru=../shared/data/nerel-rukb/kb.jsonl)")
+    ap.add_argument("--kb", action="append", help="[LANG=]kb.jsonl whose names the gazetteer spots (default: the "
+                    "bundled sample's data/sample/kb.jsonl for every language; bench/results/detect.json was "
+                    "measured with wikidata-el's KB for all and nerel-rukb's for ru, as the usage line shows)")
     ap.add_argument("--model", type=Path, default=ROOT / "models/multilingual-e5-small")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/detect.json")
     ap.add_argument("--cache", type=Path, default=ROOT / "runs/bench-detect")
@@ -77,9 +78,11 @@ def main() -> None:
     ap.add_argument("--max-train", type=int, default=100_000)
     ap.add_argument("--max-eval", type=int, default=1500)
     args = ap.parse_args()
-    shared = ROOT.parent / "shared/data"
-    kb_paths = dict(kb.split("=", 1) if "=" in kb else ("*", kb) for kb in args.kb or
-                    [str(shared / "wikidata-el/kb.jsonl"), f"ru={shared / 'nerel-rukb/kb.jsonl'}"])
+    kb_args = args.kb or [str(ROOT / "data/sample/kb.jsonl")]
+    kb_paths = dict(kb.split("=", 1) if "=" in kb else ("*", kb) for kb in kb_args)
+    for lang, path in kb_paths.items():
+        if not Path(path).is_file():
+            ap.error(f"--kb {'' if lang == '*' else lang + '='}{path}: no such file (a kb.jsonl in the input schema)")
 
     sentences = [s for path in args.data or [ROOT / "data/spans"] for s in read_span_sentences(path)]
     train = sample([s for s in sentences if s.lang == "en" and s.split == "train"], args.max_train, 0)
