@@ -57,7 +57,8 @@ def main() -> None:
     from xel.detect.spans import read_span_sentences, span_stats
     from xel.detect.tagger import decode, fit, tag, token_labels
     from xel.detect.train import cached_features
-    from xel.precompute.encoding import TextEncoder, context_item, mention_item
+    from xel.precompute.encoding import TextEncoder
+    from xel.precompute.items import context_item, mention_item
     from xel.precompute.schema import iter_records
     from xel.precompute.settings import resolve_encoder
     from xel.retrieval.names import normalise_mention

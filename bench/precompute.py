@@ -48,8 +48,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from xel.precompute.config import PrecomputeConfig, run_settings  # noqa: E402
-from xel.precompute.encoding import EncodeItem, EncodeStats, TextEncoder, mention_item  # noqa: E402
+from xel.precompute.encoding import TextEncoder  # noqa: E402
 from xel.precompute.hardware import cpu_has_native_bf16, cpu_has_vnni, resolve_dtype  # noqa: E402
+from xel.precompute.items import EncodeItem, EncodeStats, mention_item  # noqa: E402
 from xel.precompute.plan import plan_tasks  # noqa: E402
 from xel.precompute.ray_session import ray_session  # noqa: E402
 from xel.precompute.run import run as run_precompute  # noqa: E402

@@ -53,7 +53,8 @@ from xel.link.run_files import (
     same_path,
 )
 from xel.link.watch import FileWatch
-from xel.precompute.encoding import TextEncoder, context_item, mention_item
+from xel.precompute.encoding import TextEncoder
+from xel.precompute.items import context_item, mention_item
 from xel.precompute.settings import EncoderSettings
 from xel.precompute.store import Store, StoreError, open_store
 from xel.retrieval.candidates import AliasPrior, CandidateGenerator, MentionRef, candidate_generator, kb_table

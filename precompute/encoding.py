@@ -3,7 +3,7 @@
 This is the hot path of ``xel-precompute`` and the query path of ``xel-nn query``; both call
 :meth:`TextEncoder.encode`, so a query encodes exactly as the store did.
 
-Every text to encode is an :class:`EncodeItem`: the ``text``, the character span ``pool`` whose subwords are
+Every text to encode is an :class:`~precompute.items.EncodeItem`: the ``text``, the character span ``pool`` whose subwords are
 max-pooled, and the span ``anchor`` that a window must contain when the text is longer than the encoder's
 limit. For ``ms`` both spans are the mention; for ``mc`` the pool is the whole context and the anchor is the
 mention inside it; for ``es``, ``ec`` and ``text`` the pool is the whole text and the window is its start.
@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from xel.precompute.hardware import pick_device
 from xel.precompute.identity import EncodeError
+from xel.precompute.items import EncodeItem, EncodeStats
 from xel.precompute.onnx_backend import OnnxEncoder, model_path
 from xel.precompute.settings import EncoderSettings, max_length_limit, resolve_backend
 
@@ -47,53 +48,6 @@ def token_budget(device: torch.device, hidden: int, intermediate: int, free_byte
         free_bytes, _ = torch.cuda.mem_get_info(device)
     per_token = 2 * (8 * hidden + 2 * intermediate)
     return int(min(262144, max(CPU_TOKEN_BUDGET, free_bytes // 3 // per_token)))
-
-
-@dataclass(frozen=True)
-class EncodeItem:
-    id: str
-    lang: str
-    text: str
-    pool: tuple[int, int]
-    anchor: tuple[int, int] = (0, 0)
-
-
-def mention_item(ident: str, lang: str, sentence: str, start: int, end: int) -> EncodeItem:
-    """``ms``: the whole sentence is encoded, the mention's subwords are pooled."""
-    return EncodeItem(ident, lang, sentence, (start, end), (start, end))
-
-
-def context_item(ident: str, lang: str, context: str, sentence: str, start: int, end: int) -> EncodeItem:
-    """``mc``: the context is pooled whole; a window over a long context is centred on the mention."""
-    at = context.find(sentence)
-    anchor = (at + start, at + end) if at >= 0 else (0, 0)
-    return EncodeItem(ident, lang, context, (0, len(context)), anchor)
-
-
-def entity_item(ident: str, lang: str, text: str) -> EncodeItem:
-    """``es``, ``ec``, ``text``: pooled whole; a text over the limit keeps its first subwords."""
-    return EncodeItem(ident, lang, text, (0, len(text)))
-
-
-@dataclass
-class EncodeStats:
-    texts: int = 0
-    tokens: int = 0
-    padded_tokens: int = 0
-    windowed: int = 0
-    forward_seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def add(self, other: EncodeStats) -> None:
-        self.texts += other.texts
-        self.tokens += other.tokens
-        self.padded_tokens += other.padded_tokens
-        self.windowed += other.windowed
-        self.forward_seconds += other.forward_seconds
-
-    @property
-    def padding_fraction(self) -> float:
-        return 1 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
 
 
 @dataclass

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from xel.precompute.identity import EncodeError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,10 @@ def resolve_device(requested: str) -> str:
     from it; :func:`precompute.config.actor_device`). ``cuda`` without a visible GPU is refused."""
     if requested not in DEVICES:
         raise EncodeError(f"device {requested!r} is unknown; allowed: {', '.join(DEVICES)}")
+    if requested == "cpu":
+        return requested
+    import torch  # here, not at the top: the precompute driver resolves "cpu" and never loads torch
+
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
@@ -80,4 +87,6 @@ def resolve_dtype(requested: str, on_gpu: bool, cpuinfo: str | None = None, int8
 
 def pick_device(requested: str = "auto") -> torch.device:
     """:func:`resolve_device` as a ``torch.device`` (``auto``: the first CUDA GPU when there is one, else the CPU)."""
+    import torch
+
     return torch.device(resolve_device(requested))

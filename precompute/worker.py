@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from xel.precompute.encoding import EncodeItem, EncodeStats, TextEncoder, context_item, entity_item, mention_item
+from xel.precompute.items import EncodeItem, EncodeStats, context_item, entity_item, mention_item
 from xel.precompute.schema import InputError, KBEntry, Mention, Record, Text, read_records
 from xel.precompute.settings import EncoderSettings
 from xel.precompute.store import KINDS, StoreError, read_shard, write_shard
@@ -141,6 +141,8 @@ class ShardWorker:
     ``(kind, index, rows done)`` there after every forward batch of a shard (and once at its start)."""
 
     def __init__(self, settings: EncoderSettings, threads: int | None = None, progress: ProgressSink | None = None):
+        from xel.precompute.encoding import TextEncoder  # torch and transformers load in the actor, not the driver
+
         self.encoder = TextEncoder.load(settings, threads)  # dtype/device auto decided here, where it runs
         self.progress = progress
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from xel.precompute.encoding import TextEncoder, mention_item
+from xel.precompute.encoding import TextEncoder
 from xel.precompute.files import atomic_write_bytes
+from xel.precompute.items import mention_item
 from xel.precompute.schema import iter_records
 from xel.precompute.store import Store, refuse_store_out, to_json
 from xel.retrieval.index import EntityIndex, RetrievalError

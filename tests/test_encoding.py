@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from xel.precompute.encoding import TextEncoder, context_item, entity_item, mention_item
+from xel.precompute.encoding import TextEncoder
 from xel.precompute.identity import EncodeError
+from xel.precompute.items import context_item, entity_item, mention_item
 from xel.precompute.settings import resolve_encoder
 
 from tests.conftest import LONG
@@ -126,7 +127,7 @@ def test_padding_stays_low_with_length_bucketing(encoder):
     rng = np.random.default_rng(0)
     words = "Paris Berlin Moscow capital France Germany Russia city large".split()
     items = [entity_item(str(i), "en", " ".join(rng.choice(words, rng.integers(1, 30)))) for i in range(400)]
-    from xel.precompute.encoding import EncodeStats
+    from xel.precompute.items import EncodeStats
 
     stats = EncodeStats()
     encoder.max_tokens_per_batch = 2048

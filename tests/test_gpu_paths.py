@@ -64,7 +64,7 @@ def test_encoder_on_cpu_uses_the_cpu_budget(tiny_model_dir):
 def test_bf16_on_gpu_matches_fp32(tiny_model_dir):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from xel.precompute.encoding import mention_item
+    from xel.precompute.items import mention_item
 
     items = [mention_item("a", "en", "Barack Obama visited Moscow", 0, 12)]
     cpu = TextEncoder.load(resolve_encoder(tiny_model_dir, device="cpu", dtype="fp32")).encode(items)

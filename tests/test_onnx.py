@@ -13,9 +13,10 @@ from click.testing import CliRunner
 from xel.precompute import onnx_backend
 from xel.precompute.cli import main
 from xel.precompute.config import PrecomputeConfig, PrecomputeError
-from xel.precompute.encoding import TextEncoder, context_item, entity_item, mention_item
+from xel.precompute.encoding import TextEncoder
 from xel.precompute.hardware import auto_dtype
 from xel.precompute.identity import EncodeError
+from xel.precompute.items import context_item, entity_item, mention_item
 from xel.precompute.run import run
 from xel.precompute.settings import resolve_encoder
 from xel.precompute.store import open_store

@@ -44,7 +44,8 @@ def test_store_rows_follow_input_order_and_features_match_in_process(tiny_store,
     assert store.load("es")[0] == [e["id"] for e in KB]
     assert store.manifest["ec_from_name"] == 1
     assert [r["id"] for r in store.records("mentions")] == ids
-    from xel.precompute.encoding import TextEncoder, mention_item
+    from xel.precompute.encoding import TextEncoder
+    from xel.precompute.items import mention_item
 
     enc = TextEncoder.from_manifest(store.manifest, device="cpu")
     m = MENTIONS[2]

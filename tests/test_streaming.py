@@ -168,3 +168,34 @@ def test_a_kb_digest_hit_is_checked_against_the_id_itself(monkeypatch):
     ids.freeze()
     assert all(e["id"] in ids for e in KB)
     assert "Q6" not in ids and "Q" not in ids and "Q11" not in ids and 1 not in ids
+
+
+DRIVER_UNTIL_THE_ACTORS = """
+import json, sys
+from contextlib import nullcontext
+import xel.precompute.run as run
+
+def execute(cfg, encoder, tasks, reuse=None):  # where the actors would start: report what the driver loaded
+    print(json.dumps({"tasks": len(tasks), "modules": sorted(sys.modules)}))
+    raise SystemExit(0)
+
+run.ray_session, run.execute = (lambda address=None: nullcontext()), execute
+from xel.precompute.cli import main
+main(sys.argv[1:], standalone_mode=False)
+"""
+
+
+def test_the_precompute_driver_loads_neither_torch_nor_transformers(tiny_data, tiny_model_dir, tmp_path):
+    """``xel-precompute`` up to the actors' start (flags, inputs scanned and hashed, the model hashed, the encoder
+    resolved for the actors' device, shards planned) in a fresh process: only the actors load torch and
+    transformers. Loading torch cost the driver 2-4 s of CPU before Ray started, on every run."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", DRIVER_UNTIL_THE_ACTORS, "--data", str(tiny_data), "--model",
+                          str(tiny_model_dir), "--out", str(tmp_path / "h5"), "--dtype", "fp32"],
+                         capture_output=True, text=True, check=True).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["tasks"] > 0  # the driver planned shards: it got as far as starting the actors
+    heavy = sorted(m for m in report["modules"] if m.split(".")[0] in ("torch", "transformers"))
+    assert not heavy, heavy[:10]
