@@ -3,9 +3,9 @@
 This is the hot path of ``xel-precompute`` and the query path of ``xel-nn query``; both call
 :meth:`TextEncoder.encode`, so a query encodes exactly as the store did.
 
-Every text to encode is an :class:`~precompute.items.EncodeItem`: the ``text``, the character span ``pool`` whose subwords are
-max-pooled, and the span ``anchor`` that a window must contain when the text is longer than the encoder's
-limit. For ``ms`` both spans are the mention; for ``mc`` the pool is the whole context and the anchor is the
+Every text to encode is an :class:`~precompute.items.EncodeItem`: the ``text``, the character span ``pool``
+whose subwords are max-pooled, and the span ``anchor`` that a window must contain when the text is longer than the
+encoder's limit. For ``ms`` both spans are the mention; for ``mc`` the pool is the whole context and the anchor is the
 mention inside it; for ``es``, ``ec`` and ``text`` the pool is the whole text and the window is its start.
 An encoder prefix (e5's ``"query: "``) is tokenized once and put in front of every window, so offsets
 are never shifted by hand. Special tokens never enter a pool.

@@ -91,11 +91,11 @@ def test_auto_device_means_the_same_for_queries_and_actors(monkeypatch, tiny_mod
     from xel.precompute import hardware
     from xel.precompute.settings import EncoderSettings
 
-    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert hardware.resolve_device("auto") == "cuda" == actor_device(_cfg(gpus_per_actor=1))
     assert actor_device(_cfg()) == "cpu"  # an actor Ray gave no GPU
     settings = resolve_encoder(tiny_model_dir, dtype="fp32", device="auto")
     manifest = {**settings.manifest_fields(), "dtype": "fp32", "backend": "torch"}
     assert EncoderSettings.from_manifest(manifest, tiny_model_dir).device == "auto"  # decided where it loads
-    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert hardware.resolve_device("auto") == "cpu"
