@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -110,11 +111,11 @@ def test_run_that_dies_is_resumed_by_the_same_command(tiny_store, tiny_data, tin
     _assert_same_store(tiny_store, out)
 
 
-def test_different_settings_into_the_same_out_are_refused(tiny_data, tiny_model_dir, tmp_path, ray_session):
+def test_different_settings_into_the_same_out_are_refused(tiny_store, tiny_model_dir, tmp_path):
     out = tmp_path / "h5"
-    run(_cfg(tiny_data, tiny_model_dir, out, kinds=("es",)))
+    shutil.copytree(tiny_store, out)  # a store precompute wrote (fp32, shard size 3), as tiny_store's run left it
     with pytest.raises(PrecomputeError, match="layer: store has -1, this run asks 1"):
-        run(_cfg(tiny_data, tiny_model_dir, out, kinds=("es",), layer=1))
+        run(_cfg(tiny_store.parent / "data", tiny_model_dir, out, shard_size=3, layer=1))
 
 
 def test_auto_dtype_is_decided_by_the_actor_and_recorded_per_shard(tiny_data, tiny_model_dir, tmp_path,
@@ -135,9 +136,9 @@ def test_auto_dtype_is_decided_by_the_actor_and_recorded_per_shard(tiny_data, ti
         run(PrecomputeConfig(data=tiny_data, model=tiny_model_dir, out=out, kinds=("es",), dtype=expected))
 
 
-def test_corrupted_shard_is_detected_with_its_path(tiny_data, tiny_model_dir, tmp_path, ray_session):
+def test_corrupted_shard_is_detected_with_its_path(tiny_store, tmp_path):
     out = tmp_path / "h5"
-    run(_cfg(tiny_data, tiny_model_dir, out, kinds=("es",)))
+    shutil.copytree(tiny_store, out)  # a store precompute wrote, corrupted below
     shard = out / "es" / "shard-00000.h5"
     import h5py
 
@@ -266,8 +267,6 @@ def test_model_dir_that_is_not_a_model(tiny_data, tmp_path):
 
 def test_a_model_that_needs_custom_code_is_refused_up_front(tiny_data, tiny_model_dir, tmp_path, monkeypatch):
     """Issue 15.13: an auto_map model once died in the actors after 40 s with a misleading trust_remote_code hint."""
-    import shutil
-
     import xel.precompute.run
 
     model = tmp_path / "custom"
