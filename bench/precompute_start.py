@@ -115,6 +115,7 @@ def median(rows: list[dict], key: str) -> float:
 @click.option("--out", type=click.Path(path_type=Path), default=ROOT / "bench/results/precompute_start.json")
 def main(model: Path, texts: int, repeats: int, out: Path) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    start_load = list(os.getloadavg())
     imports: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,6 +134,7 @@ def main(model: Path, texts: int, repeats: int, out: Path) -> None:
     shipped, before = "shipped", "torch in the driver"
     result = {
         "model": model.name, "texts": texts, "repeats": repeats, "cpus": os.cpu_count(),
+        "load_average": start_load,  # 1, 5 and 15 minutes, when the benchmark started; each run records its own
         "driver_imports": imports, "end_to_end": runs, "actor_starts": actors,
         "driver_import_cpu_s": {v: median(imports[v], "cpu_s") for v in VARIANTS},
         "end_to_end_wall_s": {v: median(runs[v], "wall_s") for v in VARIANTS},

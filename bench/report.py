@@ -36,6 +36,7 @@ FAMILIES: list[tuple[str, tuple[str, ...], str]] = [
     ("NIL headroom (oracle thresholds)", ("nil-headroom",), "python bench/nil_headroom.py --data ..."),
     ("NIL rules on the same models", ("nil-rules",), "python bench/nil_rules.py --runs NAME=GLOB ..."),
     ("Precompute throughput", ("precompute",), "python bench/precompute.py"),
+    ("Precompute start (driver and actor)", ("precompute_start",), "python bench/precompute_start.py"),
     ("Encoder forward", ("encoder",), "python bench/encoder.py"),
     ("Ray overhead", ("ray_overhead",), "python bench/ray_overhead.py"),
     ("int8 quality gate", ("int8_gate",), "python bench/int8_gate.py"),
