@@ -188,7 +188,7 @@ main(sys.argv[1:], standalone_mode=False)
 def test_the_precompute_driver_loads_neither_torch_nor_transformers(tiny_data, tiny_model_dir, tmp_path):
     """``xel-precompute`` up to the actors' start (flags, inputs scanned and hashed, the model hashed, the encoder
     resolved for the actors' device, shards planned) in a fresh process: only the actors load torch and
-    transformers, which the driver used to load before Ray started (bench/precompute_start.py measures it)."""
+    transformers (the driver used to load torch before Ray started; bench/precompute_start.py measures the cost)."""
     import subprocess
     import sys
 
