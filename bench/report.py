@@ -35,6 +35,7 @@ FAMILIES: list[tuple[str, tuple[str, ...], str]] = [
     ("Mention detection, end to end", ("detect-e2e",), "python bench/detect_e2e.py --run RUN_DIR --data DIR"),
     ("NIL headroom (oracle thresholds)", ("nil-headroom",), "python bench/nil_headroom.py --data ..."),
     ("NIL rules on the same models", ("nil-rules",), "python bench/nil_rules.py --runs NAME=GLOB ..."),
+    ("Per-language centring", ("centre",), "python bench/centre.py --data NAME=ROOT[:eval] ... --work DIR"),
     ("Precompute throughput", ("precompute",), "python bench/precompute.py"),
     ("Precompute start (driver and actor)", ("precompute_start",), "python bench/precompute_start.py"),
     ("Encoder forward", ("encoder",), "python bench/encoder.py"),
@@ -266,6 +267,14 @@ def render(results_dir: Path) -> str:
                 data = json.loads(path.read_text(encoding="utf-8"))
                 lines += [f"`{path.name}` ({data.get('date', NOT_RECORDED)}, commit {data.get('commit')}):", "",
                           *[f"- {note}" for note in data.get("notes", [])], "", markdown(data), ""]
+        if title == "Per-language centring":
+            sys.path.insert(0, str(ROOT))
+            from bench.centre import markdown as centre_markdown
+
+            for path in by_family[title]:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                lines += [f"`{path.name}` ({data.get('date', NOT_RECORDED)}, commit {data.get('commit')}):", "",
+                          *[f"- {note}" for note in data.get("notes", [])], "", centre_markdown(data), ""]
         if title == "Large KBs, end to end":
             full = [p for p in by_family[title] if "before" not in p.stem]
             if full:

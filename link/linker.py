@@ -63,6 +63,8 @@ from xel.retrieval.index import EntityIndex
 from xel.retrieval.index_files import open_index_and_store
 from xel.retrieval.kb_table import KBTable
 from xel.retrieval.vectors import unit_concat
+from xel.train import nil as train_nil
+from xel.train.centre import store_kb_mean, with_centres
 from xel.train.checkpoint import CHECKPOINT, load_checkpoint
 from xel.train.config import TrainConfig
 from xel.train.data import DataError, KBRows, Mentions, check_stores
@@ -161,6 +163,11 @@ class Linker:
         self.run_dir = run_dir  # None: Linker.nn, no run (and no mention detector)
         self._spotters: dict[str, Any] = {}
         self._uncalibrated_warned: set[str] = set()
+        # a centring model (train.centre): the run's language means (more are added from unlabelled mentions by
+        # centre_languages) and the mean es/ec of the KB linked against
+        centring = model is not None and model.spec.centre
+        self.language_means: dict[str, torch.Tensor] | None = model.saved_language_means() if centring else None
+        self.kb_centre = store_kb_mean(store) if centring else None
         # the store's and index's files as loaded, checked before each batch (link.watch)
         self.watch = FileWatch.of(store, index.root, index.manifest)
 
@@ -287,7 +294,34 @@ class Linker:
         )
         if self.pair_prior is not None:
             mentions = replace(mentions, pair=pair_features(mentions, self.pair_prior, self.groups))
+        if self.language_means is not None:
+            self.centre_languages(mentions)
+            mentions = with_centres(mentions, self.language_means, self.kb_centre)
         return mentions
+
+    def centre_languages(self, mentions: Mentions) -> list[str]:
+        """Give every language of ``mentions`` that has no mean yet the mean ``ms``/``mc`` of its mentions here
+        (unlabelled: a gold is never read), as the trainer centred each evaluated language by its mentions; kept
+        for later calls. Returns the languages added. Fewer than ``train.nil.MIN_CALIBRATION_MENTIONS`` mentions of
+        such a language are refused: a mean of a handful of mentions is mostly those mentions, and would centre
+        them onto each other. :meth:`calibrate` with many unlabelled mentions of a new language is the way to
+        link it a few at a time afterwards."""
+        assert self.language_means is not None
+        added = []
+        for lang in sorted(set(mentions.langs) - set(self.language_means)):
+            rows = torch.tensor([i for i, x in enumerate(mentions.langs) if x == lang])
+            need = train_nil.MIN_CALIBRATION_MENTIONS
+            if len(rows) < need:
+                raise LinkError(
+                    f"language {lang!r}: the run has no mention mean for it (it centres each language, and was "
+                    f"trained/evaluated on {sorted(self.language_means)}), and this batch holds {len(rows)} "
+                    f"{lang!r} mentions; allowed: at least {need} in one call, or first Linker.calibrate(records) "
+                    f"with at least {need} unlabelled {lang!r} mentions")
+            self.language_means[lang] = torch.stack([mentions.ms[rows].mean(dim=0), mentions.mc[rows].mean(dim=0)])
+            added.append(lang)
+            log.info("language %r: centred by the mean of the %d mentions given (the run had none for it)", lang,
+                     len(rows))
+        return added
 
     def ranked(self, mentions: Mentions) -> Ranked:
         """The candidates of ``mentions`` scored, the best picked, with the uncalibrated NIL score."""
@@ -297,7 +331,8 @@ class Linker:
 
     def calibrate(self, records: Sequence[Any]) -> dict[str, float]:
         """Calibrate the NIL scores of the languages of ``records`` that the rule has no shift for, from these
-        mentions (unlabelled: a ``gold`` is never read; :mod:`train.nil`); returns the rule's shifts."""
+        mentions (unlabelled: a ``gold`` is never read; :mod:`train.nil`), after centring the languages that have
+        no mean on them (:meth:`centre_languages`); returns the rule's shifts."""
         items = self.items(records)
         if items:
             mentions = self.mentions(items)

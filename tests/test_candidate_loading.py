@@ -73,14 +73,18 @@ def on_whole_kb(m: Mentions | None, whole: KB) -> Mentions | None:
     if m.kb.popularity.shape[1] and counts is not None:  # +P counted from training mentions
         popularity = torch.zeros((len(whole.ids), m.kb.popularity.shape[1]))
         popularity[remap] = m.kb.popularity
-    return replace(m, kb=replace(whole, popularity=popularity, link_counts=counts, moments=None),
+    return replace(m, kb=replace(whole, popularity=popularity, link_counts=counts, moments=None, centre=m.kb.centre),
                    cand=remap[m.cand], gold_kb=torch.where(m.gold_kb >= 0, remap[m.gold_kb.clamp_min(0)], -1))
 
 
 def whole_kb_standardization(train_mentions: Mentions):
-    """What fit did before: mean and std over the training mentions and every KB row, by torch."""
-    kb = train_mentions.kb
-    names, contexts = torch.cat([train_mentions.ms, kb.es]), torch.cat([train_mentions.mc, kb.ec])
+    """What fit did before: mean and std over the training mentions and every KB row, by torch (each centred by
+    its language's or the KB's mean when the run centres, train.centre)."""
+    kb, m = train_mentions.kb, train_mentions
+    ms, mc, es, ec = m.ms, m.mc, kb.es, kb.ec
+    if m.centre is not None:
+        ms, mc, es, ec = ms - m.centre[:, 0], mc - m.centre[:, 1], es - kb.centre[0], ec - kb.centre[1]
+    names, contexts = torch.cat([ms, es]), torch.cat([mc, ec])
     return (names.mean(dim=0), names.std(dim=0)), (contexts.mean(dim=0), contexts.std(dim=0))
 
 
@@ -99,7 +103,7 @@ def test_candidate_rows_train_the_same_model_as_the_whole_kb(tmp_path, monkeypat
     assert len(whole.ids) == N_ENTITIES > len(data.splits.train.kb.ids)
     s = data.splits
     before = Prepared(Splits(*(on_whole_kb(m, whole) for m in (s.train, s.dev, s.test))), data.train_langs,
-                      data.eval_langs, data.l2_langs, data.text, data.dim)
+                      data.eval_langs, data.l2_langs, data.text, data.dim, data.centres)
     monkeypatch.setattr(xel.train.fit, "standardization", whole_kb_standardization)
     want = fit(cfg, before, 0, progress=False)
     torch.testing.assert_close(got.model.name_mean, want.model.name_mean)

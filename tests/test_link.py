@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from xel.link import batch as link_batch
 from xel.link.cli import main as link_main
@@ -419,6 +420,25 @@ def test_linker_calibrates_untrained_languages_from_unlabelled_mentions(trained_
     assert sum(linked) == int((decision >= q90 - 1e-5).sum()) < len(german)
     assert [x.pred for x, it in zip(before, items) if it["lang"] == "en"] == \
         [x.pred for x, it in zip(linker.link(items), items) if it["lang"] == "en"]
+
+
+def test_linker_centres_a_language_the_run_has_no_mean_for_from_its_unlabelled_mentions(trained_run, monkeypatch):
+    monkeypatch.setattr(train_nil, "MIN_CALIBRATION_MENTIONS", 5)  # the fixture has 10 German mentions
+    items, preds = _test_records(trained_run)
+    linker = Linker.load(trained_run)
+    assert linker.model.spec.centre and sorted(linker.language_means) == ["de", "en"]  # saved with the run
+    saved = linker.language_means.pop("de")  # as for a language the run never saw
+    german = [it for it in items if it["lang"] == "de"]
+    with pytest.raises(LinkError, match="language 'de': the run has no mention mean .* holds 3 'de' mentions; "
+                                        "allowed: at least 5"):
+        linker.link(german[:3])
+    assert "de" not in linker.language_means
+    linker.calibrate([{**it, "gold": "Q0"} for it in german])  # a gold is never read
+    torch.testing.assert_close(linker.language_means["de"], saved, rtol=0, atol=1e-5)  # the trainer's, from the
+    links = linker.link(items, k=100)  # same mentions: the trainer's predictions again
+    for link in links:
+        assert link.pred == preds[link.id]["pred"], link.id
+        assert link.score == pytest.approx(preds[link.id]["score"], abs=1e-5)
 
 
 def test_a_store_rewritten_under_a_loaded_linker_is_refused_with_the_restart_message(trained_run, tmp_path):

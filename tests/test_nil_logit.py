@@ -85,7 +85,7 @@ def fitted(test: Mentions, nil_score: str = "learned"):
     """epochs 0 (the residual scorer before training: nn's ranking) with the NIL logit fitted on English."""
     train, dev = margin_case(160, seed=1), margin_case(80, seed=2)
     data = Prepared(Splits(train=train, dev=dev, test=test), ("en",), ("en",), (), None, train.ms.shape[1])
-    cfg = TrainConfig(features="unused", epochs=0, nil_score=nil_score, **FAST)
+    cfg = TrainConfig(features="unused", epochs=0, nil_score=nil_score, centre=False, **FAST)
     return cfg, data, fit(cfg, data, 0, progress=False)
 
 

@@ -2,8 +2,8 @@
 
 Precomputes 110 English (50 of them in test documents) and 40 German sample mentions and a KB of their golds
 plus 150 other sample entities with the built multilingual-e5-small, generates candidates, and checks that the
-residual scorer before its first step (``--epochs 0``) predicts, for every test mention, the candidate an
-independent numpy cosine argmax picks.
+residual scorer before its first step without centring (``--epochs 0 --no-centre``) predicts, for every test
+mention, the candidate an independent numpy cosine argmax picks.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def test_untrained_residual_equals_nn_on_the_sample(tmp_path, ray_session) -> No
     run_candidates(CandidatesConfig(search=SearchOptions(index=str(tmp_path / "index"), features=str(store_dir)),
                                     out=str(tmp_path / "cands"), k=10))
     cands_file = tmp_path / "cands" / "candidates.jsonl"
-    cfg = TrainConfig(features=str(store_dir), candidates=str(cands_file), epochs=0, threads=1, progress=False,
-                      plots=False, eval_lang=("en", "de"))
+    cfg = TrainConfig(features=str(store_dir), candidates=str(cands_file), epochs=0, centre=False, threads=1,
+                      progress=False, plots=False, eval_lang=("en", "de"))
     data_ = prepare(cfg)
     result = fit(cfg, data_, 0, progress=False)
     test = data_.splits.test

@@ -116,7 +116,7 @@ def test_ties_are_not_broken_by_candidate_order() -> None:
                         gold_kb=torch.zeros(m, dtype=torch.long))
 
     class Constant(torch.nn.Module):
-        def forward(self, ms, mc, cand, es, ec, pop, pair=None):
+        def forward(self, ms, mc, cand, es, ec, pop, pair=None, offsets=None):
             return type("S", (), {"scores": torch.full(cand.shape, 0.3)})()
 
     ranked = rank(Constant(), mentions)

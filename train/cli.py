@@ -119,6 +119,9 @@ def option(*decls: str, name: str | None = None, **kwargs: Any):
 @option("--popularity-source", type=click.Choice(POPULARITY_SOURCES),
         help="+P counts: the KB's links or gold links among the training mentions")
 @option("--nil-threshold", type=float, help="NIL when every candidate scores below it")
+@click.option("--centre/--no-centre", default=None,
+              help="centre each mention by its language's mean (from unlabelled mentions) and each entity by its "
+                   "KB's mean  [default: the scorer's own: residual yes, paper no]")
 @option("--tune-nil/--no-tune-nil", default=None,
         help="pick the NIL threshold on dev  [default: the scorer's own: residual yes when --dev-fraction > 0, "
              "paper no]")

@@ -97,6 +97,9 @@ class TrainConfig:
     # "quantile": shift each untrained language's NIL scores so that their 90th percentile is the training
     # language's (train.nil; from unlabelled mentions); default: the scorer's own (paper: none, residual: quantile)
     nil_calibration: str | None = None
+    # per-language centring (train.centre): the scorer sees each mention minus its language's mean and each entity
+    # minus its KB's mean; default: the scorer's own (residual: yes, paper: no). --no-centre --epochs 0 is nn
+    centre: bool | None = None
     # pick the NIL threshold on dev; None: the scorer's own (residual: yes when there is a dev split; paper: no,
     # the paper's fixed --nil-threshold -1)
     tune_nil: bool | None = None
@@ -163,6 +166,9 @@ class TrainConfig:
              "'shared' only with --adversarial (it reads the shared layer hs0)")
         need(self.nil_calibration in (None, *NIL_CALIBRATIONS), "nil_calibration", self.nil_calibration,
              f"one of {list(NIL_CALIBRATIONS)}")
+        need(not self.centre or scorer.pair_features, "centre", self.centre,
+             f"only with --scorer {'/'.join(s.name for s in SCORERS.values() if s.pair_features)} (the paper "
+             "scorer reads the features as published)")
         need(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
         need(self.adv_mode in ADV_MODES, "adv_mode", self.adv_mode, f"one of {list(ADV_MODES)}")
         need(self.popularity_source in POPULARITY_SOURCES, "popularity_source", self.popularity_source,
@@ -192,6 +198,12 @@ class TrainConfig:
     @property
     def nil_score_name(self) -> str:
         return self.nil_score or self.scorer_kind.default_nil_score
+
+    @property
+    def centres(self) -> bool:
+        """Whether the scorer centres each language (:mod:`train.centre`): ``--centre``, else the scorer's default
+        (the residual scorer's, the one that reads pair features)."""
+        return self.centre if self.centre is not None else self.scorer_kind.pair_features
 
     @property
     def tunes_nil(self) -> bool:

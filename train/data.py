@@ -56,6 +56,7 @@ class KB:
     links: tuple[int | None, ...] = ()
     link_counts: tuple[int | None, ...] | None = None  # +P counted from training mentions (train.prepare)
     moments: tuple[Moments, Moments] | None = None  # (es, ec) over every KB row, not only these (load_kb)
+    centre: torch.Tensor | None = None  # [2, D] mean es and ec over every KB row (train.centre)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class Mentions:
     surfaces: list[str] = field(default_factory=list)  # the mention strings
     cand_source: torch.Tensor | None = None  # [M, K] int8, index into CANDIDATE_SOURCES
     pair: torch.Tensor | None = None  # [M, K, F] pair features of the residual scorer (train.pairs)
+    centre: torch.Tensor | None = None  # [M, 2, D] mean ms and mc of each row's language (train.centre)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -93,6 +95,7 @@ class Mentions:
             surfaces=[self.surfaces[i] for i in pick] if self.surfaces else [],
             cand_source=None if self.cand_source is None else self.cand_source[idx],
             pair=None if self.pair is None else self.pair[idx],
+            centre=None if self.centre is None else self.centre[idx],
         )
 
     def trainable(self) -> torch.Tensor:
@@ -155,6 +158,11 @@ class Moments:
     def __add__(self, other: Moments) -> Moments:
         return Moments(self.count + other.count, self.total + other.total, self.squares + other.squares)
 
+    def centred(self) -> Moments:
+        """The moments of the same rows minus their mean."""
+        mean = self.total / max(self.count, 1)
+        return Moments(self.count, np.zeros_like(mean), self.squares - self.count * np.square(mean))
+
     def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 mean and unbiased standard deviation, as ``torch.mean`` and ``torch.std`` of the rows."""
         mean = self.total / self.count
@@ -169,7 +177,11 @@ def standardization(train: Mentions) -> tuple[tuple[torch.Tensor, torch.Tensor],
     :class:`Moments`, so the KB rows need not be in memory."""
     kb = train.kb
     es, ec = kb.moments if kb.moments is not None else (Moments.of(kb.es), Moments.of(kb.ec))
-    return (Moments.of(train.ms) + es).mean_std(), (Moments.of(train.mc) + ec).mean_std()
+    ms, mc = train.ms, train.mc
+    if train.centre is not None:  # train.centre: every row minus its language's (its KB's) mean
+        ms, mc = ms - train.centre[:, 0], mc - train.centre[:, 1]
+        es, ec = es.centred(), ec.centred()
+    return (Moments.of(ms) + es).mean_std(), (Moments.of(mc) + ec).mean_std()
 
 
 def kind_moments(store: Store, kind: str) -> Moments:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from xel.retrieval.metrics import Scores, score_groups
+from xel.train.centre import offsets
 from xel.train.data import Mentions
 from xel.train.model import Ranker
 from xel.train.nil_logit import NIL_FEATURES, nil_features
@@ -103,7 +104,8 @@ def pick_best(scores: torch.Tensor, mentions: Mentions) -> Ranked:
 
 
 def nn_scores(mentions: Mentions) -> torch.Tensor:
-    """``[M, K]`` cos(ms, es) of every candidate: the nn baseline's scores (-inf where padded)."""
+    """``[M, K]`` cos(ms, es) of every candidate: the nn baseline's scores (-inf where padded); uncentred, also for
+    a centring scorer's NIL score (the rule that nn and the linker share)."""
     ms = torch.nn.functional.normalize(mentions.ms, dim=-1)
     es = torch.nn.functional.normalize(mentions.kb.es, dim=-1)
     return torch.einsum("md,mkd->mk", ms, es[mentions.cand]).masked_fill(~mentions.cand_mask, float("-inf"))
@@ -153,13 +155,16 @@ def rank(model: Ranker, mentions: Mentions, batch_size: int = 256, nil_score: st
             sl = slice(start, start + batch_size)
             pair = None if mentions.pair is None else mentions.pair[sl]
             parts.append(model(mentions.ms[sl], mentions.mc[sl], mentions.cand[sl], kb.es, kb.ec, kb.popularity,
-                               pair).scores)
+                               pair, offsets(mentions, sl)).scores)
     scores = torch.cat(parts) if parts else torch.zeros(mentions.cand.shape)
     ranked = pick_best(scores, mentions)
     if getattr(model, "hs0", None) is not None:
         with torch.inference_mode():
-            m = torch.nn.functional.normalize(model.shared(mentions.ms), dim=-1)
-            e = torch.nn.functional.normalize(model.shared(kb.es), dim=-1)
+            ms, es = mentions.ms, kb.es
+            if model.spec.centre:  # hs0 reads what the scorer reads (train.centre)
+                ms, es = ms - mentions.centre[:, 0], es - kb.centre[0]
+            m = torch.nn.functional.normalize(model.shared(ms), dim=-1)
+            e = torch.nn.functional.normalize(model.shared(es), dim=-1)
             shared = torch.einsum("md,mkd->mk", m, e[mentions.cand]).masked_fill(~mentions.cand_mask, float("-inf"))
         ranked = replace(ranked, shared_cos=shared)
     head = getattr(model, "nil_head", None)  # a Ranker has one (None but for the residual scorer)

@@ -211,7 +211,7 @@ def settings_jobs(
 ) -> dict[tuple[str, int], TrainConfig]:
     jobs: dict[tuple[str, int], TrainConfig] = {}
     root = cfg.out / "train"
-    jobs[("nn", 0)] = replace(base, epochs=0, out=str(root / "nn"))
+    jobs[("nn", 0)] = replace(base, epochs=0, centre=False, out=str(root / "nn"))  # cos(ms, es) as it is
     scorers = [("", RESIDUAL)] + ([("paper:", PAPER)] if cfg.paper else [])
     for prefix, scorer in scorers:
         for name, flags in SETTINGS.items():

@@ -117,6 +117,7 @@ def model_spec(cfg: TrainConfig, data: Prepared) -> ModelSpec:
         pair_dim=int(pair.shape[-1]) if pairs and pair is not None else 0,
         nil_features=NIL_FEATURES if cfg.scorer_kind.learns_nil else (),
         nil_temperature=cfg.temperature if cfg.loss_name == "softmax" else NIL_TEMPERATURE,
+        centre=cfg.centres, centre_langs=tuple(sorted(data.centres)) if cfg.centres else (),
     )
 
 
@@ -132,6 +133,11 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
     model = build_model(model_spec(cfg, data))
     train = data.splits.train
     model.set_statistics(*standardization(train))
+    if model.spec.centre:
+        if train.centre is None:
+            raise ValueError("--centre: the training mentions carry no language means; load the data with "
+                             "train.prepare.prepare (train.splits.load_splits computes them), or pass --no-centre")
+        model.set_language_means(data.centres)
     settings = LoopSettings(
         lr=cfg.lr, batch_size=cfg.batch_size, negatives=cfg.negatives, margin=cfg.margin,
         lambda_adv=cfg.lambda_adv, adv_steps=cfg.adv_steps, adv_epochs=cfg.adv_epochs,

@@ -28,6 +28,7 @@ from xel.train.adversarial import (
     reverse_gradient,
     uniform_target_loss,
 )
+from xel.train.centre import offsets
 from xel.train.data import Mentions
 from xel.train.evaluate import rank
 from xel.train.model import Ranker
@@ -146,7 +147,7 @@ class Trainer:
         if self.listwise:
             cand, mask, gold_col = t.cand[rows], t.cand_mask[rows], t.gold_pos[rows]
             pair = None if t.pair is None else t.pair[rows]
-            out = self.model(t.ms[rows], t.mc[rows], cand, kb.es, kb.ec, kb.popularity, pair)
+            out = self.model(t.ms[rows], t.mc[rows], cand, kb.es, kb.ec, kb.popularity, pair, offsets(t, rows))
             scores = out.scores.masked_fill(~mask, float("-inf"))
             if self.s.loss == "softmax":
                 el_loss = F.cross_entropy(scores / self.s.temperature, gold_col)

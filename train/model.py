@@ -40,6 +40,9 @@ class ModelSpec:
     # as every run before it) and its softmax temperature
     nil_features: tuple[str, ...] = ()
     nil_temperature: float = 0.05
+    # residual only: per-language centring (train.centre) and the languages whose mention means the model holds
+    centre: bool = False
+    centre_langs: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -166,9 +169,10 @@ class Ranker(nn.Module):
     def forward(
         self, ms: torch.Tensor, mc: torch.Tensor, cand: torch.Tensor,
         kb_es: torch.Tensor, kb_ec: torch.Tensor, kb_pop: torch.Tensor, pair: torch.Tensor | None = None,
+        offsets: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Scored:
         """Scores ``[B, K]`` of mentions ``ms``/``mc`` ``[B, D]`` against KB rows ``cand`` ``[B, K]``; the paper's
-        ranker takes no pair features (``pair`` is ignored)."""
+        ranker takes no pair features and does not centre (``pair`` and ``offsets`` are ignored)."""
         rows, inverse = torch.unique(cand, return_inverse=True)
         m_sh = self.shared(ms)
         e_sh = self.shared(kb_es[rows])

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
 from xel.retrieval.splits import DEV_FRACTION, TEST_FRACTION
 from xel.train.config import TrainConfig
 from xel.train.data import DataError, Mentions
@@ -27,6 +28,7 @@ class Prepared:
     l2_langs: tuple[str, ...]
     text: LanguageText | None
     dim: int
+    centres: dict[str, torch.Tensor] = field(default_factory=dict)  # train.splits.Loaded.centres
 
 
 def check_candidates_split(cfg: TrainConfig) -> None:
@@ -86,7 +88,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
             text = adversarial_text(train_store, eval_store, splits.train, splits.test, train_langs, l2_langs)
         except DataError as e:
             log.info("no language probe: %s", e)
-    return Prepared(splits, train_langs, eval_langs, l2_langs, text, train_store.dim)
+    return Prepared(splits, train_langs, eval_langs, l2_langs, text, train_store.dim, loaded.centres)
 
 
 def with_pair_features(splits: Splits, cfg: TrainConfig) -> Splits:

@@ -1,8 +1,9 @@
 """The residual scorer (``xel-train --scorer residual``, the default): nn's cosine plus a learned correction.
 
 ``score(m, e) = cos(ms, es) + g(x(m, e))``. ``g`` is an MLP whose last layer starts at zero, so before the first
-step the scorer ranks every candidate list exactly as the nn baseline does; training can only move it away from
-nn where the English training (and dev, through epoch selection) data say so. ``x`` concatenates, per pair:
+step the scorer ranks every candidate list exactly as the (centred, see below) cosine does; training can only move
+it away from there where the English training (and dev, through epoch selection) data say so. ``x``
+concatenates, per pair:
 
 * ``paper``: the paper's ``rs`` and ``rc`` (the ``hs`` MLP over ``[hs0(ms); hs0(es)]`` and ``hc`` over
   ``[mc; ec]``, :class:`train.model.Ranker`'s paths);
@@ -16,6 +17,10 @@ nn where the English training (and dev, through epoch selection) data say so. ``
   similarity, popularity);
 * with +A: cos(hs0(ms), hs0(es)), a learned name similarity in the shared space the adversary makes
   language-invariant (whatever the groups).
+
+With ``--centre`` (the default, :mod:`train.centre`) every vector above, ``cos(ms, es)`` of the base term
+included, is computed after subtracting each mention's language mean and each entity's KB mean, so before the
+first step the scorer ranks as the centred cosine; ``--no-centre --epochs 0`` is the nn baseline itself.
 
 All of it is computed for the ``[B, K]`` candidates of a batch in batched tensor ops; each mention's features
 are computed once and each distinct entity's once, then gathered.
@@ -80,14 +85,36 @@ class ResidualScorer(Ranker):
         )
         # last, and drawing no random numbers: the ranker's initialisation and dropout are those of a model without
         self.nil_head = NilHead(len(spec.nil_features), spec.nil_temperature) if spec.nil_features else None
+        if spec.centre:  # [L, 2, D]: mean ms and mc of each of spec.centre_langs, saved with the checkpoint
+            self.register_buffer("language_means", torch.zeros(len(spec.centre_langs), 2, spec.dim))
+
+    def set_language_means(self, means: dict[str, torch.Tensor]) -> None:
+        """Hold ``means`` (language -> ``[2, D]``, :func:`train.centre.language_means`) for ``spec.centre_langs``."""
+        for i, lang in enumerate(self.spec.centre_langs):
+            self.language_means[i].copy_(means[lang])
+
+    def saved_language_means(self) -> dict[str, torch.Tensor]:
+        """Language -> ``[2, D]`` mean ms and mc that the model holds (empty for a model that does not centre)."""
+        if not self.spec.centre:
+            return {}
+        return {lang: self.language_means[i].clone() for i, lang in enumerate(self.spec.centre_langs)}
 
     def forward(
         self, ms: torch.Tensor, mc: torch.Tensor, cand: torch.Tensor,
         kb_es: torch.Tensor, kb_ec: torch.Tensor, kb_pop: torch.Tensor, pair: torch.Tensor | None = None,
+        offsets: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Scored:
+        """``offsets``: ``([B, 2, D] language means of the mentions' ms and mc, [2, D] the KB's mean es and ec)``
+        (:func:`train.centre.offsets`), subtracted before any feature when the spec centres (``--centre``)."""
         groups = self.spec.feature_groups
         rows, inverse = torch.unique(cand, return_inverse=True)
         es, ec = kb_es[rows], kb_ec[rows]
+        if self.spec.centre:
+            if offsets is None:
+                raise ValueError("this scorer centres its inputs (--centre) and needs each mention's language mean "
+                                 "and the KB's mean (train.centre.offsets); none were given")
+            m_off, kb_off = offsets
+            ms, mc, es, ec = ms - m_off[:, 0], mc - m_off[:, 1], es - kb_off[0], ec - kb_off[1]
         m_sh, e_sh = self.shared(ms), self.shared(es)
         cosines = cosine_features(ms, mc, es[inverse], ec[inverse])
         parts: list[torch.Tensor] = []

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from xel.precompute.store import Store, open_store
 from xel.retrieval.splits import split_of
+from xel.train.centre import language_means, with_centres
 from xel.train.config import TrainConfig
 from xel.train.data import KB, DataError, Mentions, check_stores, load_mentions, popularity_features
 
@@ -123,6 +124,7 @@ class Loaded:
     splits: Splits
     train_langs: tuple[str, ...]
     eval_langs: tuple[str, ...]
+    centres: dict[str, torch.Tensor]  # language -> [2, D] mean ms and mc (train.centre); empty without --centre
 
 
 def load_splits(cfg: TrainConfig) -> Loaded:
@@ -148,13 +150,18 @@ def load_splits(cfg: TrainConfig) -> Loaded:
     if not same:
         test_pool = load_mentions(eval_store, langs=eval_langs, candidates=cfg.eval_candidates,
                                   max_candidates=cfg.max_candidates, **kb_args)
+    means: dict[str, torch.Tensor] = {}
+    if cfg.centres:
+        means = language_means([train_pool] + ([] if test_pool is None else [test_pool]))
+        train_pool = with_centres(train_pool, means)
+        test_pool = None if test_pool is None else with_centres(test_pool, means)
     splits = make_splits(
         train_pool, test_pool, train_langs=train_langs, eval_langs=eval_langs, dev_fraction=cfg.dev_fraction,
         test_fraction=cfg.test_fraction, equalize_langs=cfg.equalize, train_size=cfg.train_size, seed=cfg.seed,
     )
     if cfg.popularity and cfg.popularity_source == "mentions":
         splits = with_mention_popularity(splits)
-    return Loaded(train_store, eval_store, splits, train_langs, eval_langs)
+    return Loaded(train_store, eval_store, splits, train_langs, eval_langs, means)
 
 
 def _with_kb(mentions: Mentions, kb: KB) -> Mentions:
