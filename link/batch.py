@@ -100,7 +100,8 @@ def run(cfg: LinkConfig) -> dict[str, Any]:
             vectors = None
             if encoded is not None:
                 positions = np.arange(start, start + len(batch))
-                vectors = (encoded.read_rows("ms", positions), encoded.read_rows("mc", positions))
+                vectors = (encoded.read_rows("ms", positions), encoded.read_rows("mc", positions),
+                           encoded.read_rows("mn", positions) if "mn" in encoded.kinds else None)
             for link in linker.link(batch, k=cfg.k, encoded=vectors):
                 out.write(json_line(link.to_json(), cfg.output))
                 preds.append(link.pred)
@@ -235,18 +236,19 @@ def work_dir(output: str) -> Path:
 
 
 def encode_with_actors(cfg: LinkConfig, linker: Linker, items: list[Item], work: Path) -> Store:
-    """The items' ``ms`` and ``mc`` rows, in item order, encoded by precompute's Ray actors into ``work/store``
-    with the settings of the store the run was trained on (checked after)."""
+    """The items' rows of :attr:`Linker.mention_kinds` (``ms``, ``mc``, and ``mn`` when the run reads it), in
+    item order, encoded by precompute's Ray actors into ``work/store`` with the settings of the store the run was
+    trained on (checked after)."""
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
-    # precompute needs a KB file; the store keeps only ms and mc, so one entity of the run's KB stands for it
+    # precompute needs a KB file; the store keeps only mention kinds, so one entity of the run's KB stands for it
     first = linker.kb.table.record(0)
     write_jsonl(data / "kb.jsonl", [{"id": first["id"], "name": first["name"], "lang": first["lang"]}])
     write_jsonl(data / "mentions.jsonl", ({"id": it.id, "lang": it.lang, "sentence": it.sentence, "start": it.start,
                                            "end": it.end, "context": it.context} for it in items))
     settings = linker.encoder_settings  # EncoderSettings.from_manifest of the run's store
     pcfg = PrecomputeConfig(
-        data=data, model=Path(settings.model), out=work / "store", kinds=("ms", "mc"), layer=settings.layer,
+        data=data, model=Path(settings.model), out=work / "store", kinds=linker.mention_kinds, layer=settings.layer,
         max_length=settings.max_length, prefix=settings.prefix, dtype=settings.dtype, backend=settings.backend,
         actors=cfg.actors, address=cfg.address,
     )

@@ -25,7 +25,8 @@ says which (a log line, and a ``kb`` field on every Links file line):
   same where these hold every counted entity.)
 
 Each item goes through the code paths of the rest of xel, none re-implemented here: the store's own encoder
-(:class:`precompute.encoding.TextEncoder`, ``ms`` and ``mc`` items as precompute builds them), the candidate
+(:class:`precompute.encoding.TextEncoder`, ``ms``, ``mc`` and, for a run that reads the ``names`` pair
+features, ``mn`` items as precompute builds them), the candidate
 sources of ``xel-nn candidates`` (:class:`retrieval.candidates.CandidateGenerator`), the trainer's splits and alias
 prior for the pair features (:func:`train.splits.load_splits`, :func:`train.pairs.pair_features`), its scoring,
 tie-breaking and NIL rule (:func:`train.evaluate.rank`, :func:`train.evaluate.predict`).
@@ -54,7 +55,7 @@ from xel.link.run_files import (
 )
 from xel.link.watch import FileWatch
 from xel.precompute.encoding import TextEncoder
-from xel.precompute.items import context_item, mention_item
+from xel.precompute.items import context_item, entity_item, mention_item
 from xel.precompute.settings import EncoderSettings
 from xel.precompute.store import Store, StoreError, open_store
 from xel.retrieval.candidates import AliasPrior, CandidateGenerator, MentionRef, candidate_generator, kb_table
@@ -75,6 +76,8 @@ from xel.train.pairs import pair_features, pair_groups, training_prior
 from xel.train.splits import Loaded, load_splits, training_link_counts
 
 log = logging.getLogger(__name__)
+# a batch's mention rows (Linker.encode): ms, mc, and mn (None unless the run reads the names pair features)
+Encoded = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 
 @dataclass(frozen=True)
 class Candidate:
@@ -252,23 +255,36 @@ class Linker:
         return [r if isinstance(r, Item) else check_item(r, f"items[{i}]", f"item-{i}")
                 for i, r in enumerate(records)]
 
-    def encode(self, items: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
-        """``(ms, mc)`` float16 of the items, encoded in this process exactly as precompute encodes mentions."""
+    @property
+    def mention_kinds(self) -> tuple[str, ...]:
+        """The store kinds :meth:`encode` computes for a mention: ``ms`` and ``mc``, and ``mn`` (the mention
+        string alone) when the run reads the ``names`` pair features."""
+        return ("ms", "mc", "mn") if "names" in self.groups else ("ms", "mc")
+
+    def encode(self, items: Sequence[Item]) -> Encoded:
+        """``(ms, mc, mn)`` float16 of the items, encoded in this process exactly as precompute encodes mentions;
+        ``mn`` is None unless the run reads it (:attr:`mention_kinds`)."""
         ms = self.encoder.encode([mention_item(it.id, it.lang, it.sentence, it.start, it.end) for it in items])
         mc = self.encoder.encode([context_item(it.id, it.lang, it.context or it.sentence, it.sentence, it.start,
                                                it.end) for it in items])
-        return ms, mc
+        mn = None
+        if "mn" in self.mention_kinds:
+            mn = self.encoder.encode([entity_item(it.id, it.lang, it.surface) for it in items])
+        return ms, mc, mn
 
-    def mentions(self, items: Sequence[Item], encoded: tuple[np.ndarray, np.ndarray] | None = None) -> Mentions:
-        """The items as the trainer's :class:`Mentions`: encoded (or their ``(ms, mc)`` rows as given, e.g. read
-        from a store precompute wrote), with their candidates and pair features. Raises
+    def mentions(self, items: Sequence[Item], encoded: Encoded | None = None) -> Mentions:
+        """The items as the trainer's :class:`Mentions`: encoded (or their ``(ms, mc, mn)`` rows as given, e.g.
+        read from a store precompute wrote), with their candidates and pair features. Raises
         :class:`link.watch.StoreChanged` when the store or index was rewritten since the linker loaded them."""
         self.watch.check()
         if encoded is None:
             encoded = self.encode(items)
-        ms, mc = encoded
+        ms, mc, mn = encoded
         if len(ms) != len(items) or len(mc) != len(items):
             raise ValueError(f"{len(items)} items but {len(ms)} ms and {len(mc)} mc rows")
+        if "mn" in self.mention_kinds and (mn is None or len(mn) != len(items)):
+            raise ValueError(f"{len(items)} items but {'no' if mn is None else len(mn)} mn rows (the run reads "
+                             "the names pair features)")
         vectors = unit_concat([{"ms": ms, "mc": mc}[part] for part in self.index.query_kind.split("+")])
         refs = [MentionRef(id=it.id, lang=it.lang, surface=it.surface, gold=None, given=None) for it in items]
         lists = self.generator.link_candidates(refs, vectors, self.max_candidates)
@@ -291,6 +307,7 @@ class Linker:
             golds=[None] * m, ms=torch.from_numpy(ms.astype(np.float32)), mc=torch.from_numpy(mc.astype(np.float32)),
             cand=torch.from_numpy(cand), cand_mask=torch.from_numpy(mask), gold_pos=none, gold_kb=none.clone(),
             surfaces=[it.surface for it in items], cand_source=torch.from_numpy(source),
+            mn=None if mn is None else torch.from_numpy(mn.astype(np.float32)),
         )
         if self.pair_prior is not None:
             mentions = replace(mentions, pair=pair_features(mentions, self.pair_prior, self.groups))
@@ -340,9 +357,9 @@ class Linker:
         return dict(self.nil_rule.shifts)
 
     def link(self, records: Sequence[Any], k: int = 10, threshold: float | None = None,
-             encoded: tuple[np.ndarray, np.ndarray] | None = None) -> list[Link]:
+             encoded: Encoded | None = None) -> list[Link]:
         """Link ``records`` (dicts as in :func:`check_item`, or :class:`Item`); each :class:`Link` holds the top
-        ``k`` candidates. ``encoded``: their ``(ms, mc)`` rows when already encoded (``xel-link --actors``)."""
+        ``k`` candidates. ``encoded``: their ``(ms, mc, mn)`` rows when already encoded (``xel-link --actors``)."""
         items = self.items(records)
         if not items:
             return []

@@ -146,6 +146,8 @@ def prepare_out_dir(out: Path, run_config: dict[str, Any]) -> None:
         asked = run_config["settings"]
         diff = {k: (previous.get(k, UNNAMED.get(k)), asked.get(k, UNNAMED.get(k))) for k in GUARDED
                 if previous.get(k, UNNAMED.get(k)) != asked.get(k, UNNAMED.get(k))}
+        if set(diff.get("kinds", ((), ()))[0] or ()) <= set(asked.get("kinds") or ()):
+            diff.pop("kinds", None)  # more kinds than the store has (a store from before mn): the others are kept
         if diff:
             shown = "; ".join(f"{k}: store has {a!r}, this run asks {b!r}" for k, (a, b) in diff.items())
             raise PrecomputeError(

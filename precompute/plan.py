@@ -39,8 +39,12 @@ log = logging.getLogger(__name__)
 
 
 def settings_fingerprint(settings: dict[str, Any]) -> str:
-    """What a shard holds does not depend on how it was batched: the settings less ``max_tokens_per_batch``."""
+    """What a shard holds does not depend on how it was batched: the settings less ``max_tokens_per_batch``.
+    ``mn`` is left out of the kinds hashed, so that a store made before that kind existed keeps every row when a
+    rerun adds it (only ``mn`` is encoded)."""
     encoded = {k: v for k, v in settings.items() if k != "max_tokens_per_batch"}
+    if isinstance(encoded.get("kinds"), list):
+        encoded["kinds"] = [kind for kind in encoded["kinds"] if kind != "mn"]
     return hashlib.sha256(json.dumps(encoded, sort_keys=True).encode()).hexdigest()
 
 

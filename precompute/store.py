@@ -28,8 +28,9 @@ import h5py
 import numpy as np
 from xel.precompute.files import atomic_path, atomic_write_bytes
 
-KINDS = ("ms", "mc", "es", "ec", "text")
-MENTION_KINDS = ("ms", "mc")
+KINDS = ("ms", "mc", "mn", "es", "ec", "text")
+# mn: the mention string alone, encoded as an entity name is (es); the linker compares it with es
+MENTION_KINDS = ("ms", "mc", "mn")
 ENTITY_KINDS = ("es", "ec")
 RECORD_FILES = {"mentions": "mentions.jsonl", "kb": "kb.jsonl", "text": "text.jsonl"}
 MANIFEST = "manifest.json"
@@ -39,7 +40,7 @@ _STR = h5py.string_dtype(encoding="utf-8")
 # A language code read from a store or an index becomes part of file names (index-<lang>.faiss): two lower-case
 # letters (ISO 639-1), nothing else, so that no value can name a path outside the directory.
 LANG_CODE = re.compile(r"[a-z]{2}")
-SHARD_PATH = re.compile(r"(ms|mc|es|ec|text)/shard-\d{5}\.h5")
+SHARD_PATH = re.compile(rf"({'|'.join(KINDS)})/shard-\d{{5}}\.h5")
 
 
 class StoreError(RuntimeError):

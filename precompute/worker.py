@@ -31,7 +31,8 @@ FAULT_POINTS = ("start", "encoded", "writing", "written")  # where: before encod
 FAULT_MARKER_ENV = "XEL_FAULT_MARKER"  # a file created when the fault fires, so the retry succeeds
 
 
-SOURCE = {"ms": "mentions", "mc": "mentions", "es": "kb", "ec": "kb", "text": "text"}  # each kind's input file
+# each kind's input file
+SOURCE = {"ms": "mentions", "mc": "mentions", "mn": "mentions", "es": "kb", "ec": "kb", "text": "text"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ def build_items(records: list[Record], kind: str) -> list[EncodeItem]:
     if kind == "mc":
         return [context_item(m.id, m.lang, m.context, m.sentence, m.start, m.end)
                 for m in records if isinstance(m, Mention)]
+    if kind == "mn":  # the mention string alone, as es encodes an entity's name alone
+        return [entity_item(m.id, m.lang, m.sentence[m.start : m.end]) for m in records if isinstance(m, Mention)]
     if kind == "es":
         return [entity_item(e.id, e.lang, e.name) for e in records if isinstance(e, KBEntry)]
     if kind == "ec":  # an entity without a description is described by its name (counted in the manifest)

@@ -295,3 +295,33 @@ def test_the_linker_reproduces_a_learned_nil_run(tmp_path, capital_run, monkeypa
     assert [x.score for x in links] == pytest.approx([preds[x.id]["score"] for x in links], abs=1e-5)
     one = [linker.link([it], k=100)[0].pred for it in items[:5]]  # a batch of one decides as the whole set
     assert one == [x.pred for x in links[:5]]
+
+
+def test_the_linker_reproduces_a_run_with_the_names_features(tmp_path, capital_run) -> None:
+    """A run that reads the ``names`` pair features (cos(mn, es), cos(mn, ec)): ``Linker`` encodes each mention
+    string alone as precompute's ``mn`` kind does, and links as the trainer's evaluation did, in a set and one by
+    one."""
+    from xel.link.linker import Linker
+    from xel.precompute.store import open_store
+    from xel.retrieval.files import read_predictions
+    from xel.train.run import run as run_train
+
+    root = capital_run.parent.parent
+    out = tmp_path / "names"
+    run_train(TrainConfig(features=str(root / "h5"), candidates=str(root / "candidates" / "candidates.jsonl"),
+                          out=str(out), train_lang=("en",), epochs=2, tune_nil=True, plots=False, progress=False,
+                          threads=1, feature_groups=("cosines", "prior", "string", "names")))
+    by_id = {r["id"]: r for r in open_store(str(root / "h5")).records("mentions")}
+    preds = {p["id"]: p for p in read_predictions(out / "predictions.jsonl")}
+    items = [{k: by_id[m][k] for k in ("id", "sentence", "start", "end", "lang", "context")} for m in preds]
+    linker = Linker.load(out)
+    assert linker.mention_kinds == ("ms", "mc", "mn") and Linker.load(capital_run).mention_kinds == ("ms", "mc")
+    links = linker.link(items, k=100)
+    assert [x.pred for x in links] == [preds[x.id]["pred"] for x in links]
+    assert [x.score for x in links] == pytest.approx([preds[x.id]["score"] for x in links], abs=1e-5)
+    assert [linker.link([it], k=100)[0].score for it in items[:4]] == pytest.approx([x.score for x in links[:4]],
+                                                                                     abs=1e-5)
+    ms, mc, mn = linker.encode(linker.items(items[:3]))
+    stored = open_store(str(root / "h5"))
+    ids, rows, _ = stored.load("mn")
+    np.testing.assert_array_equal(mn, rows[[ids.index(it["id"]) for it in items[:3]]])

@@ -38,7 +38,7 @@ def _assert_same_store(a: Path, b: Path, atol: float = 0.0) -> None:
 
 def test_store_rows_follow_input_order_and_features_match_in_process(tiny_store, tiny_model_dir):
     store = open_store(tiny_store)
-    assert store.kinds == ["ec", "es", "mc", "ms", "text"]
+    assert store.kinds == ["ec", "es", "mc", "mn", "ms", "text"]
     ids, feats, langs = store.load("ms")
     assert ids == [m["id"] for m in MENTIONS] and langs == [m["lang"] for m in MENTIONS]
     assert feats.dtype == np.float16 and feats.shape == (len(MENTIONS), 32)
@@ -52,6 +52,37 @@ def test_store_rows_follow_input_order_and_features_match_in_process(tiny_store,
     m = MENTIONS[2]
     again = enc.encode([mention_item(m["id"], m["lang"], m["sentence"], m["start"], m["end"])])
     np.testing.assert_array_equal(again[0], feats[2])
+
+
+def test_mn_rows_are_the_mention_strings_encoded_alone_as_names_are(tiny_store):
+    """mn: the mention string alone, encoded exactly as es encodes a name (the oracle: each one by itself), and
+    not the mention in its sentence (ms)."""
+    from xel.precompute.encoding import TextEncoder, entity_item
+
+    store = open_store(tiny_store)
+    ids, mn, langs = store.load("mn")
+    assert ids == [m["id"] for m in MENTIONS] and langs == [m["lang"] for m in MENTIONS]
+    enc = TextEncoder.from_manifest(store.manifest, device="cpu")
+    for i, m in enumerate(MENTIONS):
+        alone = enc.encode([entity_item(m["id"], m["lang"], m["sentence"][m["start"]:m["end"]])])
+        np.testing.assert_array_equal(alone[0], mn[i])
+    assert not np.array_equal(mn, store.load("ms")[1])
+
+
+def test_adding_a_kind_to_a_store_encodes_only_that_kind(tiny_data, tiny_model_dir, tmp_path, ray_session):
+    """A store made without mn (as every store before it) gets it by the same command with more kinds: no other
+    row is encoded again, and the rows already there are unchanged."""
+    out = tmp_path / "h5"
+    run(_cfg(tiny_data, tiny_model_dir, out, kinds=("ms", "mc", "es", "ec")))
+    before = {kind: open_store(out).load(kind)[1] for kind in ("ms", "mc", "es", "ec")}
+    summary = run(_cfg(tiny_data, tiny_model_dir, out))
+    encoded = {kind: rows["encoded"] for kind, rows in summary["rows"].items() if rows["encoded"]}
+    assert encoded.pop("mn") == len(MENTIONS) and set(encoded) <= {"text"}, summary["rows"]
+    store = open_store(out)
+    for kind, rows in before.items():
+        np.testing.assert_array_equal(store.load(kind)[1], rows)
+    with pytest.raises(PrecomputeError, match="kinds: store has"):
+        run(_cfg(tiny_data, tiny_model_dir, out, kinds=("ms", "mc")))  # fewer kinds would drop some: refused
 
 
 def test_one_vs_two_actors_and_shard_sizes_give_the_same_store(tiny_store, tiny_data, tiny_model_dir, tmp_path,
@@ -313,7 +344,7 @@ def test_a_store_whose_config_another_command_overwrote_is_reported_in_one_messa
 
 def test_bad_kinds_flag():
     result = CliRunner().invoke(main, ["--data", "d", "--model", "m", "--out", "o", "--kinds", "ms,xx"])
-    assert result.exit_code != 0 and "allowed kinds are ms,mc,es,ec,text" in result.output
+    assert result.exit_code != 0 and "allowed kinds are ms,mc,mn,es,ec,text" in result.output
 
 
 def test_importing_the_store_does_not_import_torch_or_ray():

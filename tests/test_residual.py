@@ -124,6 +124,37 @@ def test_pair_features_columns_and_training_only_prior() -> None:
     torch.testing.assert_close(feats[:, :, cols.index("inverse_rank")][0], torch.tensor([1.0, 0.5, 1 / 3]))
 
 
+def test_names_features_are_the_mention_strings_cosines_with_each_candidates_name_and_description() -> None:
+    g = torch.Generator().manual_seed(3)
+    data = _mentions(m=4, e=7, k=3)
+    data = Mentions(**{**data.__dict__, "mn": torch.randn(4, DIM, generator=g)})
+    feats = pair_features(data, training_prior(data), ["names"])
+    assert pair_columns(["names"]) == ["name_cos", "name_context_cos"] and feats.shape == (4, 3, 2)
+    for i in range(4):
+        for j in range(3):
+            e = int(data.cand[i, j])
+            want = [F.cosine_similarity(data.mn[i], data.kb.es[e], dim=0),
+                    F.cosine_similarity(data.mn[i], data.kb.ec[e], dim=0)]
+            torch.testing.assert_close(feats[i, j], torch.stack(want))
+    masked = Mentions(**{**data.__dict__, "cand_mask": torch.tensor([[True, True, False]] * 4)})
+    assert (pair_features(masked, training_prior(data), ["names"])[:, 2] == 0).all()  # padding gets zeros
+    assert data.take([2, 0]).mn.equal(data.mn[[2, 0]])
+    with pytest.raises(ValueError, match="mn rows"):
+        pair_features(Mentions(**{**data.__dict__, "mn": None}), training_prior(data), ["names"])
+
+
+def test_the_names_group_on_a_store_without_mn_is_refused_naming_the_fix(tmp_path) -> None:
+    from xel.train.data import DataError
+
+    from xel.precompute.store import open_store
+
+    path = synthetic_store(tmp_path / "s", langs={"en": 30}, mn=False)
+    assert "mn" not in open_store(path).kinds
+    cfg = TrainConfig(features=str(path), epochs=1, feature_groups=("cosines", "names"), **FAST)
+    with pytest.raises(DataError, match="no 'mn' features .* Rerun xel-precompute with the same --data and --out"):
+        prepare(cfg)
+
+
 def test_gradient_reversal_flips_the_sign_into_hs0_only() -> None:
     torch.manual_seed(0)
     hs0, hadv = torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)

@@ -14,16 +14,18 @@ from tests.fakes import make_store
 def synthetic_store(
     root: Path, *, langs: dict[str, int], n_entities: int = 40, dim: int = 16, k: int = 6, nil_rate: float = 0.1,
     seed: int = 0, links: bool = True, text: bool = False, encoder: dict | None = None, kb_lang: str = "en",
+    mn: bool = True,
 ) -> Path:
-    """Mentions whose ``ms``/``mc`` are noisy copies of their gold's ``es``/``ec``; candidates.jsonl holds the
-    gold (for non-NIL mentions) among random other entities."""
+    """Mentions whose ``ms``/``mc`` (and ``mn``, unless ``mn`` is false: a store from before that kind) are noisy
+    copies of their gold's ``es``/``ec``; candidates.jsonl holds the gold (for non-NIL mentions) among random other
+    entities."""
     rng = np.random.default_rng(seed)
     kb_ids = [f"Q{i}" for i in range(n_entities)]
     es = rng.normal(size=(n_entities, dim))
     ec = rng.normal(size=(n_entities, dim))
     kb = [{"id": q, "name": q, "description": q, "lang": kb_lang, "links": int(rng.integers(0, 50)) if links else None}
           for q in kb_ids]
-    mentions, ms, mc, cands = [], [], [], []
+    mentions, ms, mc, names, cands = [], [], [], [], []
     for lang, n in langs.items():
         shift = rng.normal(scale=0.3, size=dim)
         for j in range(n):
@@ -32,6 +34,7 @@ def synthetic_store(
             is_nil = rng.random() < nil_rate
             ms.append(es[gold] + shift + rng.normal(scale=0.3, size=dim))
             mc.append(ec[gold] + rng.normal(scale=0.3, size=dim))
+            names.append(es[gold] + rng.normal(scale=0.3, size=dim))
             others = [int(x) for x in rng.permutation(n_entities) if x != gold][: k - 1]
             row = others if is_nil else sorted(others + [gold], key=lambda _: rng.random())
             mentions.append({"id": mid, "lang": lang, "sentence": "s", "start": 0, "end": 1, "context": "c",
@@ -43,6 +46,8 @@ def synthetic_store(
         "ms": (mids, np.array(ms), mlangs), "mc": (mids, np.array(mc), mlangs),
         "es": (kb_ids, es, [kb_lang] * n_entities), "ec": (kb_ids, ec, [kb_lang] * n_entities),
     }
+    if mn:
+        features["mn"] = (mids, np.array(names), mlangs)
     text_records = None
     if text:
         tids = [f"t-{lang}-{i}" for lang in langs for i in range(10)]

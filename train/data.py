@@ -79,6 +79,7 @@ class Mentions:
     cand_source: torch.Tensor | None = None  # [M, K] int8, index into CANDIDATE_SOURCES
     pair: torch.Tensor | None = None  # [M, K, F] pair features of the residual scorer (train.pairs)
     centre: torch.Tensor | None = None  # [M, 2, D] mean ms and mc of each row's language (train.centre)
+    mn: torch.Tensor | None = None  # [M, D] the mention strings encoded alone (store kind mn), for the names group
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -96,6 +97,7 @@ class Mentions:
             cand_source=None if self.cand_source is None else self.cand_source[idx],
             pair=None if self.pair is None else self.pair[idx],
             centre=None if self.centre is None else self.centre[idx],
+            mn=None if self.mn is None else self.mn[idx],
         )
 
     def trainable(self) -> torch.Tensor:
@@ -281,10 +283,11 @@ def resolve_candidates(
 
 def load_mentions(
     store: Store, *, langs: tuple[str, ...], candidates: str | None, max_candidates: int,
-    popularity: bool = False, popularity_missing: str = "error",
+    popularity: bool = False, popularity_missing: str = "error", names: bool = False,
 ) -> Mentions:
     """The store's mentions in ``langs`` (all when empty) with their candidates, in input order, over the KB of
-    their first ``max_candidates`` candidates and golds (:func:`load_kb`: those rows only, not the whole KB)."""
+    their first ``max_candidates`` candidates and golds (:func:`load_kb`: those rows only, not the whole KB);
+    with ``names``, their ``mn`` rows too (the ``names`` pair features)."""
     records = store.records("mentions")
     if not records:
         raise DataError(f"{store.root}/inputs/mentions.jsonl: missing or empty; the store has no mentions")
@@ -334,6 +337,7 @@ def load_mentions(
         docs=[document_of(r) for r in records],
         surfaces=[str(r["sentence"])[int(r["start"]):int(r["end"])] for r in records],
         cand_source=torch.from_numpy(source),
+        mn=read_kind(store, "mn", ids, "mention") if names else None,
     )
 
 

@@ -12,7 +12,10 @@ Computed once per mention set, as a ``[M, K, F]`` tensor beside the candidates (
 * ``string``: similarity of the mention string and the entity name after transliteration to Latin script
   (``anyascii``: "Москва" -> "Moskva", "München" -> "Munchen"), by ``rapidfuzz``: ratio, token-set ratio,
   partial ratio (each / 100), and exact equality after transliteration;
-* ``popularity``: ``log1p(links / median)`` and a missing-count flag (:func:`train.data.popularity_features`).
+* ``popularity``: ``log1p(links / median)`` and a missing-count flag (:func:`train.data.popularity_features`);
+* ``names``: cos(mn, es) and cos(mn, ec), ``mn`` the mention string encoded alone, as the names are (the store's
+  ``mn`` kind): a name compared with a name, where ``ms`` (the mention in its sentence) is compared with a name
+  out of any sentence.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ GROUP_COLUMNS: dict[str, tuple[str, ...]] = {
     "prior": ("alias_prior", "name_exact", "name_normalised"),
     "string": ("translit_ratio", "translit_token_set", "translit_partial", "translit_equal"),
     "popularity": ("log_popularity", "popularity_missing"),
+    "names": ("name_cos", "name_context_cos"),
 }
 PAIR_GROUPS = tuple(GROUP_COLUMNS)
 
@@ -116,6 +120,14 @@ def pair_features(
             block[:, :, 0] = np.where(own, np.log1p(np.where(rest > 0, rest / median, 1.0)), block[:, :, 0])
             block[:, :, 1] = np.where(own, (rest <= 0).astype(np.float32), block[:, :, 1])
         blocks.append(block * mask[:, :, None])
+    if "names" in groups:
+        if mentions.mn is None:
+            raise ValueError("the names pair features need the mentions' mn rows (Mentions.mn)")
+        mn = torch.nn.functional.normalize(mentions.mn, dim=-1)
+        es = torch.nn.functional.normalize(kb.es, dim=-1)[mentions.cand]
+        ec = torch.nn.functional.normalize(kb.ec, dim=-1)[mentions.cand]
+        block = torch.stack([(es * mn[:, None, :]).sum(-1), (ec * mn[:, None, :]).sum(-1)], dim=-1)
+        blocks.append(block.numpy().astype(np.float32))
     if not blocks:
         return torch.zeros((m, k, 0))
     return torch.from_numpy(np.concatenate(blocks, axis=2) * mask[:, :, None])

@@ -127,6 +127,18 @@ class Loaded:
     centres: dict[str, torch.Tensor]  # language -> [2, D] mean ms and mc (train.centre); empty without --centre
 
 
+def check_has_mn(stores: list[Store]) -> None:
+    """The ``names`` feature group reads the ``mn`` kind, which stores made before it existed lack: refused with
+    the command that adds it."""
+    for store in stores:
+        if "mn" not in store.kinds:
+            raise DataError(
+                f"{store.root}: no 'mn' features (the mention strings encoded alone), which the 'names' feature "
+                f"group reads; the store holds {sorted(store.kinds)} (made before mn existed). Rerun xel-precompute "
+                "with the same --data and --out to add them (the other kinds are kept, nothing else is encoded "
+                "again), or leave 'names' out of --feature-groups")
+
+
 def load_splits(cfg: TrainConfig) -> Loaded:
     """Open the stores, load the mentions and the KB rows of their candidates and golds (never the whole KB),
     split them, and count +P from mentions when asked: what a training run and a :class:`link.linker.Linker` of
@@ -144,12 +156,15 @@ def load_splits(cfg: TrainConfig) -> Loaded:
     kb_args = {"popularity": cfg.popularity and cfg.popularity_source == "links",
                "popularity_missing": cfg.popularity_missing}
     pool_langs = tuple(sorted(set(train_langs) | (set(eval_langs) if same else set())))
+    names = cfg.scorer_kind.pair_features and "names" in cfg.feature_groups
+    if names:
+        check_has_mn([train_store] if same else [train_store, eval_store])
     train_pool = load_mentions(train_store, langs=pool_langs, candidates=cfg.candidates,
-                               max_candidates=cfg.max_candidates, **kb_args)
+                               max_candidates=cfg.max_candidates, names=names, **kb_args)
     test_pool = None
     if not same:
         test_pool = load_mentions(eval_store, langs=eval_langs, candidates=cfg.eval_candidates,
-                                  max_candidates=cfg.max_candidates, **kb_args)
+                                  max_candidates=cfg.max_candidates, names=names, **kb_args)
     means: dict[str, torch.Tensor] = {}
     if cfg.centres:
         means = language_means([train_pool] + ([] if test_pool is None else [test_pool]))
