@@ -36,6 +36,8 @@ FAMILIES: list[tuple[str, tuple[str, ...], str]] = [
     ("NIL headroom (oracle thresholds)", ("nil-headroom",), "python bench/nil_headroom.py --data ..."),
     ("NIL rules on the same models", ("nil-rules",), "python bench/nil_rules.py --runs NAME=GLOB ..."),
     ("Per-language centring", ("centre",), "python bench/centre.py --data NAME=ROOT[:eval] ... --work DIR"),
+    ("Feature groups on the same stores", ("feature-groups",),
+     "python bench/feature_groups.py --run DATA/VARIANT=RUN_DIR ..."),
     ("Precompute throughput", ("precompute",), "python bench/precompute.py"),
     ("Precompute start (driver and actor)", ("precompute_start",), "python bench/precompute_start.py"),
     ("Encoder forward", ("encoder",), "python bench/encoder.py"),

@@ -144,9 +144,8 @@ def test_names_features_are_the_mention_strings_cosines_with_each_candidates_nam
 
 
 def test_the_names_group_on_a_store_without_mn_is_refused_naming_the_fix(tmp_path) -> None:
-    from xel.train.data import DataError
-
     from xel.precompute.store import open_store
+    from xel.train.data import DataError
 
     path = synthetic_store(tmp_path / "s", langs={"en": 30}, mn=False)
     assert "mn" not in open_store(path).kinds
