@@ -166,6 +166,7 @@ class Linker:
         self.run_dir = run_dir  # None: Linker.nn, no run (and no mention detector)
         self._spotters: dict[str, Any] = {}
         self._uncalibrated_warned: set[str] = set()
+        self._uncentred_warned: set[str] = set()
         # a centring model (train.centre): the run's language means (more are added from unlabelled mentions by
         # centre_languages) and the mean es/ec of the KB linked against
         centring = model is not None and model.spec.centre
@@ -312,33 +313,37 @@ class Linker:
         if self.pair_prior is not None:
             mentions = replace(mentions, pair=pair_features(mentions, self.pair_prior, self.groups))
         if self.language_means is not None:
-            self.centre_languages(mentions)
-            mentions = with_centres(mentions, self.language_means, self.kb_centre)
+            _, means = self.centre_languages(mentions)
+            mentions = with_centres(mentions, means, self.kb_centre)
         return mentions
 
-    def centre_languages(self, mentions: Mentions) -> list[str]:
+    def centre_languages(self, mentions: Mentions) -> tuple[list[str], dict[str, torch.Tensor]]:
         """Give every language of ``mentions`` that has no mean yet the mean ``ms``/``mc`` of its mentions here
         (unlabelled: a gold is never read), as the trainer centred each evaluated language by its mentions; kept
-        for later calls. Returns the languages added. Fewer than ``train.nil.MIN_CALIBRATION_MENTIONS`` mentions of
-        such a language are refused: a mean of a handful of mentions is mostly those mentions, and would centre
-        them onto each other. :meth:`calibrate` with many unlabelled mentions of a new language is the way to
-        link it a few at a time afterwards."""
+        for later calls. With fewer than ``train.nil.MIN_CALIBRATION_MENTIONS`` such mentions (a mean of a handful
+        of mentions is mostly those mentions, and would centre them onto each other) the language is centred, for
+        this call only, by the average of the run's language means, with a warning: :meth:`calibrate` with enough
+        unlabelled mentions of it gives it its own. Returns the languages added and the means of this call."""
         assert self.language_means is not None
-        added = []
+        added, means = [], dict(self.language_means)
         for lang in sorted(set(mentions.langs) - set(self.language_means)):
             rows = torch.tensor([i for i, x in enumerate(mentions.langs) if x == lang])
             need = train_nil.MIN_CALIBRATION_MENTIONS
             if len(rows) < need:
-                raise LinkError(
-                    f"language {lang!r}: the run has no mention mean for it (it centres each language, and was "
-                    f"trained/evaluated on {sorted(self.language_means)}), and this batch holds {len(rows)} "
-                    f"{lang!r} mentions; allowed: at least {need} in one call, or first Linker.calibrate(records) "
-                    f"with at least {need} unlabelled {lang!r} mentions")
-            self.language_means[lang] = torch.stack([mentions.ms[rows].mean(dim=0), mentions.mc[rows].mean(dim=0)])
+                means[lang] = torch.stack(list(self.language_means.values())).mean(dim=0)
+                if lang not in self._uncentred_warned:
+                    self._uncentred_warned.add(lang)
+                    log.warning("language %r: the run has no mention mean for it (it centres each language; it has "
+                                "%s) and a batch of %d %r mentions is too few to take one (%d needed): centred by "
+                                "the average of the run's means until Linker.calibrate(records) is given %d or more",
+                                lang, sorted(self.language_means), len(rows), lang, need, need)
+                continue
+            self.language_means[lang] = means[lang] = torch.stack([mentions.ms[rows].mean(dim=0),
+                                                                   mentions.mc[rows].mean(dim=0)])
             added.append(lang)
             log.info("language %r: centred by the mean of the %d mentions given (the run had none for it)", lang,
                      len(rows))
-        return added
+        return added, means
 
     def ranked(self, mentions: Mentions) -> Ranked:
         """The candidates of ``mentions`` scored, the best picked, with the uncalibrated NIL score."""

@@ -422,17 +422,22 @@ def test_linker_calibrates_untrained_languages_from_unlabelled_mentions(trained_
         [x.pred for x, it in zip(linker.link(items), items) if it["lang"] == "en"]
 
 
-def test_linker_centres_a_language_the_run_has_no_mean_for_from_its_unlabelled_mentions(trained_run, monkeypatch):
+def test_linker_centres_a_language_the_run_has_no_mean_for_from_its_unlabelled_mentions(trained_run, monkeypatch,
+                                                                                         caplog):
     monkeypatch.setattr(train_nil, "MIN_CALIBRATION_MENTIONS", 5)  # the fixture has 10 German mentions
     items, preds = _test_records(trained_run)
     linker = Linker.load(trained_run)
     assert linker.model.spec.centre and sorted(linker.language_means) == ["de", "en"]  # saved with the run
     saved = linker.language_means.pop("de")  # as for a language the run never saw
     german = [it for it in items if it["lang"] == "de"]
-    with pytest.raises(LinkError, match="language 'de': the run has no mention mean .* holds 3 'de' mentions; "
-                                        "allowed: at least 5"):
-        linker.link(german[:3])
-    assert "de" not in linker.language_means
+    # too few to take a mean from: linked, centred by the average of the run's means for this call only
+    few = linker.link(german[:3])
+    assert len(few) == 3 and "de" not in linker.language_means
+    assert "language 'de': the run has no mention mean" in caplog.text and "average of the run's means" in caplog.text
+    english_like = dict(linker.language_means)
+    linker.language_means["de"] = linker.language_means["en"]  # what "the average" is with one other language
+    assert [x.to_json() for x in linker.link(german[:3])] == [x.to_json() for x in few]
+    linker.language_means = english_like
     linker.calibrate([{**it, "gold": "Q0"} for it in german])  # a gold is never read
     torch.testing.assert_close(linker.language_means["de"], saved, rtol=0, atol=1e-5)  # the trainer's, from the
     links = linker.link(items, k=100)  # same mentions: the trainer's predictions again
