@@ -79,7 +79,7 @@ def generate_data(root: Path, seed: int = 0) -> Path:
 
 
 SHARDS = {kind: -(-n // SHARD_SIZE) for kind, n in
-          {"ms": N_MENTIONS, "mc": N_MENTIONS, "es": N_KB, "ec": N_KB, "text": N_TEXT}.items()}
+          {"ms": N_MENTIONS, "mc": N_MENTIONS, "mn": N_MENTIONS, "es": N_KB, "ec": N_KB, "text": N_TEXT}.items()}
 TOTAL_SHARDS = sum(SHARDS.values())
 
 
