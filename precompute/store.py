@@ -29,8 +29,7 @@ import numpy as np
 from xel.precompute.files import atomic_path, atomic_write_bytes
 
 KINDS = ("ms", "mc", "mn", "es", "ec", "text")
-# mn: the mention string alone, encoded as an entity name is (es); the linker compares it with es
-MENTION_KINDS = ("ms", "mc", "mn")
+MENTION_KINDS = ("ms", "mc", "mn")  # mn: the mention string alone, encoded as es encodes a name
 ENTITY_KINDS = ("es", "ec")
 RECORD_FILES = {"mentions": "mentions.jsonl", "kb": "kb.jsonl", "text": "text.jsonl"}
 MANIFEST = "manifest.json"
