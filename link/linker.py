@@ -65,7 +65,7 @@ from xel.retrieval.index_files import open_index_and_store
 from xel.retrieval.kb_table import KBTable
 from xel.retrieval.vectors import unit_concat
 from xel.train import nil as train_nil
-from xel.train.centre import store_kb_mean, with_centres
+from xel.train.centre import language_means, store_kb_mean, with_centres
 from xel.train.checkpoint import CHECKPOINT, load_checkpoint
 from xel.train.config import TrainConfig
 from xel.train.data import DataError, KBRows, Mentions, check_stores
@@ -326,23 +326,23 @@ class Linker:
         unlabelled mentions of it gives it its own. Returns the languages added and the means of this call."""
         assert self.language_means is not None
         added, means = [], dict(self.language_means)
+        given = language_means([mentions])  # the trainer's computation, over the mentions given here
         for lang in sorted(set(mentions.langs) - set(self.language_means)):
-            rows = torch.tensor([i for i, x in enumerate(mentions.langs) if x == lang])
+            count = mentions.langs.count(lang)
             need = train_nil.MIN_CALIBRATION_MENTIONS
-            if len(rows) < need:
+            if count < need:
                 means[lang] = torch.stack(list(self.language_means.values())).mean(dim=0)
                 if lang not in self._uncentred_warned:
                     self._uncentred_warned.add(lang)
                     log.warning("language %r: the run has no mention mean for it (it centres each language; it has "
                                 "%s) and a batch of %d %r mentions is too few to take one (%d needed): centred by "
                                 "the average of the run's means until Linker.calibrate(records) is given %d or more",
-                                lang, sorted(self.language_means), len(rows), lang, need, need)
+                                lang, sorted(self.language_means), count, lang, need, need)
                 continue
-            self.language_means[lang] = means[lang] = torch.stack([mentions.ms[rows].mean(dim=0),
-                                                                   mentions.mc[rows].mean(dim=0)])
+            self.language_means[lang] = means[lang] = given[lang]
             added.append(lang)
             log.info("language %r: centred by the mean of the %d mentions given (the run had none for it)", lang,
-                     len(rows))
+                     count)
         return added, means
 
     def ranked(self, mentions: Mentions) -> Ranked:
