@@ -3,6 +3,9 @@
 
     python bench/quality.py --run sample=runs/sample --run wikidata-el=runs/wel --out bench/results/quality.json
 
+A ``--run`` directory is an ``xel-experiment --out`` (its ``results.json``), or a directory of ``xel-train --out``
+runs named by setting (``nn/``, ``en/``, ``en+A/``: the same rows, composed as the experiment composes them).
+
 Per dataset and target language, rows: nn never NIL (the best candidate always linked), nn with the old
 raw-cosine NIL rule, with csls uncalibrated and with the default NIL rule (csls, calibrated), the default linker
 (``xel-train`` with no quality flags: the ``en`` row) with the old rule, with the learned NIL logit (calibrated;
@@ -33,6 +36,23 @@ ROWS = (  # label, setting, NIL rule (None: the setting's own row of the Table 4
     ("linker (default)", "en", DEFAULT_RULE),
     ("linker +A", "en+A", DEFAULT_RULE),
 )
+
+
+def composed_results(root: Path) -> dict[str, Any] | None:
+    """``results.json``'s ``nil_rules`` from ``xel-train --out`` runs named by setting (``root/nn``, ``root/en``,
+    ``root/en+A``), composed by the experiment's own :func:`nil_rows`; None when ``root`` holds none."""
+    from xel.train.experiment import NIL_TABLE_SETTINGS, nil_rows
+
+    per_setting = {}
+    for name in NIL_TABLE_SETTINGS:
+        path = root / name / "metrics.json"
+        if path.is_file():
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+            per_setting[name] = [metrics if "seeds" in metrics else {"seeds": [metrics]}]
+    langs = sorted({key[5:] for runs in per_setting.values() for seed in runs[0]["seeds"]
+                    for rule in seed.get("nil_rules", {}).values() for key in rule.get("test", {})
+                    if key.startswith("lang:")})
+    return {"nil_rules": nil_rows(per_setting, langs)} if per_setting else None
 
 
 def machine() -> dict[str, Any]:
@@ -97,7 +117,8 @@ def headline(data: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="append", required=True, metavar="NAME=DIR",
-                        help="an xel-experiment --out directory (holding results.json), named as the table shows it")
+                        help="an xel-experiment --out directory (holding results.json), or one holding xel-train "
+                             "runs named nn, en, en+A; named as the table shows it")
     parser.add_argument("--note", action="append", default=[], help="a line on how the runs were made (repeatable)")
     parser.add_argument("--headline", action="store_true", help="print the F1-only table the README shows")
     parser.add_argument("--out", type=Path, help="write the JSON here (bench/results/quality.json)")
@@ -106,9 +127,11 @@ def main() -> None:
     for spec in args.run:
         name, _, run = spec.partition("=")
         path = Path(run) / "results.json"
-        if not name or not path.is_file():
-            parser.error(f"--run {spec!r}: NAME=DIR with DIR/results.json from xel-experiment is required")
-        datasets[name] = dataset_rows(json.loads(path.read_text(encoding="utf-8")))
+        results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else composed_results(Path(run))
+        if not name or results is None:
+            parser.error(f"--run {spec!r}: NAME=DIR with DIR/results.json from xel-experiment, or DIR/nn, DIR/en, "
+                         "DIR/en+A from xel-train --out, is required")
+        datasets[name] = dataset_rows(results)
     data = {"benchmark": "quality", "machine": machine(), "commit": commit(),
             "date": time.strftime("%Y-%m-%d"), "datasets": datasets,
             "notes": ["F1/P/R mean ± std over the experiments' seeds; NIL thresholds tuned on English dev only",
