@@ -44,7 +44,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from xel.precompute.store import MANIFEST, open_store, shard_path, write_manifest, write_shard  # noqa: E402
+from xel.precompute.shards import shard_path, write_shard  # noqa: E402
+from xel.precompute.store import MANIFEST, open_store, write_manifest  # noqa: E402
 
 CONFIGS = [
     "IVF1024,PQ48|nprobe=128,rerank=8",

@@ -57,7 +57,7 @@ from xel.precompute.run import run as run_precompute  # noqa: E402
 from xel.precompute.schedule import actor_options  # noqa: E402
 from xel.precompute.schema import load_inputs, scan_inputs  # noqa: E402
 from xel.precompute.settings import EncoderSettings, resolve_encoder  # noqa: E402
-from xel.precompute.store import read_shard  # noqa: E402
+from xel.precompute.shards import read_shard  # noqa: E402
 from xel.precompute.worker import ShardTask, ShardWorker, build_items  # noqa: E402
 
 VARIANTS = (("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32"), ("onnx", "int8"))  # in-process steady state

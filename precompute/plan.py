@@ -20,12 +20,8 @@ from typing import Any
 import numpy as np
 from xel.precompute.config import PrecomputeConfig
 from xel.precompute.schema import FileIndex, ScannedInputs, read_records
-from xel.precompute.store import (
-    RECORD_FILES,
-    read_row_hashes,
-    shard_path,
-    write_records,
-)
+from xel.precompute.shards import read_row_hashes, shard_path
+from xel.precompute.store import RECORD_FILES, write_records
 from xel.precompute.worker import (
     SOURCE,
     ShardTask,

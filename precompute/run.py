@@ -38,14 +38,8 @@ from xel.precompute.ray_session import ray_session
 from xel.precompute.schedule import execute
 from xel.precompute.schema import ScannedInputs, scan_inputs
 from xel.precompute.settings import DEFAULT_BACKEND, EncoderSettings
-from xel.precompute.store import (
-    ENCODED_WITH,
-    KINDS,
-    open_store,
-    read_shard,
-    shard_is_complete,
-    write_manifest,
-)
+from xel.precompute.shards import ENCODED_WITH, read_shard, shard_is_complete
+from xel.precompute.store import KINDS, open_store, write_manifest
 from xel.precompute.worker import (
     ShardTask,
 )

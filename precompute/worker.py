@@ -22,7 +22,8 @@ import numpy as np
 from xel.precompute.items import EncodeItem, EncodeStats, context_item, entity_item, mention_item
 from xel.precompute.schema import InputError, KBEntry, Mention, Record, Text, read_records
 from xel.precompute.settings import EncoderSettings
-from xel.precompute.store import KINDS, StoreError, read_shard, write_shard
+from xel.precompute.shards import read_shard, write_shard
+from xel.precompute.store import KINDS, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ import hashlib
 from collections.abc import Iterator
 
 import numpy as np
-from xel.precompute.store import Store, StoreError, read_row_hashes
+from xel.precompute.shards import read_row_hashes
+from xel.precompute.store import Store, StoreError
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from xel.precompute.store import shard_path, write_manifest, write_records, write_shard
+from xel.precompute.shards import shard_path, write_shard
+from xel.precompute.store import write_manifest, write_records
 
 FAKE_ENCODER = {"name": "fake", "fingerprint": "fake-encoder-0"}
 

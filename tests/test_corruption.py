@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from xel.precompute.store import StoreError, open_store, shard_path
+from xel.precompute.shards import shard_path
+from xel.precompute.store import StoreError, open_store
 from xel.retrieval.build import build_index
 from xel.retrieval.index import RetrievalError
 from xel.retrieval.index_files import INDEX_MANIFEST, load_index

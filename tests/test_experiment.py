@@ -88,3 +88,33 @@ def test_xel_train_with_no_quality_flag_trains_the_experiments_shipped_linker(tm
     assert differs <= {"eval_lang", "train_lang", "tune_nil", "nil_threshold", "threads", "progress"}, differs
     assert shipped.train_lang == ("en",) and shipped.tune_nil and user.scorer_kind.name == "residual"
     assert user.dev_fraction > 0  # so xel-train tunes the NIL threshold as the experiment does
+
+
+@pytest.mark.parametrize("modes, lambdas", [(("grl",), (0.01,)), (("grl", "uniform"), (0.1,))])
+def test_one_adversarial_setting_trains_with_the_others_and_several_are_a_grid_first(tmp_path, modes, lambdas):
+    """With one +A setting there is nothing to choose: its run (en+A seed 0, in the grid's directory) trains in
+    the same batch as every other run instead of alone before them (one core idle); with several the grid trains
+    first and English dev F1 chooses. Either way the results hold the grid's runs and en+A seed 0 is one of them."""
+    from xel.train.experiment import ExperimentConfig, base_config, train_all
+
+    cfg = ExperimentConfig(data=tmp_path, out=tmp_path / "x", seeds=2, adv_modes=modes, lambdas=lambdas)
+    base = base_config(cfg, {"features": tmp_path / "h5", "candidates": tmp_path / "c.jsonl"}, ["de"])
+    batches: list[tuple[str, list[str]]] = []
+
+    def run_jobs(jobs, force, desc):
+        batches.append((desc, sorted(jobs)))
+        # a result per run, its English dev F1 set by its directory (so that the grid's choice is known)
+        return {key: {"dev": {"all": {"f1": 0.9 if "uniform" in job.out else 0.5}}, "out": job.out}
+                for key, job in jobs.items()}
+
+    adv_grid, chosen, jobs, done = train_all(cfg, base, ["de"], run_jobs)
+    descs = [d for d, _ in batches]
+    if len(modes) == 1:
+        assert descs == ["training"] and chosen == ("grl", 0.01)
+        assert set(adv_grid) == {"grl:0.01"} and adv_grid["grl:0.01"] is done["en+A|0"]
+    else:
+        assert descs == ["+A grid", "training"] and chosen == ("uniform", 0.1)  # the better dev F1
+        assert set(adv_grid) == {"grl:0.1", "uniform:0.1"}
+    assert "en+A|0" in batches[-1][1] and "en+A|1" in batches[-1][1]
+    assert jobs[("en+A", 0)].out.endswith(f"adv-grid/{chosen[0]}-{chosen[1]:g}")
+    assert (jobs[("en+A", 1)].adv_mode, jobs[("en+A", 1)].lambda_adv) == chosen

@@ -31,7 +31,8 @@ import numpy as np
 import pytest
 from xel.precompute.config import PrecomputeConfig, PrecomputeError
 from xel.precompute.run import run
-from xel.precompute.store import KINDS, MANIFEST, StoreError, open_store, read_shard, shard_path
+from xel.precompute.shards import read_shard, shard_path
+from xel.precompute.store import KINDS, MANIFEST, StoreError, open_store
 
 from tests.conftest import write_jsonl
 

@@ -18,7 +18,8 @@ import pytest
 from xel.precompute.config import PrecomputeConfig
 from xel.precompute.plan import PREV_DIR
 from xel.precompute.run import run
-from xel.precompute.store import open_store, read_shard
+from xel.precompute.shards import read_shard
+from xel.precompute.store import open_store
 
 from tests.conftest import write_jsonl
 

@@ -128,7 +128,8 @@ def test_entity_rows_out_of_kb_order_are_refused(kb_store, tmp_path):  # noqa: F
 
 
 def test_an_ec_kind_out_of_kb_order_is_refused(kb_store, tmp_path):  # noqa: F811
-    from xel.precompute.store import read_shard, write_manifest, write_shard
+    from xel.precompute.shards import read_shard, write_shard
+    from xel.precompute.store import write_manifest
 
     index_dir = tmp_path / "index"
     assert CliRunner().invoke(main, ["build", "--features", str(kb_store.root), "--out", str(index_dir)]).exit_code == 0

@@ -448,7 +448,8 @@ def test_linker_centres_a_language_the_run_has_no_mean_for_from_its_unlabelled_m
 
 def test_a_store_rewritten_under_a_loaded_linker_is_refused_with_the_restart_message(trained_run, tmp_path):
     from xel.link.watch import StoreChanged
-    from xel.precompute.store import MANIFEST, atomic_write_json, read_shard, write_shard
+    from xel.precompute.shards import read_shard, write_shard
+    from xel.precompute.store import MANIFEST, atomic_write_json
 
     src = trained_run.parent.parent
     root = tmp_path / "copy"

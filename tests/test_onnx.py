@@ -192,7 +192,7 @@ def test_each_shard_records_the_dtype_its_own_machine_chose(tiny_data, tiny_mode
     from xel.precompute.plan import plan_tasks
     from xel.precompute.run import encoders_of
     from xel.precompute.schema import scan_inputs
-    from xel.precompute.store import read_shard
+    from xel.precompute.shards import read_shard
     from xel.precompute.worker import ShardWorker
 
     monkeypatch.setattr(onnx_backend, "GATE_FILE", tmp_path / "int8_gate.json")

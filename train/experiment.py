@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -322,6 +323,25 @@ def grid_table(results: dict[str, dict[str, Any]], langs: list[str], chosen: tup
     return "\n".join(lines)
 
 
+def train_all(cfg: ExperimentConfig, base: TrainConfig, targets: list[str], run_jobs: Callable[..., dict]) -> tuple[
+        dict[str, dict[str, Any]], tuple[str, float], dict[tuple[str, int], TrainConfig], dict[str, dict[str, Any]]]:
+    """+A's grid, then every setting's runs, through ``run_jobs`` (:func:`run_all`): the grid's results, the chosen
+    (mode, lambda), the jobs and their results. With several +A settings the grid trains first and English dev F1
+    chooses; with one there is nothing to choose, so its run (en+A seed 0) trains beside the others."""
+    candidates = grid(cfg, base) if targets else {}
+    adv_grid = run_jobs(candidates, cfg.force, "+A grid") if len(candidates) > 1 else {}
+    chosen = pick_adversarial(adv_grid) if adv_grid else (cfg.adv_modes[0], cfg.lambdas[0])
+    if adv_grid:
+        say(f"+A: chose --adv-mode {chosen[0]} --lambda {chosen[1]:g} on English dev F1")
+    jobs = settings_jobs(cfg, base, chosen)
+    if not targets:
+        jobs = {k: v for k, v in jobs.items() if not v.adversarial}
+    done = run_jobs({f"{n}|{s}": j for (n, s), j in jobs.items()}, cfg.force, "training")
+    if len(candidates) == 1:
+        adv_grid = {next(iter(candidates)): done["en+A|0"]}  # the run the grid would have trained, in its directory
+    return adv_grid, chosen, jobs, done
+
+
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     load_inputs(cfg.data)  # bad input fails here, before the encoder build and before --out is created
@@ -341,14 +361,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             recalls.append(f"evaluation data {cfg.eval_data}:\n{eval_recall}")
             targets = sorted({m["lang"] for m in open_store(stores["eval_features"]).records("mentions")})
         base = base_config(cfg, stores, targets)
-        adv_grid = run_all(grid(cfg, base), cfg.force, "+A grid") if targets else {}
-        chosen = pick_adversarial(adv_grid) if adv_grid else ("grl", 0.1)
-        if adv_grid:
-            say(f"+A: chose --adv-mode {chosen[0]} --lambda {chosen[1]:g} on English dev F1")
-        jobs = settings_jobs(cfg, base, chosen)
-        if not targets:
-            jobs = {k: v for k, v in jobs.items() if not v.adversarial}
-        done = run_all({f"{n}|{s}": j for (n, s), j in jobs.items()}, cfg.force, "training")
+        adv_grid, chosen, jobs, done = train_all(cfg, base, targets, run_all)
     per_setting: dict[str, list] = {}
     for (name, seed) in jobs:
         per_setting.setdefault(name, []).append(done[f"{name}|{seed}"])
