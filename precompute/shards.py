@@ -26,7 +26,8 @@ LANG_CODE = re.compile(r"[a-z]{2}")
 
 
 class StoreError(RuntimeError):
-    """A store on disk is missing, incomplete, corrupted, or does not match what was asked of it."""
+    """A store on disk is missing, incomplete, corrupted, or does not match what was asked of it. Defined with the
+    shards, the lowest layer that raises it; import it from :mod:`precompute.store` like the rest of the store API."""
 
 
 def check_lang_code(value: object, where: str, error: type[Exception] = StoreError) -> str:
