@@ -326,8 +326,11 @@ class Linker:
         unlabelled mentions of it gives it its own. Returns the languages added and the means of this call."""
         assert self.language_means is not None
         added, means = [], dict(self.language_means)
+        new = sorted(set(mentions.langs) - set(self.language_means))
+        if not new:  # every call after the first: nothing to compute
+            return added, means
         given = language_means([mentions])  # the trainer's computation, over the mentions given here
-        for lang in sorted(set(mentions.langs) - set(self.language_means)):
+        for lang in new:
             count = mentions.langs.count(lang)
             need = train_nil.MIN_CALIBRATION_MENTIONS
             if count < need:
