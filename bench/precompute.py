@@ -17,10 +17,11 @@ tokens/s of
   manifest) on the same texts as ``mc`` rows, once per torch fp32, onnx fp32 and onnx int8;
 
 ``--default-vs-naive`` measures only what a user gets (the issue's goal, as one ratio): on a sample of the bundled
-data (``--mentions`` mentions and ``--kb`` KB entries), the naive loop end to end (load the model, then every
-mention sentence, context and KB name one text at a time in torch fp32) against ``xel-precompute`` with default flags
-(``--kinds ms,mc,es``: a new local Ray, the actors, the store), alternating ``--repeats`` times; writes
-``bench/results/precompute_default_vs_naive.json``.
+data (at least ``--mentions`` mentions, whole sentences at random with every mention of each, and ``--kb`` KB
+entries), the naive loop end to end (load the model, then every mention sentence, context and KB name one text at a
+time in torch fp32) against ``xel-precompute`` with default flags (``--kinds ms,mc,es``: a new local Ray, the
+actors, the store), alternating ``--repeats`` times; writes ``bench/results/precompute_default_vs_naive.json``
+(``--sample mentions``: single mentions at random, ``..._random_mentions.json``).
 
 The full run reports the speed-ups over naive, the Ray overhead over in-process, the padding fraction, and each
 variant's fraction of its own GEMM peak (fp32 and bf16 with torch, fp32 and int8 with ONNX Runtime, all measured in
@@ -256,16 +257,35 @@ def end_to_end(model_dir: Path, rows: list[dict], out_dir: Path, naive: float) -
     return result
 
 
-def measure_default_vs_naive(model_dir: Path, mentions: int, kb: int, out_dir: Path, repeats: int) -> dict:
+def pick_mentions(records: list[dict], n: int, sample: str, rng: np.random.Generator) -> list[dict]:
+    """``n`` mentions at random (``sample="mentions"``), or whole sentences at random, every mention of each, until
+    at least ``n`` (``"sentences"``: how documents come, each mention linked); in file order."""
+    if sample == "mentions":
+        return [records[i] for i in sorted(rng.choice(len(records), size=min(n, len(records)), replace=False))]
+    by_sentence: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_sentence.setdefault(r["sentence"], []).append(i)
+    groups = list(by_sentence.values())
+    chosen: list[int] = []
+    for g in rng.permutation(len(groups)):
+        if len(chosen) >= n:
+            break
+        chosen += groups[g]
+    return [records[i] for i in sorted(chosen)]
+
+
+def measure_default_vs_naive(model_dir: Path, mentions: int, kb: int, out_dir: Path, repeats: int,
+                             sample: str = "sentences") -> dict:
     """The naive loop and ``xel-precompute`` with default flags, end to end on the same data, alternating."""
     rng = np.random.default_rng(0)
     data = out_dir / "data"
     data.mkdir(parents=True, exist_ok=True)
     picked = {}
     for name, n in (("kb", kb), ("mentions", mentions)):
-        lines = (ROOT / f"data/sample/{name}.jsonl").read_text(encoding="utf-8").splitlines()
-        picked[name] = [json.loads(lines[i]) for i in sorted(rng.choice(len(lines), size=min(n, len(lines)),
-                                                                         replace=False))]
+        records = [json.loads(line) for line in (ROOT / f"data/sample/{name}.jsonl").open(encoding="utf-8")]
+        picked[name] = (pick_mentions(records, n, sample, rng) if name == "mentions" else
+                        [records[i] for i in sorted(rng.choice(len(records), size=min(n, len(records)),
+                                                                replace=False))])
     kb_ids = {e["id"] for e in picked["kb"]}
     for m in picked["mentions"]:  # a gold outside the sampled KB is NIL here (speed only; no scores are computed)
         m["gold"] = m["gold"] if m["gold"] in kb_ids else None
@@ -289,13 +309,16 @@ def measure_default_vs_naive(model_dir: Path, mentions: int, kb: int, out_dir: P
                                                   kinds=kinds))
         seconds = time.perf_counter() - t0
         m = summary["manifest"]
-        runs["default"].append({"seconds": seconds, "tokens": summary["tokens"], "dtype": m["dtype"],
+        runs["default"].append({"seconds": seconds, "tokens": summary["tokens"], "shared": summary["shared"],
+                                "dtype": m["dtype"],
                                 "backend": m["backend"], "dtype_reason": m.get("dtype_reason", ""),
                                 "padding_fraction": summary["padding_fraction"]})
         shutil.rmtree(out_dir / f"store-{repeat}")
     naive_s = [r["seconds"] for r in runs["naive"]]
     default_s = [r["seconds"] for r in runs["default"]]
-    return {"mentions": len(inputs.mentions), "kb": len(inputs.kb), "texts": len(items), "kinds": list(kinds),
+    return {"sample": sample, "mentions": len(inputs.mentions),
+            "sentences": len({m.sentence for m in inputs.mentions}), "kb": len(inputs.kb), "texts": len(items),
+            "kinds": list(kinds),
             "tokens": runs["naive"][0]["tokens"], "runs": runs,
             "ratio_per_repeat": [a / b for a, b in zip(naive_s, default_s)],
             "ratio_of_medians": float(np.median(naive_s) / np.median(default_s))}
@@ -325,21 +348,28 @@ def make_base_model(path: Path, tokenizer_dir: Path) -> Path:
 @click.option("--mentions", default=400, show_default=True, help="With --default-vs-naive: mentions sampled.")
 @click.option("--kb", default=600, show_default=True, help="With --default-vs-naive: KB entries sampled.")
 @click.option("--repeats", default=2, show_default=True, help="With --default-vs-naive: alternating repeats.")
+@click.option("--sample", type=click.Choice(["sentences", "mentions"]), default="sentences", show_default=True,
+              help="With --default-vs-naive: whole sentences at random, every mention of each (as documents come), "
+              "or single mentions at random (the rounds before sentence sharing; written to "
+              "precompute_default_vs_naive_random_mentions.json).")
 def main(model: Path, texts: int, skip_base: bool, skip_bf16: bool, out: Path, default_vs_naive: bool,
-         mentions: int, kb: int, repeats: int) -> None:
+         mentions: int, kb: int, repeats: int, sample: str) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if default_vs_naive:
         load_before = os.getloadavg()
         with tempfile.TemporaryDirectory() as tmp:
-            result = measure_default_vs_naive(model, mentions, kb, Path(tmp), repeats)
+            result = measure_default_vs_naive(model, mentions, kb, Path(tmp), repeats, sample)
         result["machine"] = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                              "vnni": cpu_has_vnni(), "amx_bf16": cpu_has_native_bf16(),
                              "load_average_before": load_before, "load_average_after": os.getloadavg()}
         result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        out = out.with_name("precompute_default_vs_naive.json") if out.name == "precompute.json" else out
+        name = "precompute_default_vs_naive" + ("_random_mentions" if sample == "mentions" else "") + ".json"
+        out = out.with_name(name) if out.name == "precompute.json" else out
         out.write_text(json.dumps(result, indent=2) + "\n")
         first = result["runs"]["default"][0]
-        click.echo(f"{result['texts']:,} texts ({result['mentions']} mentions: sentences and contexts; {result['kb']} "
+        click.echo(f"{result['texts']:,} texts ({result['mentions']} mentions in {result['sentences']} sentences, "
+                   f"sampled by {sample}: sentences and contexts, {first['shared']:,} of them sharing an encoder "
+                   f"input; {result['kb']} "
                    f"KB names), {result['tokens']:,} tokens; default flags ran {first['dtype']} on {first['backend']} "
                    f"({first['dtype_reason'] or 'given'}); load average {load_before[0]:.1f} -> "
                    f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

@@ -212,15 +212,22 @@ class TextEncoder:
             start = end
 
     @torch.inference_mode()
-    def forward(self, ids: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
-        """Pooled float32 vectors for one batch of token id rows and pool masks."""
-        pool = np.zeros((len(ids), max(len(x) for x in ids)), dtype=bool)
-        for row, m in enumerate(masks):
-            pool[row, : len(m)] = m
-        hidden = self.hidden(ids)
+    def forward(self, ids: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                rows: Sequence[int] | None = None) -> np.ndarray:
+        """Pooled float32 vectors ``[len(masks), dim]`` for one batch of token id rows: mask ``j`` pools row
+        ``rows[j]`` (by default row ``j``), so texts with the same tokens share one forward pass."""
+        rows = np.arange(len(ids)) if rows is None else np.asarray(rows, dtype=np.int64)
+        pool = np.zeros((len(masks), max(len(x) for x in ids)), dtype=bool)
+        for j, m in enumerate(masks):
+            pool[j, : len(m)] = m
+        hidden = self.hidden(ids).float()
         pool_t = torch.from_numpy(pool).to(self.device)
-        pooled = hidden.float().masked_fill(~pool_t[..., None], float("-inf")).amax(dim=1)
-        return pooled.cpu().numpy()
+        rows_t = torch.from_numpy(rows).to(self.device)
+        out = []
+        for lo in range(0, len(masks), len(ids)):  # at most one batch of hidden states copied at a time
+            part = hidden.index_select(0, rows_t[lo : lo + len(ids)])
+            out.append(part.masked_fill(~pool_t[lo : lo + len(ids), :, None], float("-inf")).amax(dim=1))
+        return torch.cat(out).cpu().numpy()
 
     @torch.inference_mode()
     def hidden(self, ids: Sequence[np.ndarray], layers: Sequence[int] | None = None) -> torch.Tensor:
@@ -256,30 +263,43 @@ class TextEncoder:
 
         Items are tokenized in chunks on a background thread (the fast tokenizer releases the GIL), so the
         next chunk is tokenized while the model runs on this one; within a chunk, batches are length-bucketed.
-        ``on_batch(rows, tokens)`` is called after each forward batch with its rows and unpadded tokens (progress
-        reporting).
+        Items whose encoder input is the same token row (the mentions of one sentence for ``ms``, of one context
+        for ``mc``; a repeated name) share one forward pass and differ only in what they pool: items are chunked in
+        order of their text so that such items meet. ``on_batch(rows, tokens)`` is called after each forward batch
+        with the items it finished and the unpadded tokens it encoded (progress reporting).
         """
         out = np.zeros((len(items), self.dim), dtype=np.float16)
-        starts = list(range(0, len(items), chunk_size))
+        order = sorted(range(len(items)), key=lambda i: items[i].text)
+        chunks = [order[start : start + chunk_size] for start in range(0, len(order), chunk_size)]
         total = EncodeStats()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
-            future = pool.submit(self.tokenize, items[0:chunk_size]) if starts else None
-            for j, start in enumerate(starts):
+            future = pool.submit(self.tokenize, [items[i] for i in chunks[0]]) if chunks else None
+            for j, chunk in enumerate(chunks):
                 tok = future.result()
-                if j + 1 < len(starts):
-                    future = pool.submit(self.tokenize, items[starts[j + 1] : starts[j + 1] + chunk_size])
-                lengths = np.fromiter((len(x) for x in tok.ids), dtype=np.int64, count=len(tok.ids))
+                if j + 1 < len(chunks):
+                    future = pool.submit(self.tokenize, [items[i] for i in chunks[j + 1]])
+                first: dict[bytes, int] = {}
+                row_of = np.fromiter((first.setdefault(x.tobytes(), len(first)) for x in tok.ids), dtype=np.int64,
+                                     count=len(tok.ids))
+                unique = np.unique(row_of, return_index=True)[1]  # row r's first item
+                by_row = np.argsort(row_of, kind="stable")  # items grouped by row, rows in order
+                row_start = np.searchsorted(row_of[by_row], np.arange(len(unique) + 1))
+                lengths = np.fromiter((len(tok.ids[i]) for i in unique), dtype=np.int64, count=len(unique))
                 t0 = time.perf_counter()
                 padded = 0
                 for idx in self.batches(lengths):
                     padded += len(idx) * int(lengths[idx].max())
-                    pooled = self.forward([tok.ids[i] for i in idx], [tok.pool_masks[i] for i in idx])
-                    out[start + idx] = pooled
+                    members = np.concatenate([by_row[row_start[r] : row_start[r + 1]] for r in idx])
+                    local = np.empty(len(unique), dtype=np.int64)
+                    local[idx] = np.arange(len(idx))
+                    pooled = self.forward([tok.ids[unique[r]] for r in idx], [tok.pool_masks[i] for i in members],
+                                          local[row_of[members]])
+                    out[np.asarray(chunk)[members]] = pooled
                     if on_batch is not None:
-                        on_batch(len(idx), int(lengths[idx].sum()))
+                        on_batch(len(members), int(lengths[idx].sum()))
                 total.add(EncodeStats(
                     texts=len(tok.ids), tokens=int(lengths.sum()), padded_tokens=padded, windowed=tok.windowed,
-                    forward_seconds=time.perf_counter() - t0,
+                    shared=len(tok.ids) - len(unique), forward_seconds=time.perf_counter() - t0,
                 ))
         if stats is not None:
             stats.add(total)

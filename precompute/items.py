@@ -42,6 +42,7 @@ class EncodeStats:
     tokens: int = 0
     padded_tokens: int = 0
     windowed: int = 0
+    shared: int = 0  # texts whose encoder input was another text's: pooled from its forward pass
     forward_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -50,6 +51,7 @@ class EncodeStats:
         self.tokens += other.tokens
         self.padded_tokens += other.padded_tokens
         self.windowed += other.windowed
+        self.shared += other.shared
         self.forward_seconds += other.forward_seconds
 
     @property

@@ -89,6 +89,7 @@ def run(cfg: PrecomputeConfig) -> dict[str, Any]:
         "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds if results else 0.0,
         "padding_fraction": 1 - tokens / padded if padded else 0.0,
         "windowed": sum(r["windowed"] for r in results),
+        "shared": sum(r["shared"] for r in results),
     }
 
 
@@ -173,7 +174,8 @@ def summary_table(summary: dict[str, Any]) -> str:
         f"{summary['reused_rows']:,} reused from the store), kept {summary['kept_shards']}; "
         f"{summary['tokens']:,} tokens in "
         f"{summary['seconds']:.1f}s ({summary['tokens_per_s']:,.0f} tokens/s), padding "
-        f"{summary['padding_fraction']:.1%}, {summary['windowed']} texts windowed to the length limit"
+        f"{summary['padding_fraction']:.1%}, {summary['windowed']} texts windowed to the length limit, "
+        f"{summary['shared']:,} pooled from another text's identical encoder input"
     )
     return "\n".join(lines)
 

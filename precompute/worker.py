@@ -190,7 +190,7 @@ class ShardWorker:
             "kind": task.kind, "index": task.index, "rows": len(items), "checksum": checksum,
             "encoded_rows": len(todo), "reused_rows": len(items) - len(todo),
             "tokens": stats.tokens, "padded_tokens": stats.padded_tokens, "windowed": stats.windowed,
-            "forward_seconds": stats.forward_seconds, "seconds": time.perf_counter() - t0,
+            "shared": stats.shared, "forward_seconds": stats.forward_seconds, "seconds": time.perf_counter() - t0,
             "encoded_with": self.encoder.settings.encoded_with(),
         }
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from xel.precompute.encoding import TextEncoder
 from xel.precompute.identity import EncodeError
-from xel.precompute.items import context_item, entity_item, mention_item
+from xel.precompute.items import EncodeStats, context_item, entity_item, mention_item
 from xel.precompute.settings import resolve_encoder
 
 from tests.conftest import LONG
@@ -112,6 +112,30 @@ def test_batched_equals_one_by_one(encoder):
     encoder.max_tokens_per_batch = 16384
     for chunk_size in (1, 2, 3):  # tokenization pipelined in chunks on a background thread
         np.testing.assert_allclose(encoder.encode(items, chunk_size=chunk_size), one_by_one, atol=1e-3)
+
+
+def test_items_with_the_same_encoder_input_share_a_forward_pass_and_pool_their_own_spans(encoder):
+    """The mentions of one sentence (``ms``) and of one context (``mc``) are one forward pass each, pooled over
+    each item's span; a long sentence windowed around two far-apart mentions is two inputs, not one."""
+    sentence = "Barack Obama met Angela Merkel in Berlin."
+    spans = [(0, 12), (17, 30), (34, 40)]
+    far = LONG + " Obama " + LONG + " Merkel"
+    far_spans = [(len(LONG) + 1, len(LONG) + 6), (len(far) - 6, len(far))]
+    items = [mention_item(f"m{i}", "en", sentence, *span) for i, span in enumerate(spans)]
+    items += [context_item(f"c{i}", "en", "Before. " + sentence, sentence, *span) for i, span in enumerate(spans)]
+    items += [mention_item(f"f{i}", "en", far, *span) for i, span in enumerate(far_spans)]
+    items += [entity_item("e0", "en", "Berlin"), entity_item("e1", "en", "Berlin"), entity_item("e2", "en", "Bonn")]
+    order = [4, 0, 9, 2, 7, 5, 1, 10, 3, 6, 8]  # duplicates apart in the input
+    items = [items[i] for i in order]
+    one_by_one = np.stack([encoder.encode([it])[0] for it in items])
+    for chunk_size in (2048, 4, 1):
+        stats = EncodeStats()
+        got = encoder.encode(items, stats, chunk_size=chunk_size)
+        np.testing.assert_allclose(got, one_by_one, atol=1e-3)
+        if chunk_size == 2048:  # 3 mentions of a sentence, 3 of a context, 2 same names: 2 + 2 + 1 shared
+            assert stats.texts == len(items) and stats.shared == 5
+    assert not np.allclose(one_by_one[order.index(0)], one_by_one[order.index(1)], atol=1e-3)  # spans differ
+    np.testing.assert_array_equal(got[order.index(3)], got[order.index(5)])  # a context pools whole
 
 
 def test_bf16_close_to_fp32(tiny_model_dir):
