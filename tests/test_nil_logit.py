@@ -178,6 +178,24 @@ def test_the_head_changes_no_ranker_weight_and_no_ranking() -> None:
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
+@pytest.mark.parametrize("nil_score,fits", [("learned", 3), ("csls", 1)])
+def test_the_head_is_fitted_each_epoch_only_when_it_decides(monkeypatch, nil_score, fits) -> None:
+    """Under another NIL score the head only reports its rows (compare_nil_rules): fitted once, to the chosen
+    epoch's ranker, not after every epoch; the learned rows are still reported."""
+    calls = []
+    real = Trainer.fit_nil_head
+    monkeypatch.setattr(Trainer, "fit_nil_head", lambda self: calls.append(1) or real(self))
+    train, dev = margin_case(64, seed=1), margin_case(32, seed=2)
+    data = Prepared(Splits(train=train, dev=dev, test=margin_case(32, seed=3)), ("en",), ("en",), (), None,
+                    train.ms.shape[1])
+    cfg = TrainConfig(features="unused", epochs=2, nil_score=nil_score, centre=False, **FAST)
+    result = fit(cfg, data, 0, progress=False)
+    assert len(calls) == fits  # learned: epochs 0, 1 and 2
+    assert ("nil_loss" in result.history[-1]) == (nil_score == "learned")
+    assert {"learned", "learned+q"} <= set(result.nil_rules)
+    assert float(result.model.nil_head.weight.abs().sum()) > 0  # the saved head is fitted
+
+
 def test_compare_nil_rules_ranks_once(monkeypatch) -> None:
     import xel.train.evaluate
     import xel.train.fit

@@ -83,8 +83,10 @@ def test_residual_epoch_zero_is_nn_reported_but_a_trained_epoch_is_kept(tmp_path
 def test_cosine_and_interaction_features_against_a_direct_computation() -> None:
     g = torch.Generator().manual_seed(1)
     ms, mc = torch.randn(3, DIM, generator=g), torch.randn(3, DIM, generator=g)
-    es, ec = torch.randn(3, 4, DIM, generator=g), torch.randn(3, 4, DIM, generator=g)
-    cos = cosine_features(ms, mc, es, ec)
+    rows_es, rows_ec = torch.randn(5, DIM, generator=g), torch.randn(5, DIM, generator=g)
+    inverse = torch.randint(0, 5, (3, 4), generator=g)
+    es, ec = rows_es[inverse], rows_ec[inverse]
+    cos = cosine_features(ms, mc, rows_es, rows_ec, inverse)
     inter = interaction_features(ms, es)
     for b in range(3):
         for k in range(4):

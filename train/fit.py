@@ -155,9 +155,13 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
             start, best, history = point.epoch + 1, point.best, point.history
     show = cfg.progress if progress is None else progress
 
+    # the learned NIL head decides the epoch only when it is the run's NIL score; otherwise it is fitted once, to
+    # the chosen epoch's ranker (it never changes the ranking), for the learned rows of compare_nil_rules
+    head_each_epoch = cfg.nil_score_name == "learned"
+
     def evaluate_epoch(epoch: int, losses: dict[str, float]) -> None:
         nonlocal best
-        nil_loss = trainer.fit_nil_head()
+        nil_loss = trainer.fit_nil_head() if head_each_epoch else None
         dev_base, test_base = rank_sets(model, dev, test)
         rule, test_ranked, dev_ranked = decide_nil(cfg, dev_base, dev, test_base, test, data.train_langs)
         entry: dict[str, Any] = {"epoch": epoch, **losses}
@@ -196,6 +200,8 @@ def fit(cfg: TrainConfig, data: Prepared, seed: int, progress: bool | None = Non
         evaluate_epoch(epoch, trainer.epoch(epoch - first))
     assert best is not None
     model.load_state_dict(best.state, strict=True)
+    if not head_each_epoch:
+        trainer.fit_nil_head()
     dev_base, test_base = rank_sets(model, dev, test)
     rule, ranked, _ = decide_nil(cfg, dev_base, dev, test_base, test, data.train_langs)
     chosen = next(h for h in history if h["epoch"] == best.epoch)

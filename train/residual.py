@@ -38,13 +38,15 @@ from xel.train.scorers import PAPER, RESIDUAL, scorer_named
 VECTOR_GROUPS = ("paper", "cosines", "interactions")
 
 
-def cosine_features(ms: torch.Tensor, mc: torch.Tensor, es: torch.Tensor, ec: torch.Tensor) -> torch.Tensor:
-    """``[B, K, 4]``: cos(ms, es), cos(mc, ec), cos(ms, ec), cos(mc, es) of mentions ``[B, D]`` against the
-    gathered candidate rows ``es``/``ec`` ``[B, K, D]``."""
-    ms_u, mc_u = F.normalize(ms, dim=-1)[:, None, :], F.normalize(mc, dim=-1)[:, None, :]
-    es_u, ec_u = F.normalize(es, dim=-1), F.normalize(ec, dim=-1)
-    return torch.stack([(ms_u * es_u).sum(-1), (mc_u * ec_u).sum(-1), (ms_u * ec_u).sum(-1), (mc_u * es_u).sum(-1)],
-                       dim=-1)
+def cosine_features(ms: torch.Tensor, mc: torch.Tensor, es: torch.Tensor, ec: torch.Tensor,
+                    inverse: torch.Tensor) -> torch.Tensor:
+    """``[B, K, 4]``: cos(ms, es), cos(mc, ec), cos(ms, ec), cos(mc, es) of mentions ``[B, D]`` against their
+    candidates ``inverse`` ``[B, K]``, indices into the KB rows ``es``/``ec`` ``[R, D]``. The rows are normalised
+    before they are gathered, and the four cosines are one batched product."""
+    m = F.normalize(torch.stack([ms, mc], dim=1), dim=-1)  # [B, 2, D]
+    e = F.normalize(torch.stack([es, ec], dim=1), dim=-1)[inverse]  # [B, K, 2, D]
+    c = torch.bmm(m, e.flatten(1, 2).transpose(1, 2)).unflatten(2, e.shape[1:3])  # [B, 2 (ms, mc), K, 2 (es, ec)]
+    return torch.stack([c[:, 0, :, 0], c[:, 1, :, 1], c[:, 0, :, 1], c[:, 1, :, 0]], dim=-1)
 
 
 def interaction_features(m: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -116,7 +118,7 @@ class ResidualScorer(Ranker):
             m_off, kb_off = offsets
             ms, mc, es, ec = ms - m_off[:, 0], mc - m_off[:, 1], es - kb_off[0], ec - kb_off[1]
         m_sh, e_sh = self.shared(ms), self.shared(es)
-        cosines = cosine_features(ms, mc, es[inverse], ec[inverse])
+        cosines = cosine_features(ms, mc, es, ec, inverse)
         parts: list[torch.Tensor] = []
         if "paper" in groups:
             hs, hc = self.hs, self.hc
