@@ -20,7 +20,8 @@ prior" almost means "linked" and the head learned it (en .733, de .503 with them
 
 The NIL logit is ``h = w . f + c``; the NIL score compared with the rule's threshold (:mod:`train.nil`) is
 ``s_b - h``: positive where the best candidate beats NIL in the softmax. ``w`` and ``c`` start at zero and are
-fitted (:func:`fit_nil_head`) after every epoch on the training split with the ranker fixed: the listwise
+fitted (:func:`fit_nil_head`) on the training split with the ranker fixed (after every epoch when the run's NIL score
+is ``learned``, else once, to the chosen epoch's ranker: :func:`train.fit.fit`): the listwise
 cross-entropy over ``[s_1..s_K, h] / T`` whose target is the gold's position, or NIL for a mention whose gold is
 not among its candidates (a NIL mention, ~22% of the sample's English training mentions, or a gold retrieval
 missed). The ranker's scores are inputs, never trained by this loss, so the ranking is the same with or without
