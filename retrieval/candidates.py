@@ -334,8 +334,9 @@ class CandidateGenerator:
             in_scope = self.kb.lang_mask(self.index.scope_langs(scope))
             positions = np.flatnonzero(in_scope)
             log.info("KB scope %r: indexing the character n-grams of %s names", scope, f"{len(positions):,}")
+            langs = [self.kb.lang_names[c] for c in self.kb.lang_codes[positions].tolist()]
             self._scopes[scope] = (NameMatcher(self.kb, in_scope),
-                                   NgramIndex(Subset(self.kb.ids, positions), Subset(self.kb.names, positions)))
+                                   NgramIndex(Subset(self.kb.ids, positions), Subset(self.kb.names, positions), langs))
         return self._scopes[scope]
 
     def sources(
@@ -348,7 +349,9 @@ class CandidateGenerator:
         ngram: list[list[tuple[str, float]]] = [[] for _ in mentions]
         for scope in sorted(set(kb_langs)):
             rows = [i for i, kl in enumerate(kb_langs) if kl == scope]
-            for i, hits in zip(rows, self.scope(scope)[1].search([mentions[i].surface for i in rows], depth)):
+            found = self.scope(scope)[1].search([mentions[i].surface for i in rows], depth,
+                                                [mentions[i].lang for i in rows])
+            for i, hits in zip(rows, found):
                 ngram[i] = hits
         priors = []
         for m, scope in zip(mentions, kb_langs):

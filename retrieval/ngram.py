@@ -3,8 +3,13 @@
 Dense retrieval misses a name written in another script or spelled apart ("Москва" / "Moscow", "Köln" /
 "Cologne" is beyond it, but "Mockba"-style transliterations and OCR'd historical spellings are within reach of
 character overlap). Names and mention strings are transliterated to Latin script with ``anyascii`` and
-normalised (:func:`retrieval.names.latin`), then compared by the cosine of scikit-learn's
-TF-IDF vectors of character 2- to 4-grams within word boundaries (``analyzer="char_wb"``, sublinear tf).
+normalised, each followed by its Snowball stem in its own language where that differs
+(:func:`retrieval.names.ngram_form`: "Helsingissä" and "Helsinki" share "helsing"), then compared by the cosine of
+scikit-learn's TF-IDF vectors of character 2- to 4-grams within word boundaries (``analyzer="char_wb"``, sublinear
+tf). The stem was measured on the n-gram source alone (top 10 of each mention's KB scope): recall@1 sample de
+0.527 -> 0.535, wikidata-el de 0.494 -> 0.517, nerel-rukb ru (a Russian KB) 0.692 -> 0.751, wikidata-el ru (an
+English KB) 0.465 -> 0.462; recall@10 equal or higher in every language. Stemming the forms in place of the plain
+ones lost recall across scripts (wikidata-el ru 0.431).
 
 A KB of up to ``POSTINGS`` names is scored whole, a block of queries at a time: the exact top-k. In a larger KB
 a common bigram ("an") is in most names, and scoring every name would cost queries x KB (10k x 6M), so each
@@ -23,7 +28,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from xel.precompute.schema import StringColumn
 from xel.retrieval.index import RetrievalError
-from xel.retrieval.names import latin
+from xel.retrieval.names import ngram_form
 
 NGRAM_RANGE = (2, 4)
 BLOCK = 512
@@ -36,13 +41,16 @@ def _vectorizer(vocabulary: dict[str, int] | None = None) -> TfidfVectorizer:
                            vocabulary=vocabulary)
 
 
-def fit_chunked(names: Sequence[str], chunk: int = CHUNK) -> tuple[TfidfVectorizer, sp.csr_matrix]:
-    """``TfidfVectorizer(...).fit_transform([latin(n) for n in names])`` (sorted vocabulary, smooth idf in
-    float32, sublinear tf, l2 rows), computed ``chunk`` names at a time (see the module docstring)."""
+def fit_chunked(names: Sequence[str], chunk: int = CHUNK, langs: Sequence[str | None] | None = None,
+                ) -> tuple[TfidfVectorizer, sp.csr_matrix]:
+    """``TfidfVectorizer(...).fit_transform([ngram_form(n, lang) for n, lang in zip(names, langs)])`` (sorted
+    vocabulary, smooth idf in float32, sublinear tf, l2 rows; no ``langs``: nothing stemmed), computed ``chunk``
+    names at a time (see the module docstring)."""
     latins = StringColumn()
     frequency: dict[str, int] = {}
     for start in range(0, len(names), chunk):
-        block = [latin(names[i]) for i in range(start, min(start + chunk, len(names)))]
+        block = [ngram_form(names[i], langs[i] if langs is not None else None)
+                 for i in range(start, min(start + chunk, len(names)))]
         for text in block:
             latins.append(text)
         counts = CountVectorizer(analyzer="char_wb", ngram_range=NGRAM_RANGE, binary=True)
@@ -105,9 +113,9 @@ class NgramIndex:
     with the same vector (50,000 entries named "Berlin") are scored once, as one ``form``, and their entries are
     listed from it in KB order."""
 
-    def __init__(self, ids: Sequence[str], names: Sequence[str]):
+    def __init__(self, ids: Sequence[str], names: Sequence[str], langs: Sequence[str | None] | None = None):
         self.ids = ids
-        self.vectorizer, matrix = fit_chunked(names)  # [E, V]
+        self.vectorizer, matrix = fit_chunked(names, langs=langs)  # [E, V]; langs: each name's, for its stem
         rep = same_rows(matrix)
         forms, self.form_of = np.unique(rep, return_inverse=True)  # form f: the entries whose row is row forms[f]
         self.matrix = matrix[forms]  # [F, V]
@@ -135,12 +143,16 @@ class NgramIndex:
         top = np.lexsort((entries, -entry_scores))[:k]
         return [(self.ids[e], s) for e, s in zip(entries[top].tolist(), entry_scores[top].tolist())]
 
-    def search(self, queries: Sequence[str], k: int) -> list[list[tuple[str, float]]]:
-        """Per query, up to ``k`` ``(kb id, cosine)`` with cosine > 0, best first (ties by KB order), among the
-        names sharing one of its rarer n-grams (see the module docstring)."""
+    def search(self, queries: Sequence[str], k: int, langs: Sequence[str | None] | None = None,
+               ) -> list[list[tuple[str, float]]]:
+        """Per query (in its language of ``langs``, for its stem; none: not stemmed), up to ``k`` ``(kb id,
+        cosine)`` with cosine > 0, best first (ties by KB order), among the names sharing one of its rarer n-grams
+        (see the module docstring)."""
         out: list[list[tuple[str, float]]] = []
         for start in range(0, len(queries), BLOCK):
-            q = self.vectorizer.transform([latin(t) for t in queries[start : start + BLOCK]]).tocsr()
+            block = range(start, min(start + BLOCK, len(queries)))
+            q = self.vectorizer.transform([ngram_form(queries[i], langs[i] if langs is not None else None)
+                                           for i in block]).tocsr()
             if len(self.ids) <= POSTINGS:  # every posting fits: score every name at once, one block of queries
                 for row in (q @ self.matrix.T).toarray():
                     out.append(self.top_entries(np.arange(len(row)), row, k))
