@@ -257,11 +257,16 @@ def end_to_end(model_dir: Path, rows: list[dict], out_dir: Path, naive: float) -
     return result
 
 
+def pick_rows(records: list[dict], n: int, rng: np.random.Generator) -> list[dict]:
+    """``n`` records at random (all when fewer), in file order."""
+    return [records[i] for i in sorted(rng.choice(len(records), size=min(n, len(records)), replace=False))]
+
+
 def pick_mentions(records: list[dict], n: int, sample: str, rng: np.random.Generator) -> list[dict]:
     """``n`` mentions at random (``sample="mentions"``), or whole sentences at random, every mention of each, until
     at least ``n`` (``"sentences"``: how documents come, each mention linked); in file order."""
     if sample == "mentions":
-        return [records[i] for i in sorted(rng.choice(len(records), size=min(n, len(records)), replace=False))]
+        return pick_rows(records, n, rng)
     by_sentence: dict[str, list[int]] = {}
     for i, r in enumerate(records):
         by_sentence.setdefault(r["sentence"], []).append(i)
@@ -283,9 +288,7 @@ def measure_default_vs_naive(model_dir: Path, mentions: int, kb: int, out_dir: P
     picked = {}
     for name, n in (("kb", kb), ("mentions", mentions)):
         records = [json.loads(line) for line in (ROOT / f"data/sample/{name}.jsonl").open(encoding="utf-8")]
-        picked[name] = (pick_mentions(records, n, sample, rng) if name == "mentions" else
-                        [records[i] for i in sorted(rng.choice(len(records), size=min(n, len(records)),
-                                                                replace=False))])
+        picked[name] = pick_mentions(records, n, sample, rng) if name == "mentions" else pick_rows(records, n, rng)
     kb_ids = {e["id"] for e in picked["kb"]}
     for m in picked["mentions"]:  # a gold outside the sampled KB is NIL here (speed only; no scores are computed)
         m["gold"] = m["gold"] if m["gold"] in kb_ids else None

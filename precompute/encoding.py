@@ -275,6 +275,7 @@ class TextEncoder:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
             future = pool.submit(self.tokenize, [items[i] for i in chunks[0]]) if chunks else None
             for j, chunk in enumerate(chunks):
+                positions = np.asarray(chunk)  # the chunk's items' positions in ``items``
                 tok = future.result()
                 if j + 1 < len(chunks):
                     future = pool.submit(self.tokenize, [items[i] for i in chunks[j + 1]])
@@ -294,7 +295,7 @@ class TextEncoder:
                     local[idx] = np.arange(len(idx))
                     pooled = self.forward([tok.ids[unique[r]] for r in idx], [tok.pool_masks[i] for i in members],
                                           local[row_of[members]])
-                    out[np.asarray(chunk)[members]] = pooled
+                    out[positions[members]] = pooled
                     if on_batch is not None:
                         on_batch(len(members), int(lengths[idx].sum()))
                 total.add(EncodeStats(
